@@ -1,0 +1,36 @@
+/* buffer.h -- bounded multi-producer queue of finished span records, plus counters.
+ *
+ * Producers (application threads) push with one atomic compare-and-swap: no lock, no wait.
+ * The consumer (flusher thread or memory:// reader) takes everything at once with one atomic exchange.
+ * Limits are in spans and in bytes; a push over a limit drops the record and counts it.
+ */
+#ifndef BU_BUFFER_H
+#define BU_BUFFER_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include "record.h"
+
+typedef struct {
+    atomic_uint_fast64_t started, finished, sampled, exported;
+    atomic_uint_fast64_t dropped_queue_full, dropped_too_large, dropped_send_failed;
+    atomic_uint_fast64_t batches_sent, bytes_sent, send_errors;
+} bu_stats;
+
+typedef struct {
+    _Atomic(bu_record *) head;
+    atomic_size_t count, bytes;
+    size_t max_spans, max_bytes;
+    bu_stats *stats;
+} bu_buffer;
+
+void bu_buffer_init(bu_buffer *b, bu_stats *stats, size_t max_spans, size_t max_bytes);
+/* Push a finished record; on overflow the record is freed and counted. Returns 0 queued, -1 dropped. */
+int bu_buffer_push(bu_buffer *b, bu_record *r);
+/* Take every queued record, oldest first (NULL when empty). Caller owns the list. */
+bu_record *bu_buffer_take_all(bu_buffer *b);
+/* Drop everything queued (after fork in the child: the parent owns those spans). */
+void bu_buffer_clear(bu_buffer *b);
+size_t bu_record_bytes(const bu_record *r);
+
+#endif

@@ -1,0 +1,10 @@
+/* otlp.c -- (to be written) */
+#include "hooks.h"
+
+int
+bu_otlp_init(PyObject *m, bu_state *st)
+{
+    (void)m;
+    (void)st;
+    return 0;
+}

@@ -1,0 +1,10 @@
+/* propagation.c -- (to be written) */
+#include "hooks.h"
+
+int
+bu_propagation_init(PyObject *m, bu_state *st)
+{
+    (void)m;
+    (void)st;
+    return 0;
+}

@@ -1,0 +1,366 @@
+/* pyrecord.c -- Python <-> record conversions. */
+#include "pyrecord.h"
+
+#include <string.h>
+
+/* ---------------------------------------------------------------- ids */
+
+PyObject *
+bu_pylong_from_u128(uint64_t hi, uint64_t lo)
+{
+    if (hi == 0) {
+        return PyLong_FromUnsignedLongLong(lo);
+    }
+    PyObject *h = NULL, *sh = NULL, *l = NULL, *res = NULL, *shift = NULL;
+    h = PyLong_FromUnsignedLongLong(hi);
+    shift = PyLong_FromLong(64);
+    if (h == NULL || shift == NULL) {
+        goto done;
+    }
+    sh = PyNumber_Lshift(h, shift);
+    l = PyLong_FromUnsignedLongLong(lo);
+    if (sh == NULL || l == NULL) {
+        goto done;
+    }
+    res = PyNumber_Or(sh, l);
+done:
+    Py_XDECREF(h);
+    Py_XDECREF(sh);
+    Py_XDECREF(l);
+    Py_XDECREF(shift);
+    return res;
+}
+
+int
+bu_u64_from_pylong(PyObject *o, uint64_t *v)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "id must be an int, not %.100s", Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    unsigned long long x = PyLong_AsUnsignedLongLong(o);
+    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "id must be within [0, 2**64)");
+        return -1;
+    }
+    *v = x;
+    return 0;
+}
+
+int
+bu_u128_from_pylong(PyObject *o, uint64_t *hi, uint64_t *lo)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "trace id must be an int, not %.100s", Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    int overflow = 0;
+    unsigned long long x = PyLong_AsUnsignedLongLong(o);
+    if (!(x == (unsigned long long)-1 && PyErr_Occurred())) {
+        *hi = 0;
+        *lo = x;
+        return 0;
+    }
+    PyErr_Clear();
+    (void)overflow;
+    if (_PyLong_Sign(o) < 0 || _PyLong_NumBits(o) > 128) {
+        PyErr_SetString(PyExc_ValueError, "trace id must be within [0, 2**128)");
+        return -1;
+    }
+    unsigned char bytes[16];
+    if (_PyLong_AsByteArray((PyLongObject *)o, bytes, 16, 0, 0) < 0) {
+        return -1;
+    }
+    uint64_t h = 0, l = 0;
+    for (int i = 0; i < 8; i++) {
+        h = (h << 8) | bytes[i];
+        l = (l << 8) | bytes[i + 8];
+    }
+    *hi = h;
+    *lo = l;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- tags */
+
+static int
+put_text(bu_buf *b, const char *k, Py_ssize_t kl, PyObject *value)
+{
+    PyObject *s = PyObject_Str(value);
+    if (s == NULL) {
+        /* A value whose __str__ raises must not break the traced call. */
+        PyErr_Clear();
+        return bu_tag_put_str(b, k, (size_t)kl, "<unprintable>", 13) < 0 ? (PyErr_NoMemory(), -1)
+                                                                          : 0;
+    }
+    Py_ssize_t vl;
+    const char *v = PyUnicode_AsUTF8AndSize(s, &vl);
+    int rc;
+    if (v == NULL) { /* lone surrogates */
+        PyErr_Clear();
+        rc = bu_tag_put_str(b, k, (size_t)kl, "<unencodable>", 13);
+    }
+    else {
+        rc = bu_tag_put_str(b, k, (size_t)kl, v, (size_t)vl);
+    }
+    Py_DECREF(s);
+    if (rc < 0) {
+        PyErr_NoMemory();
+    }
+    return rc;
+}
+
+int
+bu_tag_put_py(bu_buf *b, PyObject *key, PyObject *value)
+{
+    PyObject *kstr = NULL;
+    const char *k;
+    Py_ssize_t kl;
+    int rc = -1;
+    if (PyUnicode_Check(key)) {
+        Py_INCREF(key);
+        kstr = key;
+    }
+    else {
+        kstr = PyObject_Str(key);
+        if (kstr == NULL) {
+            PyErr_Clear();
+            return 0; /* an unprintable key: skip the tag */
+        }
+    }
+    k = PyUnicode_AsUTF8AndSize(kstr, &kl);
+    if (k == NULL) {
+        PyErr_Clear();
+        rc = 0;
+        goto done;
+    }
+    if (PyBool_Check(value)) {
+        rc = bu_tag_put_bool(b, k, (size_t)kl, value == Py_True);
+    }
+    else if (PyLong_CheckExact(value) || (PyLong_Check(value) && !PyBool_Check(value))) {
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow) {
+            rc = put_text(b, k, kl, value);
+            goto done;
+        }
+        if (x == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            rc = put_text(b, k, kl, value);
+            goto done;
+        }
+        rc = bu_tag_put_long(b, k, (size_t)kl, (int64_t)x);
+    }
+    else if (PyFloat_Check(value)) {
+        rc = bu_tag_put_double(b, k, (size_t)kl, PyFloat_AS_DOUBLE(value));
+    }
+    else if (PyUnicode_Check(value)) {
+        Py_ssize_t vl;
+        const char *v = PyUnicode_AsUTF8AndSize(value, &vl);
+        if (v == NULL) {
+            PyErr_Clear();
+            rc = bu_tag_put_str(b, k, (size_t)kl, "<unencodable>", 13);
+        }
+        else {
+            rc = bu_tag_put_str(b, k, (size_t)kl, v, (size_t)vl);
+        }
+    }
+    else if (PyBytes_Check(value)) {
+        rc = bu_tag_put_bin(b, k, (size_t)kl, PyBytes_AS_STRING(value),
+                            (size_t)PyBytes_GET_SIZE(value));
+    }
+    else if (PyByteArray_Check(value)) {
+        rc = bu_tag_put_bin(b, k, (size_t)kl, PyByteArray_AS_STRING(value),
+                            (size_t)PyByteArray_GET_SIZE(value));
+    }
+    else {
+        rc = put_text(b, k, kl, value);
+        goto done;
+    }
+    if (rc < 0) {
+        PyErr_NoMemory();
+    }
+done:
+    Py_DECREF(kstr);
+    return rc;
+}
+
+Py_ssize_t
+bu_tags_put_items(bu_buf *b, PyObject *items)
+{
+    Py_ssize_t n = 0;
+    if (items == NULL || items == Py_None) {
+        return 0;
+    }
+    if (PyDict_Check(items)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(items, &pos, &k, &v)) {
+            if (bu_tag_put_py(b, k, v) < 0) {
+                return -1;
+            }
+            n++;
+        }
+        return n;
+    }
+    PyObject *it = NULL, *seq = NULL;
+    if (PyMapping_Check(items) && !PyList_Check(items) && !PyTuple_Check(items)) {
+        seq = PyMapping_Items(items);
+        if (seq == NULL) {
+            return -1;
+        }
+        it = PyObject_GetIter(seq);
+    }
+    else {
+        it = PyObject_GetIter(items);
+    }
+    if (it == NULL) {
+        Py_XDECREF(seq);
+        return -1;
+    }
+    PyObject *pair;
+    while ((pair = PyIter_Next(it)) != NULL) {
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            Py_DECREF(pair);
+            PyErr_SetString(PyExc_TypeError, "tags must be a mapping or (key, value) pairs");
+            n = -1;
+            break;
+        }
+        int rc = bu_tag_put_py(b, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
+        Py_DECREF(pair);
+        if (rc < 0) {
+            n = -1;
+            break;
+        }
+        n++;
+    }
+    if (n >= 0 && PyErr_Occurred()) {
+        n = -1;
+    }
+    Py_DECREF(it);
+    Py_XDECREF(seq);
+    return n;
+}
+
+static PyObject *
+tag_value(const bu_tag *t)
+{
+    switch (t->type) {
+    case BU_TAG_STRING:
+        return PyUnicode_DecodeUTF8(t->val, t->val_len, "replace");
+    case BU_TAG_BINARY:
+        return PyBytes_FromStringAndSize(t->val, t->val_len);
+    case BU_TAG_BOOL:
+        return PyBool_FromLong((long)t->l);
+    case BU_TAG_LONG:
+        return PyLong_FromLongLong(t->l);
+    case BU_TAG_DOUBLE:
+        return PyFloat_FromDouble(t->d);
+    default:
+        Py_RETURN_NONE;
+    }
+}
+
+PyObject *
+bu_tags_to_dict(const unsigned char **p, uint16_t n)
+{
+    PyObject *d = PyDict_New();
+    if (d == NULL) {
+        return NULL;
+    }
+    for (uint16_t i = 0; i < n; i++) {
+        bu_tag t;
+        bu_tag_read(p, &t);
+        PyObject *k = PyUnicode_DecodeUTF8(t.key, t.key_len, "replace");
+        PyObject *v = tag_value(&t);
+        if (k == NULL || v == NULL || PyDict_SetItem(d, k, v) < 0) {
+            Py_XDECREF(k);
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(k);
+        Py_DECREF(v);
+    }
+    return d;
+}
+
+/* ---------------------------------------------------------------- whole records */
+
+PyObject *
+bu_record_to_py(bu_state *st, const bu_record *r)
+{
+    PyObject *trace = NULL, *tags = NULL, *logs = NULL, *refs = NULL, *name = NULL, *svc = NULL;
+    PyObject *res = NULL;
+    trace = bu_pylong_from_u128(r->trace_hi, r->trace_lo);
+    name = PyUnicode_DecodeUTF8(bu_record_name(r), r->name_len, "replace");
+    if (trace == NULL || name == NULL) {
+        goto done;
+    }
+    const unsigned char *p = bu_record_tags(r);
+    tags = bu_tags_to_dict(&p, r->ntags);
+    if (tags == NULL) {
+        goto done;
+    }
+    logs = PyList_New(r->nlogs);
+    if (logs == NULL) {
+        goto done;
+    }
+    p = bu_record_logs(r);
+    for (uint16_t i = 0; i < r->nlogs; i++) {
+        int64_t ts;
+        uint16_t nf;
+        bu_log_read(&p, &ts, &nf);
+        PyObject *fields = bu_tags_to_dict(&p, nf);
+        if (fields == NULL) {
+            goto done;
+        }
+        PyObject *item = Py_BuildValue("(LN)", (long long)ts, fields);
+        if (item == NULL) {
+            goto done;
+        }
+        PyList_SET_ITEM(logs, i, item);
+    }
+    refs = PyList_New(r->nrefs);
+    if (refs == NULL) {
+        goto done;
+    }
+    for (uint16_t i = 0; i < r->nrefs; i++) {
+        bu_ref ref;
+        bu_record_ref(r, i, &ref);
+        PyObject *t = bu_pylong_from_u128(ref.trace_hi, ref.trace_lo);
+        if (t == NULL) {
+            goto done;
+        }
+        PyObject *item = Py_BuildValue(
+            "(sNK)", ref.kind == BU_REF_FOLLOWS_FROM ? "follows_from" : "child_of", t,
+            (unsigned long long)ref.span_id);
+        if (item == NULL) {
+            goto done;
+        }
+        PyList_SET_ITEM(refs, i, item);
+    }
+    if (r->service < st->nprocesses) {
+        const bu_process *pr = &st->processes[r->service];
+        svc = PyUnicode_DecodeUTF8(pr->service, (Py_ssize_t)pr->service_len, "replace");
+    }
+    else {
+        svc = PyUnicode_FromString("");
+    }
+    if (svc == NULL) {
+        goto done;
+    }
+    res = Py_BuildValue("(OKKIOLLOOOO)", trace, (unsigned long long)r->span_id,
+                        (unsigned long long)r->parent_id, (unsigned int)r->flags, name,
+                        (long long)r->start_ns, (long long)(r->start_ns + r->duration_ns), tags,
+                        logs, refs, svc);
+done:
+    Py_XDECREF(trace);
+    Py_XDECREF(name);
+    Py_XDECREF(tags);
+    Py_XDECREF(logs);
+    Py_XDECREF(refs);
+    Py_XDECREF(svc);
+    return res;
+}

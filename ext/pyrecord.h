@@ -1,0 +1,26 @@
+/* pyrecord.h -- conversions between Python values and record data (tags, ids, whole records). */
+#ifndef BU_PYRECORD_H
+#define BU_PYRECORD_H
+
+#include "state.h"
+
+/* Append key/value as a typed tag: bool, int (int64; larger -> string), float, str, bytes;
+ * anything else as str(value). -1 only on MemoryError (exception set). */
+int bu_tag_put_py(bu_buf *b, PyObject *key, PyObject *value);
+/* Append every item of a mapping or an iterable of pairs; returns the number added or -1. */
+Py_ssize_t bu_tags_put_items(bu_buf *b, PyObject *items);
+/* n tags from *p (advancing it) into a new dict. */
+PyObject *bu_tags_to_dict(const unsigned char **p, uint16_t n);
+
+/* 128-bit <-> Python int. from: new reference. to: 0 ok, -1 with an exception
+ * (TypeError for a non-int, ValueError for a negative or > 128-bit value). */
+PyObject *bu_pylong_from_u128(uint64_t hi, uint64_t lo);
+int bu_u128_from_pylong(PyObject *o, uint64_t *hi, uint64_t *lo);
+int bu_u64_from_pylong(PyObject *o, uint64_t *v); /* ValueError if it does not fit in 64 bits */
+
+/* A record as the tuple finished_spans() wraps:
+ * (trace_id, span_id, parent_id, flags, name, start_ns, end_ns, tags, logs, refs, service_name)
+ * refs: list of (kind "child_of"|"follows_from", trace_id, span_id); logs: list of (ts_ns, dict). */
+PyObject *bu_record_to_py(bu_state *st, const bu_record *r);
+
+#endif

@@ -1,0 +1,10 @@
+/* span.c -- (to be written) */
+#include "hooks.h"
+
+int
+bu_span_init(PyObject *m, bu_state *st)
+{
+    (void)m;
+    (void)st;
+    return 0;
+}

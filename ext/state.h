@@ -1,0 +1,74 @@
+/* state.h -- the module state (PEP 489): everything mutable lives here, reached from the module. */
+#ifndef BU_STATE_H
+#define BU_STATE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include "buffer.h"
+#include "record.h"
+
+#define BU_MAX_PROCESSES 256
+
+/* A reporting process (service): name and process-level tags, immutable once registered. */
+typedef struct {
+    char *service;
+    size_t service_len;
+    bu_buf tags; /* tag entries in record format */
+    uint16_t ntags;
+} bu_process;
+
+/* Sampler for new root spans (kept in C so the decision costs nothing noticeable). */
+#define BU_SAMPLER_CONST 0
+#define BU_SAMPLER_PROBABILISTIC 1
+#define BU_SAMPLER_RATELIMITING 2
+typedef struct {
+    int type;
+    double param;      /* const: 0/1, probabilistic: rate, ratelimiting: traces per second */
+    uint64_t boundary; /* probabilistic: sample when low 64 bits of trace id < boundary */
+    double balance, max_balance, credits_per_ns;
+    int64_t last_tick_ns;
+    const char *type_name; /* "const" | "probabilistic" | "ratelimiting" (or set from Python) */
+} bu_sampler;
+
+#define BU_MODE_DISCARD 0  /* count and free finished spans (no exporter configured) */
+#define BU_MODE_MEMORY 1   /* keep them for finished_spans() */
+#define BU_MODE_REPORTER 2 /* hand them to the reporter (flusher thread) */
+
+typedef struct bu_reporter bu_reporter; /* reporter.c */
+
+typedef struct {
+    PyTypeObject *SpanContextType;
+    PyTypeObject *SpanType;
+    PyTypeObject *TracedType;
+    PyObject *active;        /* ContextVar holding the active Span (or unset) */
+    PyObject *str_name;      /* interned strings used on hot paths */
+    PyObject *str_args;
+    PyObject *str_kwargs;
+    PyObject *str_result;
+    PyObject *empty_tuple;
+    PyObject *format_exc;    /* callable(exc) -> stack text, set from Python */
+    bu_stats stats;
+    bu_buffer buffer;
+    bu_sampler sampler;
+    int mode;
+    int trace_id_128;
+    uint16_t cur_process;
+    uint16_t nprocesses;
+    bu_process processes[BU_MAX_PROCESSES];
+    uint64_t fork_gen; /* bumped in a forked child: per-thread id generators re-seed */
+    bu_reporter *reporter;
+} bu_state;
+
+extern PyModuleDef bu_module_def;
+
+static inline bu_state *
+bu_state_of_module(PyObject *m)
+{
+    return (bu_state *)PyModule_GetState(m);
+}
+
+/* State of the module that defined type `tp` (heap types made with PyType_FromModuleAndSpec). */
+bu_state *bu_state_of_type(PyTypeObject *tp);
+
+#endif
