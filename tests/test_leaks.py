@@ -34,6 +34,8 @@ class _MallInfo2(ctypes.Structure):
 
 
 def _heap_fn():
+    if os.environ.get("BU_OSPROFILER_ASAN") == "1":
+        return None  # ASan replaces malloc: glibc's counters no longer see the heap
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
         f = libc.mallinfo2
