@@ -31,7 +31,7 @@ deactivate = _core.deactivate
 __all__ = [
     "FinishedSpan", "Span", "SpanContext", "__version__", "activate", "active_span",
     "clear_finished_spans", "configure", "deactivate", "finished_spans", "flush",
-    "settings", "shutdown", "start_span", "stats",
+    "install_as_osprofiler", "settings", "shutdown", "start_span", "stats",
 ]
 
 
@@ -44,3 +44,10 @@ _core.set_format_exc(_format_exc)
 if hasattr(_os, "register_at_fork"):
     # A forked child gets fresh ids and an empty queue; the exporter restarts itself there.
     _os.register_at_fork(after_in_child=_core.after_fork_child)
+
+
+def install_as_osprofiler() -> None:
+    """Make ``import osprofiler`` (and its submodules) resolve to this package."""
+    from bu_osprofiler import launcher
+
+    launcher.install_as_osprofiler()
