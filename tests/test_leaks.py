@@ -171,7 +171,10 @@ def test_set_format_exc_releases_previous_callable():
     def op():
         _core.set_format_exc(first)
         _core.set_format_exc(second)
-    assert_refcounts_stable([first, second], op)
+    try:
+        assert_refcounts_stable([first, second], op)
+    finally:
+        _core.set_format_exc(bu_osprofiler._format_exc)  # the package's own formatter
 
 
 def test_process_info_refcounts():

@@ -56,7 +56,7 @@ class Peer(PeerBase):
         conn = connection or (f"jaeger://127.0.0.1:{SINK_UDP}" if SINK_UDP else "memory://")
         try:
             configure("bench", conn, sampler=sampler, sampler_param=param)
-        except (ValueError, NotImplementedError):
+        except (ValueError, NotImplementedError, ImportError):
             if connection is not None:
                 raise Unavailable(f"connection string {conn} not supported yet") from None
             conn = "memory://"
