@@ -236,9 +236,7 @@ def _find(candidates: List[Tuple[str, str]]) -> Optional[Callable]:
     return None
 
 
-_CONN = [("bu_osprofiler.exporters", "parse_connection_string"),
-         ("bu_osprofiler.exporters", "parse"),
-         ("bu_osprofiler.exporters", "parse_connection")]
+_CONN = [("bu_osprofiler.exporters", "parse_connection_string")]
 
 
 def check_connection_string(data: bytes) -> None:
@@ -296,30 +294,57 @@ def _headers_check(names: List[str]) -> Callable[[bytes], None]:
 
 
 def check_binary(data: bytes) -> None:
-    """The OpenTracing Binary format: corrupted input raises the API's exception, nothing else."""
-    import opentracing
-    from bu_osprofiler.opentracing import Tracer
+    """The OpenTracing Binary format: garbage gives None (or ValueError when strict), ids in range."""
+    from bu_osprofiler import propagation
+    ctx = propagation.extract_binary(data)  # lenient: never raises
     try:
-        Tracer().extract(opentracing.Format.BINARY, bytearray(data))
-    except (opentracing.SpanContextCorruptedException, opentracing.InvalidCarrierException):
-        pass
+        strict = propagation.extract_binary(data, strict=True)
+    except ValueError:
+        strict = None
+        assert ctx is None, "lenient parse accepted what strict rejected"
+    if ctx is None:
+        return
+    assert strict is not None and strict.trace_id == ctx.trace_id
+    assert 0 < ctx.trace_id < (1 << 128) and 0 < ctx.span_id < (1 << 64)
+    again = propagation.extract_binary(propagation.inject_binary(ctx))
+    assert (again.trace_id, again.span_id, again.flags) == (ctx.trace_id, ctx.span_id, ctx.flags)
+
+
+def check_x_trace_info_signed(data: bytes) -> None:
+    """Legacy headers correctly signed with our key: the JSON/ids decoder behind the HMAC check."""
+    import base64
+    import hashlib
+    import hmac
+    from bu_osprofiler import propagation
+    info = base64.b64encode(data)
+    sig = hmac.new(b"fuzz-key", info, hashlib.sha1).hexdigest()
+    carrier = {"X-Trace-Info": info.decode(), "X-Trace-HMAC": sig}
+    ctx = propagation.extract(carrier, hmac_keys=["fuzz-key"])
+    if ctx is not None:
+        assert 0 < ctx.trace_id < (1 << 128) and 0 <= ctx.span_id < (1 << 64)
 
 
 # ---------------------------------------------------------------- collector
 
 
-_THRIFT = [("bu_osprofiler.collector.thrift", "decode_batch"),
-           ("bu_osprofiler.collector.thrift", "decode"),
-           ("bu_osprofiler.collector.decode", "decode_thrift"),
-           ("bu_osprofiler.collector", "decode_thrift")]
+_THRIFT_KINDS = ("THRIFT_COMPACT_MESSAGE", "THRIFT_BINARY_MESSAGE", "THRIFT_BINARY_BATCH",
+                 "THRIFT_COMPACT_BATCH")
 
 
 def check_collector_thrift(data: bytes) -> None:
-    decode = _find(_THRIFT)
+    """The collector's Jaeger Thrift decoder (agent datagrams, collector bodies): rows or ValueError."""
+    from bu_osprofiler import _core
+    if not data:
+        return
+    kind = getattr(_core, _THRIFT_KINDS[data[0] % 4])
     try:
-        decode(data)
-    except ValueError:
-        pass
+        service, ptags, rows = _core.thrift_decode(data[1:], kind)
+    except ValueError as e:
+        assert str(e)
+        return
+    assert isinstance(service, str) and isinstance(rows, list)
+    for r in rows:
+        assert len(r) == 11
 
 
 # ---------------------------------------------------------------- registry
@@ -359,8 +384,12 @@ TARGETS: Dict[str, Target] = {
     "push_record": Target(check_push_record, _needs_module_attr("bu_osprofiler._core",
                                                                 "_push_record")),
     "connection_string": Target(check_connection_string, _needs_find(_CONN)),
-    "binary": Target(check_binary, _needs_module_attr("bu_osprofiler.opentracing", "Tracer")),
-    "collector_thrift": Target(check_collector_thrift, _needs_find(_THRIFT)),
+    "binary": Target(check_binary, _needs_module_attr("bu_osprofiler.propagation",
+                                                      "extract_binary", "inject_binary")),
+    "x_trace_info_signed": Target(check_x_trace_info_signed,
+                                  _needs_module_attr("bu_osprofiler.propagation", "extract")),
+    "collector_thrift": Target(check_collector_thrift, _needs_module_attr("bu_osprofiler._core",
+                                                                          "thrift_decode")),
 }
 for _name, _hdrs in _HEADER_TARGETS.items():
     TARGETS[_name] = Target(_headers_check(_hdrs),
