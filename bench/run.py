@@ -303,7 +303,8 @@ def render(doc: dict, command: str) -> str:
              "## Machine", ""]
     m = doc["machine"]
     lines.append(f"* CPU: {m['cpu']} ({m['cores']} cores), kernel {m['kernel']}, "
-                 f"load average at start {m['loadavg_at_start'][0]:.2f}")
+                 f"load average at start / end {m['loadavg_at_start'][0]:.2f} / "
+                 f"{m.get('loadavg_at_end', [float('nan')])[0]:.2f}")
     lines.append(f"* Date: {m['date']}, repository revision {m['git']}, rounds: "
                  f"{doc['rounds']}{' (--quick)' if doc['quick'] else ''}, "
                  f"wall time {doc['wall_s']:.0f} s")
@@ -409,6 +410,7 @@ def main() -> int:
         sink.stdin.close()
         sink.wait(timeout=10)
     med, per, detail = aggregate(rounds)
+    machine["loadavg_at_end"] = os.getloadavg()
     doc = {
         "command": command, "quick": args.quick, "rounds": rounds_n, "machine": machine,
         "peers_run": peers, "versions": versions, "pythons": pythons, "medians": med,

@@ -113,7 +113,13 @@ def run_scenario(peer: PeerBase, name: str, settings: Settings) -> dict:
         return measure(peer.inject_extract(), settings, between=peer.between)
     if name == "encode":
         batch = 100
-        return measure(peer.encoder(batch), settings, ops=batch)
+        res = measure(peer.encoder(batch), settings, ops=batch)
+        base_fn = getattr(peer, "encoder_baseline", None)
+        if base_fn is not None:  # encoding that cannot be separated from building records
+            base = measure(base_fn(batch), settings, ops=batch)
+            res = dict(res, gross=res["value"], baseline=base["value"],
+                       value=res["value"] - base["value"])
+        return res
     if name == "memory":
         return _memory(peer, settings)
     if name == "threads":

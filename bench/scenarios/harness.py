@@ -75,7 +75,8 @@ def measure(
         values.append(elapsed / loops / ops)
         if between is not None:
             between()
-    return {"value": statistics.median(values), "unit": "ns", "loops": loops, "samples": values}
+    return {"value": statistics.median(values), "min": min(values), "unit": "ns", "loops": loops,
+            "samples": values}
 
 
 def rss_bytes() -> int:
