@@ -305,8 +305,9 @@ def from_records(records: Iterable[Any]) -> TraceGraph:
         for r in _get(rec, "references", None) or []:
             if isinstance(r, Mapping):
                 kind, rid = r.get("kind") or r.get("type"), r.get("span_id")
-            else:
+            else:  # (kind, SpanContext) or (kind, trace_id, span_id)
                 kind, rid = r[0], r[-1]
+            rid = getattr(rid, "span_id", rid)
             kind = FOLLOWS_FROM if str(kind).lower() in ("follows_from", "1") else CHILD_OF
             refs.append((kind, int(rid)))
         tags = _get(rec, "tags", None) or {}

@@ -369,10 +369,16 @@ class StoreWriter:
                 deleted += self._delete_traces(ids)
                 self.conn.execute("COMMIT")
         if max_bytes:
-            while self.used_bytes() > max_bytes:
+            while True:
+                used = self.used_bytes()
+                if used <= max_bytes:
+                    break
+                # delete about the share of spans that is over the limit (oldest first)
+                total = self.conn.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
+                n = min(20000, max(20, int(total * (used - max_bytes) / used * 1.05) + 1))
                 ids = [r[0] for r in self.conn.execute(
                     "SELECT DISTINCT trace_id FROM"
-                    " (SELECT trace_id FROM spans ORDER BY start_us LIMIT 5000)")]
+                    " (SELECT trace_id FROM spans ORDER BY start_us LIMIT ?)", (n,))]
                 if not ids:
                     break
                 self.conn.execute("BEGIN")
