@@ -222,11 +222,7 @@ class Collector:
         except Exception as e:  # noqa: BLE001
             self.count("store_errors", pending)
             self._warn.warn("store", "collector: commit failed, %d spans lost: %s", pending, e)
-            try:
-                w.conn.execute("ROLLBACK")
-            except Exception:  # noqa: BLE001
-                pass
-            w._in_tx = False
+            w.rollback()
 
     def _retention(self, w: Any) -> None:
         try:

@@ -340,6 +340,14 @@ class StoreWriter:
             self._in_tx = False
             self.conn.execute("COMMIT")
 
+    def rollback(self) -> None:
+        """Drop the current transaction (after a failed commit)."""
+        self._in_tx = False
+        try:
+            self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # no transaction was open any more
+
     def close(self) -> None:
         try:
             self.commit()
