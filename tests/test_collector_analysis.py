@@ -87,6 +87,13 @@ def test_unjoined_branch_is_not_on_the_path():
     assert g.critical_path_names() == ["root", "work"]
 
 
+def test_join_after_the_branch_finished_does_not_wait_on_it():
+    g = TraceGraph([n(1, "root", 0, 20), n(2, "branch", 1, 3, 1, tags={"fork": True}),
+                    n(3, "work", 2, 10, 1),
+                    n(4, "join", 12, 0.01, 1, refs=[("child_of", 1), ("follows_from", 2)])])
+    assert g.critical_path_names() == ["root", "work", "join"]
+
+
 def test_overlapping_unmarked_children_are_clipped():
     # a client without fork marks: the later-ending child is followed, then the earlier one
     g = TraceGraph([n(1, "root", 0, 10), n(2, "a", 1, 6, 1), n(3, "b", 3, 6, 1)])
