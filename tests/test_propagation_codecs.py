@@ -10,6 +10,14 @@ import pytest
 
 from bu_osprofiler import _core
 
+
+
+@pytest.fixture(autouse=True)
+def memory_tracer():
+    """Overrides conftest's: these are pure functions and need no tracer configuration."""
+    yield
+
+
 W3C_TRACE = "0af7651916cd43dd8448eb211c80319c"
 W3C_SPAN = "b7ad6b7169203331"
 
