@@ -31,7 +31,8 @@ from bu_osprofiler.profiler import span_uuid, trace_uuid
 __all__ = [
     "JAEGER", "W3C", "LEGACY", "B3", "B3_MULTI", "DEFAULT_INJECT", "DEFAULT_EXTRACT",
     "X_TRACE_INFO", "X_TRACE_HMAC", "Extracted", "inject", "extract", "extract_context",
-    "extract_headers", "legacy_pack", "legacy_unpack", "parse_hmac_keys",
+    "extract_headers", "inject_binary", "extract_binary", "legacy_pack", "legacy_unpack",
+    "parse_hmac_keys",
 ]
 
 JAEGER = "jaeger"
@@ -502,3 +503,41 @@ def extract_headers(environ: Any, hmac_keys: Any = None) -> Extracted:
     except Exception as exc:
         _warn("extract", "could not extract a trace context (%s: %s)", type(exc).__name__, exc)
         return _NOTHING
+
+
+# ---------------------------------------------------------------- binary (OpenTracing BINARY)
+
+def inject_binary(context: Any) -> bytes:
+    """Jaeger's OpenTracing Binary form of ``context``: ``>QQQQBI`` + length-prefixed baggage."""
+    ctx = _as_context(context)
+    data, dropped = _core.binary_format(ctx.trace_id, ctx.span_id, ctx.parent_id, ctx.flags,
+                                        ctx.baggage or None)
+    if dropped:
+        _warn("baggage", "not sent: %d binary baggage items over the limits", dropped)
+    return data
+
+
+def extract_binary(data: Any, strict: bool = False) -> Optional[Any]:
+    """The SpanContext in Jaeger binary ``data`` (bytes-like); None when ``data`` is empty.
+
+    Corrupted data (truncated, zero ids, bad UTF-8) gives None with a warning, or ValueError
+    when ``strict`` (the OpenTracing API reports it as SpanContextCorruptedException).
+    """
+    try:
+        if len(data) == 0:
+            return None
+        r = _core.binary_parse(data)
+    except TypeError:
+        if strict:
+            raise
+        _warn("binary", "binary carrier of type %s ignored", type(data).__name__)
+        return None
+    if r is None:
+        if strict:
+            raise ValueError("corrupted binary span context (%d bytes)" % len(data))
+        _warn("binary", "ignored a corrupted binary span context (%d bytes)", len(data))
+        return None
+    trace_id, span_id, parent_id, flags, items, dropped = r
+    if dropped:
+        _warn("baggage", "ignored %d binary baggage items over the limits", dropped)
+    return _new_context(trace_id, span_id, parent_id, flags, dict(items) if items else None)

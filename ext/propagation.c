@@ -40,6 +40,19 @@ const unsigned char bu_tchar[256] = {
     R16(0), R16(0), R16(0), R16(0), R16(0), R16(0), R16(0), R16(0),
 };
 
+/* A W3C baggage key left unescaped: tchar without '+', which OpenTelemetry's decoders (and ours)
+ * read as a space. */
+const unsigned char bu_w3c_key[256] = {
+    R16(0), R16(0),
+    /* 0x20 */ 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0,
+    /* 0x30 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0,
+    /* 0x40 */ 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x50 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1,
+    /* 0x60 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x70 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 0,
+    R16(0), R16(0), R16(0), R16(0), R16(0), R16(0), R16(0), R16(0),
+};
+
 static const char hexdig[] = "0123456789abcdef";
 
 static inline int
@@ -720,7 +733,7 @@ encode_obj(const char *s, size_t n, const unsigned char *keep)
 }
 
 /* percent_encode(value, key=False) -> str: UTF-8 then %XX for everything but unreserved
- * characters (key=True: everything but token characters, for W3C baggage keys). */
+ * characters (key=True: everything but token characters other than '+', for W3C baggage keys). */
 static PyObject *
 py_percent_encode(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -734,7 +747,7 @@ py_percent_encode(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t narg
     if (nargs > 1 && (key = PyObject_IsTrue(args[1])) < 0) {
         return NULL;
     }
-    return encode_obj(s, (size_t)n, key ? bu_tchar : bu_unreserved);
+    return encode_obj(s, (size_t)n, key ? bu_w3c_key : bu_unreserved);
 }
 
 /* ================================================================ Python glue: baggage */
@@ -934,8 +947,9 @@ py_baggage_format(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t narg
         /* Worst-case size first, exact size after encoding (cheap reject of huge items). */
         if (ok && total + need + 2 > BU_BAGGAGE_MAX_BYTES) {
             size_t exact = 0;
+            const unsigned char *ktab = kind == BAGGAGE_W3C ? bu_w3c_key : bu_tchar;
             for (Py_ssize_t j = 0; j < kn; j++) {
-                exact += (!enc || bu_tchar[(unsigned char)k[j]]) ? 1 : 3;
+                exact += (!enc || ktab[(unsigned char)k[j]]) ? 1 : 3;
             }
             for (Py_ssize_t j = 0; j < vn; j++) {
                 exact += (!enc || bu_unreserved[(unsigned char)v[j]]) ? 1 : 3;
@@ -953,7 +967,7 @@ py_baggage_format(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t narg
                 buf[used++] = ',';
             }
             used += enc ? bu_percent_encode((const unsigned char *)k, (size_t)kn, buf + used,
-                                            bu_tchar)
+                                            bu_w3c_key)
                         : (memcpy(buf + used, k, (size_t)kn), (size_t)kn);
             buf[used++] = '=';
             used += enc ? bu_percent_encode((const unsigned char *)v, (size_t)vn, buf + used,

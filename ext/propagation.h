@@ -60,6 +60,7 @@ long bu_percent_decode(const char *s, size_t n, unsigned char *out, int plus_spa
 size_t bu_percent_encode(const unsigned char *s, size_t n, char *out, const unsigned char *keep);
 extern const unsigned char bu_unreserved[256]; /* RFC 3986 unreserved: A-Z a-z 0-9 - . _ ~ */
 extern const unsigned char bu_tchar[256];      /* RFC 7230 token chars except '%' */
+extern const unsigned char bu_w3c_key[256];    /* bu_tchar without '+' (read as space) */
 
 /* Hex digit value or -1. */
 static inline int

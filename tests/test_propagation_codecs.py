@@ -279,8 +279,11 @@ def test_percent_encode_roundtrip():
 
 
 def test_percent_encode_key_keeps_token_chars():
-    assert _core.percent_encode("a-b_c.d!#$&'*+^`|~", True) == "a-b_c.d!#$&'*+^`|~"
-    assert _core.percent_encode("a b,%", True) == "a%20b%2C%25"
+    assert _core.percent_encode("a-b_c.d!#$&'*^`|~", True) == "a-b_c.d!#$&'*^`|~"
+    assert _core.percent_encode("a b,%+", True) == "a%20b%2C%25%2B"
+    header, _ = _core.baggage_format({"a+b c": "v"}, 0, True)
+    assert header == "a%2Bb%20c=v"
+    assert _core.baggage_parse(header, 0) == ([("a+b c", "v")], 0)
 
 
 # ---------------------------------------------------------------- baggage
