@@ -120,9 +120,6 @@ def parse_hmac_keys(keys: Union[None, str, bytes, Iterable[Union[str, bytes]]]) 
 
 def _limit_baggage(items: dict) -> dict:
     """Enforce the W3C limits (items, bytes) on extracted baggage, first come first kept."""
-    if len(items) <= _BAGGAGE_MAX_ITEMS and sum(
-            len(k) + len(v) for k, v in items.items()) <= _BAGGAGE_MAX_BYTES:
-        return items
     out: dict = {}
     size = 0
     for k, v in items.items():
@@ -131,8 +128,9 @@ def _limit_baggage(items: dict) -> dict:
             continue
         out[k] = v
         size += n
-    _warn("baggage", "dropped %d baggage items over the limits (%d items, %d bytes)",
-          len(items) - len(out), _BAGGAGE_MAX_ITEMS, _BAGGAGE_MAX_BYTES)
+    if len(out) < len(items):
+        _warn("baggage", "dropped %d baggage items over the limits (%d items, %d bytes)",
+              len(items) - len(out), _BAGGAGE_MAX_ITEMS, _BAGGAGE_MAX_BYTES)
     return out
 
 
@@ -341,10 +339,10 @@ def _collect_baggage(found: tuple, formats: tuple, url_decode: bool) -> Optional
         uberctx = found[_S_UBERCTX]
         if uberctx is not None:
             for key, value in uberctx:
-                if not isinstance(value, str):
+                if value.__class__ is not str and not isinstance(value, str):
                     _warn("type", "ignored uberctx-%s of type %s", key, type(value).__name__)
                     continue
-                if url_decode:
+                if url_decode and "%" in value:
                     decoded = _core.percent_decode(value)
                     if decoded is None:
                         _warn("baggage", "ignored uberctx-%s: bad percent-encoding", key)
@@ -353,12 +351,16 @@ def _collect_baggage(found: tuple, formats: tuple, url_decode: bool) -> Optional
                 bag[key] = value
     if not bag:
         return None
-    return _limit_baggage(bag)
+    # UTF-8 takes at most 4 bytes a character: below 2048 characters no byte count is needed.
+    if len(bag) > _BAGGAGE_MAX_ITEMS or sum(map(len, bag)) + sum(map(len, bag.values())) > (
+            _BAGGAGE_MAX_BYTES // 4):
+        return _limit_baggage(bag)
+    return bag
 
 
 def _ids_jaeger(found: tuple, url_decode: bool) -> Optional[tuple]:
     v = found[_S_UBER]
-    if v is None or _text(v, UBER_TRACE_ID) is None:
+    if v.__class__ is not str and _text(v, UBER_TRACE_ID) is None:
         return None
     ids = _core.uber_parse(v, url_decode)
     if ids is None:
@@ -368,7 +370,7 @@ def _ids_jaeger(found: tuple, url_decode: bool) -> Optional[tuple]:
 
 def _ids_w3c(found: tuple) -> Optional[tuple]:
     v = found[_S_TRACEPARENT]
-    if v is None or _text(v, TRACEPARENT) is None:
+    if v.__class__ is not str and _text(v, TRACEPARENT) is None:
         return None
     r = _core.traceparent_parse(v)
     if r is None:
@@ -412,49 +414,50 @@ def _ids_b3_multi(found: tuple) -> Optional[tuple]:
     return (trace_id, span_id, parent_id, flags)
 
 
+_tuple_new = tuple.__new__
+
+
 def _extract_found(found: tuple, formats: tuple, hmac_keys: Any, url_decode: bool) -> Extracted:
     ids = None
     source = None
     for fmt in formats:
         if fmt == JAEGER:
+            if found[_S_UBER] is None:
+                continue
             ids = _ids_jaeger(found, url_decode)
         elif fmt == W3C:
+            if found[_S_TRACEPARENT] is None:
+                continue
             ids = _ids_w3c(found)
-        elif fmt == B3:
-            ids = _ids_b3(found)
-        elif fmt == B3_MULTI:
-            ids = _ids_b3_multi(found)
         elif fmt == LEGACY:
             if found[_S_TRACE_INFO] is None:
                 continue
             if not hmac_keys:
                 _warn("legacy-key", "X-Trace-Info received but no HMAC keys are configured")
                 continue
-            baggage = _collect_baggage(found, formats, url_decode)
             ctx = _legacy_context(found[_S_TRACE_INFO], found[_S_TRACE_HMAC], hmac_keys,
-                                  baggage)
+                                  _collect_baggage(found, formats, url_decode))
             if ctx is not None:
-                return Extracted(ctx, LEGACY)
+                return _tuple_new(Extracted, (ctx, LEGACY, None, None))
             continue
+        elif fmt == B3:
+            ids = _ids_b3(found)
+        elif fmt == B3_MULTI:
+            ids = _ids_b3_multi(found)
         if ids is not None:
             source = fmt
             break
-    baggage = _collect_baggage(found, formats, url_decode)
-    tracestate = None
-    if ids is not None and W3C in formats and found[_S_TRACESTATE] is not None:
-        # tracestate belongs to the traceparent: keep it only when that traceparent is valid and
-        # names the same trace as the winning header.
-        tp = found[_S_TRACEPARENT]
-        w3c = _core.traceparent_parse(tp) if isinstance(tp, str) else None
-        ts = found[_S_TRACESTATE]
-        if w3c is not None and w3c[0] == ids[0] and isinstance(ts, str):
-            if _core.tracestate_valid(ts):
-                tracestate = ts
-            else:
-                _warn("tracestate", "ignored invalid tracestate %.80r", ts)
+    if (found[_S_UBERCTX] is None and found[_S_JAEGER_BAGGAGE] is None
+            and found[_S_BAGGAGE] is None):
+        baggage = None
+    else:
+        baggage = _collect_baggage(found, formats, url_decode)
     if ids is not None:
-        return Extracted(_new_context(ids[0], ids[1], ids[2], ids[3], baggage), source,
-                         None, tracestate)
+        tracestate = None
+        if found[_S_TRACESTATE] is not None and W3C in formats:
+            tracestate = _tracestate(found, ids[0])
+        return _tuple_new(Extracted, (SpanContext(ids[0], ids[1], ids[2], ids[3], baggage),
+                                      source, None, tracestate))
     debug_id = found[_S_DEBUG_ID] if JAEGER in formats else None
     if isinstance(debug_id, str) and debug_id.strip():
         if len(debug_id) > _MAX_DEBUG_ID_LEN:
@@ -466,6 +469,20 @@ def _extract_found(found: tuple, formats: tuple, hmac_keys: Any, url_decode: boo
     if baggage:
         return Extracted(_base_context(None, None, baggage), "baggage")
     return _NOTHING
+
+
+def _tracestate(found: tuple, trace_id: int) -> Optional[str]:
+    """tracestate belongs to its traceparent: kept only when that traceparent is valid and names
+    the same trace as the winning header."""
+    tp = found[_S_TRACEPARENT]
+    w3c = _core.traceparent_parse(tp) if isinstance(tp, str) else None
+    ts = found[_S_TRACESTATE]
+    if w3c is None or w3c[0] != trace_id or not isinstance(ts, str):
+        return None
+    if _core.tracestate_valid(ts):
+        return ts
+    _warn("tracestate", "ignored invalid tracestate %.80r", ts)
+    return None
 
 
 def extract_context(carrier: Any, formats: Union[str, Iterable[str], None] = None,

@@ -55,6 +55,26 @@ const unsigned char bu_w3c_key[256] = {
 
 static const char hexdig[] = "0123456789abcdef";
 
+static inline uint64_t
+be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+static inline unsigned char *
+put_be(unsigned char *p, uint64_t v, int bytes)
+{
+    for (int i = bytes - 1; i >= 0; i--) {
+        p[i] = (unsigned char)(v & 0xFF);
+        v >>= 8;
+    }
+    return p + bytes;
+}
+
 static inline int
 is_ows(unsigned char c)
 {
@@ -488,20 +508,47 @@ text_arg(PyObject *o, const char **s, Py_ssize_t *n)
     return -1;
 }
 
+/* Python int -> 128 bits without raising and clearing OverflowError on the way (that costs more
+ * than the whole parse): the bit length picks the conversion. */
+static int
+u128_arg(PyObject *o, uint64_t *hi, uint64_t *lo, int max_bits)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "id must be an int, not %.100s", Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    if (_PyLong_Sign(o) < 0 || _PyLong_NumBits(o) > (size_t)max_bits) {
+        PyErr_Format(PyExc_ValueError, "id must be within [0, 2**%d)", max_bits);
+        return -1;
+    }
+    if (max_bits <= 64 || _PyLong_NumBits(o) <= 64) {
+        *hi = 0;
+        *lo = PyLong_AsUnsignedLongLong(o);
+        return (*lo == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
+    }
+    unsigned char b[16];
+    if (_PyLong_AsByteArray((PyLongObject *)o, b, 16, 0, 0) < 0) {
+        return -1;
+    }
+    *hi = be64(b);
+    *lo = be64(b + 8);
+    return 0;
+}
+
 static int
 ids_arg(PyObject *const *args, bu_ctx_ids *c, int with_parent)
 {
-    uint64_t flags;
+    uint64_t flags, unused;
     int i = 2;
-    if (bu_u128_from_pylong(args[0], &c->trace_hi, &c->trace_lo) < 0 ||
-        bu_u64_from_pylong(args[1], &c->span_id) < 0) {
+    if (u128_arg(args[0], &c->trace_hi, &c->trace_lo, 128) < 0 ||
+        u128_arg(args[1], &unused, &c->span_id, 64) < 0) {
         return -1;
     }
     c->parent_id = 0;
-    if (with_parent && bu_u64_from_pylong(args[i++], &c->parent_id) < 0) {
+    if (with_parent && u128_arg(args[i++], &unused, &c->parent_id, 64) < 0) {
         return -1;
     }
-    if (bu_u64_from_pylong(args[i], &flags) < 0) {
+    if (u128_arg(args[i], &unused, &flags, 64) < 0) {
         return -1;
     }
     c->flags = (unsigned)(flags & 0xFF);
@@ -516,23 +563,49 @@ trace_id_obj(const bu_ctx_ids *c)
         return PyLong_FromUnsignedLongLong(c->trace_lo);
     }
     unsigned char b[16];
-    for (int i = 0; i < 8; i++) {
-        b[i] = (unsigned char)(c->trace_hi >> (56 - 8 * i));
-        b[8 + i] = (unsigned char)(c->trace_lo >> (56 - 8 * i));
-    }
+    put_be(b, c->trace_hi, 8);
+    put_be(b + 8, c->trace_lo, 8);
     return _PyLong_FromByteArray(b, 16, 0, 0);
 }
 
-/* (trace_id, span_id, parent_id, flags) */
+/* A tuple of the ids: (trace_id, span_id[, parent_id], flags). */
 static PyObject *
-ids_tuple4(const bu_ctx_ids *c)
+ids_tuple(const bu_ctx_ids *c, int with_parent)
 {
-    PyObject *t = trace_id_obj(c);
+    PyObject *t = PyTuple_New(with_parent ? 4 : 3);
     if (t == NULL) {
         return NULL;
     }
-    return Py_BuildValue("(NKKI)", t, (unsigned long long)c->span_id,
-                         (unsigned long long)c->parent_id, c->flags);
+    int i = 0;
+    PyObject *v = trace_id_obj(c);
+    if (v == NULL) {
+        goto error;
+    }
+    PyTuple_SET_ITEM(t, i++, v);
+    if ((v = PyLong_FromUnsignedLongLong(c->span_id)) == NULL) {
+        goto error;
+    }
+    PyTuple_SET_ITEM(t, i++, v);
+    if (with_parent) {
+        if ((v = PyLong_FromUnsignedLongLong(c->parent_id)) == NULL) {
+            goto error;
+        }
+        PyTuple_SET_ITEM(t, i++, v);
+    }
+    if ((v = PyLong_FromUnsignedLong(c->flags)) == NULL) {
+        goto error;
+    }
+    PyTuple_SET_ITEM(t, i, v);
+    return t;
+error:
+    Py_DECREF(t);
+    return NULL;
+}
+
+static PyObject *
+ids_tuple4(const bu_ctx_ids *c)
+{
+    return ids_tuple(c, 1);
 }
 
 #define CHECK_NARGS(name, lo, hi)                                                                  \
@@ -591,11 +664,7 @@ py_traceparent_parse(PyObject *Py_UNUSED(m), PyObject *arg)
     if (bu_traceparent_parse(s, (size_t)n, &c) < 0) {
         Py_RETURN_NONE;
     }
-    PyObject *t = trace_id_obj(&c);
-    if (t == NULL) {
-        return NULL;
-    }
-    return Py_BuildValue("(NKI)", t, (unsigned long long)c.span_id, c.flags);
+    return ids_tuple(&c, 0);
 }
 
 /* traceparent_format(trace_id, span_id, trace_flags) -> str */
@@ -1014,30 +1083,10 @@ done:
 
 /* ================================================================ Python glue: binary format */
 
-static inline uint64_t
-be64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) {
-        v = (v << 8) | p[i];
-    }
-    return v;
-}
-
 static inline uint32_t
 be32(const unsigned char *p)
 {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
-}
-
-static inline unsigned char *
-put_be(unsigned char *p, uint64_t v, int bytes)
-{
-    for (int i = bytes - 1; i >= 0; i--) {
-        p[i] = (unsigned char)(v & 0xFF);
-        v >>= 8;
-    }
-    return p + bytes;
 }
 
 /* One length-prefixed string at *pos; NULL when the input ends early (corrupted). */
