@@ -100,7 +100,9 @@ def cases() -> dict:
             octx = ob.set_baggage(k, v, context=octx)
         tp_carrier = {"traceparent": TRACEPARENT}
         bag_carrier = {"baggage": W3C_BAGGAGE}
-        c["uber-trace-id parse"]["opentelemetry"] = lambda: ojmod._parse_trace_id_header(UBER)
+        uber_list = [UBER]
+        c["uber-trace-id parse"]["opentelemetry"] = (
+            lambda: ojmod._parse_trace_id_header(uber_list))
         c["uber-trace-id format"]["opentelemetry"] = (
             lambda: ojmod._format_uber_trace_id(T, S, P, 1))
         c["traceparent parse"]["opentelemetry (extract)"] = lambda: otc.extract(tp_carrier)
