@@ -111,14 +111,19 @@ class Span(opentracing.Span):
         self._span.finish(finish_time)
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        # The same error tag and log as the core's spans; finish() is looked up on self so that
+        # a patched finish (the OpenTracing harness does that) is the one called.
         if exc_val is not None:
+            mod = getattr(exc_type, "__module__", "builtins")
+            kind = exc_type.__qualname__ if mod == "builtins" else "%s.%s" % (
+                mod, exc_type.__qualname__)
             self.set_tag("error", True)
             self.log_kv({
                 "event": "error",
-                "error.kind": exc_type.__name__,
+                "error.kind": kind,
                 "error.object": repr(exc_val),
                 "message": str(exc_val),
-                "stack": "".join(traceback.format_tb(exc_tb)),
+                "stack": "".join(traceback.format_exception(exc_type, exc_val, exc_tb)),
             })
         self.finish()
 

@@ -417,7 +417,8 @@ def _ids_b3_multi(found: tuple) -> Optional[tuple]:
 _tuple_new = tuple.__new__
 
 
-def _extract_found(found: tuple, formats: tuple, hmac_keys: Any, url_decode: bool) -> Extracted:
+def _extract_found(found: tuple, formats: tuple, hmac_keys: Any, url_decode: bool,
+                   trust_flags: bool = True) -> Extracted:
     ids = None
     source = None
     for fmt in formats:
@@ -456,9 +457,13 @@ def _extract_found(found: tuple, formats: tuple, hmac_keys: Any, url_decode: boo
         tracestate = None
         if found[_S_TRACESTATE] is not None and W3C in formats:
             tracestate = _tracestate(found, ids[0])
-        return _tuple_new(Extracted, (SpanContext(ids[0], ids[1], ids[2], ids[3], baggage),
+        flags = ids[3]
+        if not trust_flags:
+            # The caller's sampled/debug bits are not honoured: our sampler decides.
+            flags = 1 if _core.sample(ids[0] & _MASK64) else 0
+        return _tuple_new(Extracted, (SpanContext(ids[0], ids[1], ids[2], flags, baggage),
                                       source, None, tracestate))
-    debug_id = found[_S_DEBUG_ID] if JAEGER in formats else None
+    debug_id = found[_S_DEBUG_ID] if JAEGER in formats and trust_flags else None
     if isinstance(debug_id, str) and debug_id.strip():
         if len(debug_id) > _MAX_DEBUG_ID_LEN:
             _warn("debug-id", "ignored over-long jaeger-debug-id")
@@ -486,37 +491,41 @@ def _tracestate(found: tuple, trace_id: int) -> Optional[str]:
 
 
 def extract_context(carrier: Any, formats: Union[str, Iterable[str], None] = None,
-                    hmac_keys: Any = None, url_decode: bool = True) -> Extracted:
+                    hmac_keys: Any = None, url_decode: bool = True,
+                    trust_flags: bool = True) -> Extracted:
     """Like :func:`extract` but returns an :class:`Extracted` with the debug id and tracestate."""
     formats = DEFAULT_EXTRACT if formats is None else _check_formats(formats)
     try:
         found = _core.scan(carrier)
         if found is None:
             return _NOTHING
-        return _extract_found(found, formats, hmac_keys, url_decode)
+        return _extract_found(found, formats, hmac_keys, url_decode, trust_flags)
     except Exception as exc:  # never break the request over a bad header or carrier
         _warn("extract", "could not extract a trace context (%s: %s)", type(exc).__name__, exc)
         return _NOTHING
 
 
 def extract(carrier: Any, formats: Union[str, Iterable[str], None] = None,
-            hmac_keys: Any = None, url_decode: bool = True) -> Optional[Any]:
+            hmac_keys: Any = None, url_decode: bool = True,
+            trust_flags: bool = True) -> Optional[Any]:
     """The SpanContext carried by ``carrier``, or None.
 
     Formats are tried in order (default: Jaeger, W3C, legacy osprofiler); the first valid one
     wins. Baggage from every enabled format is merged (``uberctx-*`` wins over ``jaeger-baggage``
     over W3C ``baggage``). Legacy headers are only accepted when one of ``hmac_keys`` signed them.
+    ``trust_flags=False``: the sender's sampled/debug flags and ``jaeger-debug-id`` are not
+    honoured (the root sampler decides; a signed legacy request is always traced).
     """
-    return extract_context(carrier, formats, hmac_keys, url_decode).context
+    return extract_context(carrier, formats, hmac_keys, url_decode, trust_flags).context
 
 
-def extract_headers(environ: Any, hmac_keys: Any = None) -> Extracted:
+def extract_headers(environ: Any, hmac_keys: Any = None, trust_flags: bool = True) -> Extracted:
     """Fast path for the WSGI middleware: default formats over a WSGI environ (or header map)."""
     try:
         found = _core.scan(environ)
         if found is None:
             return _NOTHING
-        return _extract_found(found, DEFAULT_EXTRACT, hmac_keys, True)
+        return _extract_found(found, DEFAULT_EXTRACT, hmac_keys, True, trust_flags)
     except Exception as exc:
         _warn("extract", "could not extract a trace context (%s: %s)", type(exc).__name__, exc)
         return _NOTHING
