@@ -92,15 +92,23 @@ def _warn(kind: str, msg: str, *args: object) -> None:
     warn_limited("propagation." + kind, "trace propagation: " + msg, *args)
 
 
+_checked: dict = {}
+
+
 def _check_formats(formats: Union[str, Iterable[str]]) -> tuple:
-    if isinstance(formats, str):
-        formats = (formats,)
-    formats = tuple(formats)
-    for f in formats:
+    """A validated tuple of format names (cached for str / tuple arguments)."""
+    try:
+        return _checked[formats]
+    except (KeyError, TypeError):
+        pass
+    names = (formats,) if isinstance(formats, str) else tuple(formats)
+    for f in names:
         if f not in _KNOWN:
             raise ValueError("unknown propagation format %r (known: %s)"
                              % (f, ", ".join(sorted(_KNOWN))))
-    return formats
+    if isinstance(formats, (str, tuple)) and len(_checked) < 64:
+        _checked[formats] = names
+    return names
 
 
 def parse_hmac_keys(keys: Union[None, str, bytes, Iterable[Union[str, bytes]]]) -> tuple:
@@ -158,12 +166,6 @@ def _as_context(context: Any) -> Any:
     if isinstance(context, _core.Span):
         return context.context
     return context
-
-
-def _setter(carrier: Any):
-    if isinstance(carrier, list):
-        return lambda k, v: carrier.append((k, v))
-    return carrier.__setitem__
 
 
 # ---------------------------------------------------------------- legacy osprofiler headers
@@ -241,6 +243,19 @@ def _legacy_ids(ctx: Any) -> dict:
 
 # ---------------------------------------------------------------- inject
 
+_C_MASK = {JAEGER: 1, W3C: 2, B3: 4}
+_DEFAULT_INJECT_LEGACY = DEFAULT_INJECT + (LEGACY,)
+_plans: dict = {}
+
+
+def _plan(formats: tuple) -> tuple:
+    """(C format mask, legacy?, b3 multi?) of a validated formats tuple (cached)."""
+    mask = 0
+    for fmt in formats:
+        mask |= _C_MASK.get(fmt, 0)
+    return mask, LEGACY in formats, B3_MULTI in formats
+
+
 def inject(context: Any, carrier: Any, formats: Union[str, Iterable[str], None] = None,
            hmac_key: Union[str, bytes, None] = None, url_encode: bool = True,
            tracestate: Optional[str] = None) -> Any:
@@ -248,65 +263,59 @@ def inject(context: Any, carrier: Any, formats: Union[str, Iterable[str], None] 
 
     Default formats: Jaeger and W3C, plus legacy osprofiler when ``hmac_key`` is given.
     ``url_encode=False`` is the OpenTracing TEXT_MAP flavour (baggage values as they are).
-    ``tracestate`` (or ``context.tracestate``) is passed on unchanged with ``traceparent``.
+    ``tracestate`` is passed on unchanged with ``traceparent``.
     Returns the carrier. Problems are logged, never raised.
     """
     if formats is None:
-        formats = DEFAULT_INJECT + ((LEGACY,) if hmac_key else ())
+        formats = _DEFAULT_INJECT_LEGACY if hmac_key else DEFAULT_INJECT
     else:
         formats = _check_formats(formats)
-    ctx = _as_context(context)
-    if ctx is None:
+    if context is None:
         return carrier
     try:
-        put = _setter(carrier)
-        trace_id, span_id, parent_id = ctx.trace_id, ctx.span_id, ctx.parent_id
-        flags = ctx.flags
-        baggage = ctx.baggage
-        for fmt in formats:
-            if fmt == JAEGER:
-                put(UBER_TRACE_ID, _core.uber_format(trace_id, span_id, parent_id, flags))
-                if baggage:
-                    headers, dropped = _core.baggage_format(baggage, 1, url_encode)
-                    for name, value in headers:
-                        put(name, value)
-                    if dropped:
-                        _warn("baggage", "not sent: %d uberctx baggage items (invalid key or "
-                              "over the limits)", dropped)
-            elif fmt == W3C:
-                put(TRACEPARENT, _core.traceparent_format(trace_id, span_id, flags & 1))
-                ts = tracestate if tracestate is not None else getattr(ctx, "tracestate", None)
-                if ts:
-                    put(TRACESTATE, ts)
-                if baggage:
-                    header, dropped = _core.baggage_format(baggage, 0, True)
-                    if header:
-                        put(BAGGAGE, header)
-                    if dropped:
-                        _warn("baggage", "not sent: %d W3C baggage members over the limits",
-                              dropped)
-            elif fmt == LEGACY:
-                if not hmac_key:
-                    _warn("legacy-key", "osprofiler headers need an HMAC key: not sent")
-                    continue
-                info, sig = legacy_pack(_legacy_ids(ctx), hmac_key)
-                put(X_TRACE_INFO, info)
-                put(X_TRACE_HMAC, sig)
-            elif fmt == B3:
-                put("b3", _core.b3_format(trace_id, span_id, parent_id, flags))
-            elif fmt == B3_MULTI:
-                tid = format(trace_id, "032x" if trace_id >> 64 else "016x")
-                put("X-B3-TraceId", tid)
-                put("X-B3-SpanId", format(span_id, "016x"))
-                if parent_id:
-                    put("X-B3-ParentSpanId", format(parent_id, "016x"))
-                if flags & 2:
-                    put("X-B3-Flags", "1")
-                else:
-                    put("X-B3-Sampled", "1" if flags & 1 else "0")
+        plan = _plans.get(formats)
+        if plan is None:
+            plan = _plans[formats] = _plan(formats)
+        mask, legacy, b3multi = plan
+        headers, dropped = _core.inject_headers(context, mask, url_encode)
+        if dropped:
+            _warn("baggage", "not sent: %d baggage items (invalid key or over the limits)",
+                  dropped)
+        if tracestate and mask & 2:
+            headers.append((TRACESTATE, tracestate))
+        if legacy:
+            if hmac_key:
+                ctx = context.context if isinstance(context, _core.Span) else context
+                headers.extend(zip((X_TRACE_INFO, X_TRACE_HMAC),
+                                   legacy_pack(_legacy_ids(ctx), hmac_key)))
+            else:
+                _warn("legacy-key", "osprofiler headers need an HMAC key: not sent")
+        if b3multi:
+            headers.extend(_b3_multi_headers(context))
+        if carrier.__class__ is dict:
+            carrier.update(headers)
+        elif isinstance(carrier, list):
+            carrier.extend(headers)
+        else:
+            for name, value in headers:
+                carrier[name] = value
     except Exception as exc:  # a broken carrier or context must not break the request
         _warn("inject", "could not inject the trace context (%s: %s)", type(exc).__name__, exc)
     return carrier
+
+
+def _b3_multi_headers(context: Any) -> list:
+    trace_id, span_id, parent_id, flags = (context.trace_id, context.span_id,
+                                           context.parent_id, context.flags)
+    out = [("X-B3-TraceId", format(trace_id, "032x" if trace_id >> 64 else "016x")),
+           ("X-B3-SpanId", format(span_id, "016x"))]
+    if parent_id:
+        out.append(("X-B3-ParentSpanId", format(parent_id, "016x")))
+    if flags & 2:
+        out.append(("X-B3-Flags", "1"))
+    else:
+        out.append(("X-B3-Sampled", "1" if flags & 1 else "0"))
+    return out
 
 
 # ---------------------------------------------------------------- extract

@@ -7,6 +7,7 @@
 #include "propagation.h"
 #include "hooks.h"
 #include "pyrecord.h"
+#include "span.h"
 
 #include <string.h>
 
@@ -970,16 +971,13 @@ items_seq(PyObject *items)
  * At most BU_BAGGAGE_MAX_ITEMS members and BU_BAGGAGE_MAX_BYTES bytes of encoded output; a member
  * that does not fit is dropped whole. Jaeger keys that cannot be header names are dropped. */
 static PyObject *
-py_baggage_format(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
+baggage_format_impl(PyObject *items, int kind, int enc, long *dropped_out)
 {
     PyObject *seq = NULL, *out = NULL, *res = NULL;
     char *buf = NULL;
     size_t used = 0, total = 0;
     long dropped = 0, count = 0;
-    CHECK_NARGS("baggage_format", 3, 3)
-    int kind = PyLong_AsLong(args[1]);
-    int enc = PyObject_IsTrue(args[2]);
-    if ((kind == -1 && PyErr_Occurred()) || enc < 0 || (seq = items_seq(args[0])) == NULL) {
+    if ((seq = items_seq(items)) == NULL) {
         return NULL;
     }
     /* Room for the largest allowed output plus one member's worst case before it is rejected. */
@@ -1073,13 +1071,32 @@ py_baggage_format(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t narg
             goto done;
         }
     }
-    res = Py_BuildValue("(Ol)", out, dropped);
+    res = Py_NewRef(out);
+    *dropped_out = dropped;
 done:
     PyMem_Free(buf);
     Py_XDECREF(seq);
     Py_XDECREF(out);
     return res;
 }
+
+static PyObject *
+py_baggage_format(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
+{
+    long dropped = 0;
+    CHECK_NARGS("baggage_format", 3, 3)
+    int kind = PyLong_AsLong(args[1]);
+    int enc = PyObject_IsTrue(args[2]);
+    if ((kind == -1 && PyErr_Occurred()) || enc < 0) {
+        return NULL;
+    }
+    PyObject *out = baggage_format_impl(args[0], kind, enc, &dropped);
+    if (out == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(Nl)", out, dropped);
+}
+
 
 /* ================================================================ Python glue: binary format */
 
@@ -1498,6 +1515,111 @@ done:
     return res;
 }
 
+/* ================================================================ Python glue: inject fast path */
+
+#define INJECT_JAEGER 1
+#define INJECT_W3C 2
+#define INJECT_B3 4
+
+static int
+append_header(PyObject *list, const char *name, const char *value, size_t n)
+{
+    PyObject *k = PyUnicode_FromString(name);
+    PyObject *v = k ? PyUnicode_DecodeASCII(value, (Py_ssize_t)n, NULL) : NULL;
+    PyObject *t = v ? PyTuple_Pack(2, k, v) : NULL;
+    int rc = (t == NULL || PyList_Append(list, t) < 0) ? -1 : 0;
+    Py_XDECREF(k);
+    Py_XDECREF(v);
+    Py_XDECREF(t);
+    return rc;
+}
+
+/* inject_headers(span_or_context, mask, url_encode) -> ([(name, value), ...], dropped)
+ * The headers of the Jaeger (1), W3C (2) and B3 single (4) formats for a core Span or
+ * SpanContext, read straight from the object (no ids through Python ints, no baggage copy). */
+static PyObject *
+py_inject_headers(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    bu_state *st = bu_state_of_module(m);
+    bu_ctx_ids c;
+    PyObject *baggage, *list = NULL, *bag = NULL;
+    long dropped = 0, d = 0;
+    char buf[BU_UBER_FMT_MAX];
+    CHECK_NARGS("inject_headers", 3, 3)
+    PyObject *o = args[0];
+    if (Py_IS_TYPE(o, st->SpanType)) {
+        SpanObject *sp = _Span_CAST(o);
+        c = (bu_ctx_ids){sp->trace_hi, sp->trace_lo, sp->span_id, sp->parent_id, sp->flags};
+        baggage = sp->baggage;
+    }
+    else if (Py_IS_TYPE(o, st->SpanContextType)) {
+        SpanContextObject *cx = _SpanContext_CAST(o);
+        c = (bu_ctx_ids){cx->trace_hi, cx->trace_lo, cx->span_id, cx->parent_id, cx->flags};
+        baggage = cx->baggage;
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "expected a Span or SpanContext, not %.100s",
+                     Py_TYPE(o)->tp_name);
+        return NULL;
+    }
+    long mask = PyLong_AsLong(args[1]);
+    int enc = PyObject_IsTrue(args[2]);
+    if ((mask == -1 && PyErr_Occurred()) || enc < 0 || (list = PyList_New(0)) == NULL) {
+        return NULL;
+    }
+    if (baggage != NULL && PyDict_GET_SIZE(baggage) == 0) {
+        baggage = NULL;
+    }
+    if (mask & INJECT_JAEGER) {
+        if (append_header(list, "uber-trace-id", buf, bu_uber_format(&c, buf)) < 0) {
+            goto error;
+        }
+        if (baggage != NULL) {
+            if ((bag = baggage_format_impl(baggage, BAGGAGE_JAEGER, enc, &d)) == NULL) {
+                goto error;
+            }
+            dropped += d;
+            Py_ssize_t n = PyList_GET_SIZE(list);
+            if (PyList_SetSlice(list, n, n, bag) < 0) {
+                goto error;
+            }
+            Py_CLEAR(bag);
+        }
+    }
+    if (mask & INJECT_W3C) {
+        bu_ctx_ids w = c;
+        w.flags &= BU_FLAG_SAMPLED; /* only "sampled" has a W3C meaning */
+        if (append_header(list, "traceparent", buf, bu_traceparent_format(&w, buf)) < 0) {
+            goto error;
+        }
+        if (baggage != NULL) {
+            if ((bag = baggage_format_impl(baggage, BAGGAGE_W3C, 1, &d)) == NULL) {
+                goto error;
+            }
+            dropped += d;
+            if (bag != Py_None) {
+                PyObject *k = PyUnicode_FromString("baggage");
+                PyObject *t = k ? PyTuple_Pack(2, k, bag) : NULL;
+                int rc = (t == NULL || PyList_Append(list, t) < 0) ? -1 : 0;
+                Py_XDECREF(k);
+                Py_XDECREF(t);
+                if (rc < 0) {
+                    goto error;
+                }
+            }
+            Py_CLEAR(bag);
+        }
+    }
+    if ((mask & INJECT_B3) && append_header(list, "b3", buf, bu_b3_format(&c, buf)) < 0) {
+        goto error;
+    }
+    return Py_BuildValue("(Nl)", list, dropped);
+error:
+    Py_XDECREF(bag);
+    Py_DECREF(list);
+    return NULL;
+}
+
 /* ================================================================ registration */
 
 static PyMethodDef propagation_methods[] = {
@@ -1528,6 +1650,9 @@ static PyMethodDef propagation_methods[] = {
      "binary_parse(data) -> (trace_id, span_id, parent_id, flags, [(k, v)], dropped) | None"},
     {"binary_format", (PyCFunction)(void (*)(void))py_binary_format, METH_FASTCALL,
      "binary_format(trace_id, span_id, parent_id, flags, baggage) -> (bytes, dropped)"},
+    {"inject_headers", (PyCFunction)(void (*)(void))py_inject_headers, METH_FASTCALL,
+     "inject_headers(span_or_context, mask, url_encode) -> ([(name, value)], dropped); "
+     "mask: 1 Jaeger, 2 W3C, 4 B3"},
     {"scan", py_scan, METH_O, "scan(carrier) -> None | tuple of propagation header values"},
     {NULL, NULL, 0, NULL},
 };

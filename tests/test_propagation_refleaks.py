@@ -12,6 +12,8 @@ T = (1 << 100) + 12345
 HEADERS = {"uber-trace-id": "%x:%x:0:1" % (T, 7), "uberctx-k": "a%20b", "Host": "x",
            "traceparent": "00-%032x-%016x-01" % (T, 7), "tracestate": "a=1",
            "baggage": "k2=v,bad", "jaeger-baggage": "k3=v"}
+CTX = bu_osprofiler.SpanContext(T, 7, 9, 1, {"k": "a b", "bad key": "v"})
+SPAN = bu_osprofiler.start_span("leak-check")
 BINARY = _core.binary_format(T, 7, 9, 1, {"k": "v", "\u00fc": "x"})[0]
 
 
@@ -46,6 +48,8 @@ def _valid():
     _core.binary_format(T, 7, 9, 1, {"k": "v"})
     _core.scan(HEADERS)
     _core.scan([(b"uber-trace-id", [b"x", "y"])])
+    _core.inject_headers(CTX, 7, True)
+    _core.inject_headers(SPAN, 3, False)
 
 
 def _invalid():
@@ -58,7 +62,8 @@ def _invalid():
     _core.binary_parse(BINARY[:37] + b"\x00\x00\x00\x01\xff\x00\x00\x00\x00")
     for bad in ((_core.uber_format, ("x", 1, 0, 1)), (_core.uber_format, (1 << 130, 1, 0, 1)),
                 (_core.uber_parse, (5,)), (_core.scan, (5,)), (_core.scan, ([(1, 2, 3)],)),
-                (_core.baggage_format, ([("k",)], 0, True)), (_core.binary_parse, ("str",))):
+                (_core.baggage_format, ([("k",)], 0, True)), (_core.binary_parse, ("str",)),
+                (_core.inject_headers, (object(), 1, True))):
         try:
             bad[0](*bad[1])
         except (TypeError, ValueError):
