@@ -18,40 +18,40 @@
 
 /* RFC 3986 unreserved characters: the only bytes percent_encode leaves alone in values. */
 const unsigned char bu_unreserved[256] = {
-    R16(0), R16(0),
-    /* 0x20 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0,
-    /* 0x30 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0,
-    /* 0x40 */ 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    /* 0x50 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1,
-    /* 0x60 */ 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    /* 0x70 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 0,
-    R16(0), R16(0), R16(0), R16(0), R16(0), R16(0), R16(0), R16(0),
+    R16(0),       R16(0),
+    /* 0x20 */ 0, 0,      0,      0,      0,      0,      0,      0,      0, 0, 0, 0, 0, 1, 1, 0,
+    /* 0x30 */ 1, 1,      1,      1,      1,      1,      1,      1,      1, 1, 0, 0, 0, 0, 0, 0,
+    /* 0x40 */ 0, 1,      1,      1,      1,      1,      1,      1,      1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x50 */ 1, 1,      1,      1,      1,      1,      1,      1,      1, 1, 1, 0, 0, 0, 0, 1,
+    /* 0x60 */ 0, 1,      1,      1,      1,      1,      1,      1,      1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x70 */ 1, 1,      1,      1,      1,      1,      1,      1,      1, 1, 1, 0, 0, 0, 1, 0,
+    R16(0),       R16(0), R16(0), R16(0), R16(0), R16(0), R16(0), R16(0),
 };
 
 /* RFC 7230 tchar ("!#$%&'*+-.^_`|~" DIGIT ALPHA) without '%', which introduces an escape. These
  * are the bytes allowed unescaped in a W3C baggage key and in an uberctx-* header name. */
 const unsigned char bu_tchar[256] = {
-    R16(0), R16(0),
-    /* 0x20 */ 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 1, 1, 0, 1, 1, 0,
-    /* 0x30 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0,
-    /* 0x40 */ 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    /* 0x50 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1,
-    /* 0x60 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    /* 0x70 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 0,
-    R16(0), R16(0), R16(0), R16(0), R16(0), R16(0), R16(0), R16(0),
+    R16(0),       R16(0),
+    /* 0x20 */ 0, 1,      0,      1,      1,      0,      1,      1,      0, 0, 1, 1, 0, 1, 1, 0,
+    /* 0x30 */ 1, 1,      1,      1,      1,      1,      1,      1,      1, 1, 0, 0, 0, 0, 0, 0,
+    /* 0x40 */ 0, 1,      1,      1,      1,      1,      1,      1,      1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x50 */ 1, 1,      1,      1,      1,      1,      1,      1,      1, 1, 1, 0, 0, 0, 1, 1,
+    /* 0x60 */ 1, 1,      1,      1,      1,      1,      1,      1,      1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x70 */ 1, 1,      1,      1,      1,      1,      1,      1,      1, 1, 1, 0, 1, 0, 1, 0,
+    R16(0),       R16(0), R16(0), R16(0), R16(0), R16(0), R16(0), R16(0),
 };
 
 /* A W3C baggage key left unescaped: tchar without '+', which OpenTelemetry's decoders (and ours)
  * read as a space. */
 const unsigned char bu_w3c_key[256] = {
-    R16(0), R16(0),
-    /* 0x20 */ 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0,
-    /* 0x30 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0,
-    /* 0x40 */ 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    /* 0x50 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1,
-    /* 0x60 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    /* 0x70 */ 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 0,
-    R16(0), R16(0), R16(0), R16(0), R16(0), R16(0), R16(0), R16(0),
+    R16(0),       R16(0),
+    /* 0x20 */ 0, 1,      0,      1,      1,      0,      1,      1,      0, 0, 1, 0, 0, 1, 1, 0,
+    /* 0x30 */ 1, 1,      1,      1,      1,      1,      1,      1,      1, 1, 0, 0, 0, 0, 0, 0,
+    /* 0x40 */ 0, 1,      1,      1,      1,      1,      1,      1,      1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x50 */ 1, 1,      1,      1,      1,      1,      1,      1,      1, 1, 1, 0, 0, 0, 1, 1,
+    /* 0x60 */ 1, 1,      1,      1,      1,      1,      1,      1,      1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x70 */ 1, 1,      1,      1,      1,      1,      1,      1,      1, 1, 1, 0, 1, 0, 1, 0,
+    R16(0),       R16(0), R16(0), R16(0), R16(0), R16(0), R16(0), R16(0),
 };
 
 static const char hexdig[] = "0123456789abcdef";
@@ -196,11 +196,9 @@ bu_percent_decode(const char *s, size_t n, unsigned char *out, int plus_space)
             }
             out[o++] = (unsigned char)(h << 4 | l);
             i += 2;
-        }
-        else if (c == '+' && plus_space) {
+        } else if (c == '+' && plus_space) {
             out[o++] = ' ';
-        }
-        else {
+        } else {
             out[o++] = c;
         }
     }
@@ -215,8 +213,7 @@ bu_percent_encode(const unsigned char *s, size_t n, char *out, const unsigned ch
         unsigned char c = s[i];
         if (keep[c]) {
             out[o++] = (char)c;
-        }
-        else {
+        } else {
             out[o++] = '%';
             out[o++] = "0123456789ABCDEF"[c >> 4];
             out[o++] = "0123456789ABCDEF"[c & 0xF];
@@ -365,8 +362,8 @@ tracestate_member_valid(const char *s, size_t n)
         unsigned char c = (unsigned char)s[i];
         if (c == '@' && at == klen && i > 0) {
             at = i;
-        }
-        else if (!ts_keychar(c) || (i == 0 && !((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')))) {
+        } else if (!ts_keychar(c) ||
+                   (i == 0 && !((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')))) {
             return 0;
         }
     }
@@ -793,9 +790,8 @@ encode_obj(const char *s, size_t n, const unsigned char *keep)
             return PyErr_NoMemory();
         }
     }
-    res = PyUnicode_DecodeASCII(buf, (Py_ssize_t)bu_percent_encode((const unsigned char *)s, n,
-                                                                   buf, keep),
-                                NULL);
+    res = PyUnicode_DecodeASCII(
+        buf, (Py_ssize_t)bu_percent_encode((const unsigned char *)s, n, buf, keep), NULL);
     if (buf != small) {
         PyMem_Free(buf);
     }
@@ -926,8 +922,7 @@ py_baggage_parse(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs
         }
         if (r == 0) {
             skipped++;
-        }
-        else {
+        } else {
             taken++;
         }
     }
@@ -1041,8 +1036,7 @@ baggage_format_impl(PyObject *items, int kind, int enc, long *dropped_out)
                                             bu_unreserved)
                         : (memcpy(buf + used, v, (size_t)vn), (size_t)vn);
             total = used;
-        }
-        else {
+        } else {
             PyObject *name = PyUnicode_FromFormat("uberctx-%U", ko);
             PyObject *val = (name == NULL) ? NULL
                             : enc          ? encode_obj(v, (size_t)vn, bu_unreserved)
@@ -1096,7 +1090,6 @@ py_baggage_format(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t narg
     }
     return Py_BuildValue("(Nl)", out, dropped);
 }
-
 
 /* ================================================================ Python glue: binary format */
 
@@ -1236,8 +1229,7 @@ py_binary_format(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs
         if (kn == 0 || count >= BU_BAGGAGE_MAX_ITEMS ||
             bytes + (size_t)(kn + vn) > BU_BAGGAGE_MAX_BYTES) {
             dropped++;
-        }
-        else {
+        } else {
             unsigned char *p = put_be(buf + used, (uint64_t)kn, 4);
             memcpy(p, k, (size_t)kn);
             p = put_be(p + kn, (uint64_t)vn, 4);
@@ -1322,12 +1314,10 @@ normalize_key(PyObject *k, char *buf)
         }
         s = (const char *)PyUnicode_DATA(k);
         n = PyUnicode_GET_LENGTH(k);
-    }
-    else if (PyBytes_Check(k)) {
+    } else if (PyBytes_Check(k)) {
         s = PyBytes_AS_STRING(k);
         n = PyBytes_GET_SIZE(k);
-    }
-    else {
+    } else {
         return -1;
     }
     int environ = n > 5 && memcmp(s, "HTTP_", 5) == 0;
@@ -1352,8 +1342,7 @@ normalize_key(PyObject *k, char *buf)
         char c = s[i];
         if (c >= 'A' && c <= 'Z') {
             c = (char)(c + 32);
-        }
-        else if (c == '_' && environ) {
+        } else if (c == '_' && environ) {
             c = '-';
         }
         buf[i] = c;
@@ -1421,8 +1410,7 @@ scan_entry(PyObject *key, PyObject *value, PyObject **slots)
         if (slots[S_UBERCTX] == NULL && (slots[S_UBERCTX] = PyList_New(0)) == NULL) {
             return -1;
         }
-        PyObject *k = PyUnicode_DecodeASCII(buf + UBERCTX_PREFIX_LEN, n - UBERCTX_PREFIX_LEN,
-                                            NULL);
+        PyObject *k = PyUnicode_DecodeASCII(buf + UBERCTX_PREFIX_LEN, n - UBERCTX_PREFIX_LEN, NULL);
         PyObject *v = k ? normalize_value(value) : NULL;
         PyObject *t = v ? PyTuple_Pack(2, k, v) : NULL;
         int rc = (t == NULL || PyList_Append(slots[S_UBERCTX], t) < 0) ? -1 : 0;
@@ -1432,7 +1420,8 @@ scan_entry(PyObject *key, PyObject *value, PyObject **slots)
         return rc;
     }
     for (size_t i = 0; i < sizeof(known_headers) / sizeof(known_headers[0]); i++) {
-        if (known_headers[i].len == (size_t)n && memcmp(known_headers[i].name, buf, (size_t)n) == 0) {
+        if (known_headers[i].len == (size_t)n &&
+            memcmp(known_headers[i].name, buf, (size_t)n) == 0) {
             slot = known_headers[i].slot;
             break;
         }
@@ -1465,8 +1454,7 @@ py_scan(PyObject *Py_UNUSED(m), PyObject *carrier)
                 goto done;
             }
         }
-    }
-    else {
+    } else {
         if (PyObject_HasAttrString(carrier, "items")) {
             PyObject *it = PyObject_CallMethod(carrier, "items", NULL);
             if (it == NULL) {
@@ -1474,8 +1462,7 @@ py_scan(PyObject *Py_UNUSED(m), PyObject *carrier)
             }
             seq = PySequence_Fast(it, "carrier.items() must be iterable");
             Py_DECREF(it);
-        }
-        else {
+        } else {
             seq = PySequence_Fast(carrier, "carrier must be a mapping or (key, value) pairs");
         }
         if (seq == NULL) {
@@ -1551,13 +1538,11 @@ py_inject_headers(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         SpanObject *sp = _Span_CAST(o);
         c = (bu_ctx_ids){sp->trace_hi, sp->trace_lo, sp->span_id, sp->parent_id, sp->flags};
         baggage = sp->baggage;
-    }
-    else if (Py_IS_TYPE(o, st->SpanContextType)) {
+    } else if (Py_IS_TYPE(o, st->SpanContextType)) {
         SpanContextObject *cx = _SpanContext_CAST(o);
         c = (bu_ctx_ids){cx->trace_hi, cx->trace_lo, cx->span_id, cx->parent_id, cx->flags};
         baggage = cx->baggage;
-    }
-    else {
+    } else {
         PyErr_Format(PyExc_TypeError, "expected a Span or SpanContext, not %.100s",
                      Py_TYPE(o)->tp_name);
         return NULL;

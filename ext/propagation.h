@@ -10,13 +10,13 @@
 #include <stdint.h>
 
 /* Limits on untrusted input (DESIGN §7: headers from outside are bounded). */
-#define BU_UBER_MAX_LEN 256         /* uber-trace-id value, before URL-decoding */
-#define BU_TRACEPARENT_MAX_LEN 512  /* traceparent of a future version may carry more fields */
-#define BU_TRACESTATE_MAX_LEN 8192  /* longer tracestate is dropped */
+#define BU_UBER_MAX_LEN 256        /* uber-trace-id value, before URL-decoding */
+#define BU_TRACEPARENT_MAX_LEN 512 /* traceparent of a future version may carry more fields */
+#define BU_TRACESTATE_MAX_LEN 8192 /* longer tracestate is dropped */
 #define BU_TRACESTATE_MAX_MEMBERS 32
-#define BU_BAGGAGE_MAX_ITEMS 64     /* W3C Baggage limits, applied to every baggage format */
+#define BU_BAGGAGE_MAX_ITEMS 64 /* W3C Baggage limits, applied to every baggage format */
 #define BU_BAGGAGE_MAX_BYTES 8192
-#define BU_BINARY_HEAD 37           /* >QQQQBI */
+#define BU_BINARY_HEAD 37 /* >QQQQBI */
 
 /* Jaeger flag bits. */
 #define BU_FLAG_SAMPLED 0x01
@@ -54,7 +54,8 @@ int bu_b3_parse(const char *s, size_t n, bu_ctx_ids *out);
 size_t bu_b3_format(const bu_ctx_ids *c, char *out);
 
 /* Percent-decoding into `out` (at least n bytes). `plus_space`: '+' means ' ' (form encoding, as
- * OpenTelemetry's W3C baggage propagator sends spaces). Returns the length or -1 on a bad escape. */
+ * OpenTelemetry's W3C baggage propagator sends spaces). Returns the length or -1 on a bad escape.
+ */
 long bu_percent_decode(const char *s, size_t n, unsigned char *out, int plus_space);
 /* Percent-encoding of every byte outside `keep` (a 256-entry table) into `out` (3n bytes). */
 size_t bu_percent_encode(const unsigned char *s, size_t n, char *out, const unsigned char *keep);
