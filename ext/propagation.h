@@ -63,6 +63,55 @@ extern const unsigned char bu_unreserved[256]; /* RFC 3986 unreserved: A-Z a-z 0
 extern const unsigned char bu_tchar[256];      /* RFC 7230 token chars except '%' */
 extern const unsigned char bu_w3c_key[256];    /* bu_tchar without '+' (read as space) */
 
+/* Any-case hex of 1..32 digits (left-padded): 0 ok, -1 invalid. */
+int bu_hex_u128(const char *s, size_t n, uint64_t *hi, uint64_t *lo);
+
+/* Big-endian integers and HTTP optional whitespace. */
+static inline uint64_t
+bu_be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+static inline unsigned char *
+bu_put_be(unsigned char *p, uint64_t v, int bytes)
+{
+    for (int i = bytes - 1; i >= 0; i--) {
+        p[i] = (unsigned char)(v & 0xFF);
+        v >>= 8;
+    }
+    return p + bytes;
+}
+
+static inline int
+bu_is_ows(unsigned char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* Trim HTTP optional whitespace from both ends of [*s, *s + *n). */
+static inline void
+bu_trim_ows(const char **s, size_t *n)
+{
+    while (*n > 0 && bu_is_ows((unsigned char)(*s)[0])) {
+        (*s)++;
+        (*n)--;
+    }
+    while (*n > 0 && bu_is_ows((unsigned char)(*s)[*n - 1])) {
+        (*n)--;
+    }
+}
+
+static inline uint32_t
+bu_be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
 /* Hex digit value or -1. */
 static inline int
 bu_hexval(unsigned char c)
