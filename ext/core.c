@@ -126,6 +126,17 @@ register_process(PyObject *m, PyObject *args)
         }
         return NULL;
     }
+    /* configure() may run many times (tests, reconfiguration): reuse an identical description
+     * instead of filling the fixed table. */
+    for (uint16_t i = 0; i < st->nprocesses; i++) {
+        bu_process *q = &st->processes[i];
+        if (q->service_len == (size_t)slen && memcmp(q->service, service, (size_t)slen) == 0 &&
+            q->ntags == (uint16_t)n && q->tags.len == p->tags.len &&
+            (p->tags.len == 0 || memcmp(q->tags.data, p->tags.data, p->tags.len) == 0)) {
+            bu_buf_free(&p->tags);
+            return PyLong_FromLong(i);
+        }
+    }
     p->service = malloc((size_t)slen + 1);
     if (p->service == NULL) {
         bu_buf_free(&p->tags);
@@ -441,7 +452,8 @@ core_exec(PyObject *m)
     }
     Py_DECREF(r);
     if (bu_span_init(m, st) < 0 || bu_trace_init(m, st) < 0 || bu_propagation_init(m, st) < 0 ||
-        bu_thrift_init(m, st) < 0 || bu_otlp_init(m, st) < 0 || bu_reporter_init(m, st) < 0) {
+        bu_thrift_init(m, st) < 0 || bu_thriftdec_init(m, st) < 0 ||
+        bu_otlp_init(m, st) < 0 || bu_reporter_init(m, st) < 0) {
         return -1;
     }
     if (PyModule_AddIntConstant(m, "MODE_DISCARD", BU_MODE_DISCARD) < 0 ||
