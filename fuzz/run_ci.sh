@@ -32,9 +32,10 @@ for t in "${TARGETS[@]}"; do
         [ -d "$d" ] && seeds+=("$d")
     done
     start=$(date +%s)
-    # -timeout: one input taking >10 s is a hang; -rss_limit_mb bounds memory (a flood is a bug)
+    # -timeout: one input taking >10 s is a hang; -rss_limit_mb bounds memory (a flood is a bug);
+    # -keep_seed: the C parsers give no coverage feedback, so keep every (valid) seed to mutate
     timeout --kill-after=10 $((SECS + 60)) "$PY" fuzz/fuzz.py "$t" \
-        -max_total_time="$SECS" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
+        -max_total_time="$SECS" -max_len=4096 -timeout=10 -rss_limit_mb=2048 -keep_seed=1 \
         -artifact_prefix="fuzz/crashes/$t-" -print_final_stats=1 \
         "$WORK/$t" "${seeds[@]}" > "$WORK/$t.log" 2>&1
     rc=$?

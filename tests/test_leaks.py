@@ -405,3 +405,70 @@ def test_profiler_decorator_does_not_leak():
         assert_no_leak(op, n=2000)
     finally:
         profiler.clean()
+
+
+# ---------------------------------------------------------------- propagation codecs (C heap)
+
+
+def test_propagation_codecs_do_not_leak_c_heap():
+    """The prop helper's refleak test watches Python objects; this one watches malloc too."""
+    if not hasattr(_core, "uber_parse"):
+        pytest.skip("propagation codecs not available yet")
+    t = (1 << 100) | 5
+    binary = _core.binary_format(t, 7, 9, 1, {"k": "v" * 50})[0]
+    headers = {"uber-trace-id": "%x:7:9:1" % t, "uberctx-k": "v%20w",
+               "traceparent": "00-%032x-0000000000000007-01" % t, "baggage": "a=b,c=d;p=1"}
+
+    def op():
+        _core.uber_parse(headers["uber-trace-id"])
+        _core.uber_parse("zz:" * 400)
+        _core.traceparent_parse(headers["traceparent"])
+        _core.traceparent_parse("00-" + "g" * 60)
+        _core.baggage_parse("k=%FF,=v,x," + "a=b," * 100, 0)
+        _core.baggage_format({"k": "a b" * 20, "bad key": "v"}, 1, True)
+        _core.binary_parse(binary)
+        _core.binary_parse(binary[:-3])
+        _core.scan(headers)
+        _core.percent_decode("%zz%41" * 50)
+    assert_no_leak(op, n=2000)
+
+
+# ---------------------------------------------------------------- collector thrift decoder
+
+
+def _thrift_payloads():
+    """A valid compact Batch from the thrift package (independent encoder) and corruptions."""
+    pytest.importorskip("thrift")
+    ttypes = pytest.importorskip("jaeger_client.thrift_gen.jaeger.ttypes")
+    from thrift.protocol import TCompactProtocol
+    from thrift.transport import TTransport
+    tags = [ttypes.Tag(key="s", vType=ttypes.TagType.STRING, vStr="v" * 40),
+            ttypes.Tag(key="l", vType=ttypes.TagType.LONG, vLong=-5)]
+    span = ttypes.Span(traceIdLow=5, traceIdHigh=-7, spanId=9, parentSpanId=0,
+                       operationName="op", flags=1, startTime=1, duration=2, tags=tags,
+                       logs=[ttypes.Log(timestamp=3, fields=tags)],
+                       references=[ttypes.SpanRef(refType=ttypes.SpanRefType.CHILD_OF,
+                                                  traceIdLow=5, traceIdHigh=-7, spanId=3)])
+    batch = ttypes.Batch(process=ttypes.Process(serviceName="svc", tags=tags), spans=[span] * 5)
+    buf = TTransport.TMemoryBuffer()
+    batch.write(TCompactProtocol.TCompactProtocol(buf))
+    good = buf.getvalue()
+    return good, [good[:n] for n in (1, 7, len(good) // 2, len(good) - 1)] + [good[:20] + b"\xff" * 40]
+
+
+def test_thrift_decode_does_not_leak():
+    if not hasattr(_core, "thrift_decode"):
+        pytest.skip("collector decoder not available yet")
+    good, bad = _thrift_payloads()
+    kind = _core.THRIFT_COMPACT_BATCH
+
+    def op():
+        service, ptags, rows = _core.thrift_decode(good, kind)
+        assert service == "svc" and len(rows) == 5
+        for b in bad:
+            try:
+                _core.thrift_decode(b, kind)
+            except ValueError:
+                pass
+    assert_no_leak(op, n=1000)
+    assert_refcounts_stable([good] + bad, op, n=500)
