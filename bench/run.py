@@ -39,7 +39,8 @@ VENV_SPECS = {
 }
 # peer name -> (virtualenv, one-line description for the table)
 PEERS = {
-    "ours": ("ours", "bu_osprofiler (this repo), Jaeger UDP reporter to the local sink"),
+    "ours": ("ours", "bu_osprofiler (this repo), Jaeger UDP reporter to the local sink "
+                     "(memory:// where the reporter is missing)"),
     "osprofiler": ("osprofiler", "osprofiler latest, default no-op notifier"),
     "osprofiler-otlp": ("osprofiler", "osprofiler latest, OTLP driver to the local HTTP sink"),
     "osprofiler-jaeger": ("osprofiler-jaeger",
@@ -157,7 +158,8 @@ def derive_rows(results: dict) -> dict:
         if "value" not in r:
             continue
         if s == "memory":
-            rows["memory_rss"] = r["value"]
+            rows["memory_total"] = r["value"]
+            rows["memory_rss"] = r.get("rss_bytes_per_span", r["value"])
             rows["memory_gc"] = r["gc_objects_per_span"]
             rows["memory_tracemalloc"] = r["tracemalloc_bytes_per_span"]
             if "queued_bytes_per_span" in r:
@@ -198,9 +200,10 @@ ROWS = {
     "ids_128": ("128-bit id", "ns", True),
     "inject_extract": ("inject + extract headers", "ns", True),
     "encode": ("encode for export (per span, 3 tags)", "ns", True),
-    "memory_rss": ("memory per queued span (RSS)", "B", True),
-    "memory_queued": ("  (tracer's own byte count)", "B", True),
-    "memory_tracemalloc": ("  (Python allocations)", "B", True),
+    "memory_total": ("memory per queued span (C heap + Python)", "B", True),
+    "memory_queued": ("  tracer's own byte count", "B", True),
+    "memory_tracemalloc": ("  Python allocations (tracemalloc)", "B", True),
+    "memory_rss": ("  RSS growth (noisy)", "B", True),
     "memory_gc": ("GC-tracked objects per queued span", "obj", True),
     "threads_1": ("throughput, 1 thread", "spans/s", False),
     "threads_2": ("throughput, 2 threads", "spans/s", False),
@@ -264,11 +267,11 @@ def budgets(med: dict, detail: dict) -> list:
     e = g("encode")
     out.append(("Jaeger compact encoding, 3-tag span", "<= 300 ns",
                 f"{_fmt(e, 'ns')} ns" if e else "n/a", None if e is None else e <= 300))
-    m, q, gc_ = g("memory_rss"), g("memory_queued"), g("memory_gc")
-    held = q if q is not None else m
-    out.append(("finished span held in the buffer", "<= 256 B",
-                (f"{_fmt(q, 'B')} B counted, {_fmt(m, 'B')} B RSS" if m is not None else "n/a"),
-                None if held is None else held <= 256))
+    m, q, gc_ = g("memory_total"), g("memory_queued"), g("memory_gc")
+    out.append(("finished span held in the buffer (3 tags)", "<= 256 B",
+                (f"{_fmt(m, 'B')} B allocated ({_fmt(q, 'B')} B counted by the queue)"
+                 if m is not None else "n/a"),
+                None if m is None else m <= 256))
     out.append(("  GC-tracked objects per held span", "0",
                 f"{gc_:.3f}" if gc_ is not None else "n/a",
                 None if gc_ is None else gc_ < 0.01))
@@ -311,7 +314,9 @@ def render(doc: dict, command: str) -> str:
     for p in peers:
         v = doc["versions"].get(p, {})
         vs = ", ".join(f"{k} {x}" for k, x in v.items())
-        lines.append(f"* **{p}**: {PEERS[p][1]}; Python {doc['pythons'].get(p, '?')}; {vs}")
+        conns = sorted({r["connection"] for r in detail.get(p, {}).values() if "connection" in r})
+        cs = f" (connection strings used: {', '.join(conns)})" if conns else ""
+        lines.append(f"* **{p}**: {PEERS[p][1]}{cs}; Python {doc['pythons'].get(p, '?')}; {vs}")
     lines += ["", "## DESIGN §6 budgets", "", "| what | budget | measured (ours) | met |",
               "|---|---|---|---|"]
     for what, budget, meas, met in doc["budgets"]:

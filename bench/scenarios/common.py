@@ -17,7 +17,7 @@ import tracemalloc
 from typing import Callable, Dict, Tuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from harness import Settings, Unavailable, measure, noop, rss_bytes
+from harness import Settings, Unavailable, c_heap_bytes, measure, noop, rss_bytes
 
 # Ten tags of the usual kinds (strings, ints, bools, floats) and fifty, built once.
 TAGS_10 = {f"tag.{i}": (f"value-{i}" if i % 4 == 0 else i if i % 4 == 1 else
@@ -132,36 +132,47 @@ def run_scenario(peer: PeerBase, name: str, settings: Settings) -> dict:
 
 
 def _memory(peer: PeerBase, settings: Settings) -> dict:
-    """Bytes (RSS and tracemalloc) and GC-tracked objects held per finished, queued span."""
+    """Bytes and GC-tracked objects held per finished span still queued for export.
+
+    Pass 1 (no tracemalloc): C heap in use (malloc), RSS and the GC object count.  Pass 2:
+    Python allocations with tracemalloc (which itself costs memory, hence its own pass).  The
+    value is C heap + Python bytes when the C heap can be read (glibc), else the RSS growth.
+    """
     make, queued_bytes = peer.retain()
     n = settings.memory_spans
     for _ in range(200):  # warm caches, interned strings, free lists
         make()
-    peer_bytes0 = queued_bytes()
     gc.collect()
     gc.disable()
-    objs0 = len(gc.get_objects())
-    rss0 = rss_bytes()
-    tracemalloc.start()
-    t0 = tracemalloc.get_traced_memory()[0]
-    for _ in range(n):
-        make()
-    gc.collect()
-    t1 = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    rss1 = rss_bytes()
-    objs1 = len(gc.get_objects())
-    gc.enable()
-    peer_bytes1 = queued_bytes()
+    try:
+        q0, objs0, heap0, rss0 = queued_bytes(), len(gc.get_objects()), c_heap_bytes(), rss_bytes()
+        for _ in range(n):
+            make()
+        gc.collect()
+        q1, objs1, heap1, rss1 = queued_bytes(), len(gc.get_objects()), c_heap_bytes(), rss_bytes()
+        tracemalloc.start()
+        t0 = tracemalloc.get_traced_memory()[0]
+        for _ in range(n):
+            make()
+        gc.collect()
+        t1 = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+    finally:
+        gc.enable()
+    py = (t1 - t0) / n
+    heap = (heap1 - heap0) / n if heap0 >= 0 else None
     res = {
-        "value": max(rss1 - rss0, 0) / n,
-        "unit": "B/span (RSS)",
-        "tracemalloc_bytes_per_span": (t1 - t0) / n,
-        "gc_objects_per_span": (objs1 - objs0 - 1) / n,  # -1: the list get_objects returned
+        "value": heap + py if heap is not None else max(rss1 - rss0, 0) / n,
+        "unit": "B/span",
+        "c_heap_bytes_per_span": heap,
+        "rss_bytes_per_span": (rss1 - rss0) / n,
+        "tracemalloc_bytes_per_span": py,
+        # -1: the list get_objects returned; a hair below zero is allocator noise
+        "gc_objects_per_span": max(0.0, (objs1 - objs0 - 1) / n),
         "spans": n,
     }
-    if peer_bytes0 >= 0:
-        res["queued_bytes_per_span"] = (peer_bytes1 - peer_bytes0) / n
+    if q0 >= 0:
+        res["queued_bytes_per_span"] = (q1 - q0) / n
     return res
 
 

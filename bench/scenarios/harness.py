@@ -7,6 +7,7 @@ interleaved rounds and takes the median of the per-round medians.
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import statistics
@@ -77,6 +78,35 @@ def measure(
             between()
     return {"value": statistics.median(values), "min": min(values), "unit": "ns", "loops": loops,
             "samples": values}
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                              "usmblks", "fsmblks", "uordblks", "fordblks",
+                                              "keepcost")]
+
+
+def _mallinfo2():
+    try:
+        f = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    f.restype = _MallInfo2
+    return f
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def c_heap_bytes() -> int:
+    """Bytes in use on the C heap (glibc mallinfo2), or -1 when unknown.
+
+    Python objects live mostly in pymalloc arenas (not malloc): tracemalloc sees those.
+    """
+    if _MALLINFO2 is None:
+        return -1
+    mi = _MALLINFO2()
+    return mi.uordblks + mi.hblkhd
 
 
 def rss_bytes() -> int:

@@ -29,6 +29,8 @@ def _child(peer_cls, name: str, settings: Settings, wfd: int) -> None:
     try:
         peer = peer_cls()
         res = __import__("common").run_scenario(peer, name, settings)
+        if getattr(peer, "connection", None):
+            res["connection"] = peer.connection  # where spans went (e.g. ours' fallback)
     except Unavailable as e:
         res = {"na": str(e) or "n/a"}
     except BaseException as e:  # a peer failing a scenario is a result, not a crash
