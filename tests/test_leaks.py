@@ -472,3 +472,66 @@ def test_thrift_decode_does_not_leak():
                 pass
     assert_no_leak(op, n=1000)
     assert_refcounts_stable([good] + bad, op, n=500)
+
+
+# ---------------------------------------------------------------- exporter (when on main)
+
+
+def _native_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_encode_batches_does_not_leak():
+    if not hasattr(_core, "encode_batches"):
+        pytest.skip("Thrift encoders not available yet")
+
+    def op():
+        for i in range(20):
+            _push(i)
+        msgs, too_large = _core.encode_batches("compact")
+        assert msgs and too_large == 0
+        for i in range(20):
+            _push(i)
+        _core.encode_batches("binary", envelope=False, seq_no=3, stats=(1, 2, 3))
+    assert_no_leak(op, n=1000)
+
+
+def test_exporter_start_flush_shutdown_cycles_do_not_leak():
+    """configure -> spans -> flush -> shutdown, many times: no memory, no native thread left."""
+    import socket
+    try:
+        from bu_osprofiler import exporters  # noqa: F401
+    except ImportError:
+        pytest.skip("exporter not available yet")
+    from bu_osprofiler import profiler
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    conn = "jaeger://127.0.0.1:%d" % rx.getsockname()[1]
+
+    @profiler.trace("w", hide_args=True)
+    def w():
+        return 1
+
+    def op():
+        bu_osprofiler.configure("leaks", conn, flush_interval=0.5)
+        profiler.init("k")
+        for _ in range(50):
+            w()
+        profiler.clean()
+        assert bu_osprofiler.flush(timeout=5.0)
+        bu_osprofiler.shutdown(timeout=2.0)
+        try:
+            while True:
+                rx.recv(65535)
+        except BlockingIOError:
+            pass
+
+    try:
+        op()
+        threads0 = _native_threads()
+        assert_no_leak(op, n=60, rounds=3)
+        assert _native_threads() <= threads0
+    finally:
+        bu_osprofiler.configure("leaks", "memory://")
+        rx.close()
