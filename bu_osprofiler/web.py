@@ -226,9 +226,11 @@ def read_incoming(environ: dict, keys: tuple, trust: str) -> _Incoming:
     sig = _header(environ, X_TRACE_HMAC)
     signed = None
     if info is not None and keys:
-        signed = _prop.extract_context(environ, ("osprofiler",), keys).context
-        if signed is not None:
-            inc.hmac_key = _matching_key(info, sig, keys)
+        # Verify first (quietly): only a correctly signed header is decoded into a context.
+        inc.hmac_key = _matching_key(info, sig, keys)
+        if inc.hmac_key is not None:
+            signed = _prop.extract_context(environ, ("osprofiler",),
+                                           (inc.hmac_key.encode("utf-8"),)).context
     if trust == "signed":
         if signed is None:
             if info is not None:
@@ -252,10 +254,8 @@ def read_incoming(environ: dict, keys: tuple, trust: str) -> _Incoming:
         return inc
     ext = _prop.extract_context(environ, formats, keys)
     if ext.context is None:
-        if _core.scan(environ) is not None:
-            warn_limited("web.bad-headers", "invalid trace headers from %s; request not traced",
-                         environ.get("REMOTE_ADDR", "?"))
-            inc.untraced = True
+        # Headers present but unusable (extract_context has logged why): serve untraced.
+        inc.untraced = _core.scan(environ) is not None
         return inc
     ctx = as_osprofiler_base(ext.context)
     trusted = ext.source == "osprofiler" or (signed is not None and
