@@ -40,7 +40,10 @@ _MASK64 = (1 << 64) - 1
 _MAX_CARRIER_ITEMS = 80
 
 _lock = threading.Lock()
-_patched: dict[str, Any] = {}
+_installed = False
+# The oslo.messaging functions the hooks wrap. Kept after uninstall(): a message already being
+# handled when the hooks are removed still completes through them.
+_orig: dict[str, Any] = {}
 _settings: dict[str, Any] = {"legacy_trace_info": False, "hmac_keys": ()}
 # The server span of the message being handled in this context (set by the installed hooks).
 _server_span: contextvars.ContextVar[Any] = contextvars.ContextVar(
@@ -184,6 +187,7 @@ class ProfilerSerializer(_serializer_base()):  # type: ignore[misc]
     def deserialize_context(self, context: Any) -> Any:
         if isinstance(context, dict):
             try:
+                context = dict(context)  # the incoming dict may be shared: never mutate it
                 ctx, _kind = extract_context(context, pop=True)
                 context.pop("trace_info", None)
                 if _server_span.get() is None:
@@ -214,7 +218,7 @@ def _target_tags(target: Any, tags: dict) -> None:
 
 def _send(self: Any, target: Any, ctxt: Any, message: Any, wait_for_reply: Any = None,
           timeout: Any = None, *args: Any, **kwargs: Any) -> Any:
-    original = _patched["send"]
+    original = _orig["send"]
     try:
         method = message.get("method") if isinstance(message, dict) else None
         kind = "call" if wait_for_reply else "cast"
@@ -249,7 +253,11 @@ def _is_call(message: Any) -> bool:
 
 def _server_start(server: Any, message: Any) -> Any:
     ctxt = getattr(message, "ctxt", None)
-    ctx, kind = extract_context(ctxt, pop=True)
+    ctx, kind = extract_context(ctxt, pop=False)
+    if isinstance(ctxt, dict) and KEY in ctxt:
+        # Hide our entry from the application, without changing a dict other consumers of the
+        # same message (fanout, in-process drivers) may share.
+        message.ctxt = {k: v for k, v in ctxt.items() if k != KEY}
     if kind is None:
         kind = "call" if _is_call(message) else "cast"
     body = getattr(message, "message", None)
@@ -267,7 +275,7 @@ def _server_start(server: Any, message: Any) -> Any:
 
 
 def _serve(self: Any, incoming: Any) -> Any:
-    original = _patched["process_incoming"]
+    original = _orig["process_incoming"]
     _core.set_active(None)
     _profiler._hmac_key.set(None)
     try:
@@ -293,7 +301,7 @@ def _process_incoming(self: Any, incoming: Any) -> Any:
 
 
 def _dispatch(self: Any, incoming: Any) -> Any:
-    original = _patched["dispatch"]
+    original = _orig["dispatch"]
     try:
         return original(self, incoming)
     except BaseException as exc:
@@ -321,35 +329,39 @@ def install(legacy_trace_info: Optional[bool] = None, hmac_keys: Any = None) -> 
     from oslo_messaging.rpc import dispatcher as om_dispatcher
     from oslo_messaging.rpc import server as om_server
 
+    global _installed
     with _lock:
         if legacy_trace_info is not None:
             _settings["legacy_trace_info"] = bool(legacy_trace_info)
         if hmac_keys is not None:
             _settings["hmac_keys"] = _prop.parse_hmac_keys(hmac_keys)
-        if _patched:
+        if _installed:
             return
-        _patched["send"] = om_transport.Transport._send
-        _patched["process_incoming"] = om_server.RPCServer._process_incoming
-        _patched["dispatch"] = om_dispatcher.RPCDispatcher.dispatch
+        _orig["send"] = om_transport.Transport._send
+        _orig["process_incoming"] = om_server.RPCServer._process_incoming
+        _orig["dispatch"] = om_dispatcher.RPCDispatcher.dispatch
         om_transport.Transport._send = _send
         om_server.RPCServer._process_incoming = _process_incoming
         om_dispatcher.RPCDispatcher.dispatch = _dispatch
+        _installed = True
 
 
 def uninstall() -> None:
     """Restore oslo.messaging as it was."""
+    global _installed
     from oslo_messaging import transport as om_transport
     from oslo_messaging.rpc import dispatcher as om_dispatcher
     from oslo_messaging.rpc import server as om_server
 
     with _lock:
-        if not _patched:
+        if not _installed:
             return
-        om_transport.Transport._send = _patched.pop("send")
-        om_server.RPCServer._process_incoming = _patched.pop("process_incoming")
-        om_dispatcher.RPCDispatcher.dispatch = _patched.pop("dispatch")
+        om_transport.Transport._send = _orig["send"]
+        om_server.RPCServer._process_incoming = _orig["process_incoming"]
+        om_dispatcher.RPCDispatcher.dispatch = _orig["dispatch"]
         _settings["legacy_trace_info"] = False
+        _installed = False
 
 
 def installed() -> bool:
-    return bool(_patched)
+    return _installed
