@@ -149,20 +149,13 @@ def _placeholder(ctx: Any) -> Any:
 
 # ---------------------------------------------------------------- the serializer wrapper
 
-def _serializer_base() -> type:
-    try:
-        import oslo_messaging
-
-        return oslo_messaging.Serializer
-    except ImportError:  # usable without oslo.messaging (duck-typed serializers)
-        return object
-
-
-class ProfilerSerializer(_serializer_base()):  # type: ignore[misc]
+class ProfilerSerializer:
     """Serializer wrapper carrying the trace context in the RPC context dict (under ``"bu_trace"``).
 
     ``ProfilerSerializer(base)`` delegates entities and contexts to ``base`` (None: contexts
-    are dicts already). Use it where Nova uses ``ProfilerRequestContextSerializer``.
+    are dicts already). Use it where Nova uses ``ProfilerRequestContextSerializer``. It has
+    ``oslo_messaging.Serializer``'s interface (registered as its virtual subclass once
+    oslo.messaging is imported) without importing oslo.messaging itself.
     """
 
     def __init__(self, base: Any = None) -> None:
@@ -330,6 +323,9 @@ def install(legacy_trace_info: Optional[bool] = None, hmac_keys: Any = None) -> 
     from oslo_messaging.rpc import server as om_server
 
     global _installed
+    import oslo_messaging
+
+    oslo_messaging.Serializer.register(ProfilerSerializer)
     with _lock:
         if legacy_trace_info is not None:
             _settings["legacy_trace_info"] = bool(legacy_trace_info)
@@ -365,3 +361,14 @@ def uninstall() -> None:
 
 def installed() -> bool:
     return _installed
+
+
+def _register_virtual_subclass() -> None:
+    import sys
+
+    om = sys.modules.get("oslo_messaging")
+    if om is not None and hasattr(om, "Serializer"):
+        om.Serializer.register(ProfilerSerializer)
+
+
+_register_virtual_subclass()
