@@ -48,6 +48,9 @@ _settings: dict[str, Any] = {"legacy_trace_info": False, "hmac_keys": ()}
 # The server span of the message being handled in this context (set by the installed hooks).
 _server_span: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "bu_osprofiler.rpc_server_span", default=None)
+# The RPCServer handling the message in this context (its target gives topic / server tags).
+_rpc_server: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "bu_osprofiler.rpc_server", default=None)
 
 
 # ---------------------------------------------------------------- the carrier
@@ -268,24 +271,10 @@ def _server_start(server: Any, message: Any) -> Any:
 
 
 def _serve(self: Any, incoming: Any) -> Any:
-    original = _orig["process_incoming"]
     _core.set_active(None)
     _profiler._hmac_key.set(None)
-    try:
-        message = incoming[0]
-        span = _server_start(self, message)
-    except Exception as exc:
-        warn_limited("rpc.serve", "could not trace an incoming RPC message: %s", exc)
-        return original(self, incoming)
-    _core.set_active(span)
-    _server_span.set(span)
-    try:
-        return original(self, incoming)
-    except BaseException as exc:
-        span.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    finally:
-        span.finish()
+    _rpc_server.set(self)
+    return _orig["process_incoming"](self, incoming)
 
 
 def _process_incoming(self: Any, incoming: Any) -> Any:
@@ -294,19 +283,32 @@ def _process_incoming(self: Any, incoming: Any) -> Any:
 
 
 def _dispatch(self: Any, incoming: Any) -> Any:
+    """The server / consumer span covers the handling, and ends before the reply is sent (so a
+    call's server span always ends within its client span)."""
     original = _orig["dispatch"]
+    try:
+        span = _server_start(_rpc_server.get(), incoming)
+    except Exception as exc:
+        warn_limited("rpc.serve", "could not trace an incoming RPC message: %s", exc)
+        return original(self, incoming)
+    span_token = _core.activate(span)
+    server_token = _server_span.set(span)
     try:
         return original(self, incoming)
     except BaseException as exc:
-        span = _server_span.get()
-        if span is not None:
-            real = getattr(exc, "exc_info", None)  # ExpectedException wraps the endpoint's
-            err = real[1] if isinstance(real, tuple) and len(real) == 3 else exc
-            if isinstance(err, BaseException):
-                span.set_tag("error", True)
-                span.log_kv({"event": "error", "error.kind": type(err).__name__,
-                             "message": str(err)})
+        real = getattr(exc, "exc_info", None)  # ExpectedException wraps the endpoint's error
+        err = real[1] if isinstance(real, tuple) and len(real) == 3 else exc
+        if not isinstance(err, BaseException):
+            err = exc
+        span.__exit__(type(err), err, err.__traceback__)
         raise
+    finally:
+        span.finish()
+        _server_span.reset(server_token)
+        try:
+            _core.deactivate(span_token)
+        except (ValueError, RuntimeError):
+            _core.set_active(None)
 
 
 # ---------------------------------------------------------------- install / uninstall
