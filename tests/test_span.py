@@ -235,3 +235,33 @@ def test_samplers_decisions():
     decisions = [_core.sample(1) for _ in range(100)]
     assert sum(decisions) == 2  # the bucket holds max(rate, 1) = 2 credits, refilled at 2/s
     _core.set_sampler("const", 1)
+
+
+def test_forked_child_gets_fresh_ids_and_empty_queue(tmp_path):
+    import os
+
+    bu_osprofiler.start_span("before-fork").finish()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(r)
+            ids = [_core.rand64() for _ in range(4)]
+            queued = _core.stats()["queued_spans"]
+            os.write(w, (",".join(map(str, ids)) + ";%d" % queued).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    child_ids, queued = data.decode().split(";")
+    parent_ids = [_core.rand64() for _ in range(4)]
+    assert set(map(int, child_ids.split(","))).isdisjoint(parent_ids)
+    assert int(queued) == 0  # the parent's span stays with the parent
+    assert [s.operation_name for s in bu_osprofiler.finished_spans()] == ["before-fork"]
