@@ -31,7 +31,8 @@ from bu_osprofiler.profiler import span_uuid, trace_uuid
 __all__ = [
     "JAEGER", "W3C", "LEGACY", "B3", "B3_MULTI", "DEFAULT_INJECT", "DEFAULT_EXTRACT",
     "X_TRACE_INFO", "X_TRACE_HMAC", "Extracted", "inject", "extract", "extract_context",
-    "extract_headers", "legacy_pack", "legacy_unpack", "parse_hmac_keys",
+    "extract_headers", "inject_binary", "extract_binary", "legacy_pack", "legacy_unpack",
+    "parse_hmac_keys",
 ]
 
 JAEGER = "jaeger"
@@ -91,15 +92,23 @@ def _warn(kind: str, msg: str, *args: object) -> None:
     warn_limited("propagation." + kind, "trace propagation: " + msg, *args)
 
 
+_checked: dict = {}
+
+
 def _check_formats(formats: Union[str, Iterable[str]]) -> tuple:
-    if isinstance(formats, str):
-        formats = (formats,)
-    formats = tuple(formats)
-    for f in formats:
+    """A validated tuple of format names (cached for str / tuple arguments)."""
+    try:
+        return _checked[formats]
+    except (KeyError, TypeError):
+        pass
+    names = (formats,) if isinstance(formats, str) else tuple(formats)
+    for f in names:
         if f not in _KNOWN:
             raise ValueError("unknown propagation format %r (known: %s)"
                              % (f, ", ".join(sorted(_KNOWN))))
-    return formats
+    if isinstance(formats, (str, tuple)) and len(_checked) < 64:
+        _checked[formats] = names
+    return names
 
 
 def parse_hmac_keys(keys: Union[None, str, bytes, Iterable[Union[str, bytes]]]) -> tuple:
@@ -119,9 +128,6 @@ def parse_hmac_keys(keys: Union[None, str, bytes, Iterable[Union[str, bytes]]]) 
 
 def _limit_baggage(items: dict) -> dict:
     """Enforce the W3C limits (items, bytes) on extracted baggage, first come first kept."""
-    if len(items) <= _BAGGAGE_MAX_ITEMS and sum(
-            len(k) + len(v) for k, v in items.items()) <= _BAGGAGE_MAX_BYTES:
-        return items
     out: dict = {}
     size = 0
     for k, v in items.items():
@@ -130,8 +136,9 @@ def _limit_baggage(items: dict) -> dict:
             continue
         out[k] = v
         size += n
-    _warn("baggage", "dropped %d baggage items over the limits (%d items, %d bytes)",
-          len(items) - len(out), _BAGGAGE_MAX_ITEMS, _BAGGAGE_MAX_BYTES)
+    if len(out) < len(items):
+        _warn("baggage", "dropped %d baggage items over the limits (%d items, %d bytes)",
+              len(items) - len(out), _BAGGAGE_MAX_ITEMS, _BAGGAGE_MAX_BYTES)
     return out
 
 
@@ -159,12 +166,6 @@ def _as_context(context: Any) -> Any:
     if isinstance(context, _core.Span):
         return context.context
     return context
-
-
-def _setter(carrier: Any):
-    if isinstance(carrier, list):
-        return lambda k, v: carrier.append((k, v))
-    return carrier.__setitem__
 
 
 # ---------------------------------------------------------------- legacy osprofiler headers
@@ -242,6 +243,19 @@ def _legacy_ids(ctx: Any) -> dict:
 
 # ---------------------------------------------------------------- inject
 
+_C_MASK = {JAEGER: 1, W3C: 2, B3: 4}
+_DEFAULT_INJECT_LEGACY = DEFAULT_INJECT + (LEGACY,)
+_plans: dict = {}
+
+
+def _plan(formats: tuple) -> tuple:
+    """(C format mask, legacy?, b3 multi?) of a validated formats tuple (cached)."""
+    mask = 0
+    for fmt in formats:
+        mask |= _C_MASK.get(fmt, 0)
+    return mask, LEGACY in formats, B3_MULTI in formats
+
+
 def inject(context: Any, carrier: Any, formats: Union[str, Iterable[str], None] = None,
            hmac_key: Union[str, bytes, None] = None, url_encode: bool = True,
            tracestate: Optional[str] = None) -> Any:
@@ -249,65 +263,59 @@ def inject(context: Any, carrier: Any, formats: Union[str, Iterable[str], None] 
 
     Default formats: Jaeger and W3C, plus legacy osprofiler when ``hmac_key`` is given.
     ``url_encode=False`` is the OpenTracing TEXT_MAP flavour (baggage values as they are).
-    ``tracestate`` (or ``context.tracestate``) is passed on unchanged with ``traceparent``.
+    ``tracestate`` is passed on unchanged with ``traceparent``.
     Returns the carrier. Problems are logged, never raised.
     """
     if formats is None:
-        formats = DEFAULT_INJECT + ((LEGACY,) if hmac_key else ())
+        formats = _DEFAULT_INJECT_LEGACY if hmac_key else DEFAULT_INJECT
     else:
         formats = _check_formats(formats)
-    ctx = _as_context(context)
-    if ctx is None:
+    if context is None:
         return carrier
     try:
-        put = _setter(carrier)
-        trace_id, span_id, parent_id = ctx.trace_id, ctx.span_id, ctx.parent_id
-        flags = ctx.flags
-        baggage = ctx.baggage
-        for fmt in formats:
-            if fmt == JAEGER:
-                put(UBER_TRACE_ID, _core.uber_format(trace_id, span_id, parent_id, flags))
-                if baggage:
-                    headers, dropped = _core.baggage_format(baggage, 1, url_encode)
-                    for name, value in headers:
-                        put(name, value)
-                    if dropped:
-                        _warn("baggage", "not sent: %d uberctx baggage items (invalid key or "
-                              "over the limits)", dropped)
-            elif fmt == W3C:
-                put(TRACEPARENT, _core.traceparent_format(trace_id, span_id, flags & 1))
-                ts = tracestate if tracestate is not None else getattr(ctx, "tracestate", None)
-                if ts:
-                    put(TRACESTATE, ts)
-                if baggage:
-                    header, dropped = _core.baggage_format(baggage, 0, True)
-                    if header:
-                        put(BAGGAGE, header)
-                    if dropped:
-                        _warn("baggage", "not sent: %d W3C baggage members over the limits",
-                              dropped)
-            elif fmt == LEGACY:
-                if not hmac_key:
-                    _warn("legacy-key", "osprofiler headers need an HMAC key: not sent")
-                    continue
-                info, sig = legacy_pack(_legacy_ids(ctx), hmac_key)
-                put(X_TRACE_INFO, info)
-                put(X_TRACE_HMAC, sig)
-            elif fmt == B3:
-                put("b3", _core.b3_format(trace_id, span_id, parent_id, flags))
-            elif fmt == B3_MULTI:
-                tid = format(trace_id, "032x" if trace_id >> 64 else "016x")
-                put("X-B3-TraceId", tid)
-                put("X-B3-SpanId", format(span_id, "016x"))
-                if parent_id:
-                    put("X-B3-ParentSpanId", format(parent_id, "016x"))
-                if flags & 2:
-                    put("X-B3-Flags", "1")
-                else:
-                    put("X-B3-Sampled", "1" if flags & 1 else "0")
+        plan = _plans.get(formats)
+        if plan is None:
+            plan = _plans[formats] = _plan(formats)
+        mask, legacy, b3multi = plan
+        headers, dropped = _core.inject_headers(context, mask, url_encode)
+        if dropped:
+            _warn("baggage", "not sent: %d baggage items (invalid key or over the limits)",
+                  dropped)
+        if tracestate and mask & 2:
+            headers.append((TRACESTATE, tracestate))
+        if legacy:
+            if hmac_key:
+                ctx = context.context if isinstance(context, _core.Span) else context
+                headers.extend(zip((X_TRACE_INFO, X_TRACE_HMAC),
+                                   legacy_pack(_legacy_ids(ctx), hmac_key)))
+            else:
+                _warn("legacy-key", "osprofiler headers need an HMAC key: not sent")
+        if b3multi:
+            headers.extend(_b3_multi_headers(context))
+        if carrier.__class__ is dict:
+            carrier.update(headers)
+        elif isinstance(carrier, list):
+            carrier.extend(headers)
+        else:
+            for name, value in headers:
+                carrier[name] = value
     except Exception as exc:  # a broken carrier or context must not break the request
         _warn("inject", "could not inject the trace context (%s: %s)", type(exc).__name__, exc)
     return carrier
+
+
+def _b3_multi_headers(context: Any) -> list:
+    trace_id, span_id, parent_id, flags = (context.trace_id, context.span_id,
+                                           context.parent_id, context.flags)
+    out = [("X-B3-TraceId", format(trace_id, "032x" if trace_id >> 64 else "016x")),
+           ("X-B3-SpanId", format(span_id, "016x"))]
+    if parent_id:
+        out.append(("X-B3-ParentSpanId", format(parent_id, "016x")))
+    if flags & 2:
+        out.append(("X-B3-Flags", "1"))
+    else:
+        out.append(("X-B3-Sampled", "1" if flags & 1 else "0"))
+    return out
 
 
 # ---------------------------------------------------------------- extract
@@ -340,10 +348,10 @@ def _collect_baggage(found: tuple, formats: tuple, url_decode: bool) -> Optional
         uberctx = found[_S_UBERCTX]
         if uberctx is not None:
             for key, value in uberctx:
-                if not isinstance(value, str):
+                if value.__class__ is not str and not isinstance(value, str):
                     _warn("type", "ignored uberctx-%s of type %s", key, type(value).__name__)
                     continue
-                if url_decode:
+                if url_decode and "%" in value:
                     decoded = _core.percent_decode(value)
                     if decoded is None:
                         _warn("baggage", "ignored uberctx-%s: bad percent-encoding", key)
@@ -352,12 +360,16 @@ def _collect_baggage(found: tuple, formats: tuple, url_decode: bool) -> Optional
                 bag[key] = value
     if not bag:
         return None
-    return _limit_baggage(bag)
+    # UTF-8 takes at most 4 bytes a character: below 2048 characters no byte count is needed.
+    if len(bag) > _BAGGAGE_MAX_ITEMS or sum(map(len, bag)) + sum(map(len, bag.values())) > (
+            _BAGGAGE_MAX_BYTES // 4):
+        return _limit_baggage(bag)
+    return bag
 
 
 def _ids_jaeger(found: tuple, url_decode: bool) -> Optional[tuple]:
     v = found[_S_UBER]
-    if v is None or _text(v, UBER_TRACE_ID) is None:
+    if v.__class__ is not str and _text(v, UBER_TRACE_ID) is None:
         return None
     ids = _core.uber_parse(v, url_decode)
     if ids is None:
@@ -367,7 +379,7 @@ def _ids_jaeger(found: tuple, url_decode: bool) -> Optional[tuple]:
 
 def _ids_w3c(found: tuple) -> Optional[tuple]:
     v = found[_S_TRACEPARENT]
-    if v is None or _text(v, TRACEPARENT) is None:
+    if v.__class__ is not str and _text(v, TRACEPARENT) is None:
         return None
     r = _core.traceparent_parse(v)
     if r is None:
@@ -411,50 +423,56 @@ def _ids_b3_multi(found: tuple) -> Optional[tuple]:
     return (trace_id, span_id, parent_id, flags)
 
 
-def _extract_found(found: tuple, formats: tuple, hmac_keys: Any, url_decode: bool) -> Extracted:
+_tuple_new = tuple.__new__
+
+
+def _extract_found(found: tuple, formats: tuple, hmac_keys: Any, url_decode: bool,
+                   trust_flags: bool = True) -> Extracted:
     ids = None
     source = None
     for fmt in formats:
         if fmt == JAEGER:
+            if found[_S_UBER] is None:
+                continue
             ids = _ids_jaeger(found, url_decode)
         elif fmt == W3C:
+            if found[_S_TRACEPARENT] is None:
+                continue
             ids = _ids_w3c(found)
-        elif fmt == B3:
-            ids = _ids_b3(found)
-        elif fmt == B3_MULTI:
-            ids = _ids_b3_multi(found)
         elif fmt == LEGACY:
             if found[_S_TRACE_INFO] is None:
                 continue
             if not hmac_keys:
                 _warn("legacy-key", "X-Trace-Info received but no HMAC keys are configured")
                 continue
-            baggage = _collect_baggage(found, formats, url_decode)
             ctx = _legacy_context(found[_S_TRACE_INFO], found[_S_TRACE_HMAC], hmac_keys,
-                                  baggage)
+                                  _collect_baggage(found, formats, url_decode))
             if ctx is not None:
-                return Extracted(ctx, LEGACY)
+                return _tuple_new(Extracted, (ctx, LEGACY, None, None))
             continue
+        elif fmt == B3:
+            ids = _ids_b3(found)
+        elif fmt == B3_MULTI:
+            ids = _ids_b3_multi(found)
         if ids is not None:
             source = fmt
             break
-    baggage = _collect_baggage(found, formats, url_decode)
-    tracestate = None
-    if ids is not None and W3C in formats and found[_S_TRACESTATE] is not None:
-        # tracestate belongs to the traceparent: keep it only when that traceparent is valid and
-        # names the same trace as the winning header.
-        tp = found[_S_TRACEPARENT]
-        w3c = _core.traceparent_parse(tp) if isinstance(tp, str) else None
-        ts = found[_S_TRACESTATE]
-        if w3c is not None and w3c[0] == ids[0] and isinstance(ts, str):
-            if _core.tracestate_valid(ts):
-                tracestate = ts
-            else:
-                _warn("tracestate", "ignored invalid tracestate %.80r", ts)
+    if (found[_S_UBERCTX] is None and found[_S_JAEGER_BAGGAGE] is None
+            and found[_S_BAGGAGE] is None):
+        baggage = None
+    else:
+        baggage = _collect_baggage(found, formats, url_decode)
     if ids is not None:
-        return Extracted(_new_context(ids[0], ids[1], ids[2], ids[3], baggage), source,
-                         None, tracestate)
-    debug_id = found[_S_DEBUG_ID] if JAEGER in formats else None
+        tracestate = None
+        if found[_S_TRACESTATE] is not None and W3C in formats:
+            tracestate = _tracestate(found, ids[0])
+        flags = ids[3]
+        if not trust_flags:
+            # The caller's sampled/debug bits are not honoured: our sampler decides.
+            flags = 1 if _core.sample(ids[0] & _MASK64) else 0
+        return _tuple_new(Extracted, (SpanContext(ids[0], ids[1], ids[2], flags, baggage),
+                                      source, None, tracestate))
+    debug_id = found[_S_DEBUG_ID] if JAEGER in formats and trust_flags else None
     if isinstance(debug_id, str) and debug_id.strip():
         if len(debug_id) > _MAX_DEBUG_ID_LEN:
             _warn("debug-id", "ignored over-long jaeger-debug-id")
@@ -467,38 +485,94 @@ def _extract_found(found: tuple, formats: tuple, hmac_keys: Any, url_decode: boo
     return _NOTHING
 
 
+def _tracestate(found: tuple, trace_id: int) -> Optional[str]:
+    """tracestate belongs to its traceparent: kept only when that traceparent is valid and names
+    the same trace as the winning header."""
+    tp = found[_S_TRACEPARENT]
+    w3c = _core.traceparent_parse(tp) if isinstance(tp, str) else None
+    ts = found[_S_TRACESTATE]
+    if w3c is None or w3c[0] != trace_id or not isinstance(ts, str):
+        return None
+    if _core.tracestate_valid(ts):
+        return ts
+    _warn("tracestate", "ignored invalid tracestate %.80r", ts)
+    return None
+
+
 def extract_context(carrier: Any, formats: Union[str, Iterable[str], None] = None,
-                    hmac_keys: Any = None, url_decode: bool = True) -> Extracted:
+                    hmac_keys: Any = None, url_decode: bool = True,
+                    trust_flags: bool = True) -> Extracted:
     """Like :func:`extract` but returns an :class:`Extracted` with the debug id and tracestate."""
     formats = DEFAULT_EXTRACT if formats is None else _check_formats(formats)
     try:
         found = _core.scan(carrier)
         if found is None:
             return _NOTHING
-        return _extract_found(found, formats, hmac_keys, url_decode)
+        return _extract_found(found, formats, hmac_keys, url_decode, trust_flags)
     except Exception as exc:  # never break the request over a bad header or carrier
         _warn("extract", "could not extract a trace context (%s: %s)", type(exc).__name__, exc)
         return _NOTHING
 
 
 def extract(carrier: Any, formats: Union[str, Iterable[str], None] = None,
-            hmac_keys: Any = None, url_decode: bool = True) -> Optional[Any]:
+            hmac_keys: Any = None, url_decode: bool = True,
+            trust_flags: bool = True) -> Optional[Any]:
     """The SpanContext carried by ``carrier``, or None.
 
     Formats are tried in order (default: Jaeger, W3C, legacy osprofiler); the first valid one
     wins. Baggage from every enabled format is merged (``uberctx-*`` wins over ``jaeger-baggage``
     over W3C ``baggage``). Legacy headers are only accepted when one of ``hmac_keys`` signed them.
+    ``trust_flags=False``: the sender's sampled/debug flags and ``jaeger-debug-id`` are not
+    honoured (the root sampler decides; a signed legacy request is always traced).
     """
-    return extract_context(carrier, formats, hmac_keys, url_decode).context
+    return extract_context(carrier, formats, hmac_keys, url_decode, trust_flags).context
 
 
-def extract_headers(environ: Any, hmac_keys: Any = None) -> Extracted:
+def extract_headers(environ: Any, hmac_keys: Any = None, trust_flags: bool = True) -> Extracted:
     """Fast path for the WSGI middleware: default formats over a WSGI environ (or header map)."""
     try:
         found = _core.scan(environ)
         if found is None:
             return _NOTHING
-        return _extract_found(found, DEFAULT_EXTRACT, hmac_keys, True)
+        return _extract_found(found, DEFAULT_EXTRACT, hmac_keys, True, trust_flags)
     except Exception as exc:
         _warn("extract", "could not extract a trace context (%s: %s)", type(exc).__name__, exc)
         return _NOTHING
+
+
+# ---------------------------------------------------------------- binary (OpenTracing BINARY)
+
+def inject_binary(context: Any) -> bytes:
+    """Jaeger's OpenTracing Binary form of ``context``: ``>QQQQBI`` + length-prefixed baggage."""
+    ctx = _as_context(context)
+    data, dropped = _core.binary_format(ctx.trace_id, ctx.span_id, ctx.parent_id, ctx.flags,
+                                        ctx.baggage or None)
+    if dropped:
+        _warn("baggage", "not sent: %d binary baggage items over the limits", dropped)
+    return data
+
+
+def extract_binary(data: Any, strict: bool = False) -> Optional[Any]:
+    """The SpanContext in Jaeger binary ``data`` (bytes-like); None when ``data`` is empty.
+
+    Corrupted data (truncated, zero ids, bad UTF-8) gives None with a warning, or ValueError
+    when ``strict`` (the OpenTracing API reports it as SpanContextCorruptedException).
+    """
+    try:
+        if len(data) == 0:
+            return None
+        r = _core.binary_parse(data)
+    except TypeError:
+        if strict:
+            raise
+        _warn("binary", "binary carrier of type %s ignored", type(data).__name__)
+        return None
+    if r is None:
+        if strict:
+            raise ValueError("corrupted binary span context (%d bytes)" % len(data))
+        _warn("binary", "ignored a corrupted binary span context (%d bytes)", len(data))
+        return None
+    trace_id, span_id, parent_id, flags, items, dropped = r
+    if dropped:
+        _warn("baggage", "ignored %d binary baggage items over the limits", dropped)
+    return _new_context(trace_id, span_id, parent_id, flags, dict(items) if items else None)

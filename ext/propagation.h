@@ -10,13 +10,13 @@
 #include <stdint.h>
 
 /* Limits on untrusted input (DESIGN §7: headers from outside are bounded). */
-#define BU_UBER_MAX_LEN 256         /* uber-trace-id value, before URL-decoding */
-#define BU_TRACEPARENT_MAX_LEN 512  /* traceparent of a future version may carry more fields */
-#define BU_TRACESTATE_MAX_LEN 8192  /* longer tracestate is dropped */
+#define BU_UBER_MAX_LEN 256        /* uber-trace-id value, before URL-decoding */
+#define BU_TRACEPARENT_MAX_LEN 512 /* traceparent of a future version may carry more fields */
+#define BU_TRACESTATE_MAX_LEN 8192 /* longer tracestate is dropped */
 #define BU_TRACESTATE_MAX_MEMBERS 32
-#define BU_BAGGAGE_MAX_ITEMS 64     /* W3C Baggage limits, applied to every baggage format */
+#define BU_BAGGAGE_MAX_ITEMS 64 /* W3C Baggage limits, applied to every baggage format */
 #define BU_BAGGAGE_MAX_BYTES 8192
-#define BU_BINARY_HEAD 37           /* >QQQQBI */
+#define BU_BINARY_HEAD 37 /* >QQQQBI */
 
 /* Jaeger flag bits. */
 #define BU_FLAG_SAMPLED 0x01
@@ -54,12 +54,63 @@ int bu_b3_parse(const char *s, size_t n, bu_ctx_ids *out);
 size_t bu_b3_format(const bu_ctx_ids *c, char *out);
 
 /* Percent-decoding into `out` (at least n bytes). `plus_space`: '+' means ' ' (form encoding, as
- * OpenTelemetry's W3C baggage propagator sends spaces). Returns the length or -1 on a bad escape. */
+ * OpenTelemetry's W3C baggage propagator sends spaces). Returns the length or -1 on a bad escape.
+ */
 long bu_percent_decode(const char *s, size_t n, unsigned char *out, int plus_space);
 /* Percent-encoding of every byte outside `keep` (a 256-entry table) into `out` (3n bytes). */
 size_t bu_percent_encode(const unsigned char *s, size_t n, char *out, const unsigned char *keep);
 extern const unsigned char bu_unreserved[256]; /* RFC 3986 unreserved: A-Z a-z 0-9 - . _ ~ */
 extern const unsigned char bu_tchar[256];      /* RFC 7230 token chars except '%' */
+extern const unsigned char bu_w3c_key[256];    /* bu_tchar without '+' (read as space) */
+
+/* Any-case hex of 1..32 digits (left-padded): 0 ok, -1 invalid. */
+int bu_hex_u128(const char *s, size_t n, uint64_t *hi, uint64_t *lo);
+
+/* Big-endian integers and HTTP optional whitespace. */
+static inline uint64_t
+bu_be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+static inline unsigned char *
+bu_put_be(unsigned char *p, uint64_t v, int bytes)
+{
+    for (int i = bytes - 1; i >= 0; i--) {
+        p[i] = (unsigned char)(v & 0xFF);
+        v >>= 8;
+    }
+    return p + bytes;
+}
+
+static inline int
+bu_is_ows(unsigned char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* Trim HTTP optional whitespace from both ends of [*s, *s + *n). */
+static inline void
+bu_trim_ows(const char **s, size_t *n)
+{
+    while (*n > 0 && bu_is_ows((unsigned char)(*s)[0])) {
+        (*s)++;
+        (*n)--;
+    }
+    while (*n > 0 && bu_is_ows((unsigned char)(*s)[*n - 1])) {
+        (*n)--;
+    }
+}
+
+static inline uint32_t
+bu_be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
 
 /* Hex digit value or -1. */
 static inline int

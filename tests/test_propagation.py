@@ -230,6 +230,24 @@ def test_jaeger_debug_id_starts_a_debug_trace():
     assert e.source == "jaeger" and e.debug_id is None and e.context.trace_id == 1
 
 
+def test_untrusted_flags_are_decided_by_our_sampler():
+    carrier = {"uber-trace-id": "%x:%x:0:3" % (T128, S64), "uberctx-k": "v"}
+    bu_osprofiler.configure("svc", "memory://", sampler="const", sampler_param=0)
+    got = extract(carrier, trust_flags=False)
+    assert (got.trace_id, got.span_id, got.flags, got.baggage) == (T128, S64, 0, {"k": "v"})
+    assert extract(carrier).flags == 3  # trusted (the default): as sent
+    # a debug id from an untrusted sender does not force a debug trace
+    e = extract_context({"jaeger-debug-id": "x"}, trust_flags=False)
+    assert e.context is None and e.debug_id is None
+    bu_osprofiler.configure("svc", "memory://", sampler="const", sampler_param=1)
+    assert extract({"traceparent": "00-%032x-%016x-00" % (T128, S64)},
+                   trust_flags=False).flags == 1
+    # signed legacy headers are always traced
+    legacy = inject(ctx(), {}, formats=["osprofiler"], hmac_key="k")
+    bu_osprofiler.configure("svc", "memory://", sampler="const", sampler_param=0)
+    assert extract(legacy, hmac_keys="k", trust_flags=False).flags == 1
+
+
 def test_baggage_only_starts_a_new_trace_with_it():
     e = extract_context({"uberctx-k": "v"})
     assert e.source == "baggage" and e.context.baggage == {"k": "v"}

@@ -279,8 +279,11 @@ def test_percent_encode_roundtrip():
 
 
 def test_percent_encode_key_keeps_token_chars():
-    assert _core.percent_encode("a-b_c.d!#$&'*+^`|~", True) == "a-b_c.d!#$&'*+^`|~"
-    assert _core.percent_encode("a b,%", True) == "a%20b%2C%25"
+    assert _core.percent_encode("a-b_c.d!#$&'*^`|~", True) == "a-b_c.d!#$&'*^`|~"
+    assert _core.percent_encode("a b,%+", True) == "a%20b%2C%25%2B"
+    header, _ = _core.baggage_format({"a+b c": "v"}, 0, True)
+    assert header == "a%2Bb%20c=v"
+    assert _core.baggage_parse(header, 0) == ([("a+b c", "v")], 0)
 
 
 # ---------------------------------------------------------------- baggage
@@ -522,3 +525,19 @@ def test_parsers_on_random_input_never_crash():
         b = bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 120)))
         r = _core.binary_parse(b)
         assert r is None or (r[0] != 0 and r[1] != 0)
+
+
+def test_percent_encode_tables_for_every_ascii_char():
+    import string
+
+    unreserved = set(string.ascii_letters + string.digits + "-._~")
+    w3c_key = set(string.ascii_letters + string.digits + "!#$&'*-.^_`|~")  # token minus % and +
+    for i in range(128):
+        c = chr(i)
+        assert _core.percent_encode(c) == (c if c in unreserved else "%%%02X" % i)
+        assert _core.percent_encode(c, True) == (c if c in w3c_key else "%%%02X" % i)
+    # uberctx header names: RFC 7230 token characters are kept, others make the key unusable
+    token = w3c_key | {"+"}
+    for i in range(33, 127):
+        out, dropped = _core.baggage_format({"k" + chr(i): "v"}, 1, True)
+        assert (dropped == 0) == (chr(i) in token), chr(i)
