@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextvars
 import threading
-import uuid
 from typing import Any, Optional
 
 from bu_osprofiler import _core
@@ -64,29 +63,16 @@ def inject_context(span: Any, kind: Optional[str] = None) -> dict:
     return carrier
 
 
-def _base_context(trace_id: int, flags: int, baggage: Any) -> Any:
-    return _core.base_span(trace_id, flags=flags, baggage=baggage or None).context
-
-
 def _legacy_context(trace_info: Any) -> Any:
     """The SpanContext a legacy ``trace_info`` names (None when unusable)."""
-    if not isinstance(trace_info, dict):
-        return None
-    try:
-        trace_id = uuid.UUID(str(trace_info["base_id"])).int
-        parent = trace_info.get("parent_id")
-        parent_int = uuid.UUID(str(parent)).int if parent is not None else trace_id
-    except (KeyError, ValueError, TypeError, AttributeError):
+    from bu_osprofiler.web import legacy_context
+
+    ctx = None
+    if isinstance(trace_info, dict):
+        ctx = legacy_context(trace_info.get("base_id"), trace_info.get("parent_id"))
+    if ctx is None:
         warn_limited("rpc.trace_info", "ignoring invalid RPC trace_info")
-        return None
-    if trace_id == 0:
-        return None
-    if parent_int == trace_id:
-        return _base_context(trace_id, 1, None)
-    span_id = parent_int & _MASK64
-    if span_id == 0:
-        return None
-    return _core.SpanContext(trace_id, span_id, 0, 1)
+    return ctx
 
 
 def extract_context(ctxt: Any, pop: bool = True) -> tuple:

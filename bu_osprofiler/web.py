@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+import uuid
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from bu_osprofiler import _core
@@ -185,15 +186,40 @@ def as_osprofiler_base(ctx: Any) -> Any:
     return _core.base_span(ctx.trace_id, flags=ctx.flags, baggage=ctx.baggage or None).context
 
 
-def _matching_key(info: Any, sig: Any, keys: tuple) -> Optional[str]:
+def legacy_context(base_id: Any, parent_id: Any = None) -> Any:
+    """The context osprofiler ids name (None when they are not usable).
+
+    ``base_id`` is the trace (a UUID of the trace id); ``parent_id`` the calling trace point
+    (a UUID whose low 64 bits are its span id), or the base itself for a trace's first hop.
+    Legacy contexts are always sampled: osprofiler has no sampling.
+    """
+    try:
+        trace_id = uuid.UUID(str(base_id)).int
+        parent_int = uuid.UUID(str(parent_id)).int if parent_id is not None else trace_id
+    except (ValueError, TypeError, AttributeError):
+        return None
+    if trace_id == 0:
+        return None
+    if parent_int == trace_id:
+        return _core.base_span(trace_id, flags=1).context
+    span_id = parent_int & _MASK64
+    if span_id == 0:
+        return None
+    return _core.SpanContext(trace_id, span_id, 0, 1)
+
+
+def _verify_legacy(info: Any, sig: Any, keys: tuple) -> tuple:
+    """``(key, context)`` of a validly signed X-Trace-Info, else ``(None, None)``."""
     for k in keys:
-        if _prop.legacy_unpack(info, sig, (k,)) is not None:
-            return k.decode("utf-8", "replace")
-    return None
+        data = _prop.legacy_unpack(info, sig, (k,))
+        if data is not None:
+            ctx = legacy_context(data.get("base_id"), data.get("parent_id"))
+            return (k.decode("utf-8", "replace"), ctx) if ctx is not None else (None, None)
+    return None, None
 
 
-def _header(environ: dict, name: str) -> Any:
-    return environ.get("HTTP_" + name.upper().replace("-", "_"))
+_H_INFO = "HTTP_X_TRACE_INFO"
+_H_HMAC = "HTTP_X_TRACE_HMAC"
 
 
 class _Incoming:
@@ -209,11 +235,16 @@ class _Incoming:
         self.tracestate: Optional[str] = None
 
 
-def _extract_formats() -> tuple:
-    formats = ["jaeger", "w3c", "osprofiler"]
+def _context_formats() -> tuple:
+    """Formats read besides the legacy one (which the trust policy handles itself)."""
     if "b3" in _policy["propagation"]:
-        formats += ["b3", "b3multi"]
-    return tuple(formats)
+        return ("jaeger", "w3c", "b3", "b3multi")
+    return ("jaeger", "w3c")
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a.trace_id == b.trace_id and a.span_id == b.span_id and \
+        getattr(a, "is_base", False) == getattr(b, "is_base", False)
 
 
 def read_incoming(environ: dict, keys: tuple, trust: str) -> _Incoming:
@@ -221,46 +252,40 @@ def read_incoming(environ: dict, keys: tuple, trust: str) -> _Incoming:
     inc = _Incoming()
     if trust == "never":
         return inc
-    formats = _extract_formats()
-    info = _header(environ, X_TRACE_INFO)
-    sig = _header(environ, X_TRACE_HMAC)
+    info = environ.get(_H_INFO)
     signed = None
-    if info is not None and keys:
-        # Verify first (quietly): only a correctly signed header is decoded into a context.
-        inc.hmac_key = _matching_key(info, sig, keys)
-        if inc.hmac_key is not None:
-            signed = _prop.extract_context(environ, ("osprofiler",),
-                                           (inc.hmac_key.encode("utf-8"),)).context
+    if info is not None:
+        if keys:
+            inc.hmac_key, signed = _verify_legacy(info, environ.get(_H_HMAC), keys)
+            if signed is None:
+                warn_limited("web.forged", "rejected X-Trace-Info/X-Trace-HMAC from %s: bad "
+                             "signature or content", environ.get("REMOTE_ADDR", "?"))
+        else:
+            warn_limited("web.nokeys", "X-Trace-Info received but no HMAC keys are configured")
+    ext = _prop.extract_context(environ, _context_formats())
+    ctx = as_osprofiler_base(ext.context)
     if trust == "signed":
         if signed is None:
-            if info is not None:
-                # A forged or mis-keyed signature: serve the request untraced.
-                warn_limited("web.forged", "rejected X-Trace-Info/X-Trace-HMAC from %s: bad "
-                             "signature or content; request not traced",
-                             environ.get("REMOTE_ADDR", "?"))
-                inc.untraced = True
-            # Unsigned Jaeger/W3C context: not trusted, the sampler decides as if absent.
+            # Forged signature: untraced. Unsigned Jaeger/W3C context: not trusted, the
+            # sampler decides as if there were none.
+            inc.untraced = info is not None
             return inc
-        ext = _prop.extract_context(environ, formats, keys)
-        ctx = as_osprofiler_base(ext.context)
-        signed = as_osprofiler_base(signed)
-        if ctx is not None and ctx.trace_id == signed.trace_id and \
-                ctx.span_id == signed.span_id and \
-                getattr(ctx, "is_base", False) == getattr(signed, "is_base", False):
+        if ctx is not None and _same(ctx, signed):
             # The Jaeger/W3C headers name the signed context: keep their baggage and flags.
             inc.context, inc.tracestate = ctx, ext.tracestate
         else:
             inc.context = signed
         return inc
-    ext = _prop.extract_context(environ, formats, keys)
-    if ext.context is None:
-        # Headers present but unusable (extract_context has logged why): serve untraced.
-        inc.untraced = _core.scan(environ) is not None
+    # trust == "always"
+    if ctx is None:
+        if signed is not None:
+            inc.context = signed
+        else:
+            # Headers present but unusable (already logged): serve the request untraced.
+            inc.untraced = info is not None or _core.scan(environ) is not None
         return inc
-    ctx = as_osprofiler_base(ext.context)
-    trusted = ext.source == "osprofiler" or (signed is not None and
-                                             signed.trace_id == ctx.trace_id)
-    if not trusted and (ctx.flags & 3) and not _forced.admit():
+    if (ctx.flags & 3) and not (signed is not None and signed.trace_id == ctx.trace_id) \
+            and not _forced.admit():
         # Sampling forced by an unauthenticated caller, over the limit: continue unsampled.
         warn_limited("web.forced", "more than %g externally sampled traces per second: "
                      "continuing the excess unsampled", _policy["max_forced_traces_per_second"])
@@ -293,38 +318,54 @@ def _request_url(environ: dict) -> str:
     return "%s://%s%s%s" % (scheme, host, path, "?" + query if query else "")
 
 
-class _TracedBody:
-    """The application's response iterable, run with the request's span active; the span
-    finishes when the body is exhausted or closed (PEP 3333 servers always close)."""
+def _enter(span: Any, key: Optional[str], ts: Optional[str]) -> tuple:
+    """Make the request's context current; returns the tokens :func:`_leave` needs."""
+    return (_core.activate(span),
+            _profiler._hmac_key.set(key) if key is not None else None,
+            _tracestate.set(ts) if ts is not None else None)
 
-    __slots__ = ("_it", "_close", "_span", "_key", "_ts", "_state", "_done")
+
+def _leave(tokens: tuple) -> None:
+    """Put the context back as it was before :func:`_enter`, whatever the application did."""
+    span_token, key_token, ts_token = tokens
+    try:
+        _core.deactivate(span_token)
+    except (ValueError, RuntimeError):
+        _core.set_active(None)
+    for var, tok in ((_profiler._hmac_key, key_token), (_tracestate, ts_token)):
+        if tok is not None:
+            try:
+                var.reset(tok)
+            except (ValueError, RuntimeError):
+                var.set(None)
+
+
+class _TracedBody:
+    """The application's response iterable; the request span finishes when it is exhausted or
+    closed (PEP 3333 servers always close). A lazy body (a generator) runs with the request's
+    context current, so trace points inside it are children of the request span."""
+
+    __slots__ = ("_it", "_close", "_span", "_key", "_ts", "_state", "_done", "_lazy")
 
     def __init__(self, body: Iterable[bytes], span: Any, key: Optional[str], ts: Optional[str],
                  state: list) -> None:
-        self._it: Optional[Iterator[bytes]] = None
         self._close = getattr(body, "close", None)
         self._span = span
         self._key = key
         self._ts = ts
         self._state = state
         self._done = False
-        self._it = iter(body) if body is not None else iter(())
+        # A list's items exist already: handing them out runs no application code.
+        self._lazy = not isinstance(body, (list, tuple))
+        self._it: Iterator[bytes] = iter(body) if body is not None else iter(())
 
     def __iter__(self) -> "_TracedBody":
         return self
 
-    def _enter(self) -> tuple:
-        return (_core.activate(self._span), _profiler._hmac_key.set(self._key),
-                _tracestate.set(self._ts))
-
-    @staticmethod
-    def _leave(tokens: tuple) -> None:
-        _restore(*tokens)
-
     def __next__(self) -> bytes:
-        tokens = self._enter()
+        tokens = _enter(self._span, self._key, self._ts) if self._lazy else None
         try:
-            return next(self._it)  # type: ignore[arg-type]
+            return next(self._it)
         except StopIteration:
             self._finish(None)
             raise
@@ -332,19 +373,22 @@ class _TracedBody:
             self._finish(exc)
             raise
         finally:
-            self._leave(tokens)
+            if tokens is not None:
+                _leave(tokens)
 
     def close(self) -> None:
-        tokens = self._enter()
+        if self._close is None:
+            self._finish(None)
+            return
+        tokens = _enter(self._span, self._key, self._ts)
         try:
-            if self._close is not None:
-                self._close()
+            self._close()
         except BaseException as exc:
             self._finish(exc)
             raise
         finally:
             self._finish(None)
-            self._leave(tokens)
+            _leave(tokens)
 
     def _finish(self, exc: Optional[BaseException]) -> None:
         if self._done:
@@ -363,19 +407,6 @@ def _finish_span(span: Any, state: list, exc: Optional[BaseException]) -> None:
         span.__exit__(type(exc), exc, exc.__traceback__)
     else:
         span.finish()
-
-
-def _restore(span_token: Any, key_token: Any, ts_token: Any) -> None:
-    """Put the context back as it was before the request, whatever the application did."""
-    try:
-        _core.deactivate(span_token)
-    except (ValueError, RuntimeError):
-        _core.set_active(None)
-    for var, tok in ((_profiler._hmac_key, key_token), (_tracestate, ts_token)):
-        try:
-            var.reset(tok)
-        except (ValueError, RuntimeError):
-            var.set(None)
 
 
 class WsgiMiddleware:
@@ -422,20 +453,19 @@ class WsgiMiddleware:
             warn_limited("web.extract", "could not read trace headers: %s", exc)
             inc = _Incoming()
             inc.untraced = True
-        span_token = _core.activate(None)
-        key_token = _profiler._hmac_key.set(None)
-        ts_token = _tracestate.set(None)
-        if inc.untraced:
+        span = None
+        if not inc.untraced:
+            try:
+                span = self._start_span(environ, inc)
+            except Exception as exc:
+                warn_limited("web.span", "could not start the request span: %s", exc)
+        if span is None:
+            # Untraced, but still isolated from whatever an earlier request left behind.
+            tokens = _enter(None, None, None)
             try:
                 return self.application(environ, start_response)
             finally:
-                _restore(span_token, key_token, ts_token)
-        try:
-            span = self._start_span(environ, inc)
-        except Exception as exc:
-            warn_limited("web.span", "could not start the request span: %s", exc)
-            _restore(span_token, key_token, ts_token)
-            return self.application(environ, start_response)
+                _leave(tokens)
         key = inc.hmac_key or current_hmac_key()
         state = [0]
 
@@ -444,19 +474,20 @@ class WsgiMiddleware:
             if exc_info is not None and exc_info[1] is not None:
                 span.log_kv({"event": "error", "error.kind": type(exc_info[1]).__name__,
                              "message": str(exc_info[1])})
-            return start_response(status, headers, exc_info) if exc_info is not None \
-                else start_response(status, headers)
+                return start_response(status, headers, exc_info)
+            return start_response(status, headers)
 
-        _core.activate(span)
-        _profiler._hmac_key.set(key)
-        _tracestate.set(inc.tracestate)
+        # The hmac key is always set (None included) so an earlier request's cannot leak in.
+        tokens = (_core.activate(span), _profiler._hmac_key.set(key),
+                  _tracestate.set(inc.tracestate) if inc.tracestate is not None or
+                  _tracestate.get() is not None else None)
         try:
             body = self.application(environ, _start_response)
         except BaseException as exc:
             _finish_span(span, state, exc)
             raise
         finally:
-            _restore(span_token, key_token, ts_token)
+            _leave(tokens)
         return _TracedBody(body, span, key, inc.tracestate, state)
 
     def _start_span(self, environ: dict, inc: _Incoming) -> Any:

@@ -500,3 +500,25 @@ def test_input_stream_untouched():
     req.environ["wsgi.input"] = io.BytesIO(b"payload")
     req.get_response(web.WsgiMiddleware(app, enabled=True))
     assert got == [b"payload"]
+
+
+def test_always_policy_with_forged_legacy_and_valid_jaeger_header(caplog):
+    web.set_policy(trust_incoming="always")
+    headers = legacy_headers({"base_id": str(uuid.uuid4())}, key="wrong")
+    headers["uber-trace-id"] = "%032x:%016x:0:1" % (0xabc, 0xdef)
+    with caplog.at_level(logging.WARNING, logger="bu_osprofiler"):
+        _call(web.WsgiMiddleware(_app([]), hmac_keys=KEY, enabled=True), headers)
+    (span,) = _wsgi_spans()
+    assert (span.trace_id, span.parent_id) == (0xabc, 0xdef)
+    assert len([r for r in caplog.records if "X-Trace" in r.getMessage()]) == 1
+
+
+def test_always_policy_accepts_a_signed_legacy_header_alone():
+    web.set_policy(trust_incoming="always")
+    base, parent = str(uuid.uuid4()), str(uuid.uuid4())
+    rec = []
+    _call(web.WsgiMiddleware(_app(rec), hmac_keys="other," + KEY, enabled=True),
+          legacy_headers({"base_id": base, "parent_id": parent}))
+    (span,) = _wsgi_spans()
+    assert span.trace_id == uuid.UUID(base).int
+    assert rec[0]["prof"].hmac_key == KEY  # downstream is signed with the key that matched

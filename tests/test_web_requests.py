@@ -39,7 +39,8 @@ def server():
         return [b"ok"]
 
     srv = make_server("127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_Quiet)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True)
     t.start()
     yield "http://127.0.0.1:%d" % srv.server_port, seen
     srv.shutdown()
