@@ -171,6 +171,9 @@ def _conf(**overrides):
     c = cfg.ConfigOpts()
     opts.set_defaults(c)
     c([], project="test")
+    # Group tables are shared between ConfigOpts (oslo.config): start from no overrides.
+    for o in opts._PROFILER_OPTS:
+        c.clear_override(o.dest, group="profiler")
     for k, v in overrides.items():
         c.set_override(k, v, group="profiler")
     return c
@@ -236,3 +239,21 @@ def test_invalid_sampler_is_an_error_at_start():
               sampler_param=3.0)
     with pytest.raises(ValueError):
         initializer.init_from_conf(c, context={}, project="p", service="s", host="h")
+
+
+def test_init_from_conf_installs_rpc_hooks_only_when_enabled():
+    pytest.importorskip("oslo_messaging")
+    from bu_osprofiler import messaging
+
+    try:
+        c = _conf(enabled=False, connection_string="memory://")
+        initializer.init_from_conf(c, context={}, project="p", service="s", host="h")
+        assert not messaging.installed()
+        c = _conf(enabled=True, connection_string="memory://", trace_rpc=False)
+        initializer.init_from_conf(c, context={}, project="p", service="s", host="h")
+        assert not messaging.installed()
+        c = _conf(enabled=True, connection_string="memory://", rpc_legacy_trace_info=True)
+        initializer.init_from_conf(c, context={}, project="p", service="s", host="h")
+        assert messaging.installed() and messaging._settings["legacy_trace_info"]
+    finally:
+        messaging.uninstall()
