@@ -92,8 +92,8 @@ class Proc:
             if line.startswith(prefix):
                 return line.split()[1:]
         self.p.kill()
-        raise AssertionError("%s never said %s: %s" % (self.p.args, prefix,
-                                                         self.p.stderr.read()[-3000:]))
+        err = self.p.stderr.read()[-3000:]
+        raise AssertionError("%s never said %s: %s" % (self.p.args, prefix, err))
 
     def finish(self, timeout=60):
         self.p.stdin.close()

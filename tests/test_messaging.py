@@ -202,8 +202,8 @@ def test_cast_producer_and_consumer_follows_from(rpc_factory, installed):
     consumer = one("rpc.cast:fire", "consumer")
     assert producer.parent_id == root.span_id
     assert consumer.trace_id == root.trace_id
-    assert [(k, c.span_id) for k, c in consumer.references] == [("follows_from",
-                                                                   producer.span_id)]
+    refs = [(k, c.span_id) for k, c in consumer.references]
+    assert refs == [("follows_from", producer.span_id)]
     assert consumer.tags["fork"] is True
     assert one("rpc").parent_id == consumer.span_id
 
