@@ -87,9 +87,7 @@ def extract_context(ctxt: Any, pop: bool = True) -> tuple:
             kind = carrier.get(_KIND)
             ctx = _prop.extract(carrier, ("jaeger",), url_decode=False)
             if ctx is not None:
-                from bu_osprofiler.web import as_osprofiler_base
-
-                return as_osprofiler_base(ctx), kind if kind in ("call", "cast") else None
+                return ctx, kind if kind in ("call", "cast") else None
         warn_limited("rpc.carrier", "ignoring an invalid %r entry in an RPC context", KEY)
     trace_info = ctxt.get("trace_info")
     if trace_info is not None:

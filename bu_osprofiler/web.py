@@ -172,20 +172,6 @@ def _bool(value: Any) -> bool:
     return bool(value)
 
 
-def as_osprofiler_base(ctx: Any) -> Any:
-    """An extracted context whose span id is its trace's low 64 bits names the trace itself.
-
-    That is how a trace's osprofiler base (``profiler.init(key)`` with no trace point started
-    yet) travels in ``uber-trace-id``/``traceparent``: the callee's span becomes a root of that
-    trace instead of the child of a span that does not exist.
-    """
-    if ctx is None or getattr(ctx, "is_base", False) or ctx.parent_id:
-        return ctx
-    if ctx.span_id != ctx.trace_id & _MASK64:
-        return ctx
-    return _core.base_span(ctx.trace_id, flags=ctx.flags, baggage=ctx.baggage or None).context
-
-
 def legacy_context(base_id: Any, parent_id: Any = None) -> Any:
     """The context osprofiler ids name (None when they are not usable).
 
@@ -263,7 +249,7 @@ def read_incoming(environ: dict, keys: tuple, trust: str) -> _Incoming:
         else:
             warn_limited("web.nokeys", "X-Trace-Info received but no HMAC keys are configured")
     ext = _prop.extract_context(environ, _context_formats())
-    ctx = as_osprofiler_base(ext.context)
+    ctx = ext.context
     if trust == "signed":
         if signed is None:
             # Forged signature: untraced. Unsigned Jaeger/W3C context: not trusted, the

@@ -522,3 +522,11 @@ def test_always_policy_accepts_a_signed_legacy_header_alone():
     (span,) = _wsgi_spans()
     assert span.trace_id == uuid.UUID(base).int
     assert rec[0]["prof"].hmac_key == KEY  # downstream is signed with the key that matched
+
+
+def test_a_64bit_jaeger_client_root_is_a_real_parent():
+    # jaeger-client gives a 64-bit trace's root span the trace id as span id: a real span.
+    web.set_policy(trust_incoming="always")
+    _call(web.WsgiMiddleware(_app([]), enabled=True), {"uber-trace-id": "abc:abc:0:1"})
+    (span,) = _wsgi_spans()
+    assert (span.trace_id, span.parent_id) == (0xabc, 0xabc)
