@@ -38,7 +38,9 @@ struct bu_reporter {
     uint64_t flush_req;  /* flush generations requested ... */
     uint64_t flush_seen; /* ... picked up by a cycle ... */
     uint64_t flush_done; /* ... and completed */
-    uint64_t fail_gen;   /* generation of the latest cycle that lost spans */
+    uint64_t cycles;     /* cycles started */
+    uint64_t fail_cycle; /* number of the latest cycle that lost spans */
+    int in_cycle;        /* a cycle is running (its records are out of the queue) */
     /* --- lock-free --- */
     atomic_int active;       /* mode != OFF and not stopping: pokes are useful */
     atomic_int wake_pending; /* a poke was signalled and no cycle started since */
@@ -159,8 +161,9 @@ end_cycle_locked(bu_reporter *r, uint64_t gen, int ok)
         r->flush_done = gen;
     }
     if (!ok) {
-        r->fail_gen = gen;
+        r->fail_cycle = r->cycles;
     }
+    r->in_cycle = 0;
     pthread_cond_broadcast(&r->done);
 }
 
@@ -177,6 +180,8 @@ begin_cycle_locked(bu_reporter *r, int64_t deadline, int *stopping)
     uint64_t gen = r->flush_req;
     r->flush_seen = gen;
     r->poked = 0;
+    r->cycles++;
+    r->in_cycle = 1;
     *stopping = r->stop;
     /* From here on, a poke signals again: records pushed after take_all need a new cycle. */
     atomic_store(&r->wake_pending, 0);
@@ -652,11 +657,13 @@ reporter_flush(PyObject *m, PyObject *arg)
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&r->mu);
     uint64_t my = ++r->flush_req;
+    /* Records a running cycle took were still "queued" for the caller: its outcome counts. */
+    uint64_t first = r->in_cycle ? r->cycles : r->cycles + 1;
     pthread_cond_broadcast(&r->wake);
     while (r->flush_done < my && (r->mode != R_UDP || r->thread_alive) &&
            wait_until(&r->done, &r->mu, deadline)) {
     }
-    ok = r->flush_done >= my && r->fail_gen < my;
+    ok = r->flush_done >= my && r->fail_cycle < first;
     pthread_mutex_unlock(&r->mu);
     Py_END_ALLOW_THREADS
     res = PyBool_FromLong(ok);
