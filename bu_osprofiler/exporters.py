@@ -545,8 +545,15 @@ class HttpExporter(Exporter):
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
             self._thread = None
+        _core.reporter_stop(0.0)  # back to "off" (a late sender finds no reporter and quits)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._close()
+
+    def _loop(self) -> None:
         interval = self.options["flush_interval"]
         max_body = self.options["http_max_body"]
         while True:
@@ -568,8 +575,7 @@ class HttpExporter(Exporter):
             except RuntimeError:
                 return
             if stopping:
-                break
-        self._close()
+                return
 
     def _close(self) -> None:
         if self._conn is not None:

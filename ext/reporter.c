@@ -672,7 +672,8 @@ error:
 }
 
 /* reporter_stop(timeout) -> bool: final flush and stop; True when the flusher has exited
- * (UDP) or was told to (external: the Python sender exits after its last cycle). */
+ * (UDP) or was told to (external: the Python sender exits after its last cycle; a second call
+ * after that returns the reporter to "off"). */
 static PyObject *
 reporter_stop(PyObject *m, PyObject *arg)
 {
@@ -689,6 +690,13 @@ reporter_stop(PyObject *m, PyObject *arg)
     }
     if (r->pid != getpid()) { /* a forked child that was not told: nothing runs here */
         reset_in_child(st);
+        res = Py_NewRef(Py_True);
+        goto error;
+    }
+    if (r->mode == R_EXTERNAL && r->stop) {
+        /* Second call, once the Python sender has finished: every external-mode call holds the
+         * GIL, as we do, so nothing uses the buffers we free. */
+        reset_off(r);
         res = Py_NewRef(Py_True);
         goto error;
     }

@@ -1,0 +1,129 @@
+"""jaeger+http:// against a small collector on 127.0.0.1 (http.server + independent decoders)."""
+import logging
+import socket
+
+import pytest
+
+from bu_osprofiler import _core, exporters
+
+from jaeger_wire import Collector, counters, delta, one_process, reset_core, signed, tags_dict
+
+
+@pytest.fixture(autouse=True)
+def clean_core():
+    reset_core(exporters)
+    yield
+    reset_core(exporters)
+
+
+@pytest.fixture
+def collector():
+    c = Collector()
+    yield c
+    reset_core(exporters)  # stop the sender before the server goes away
+    c.stop()
+
+
+def start(url, **options):
+    options.setdefault("flush_interval", 60.0)
+    exp = exporters.create(url, options)
+    exp.start()
+    return exp
+
+
+def test_batches_are_posted_as_binary_thrift_with_keep_alive(collector):
+    one_process("http-svc", exporters.process_tags({"zone": "a"}))
+    before = counters()
+    exp = start("jaeger+http://127.0.0.1:%d" % collector.port)
+    for i in range(5):
+        _core._push_record((1 << 64) | i, (1 << 63) | i, 3, 1, "op%d" % i, 10 ** 18, 2000,
+                           tags={"i": i, "ok": True})
+    assert exp.flush(10.0) is True
+    _core._push_record(1, 99, 0, 1, "second", 10 ** 18, 1)
+    assert exp.flush(10.0) is True
+    assert len(collector.requests) == 2
+    first, second = collector.requests
+    assert first["path"] == "/api/traces"
+    assert first["headers"]["Content-Type"] == "application/x-thrift"
+    assert first["client"] == second["client"]  # one keep-alive connection
+    batch, full = first["batch"], first["full"]
+    assert batch.process.serviceName == "http-svc"
+    assert tags_dict(batch.process.tags)["zone"] == "a"
+    assert [s.spanId for s in batch.spans] == [signed((1 << 63) | i) for i in range(5)]
+    assert [(s.traceIdHigh, s.traceIdLow) for s in batch.spans] == [(1, i) for i in range(5)]
+    assert tags_dict(batch.spans[2].tags) == {"i": 2, "ok": True}
+    assert full.seqNo + 1 == second["full"].seqNo
+    assert delta(before, "spans_exported") == 6
+    assert delta(before, "batches_sent") == 2
+    assert delta(before, "bytes_sent") == len(first["body"]) + len(second["body"])
+
+
+def test_custom_path_and_body_size_limit(collector):
+    one_process("http-path")
+    exp = start("jaeger+http://127.0.0.1:%d/custom/traces" % collector.port, http_max_body=2000)
+    for i in range(200):
+        _core._push_record(1, i + 1, 0, 1, "op", 1, 1, tags={"pad": "x" * 50})
+    assert exp.flush(10.0) is True
+    assert {r["path"] for r in collector.requests} == {"/custom/traces"}
+    assert len(collector.requests) > 1
+    assert all(len(r["body"]) <= 2000 for r in collector.requests)
+    assert sorted(s.spanId for s in collector.spans()) == list(range(1, 201))
+
+
+def test_server_errors_are_counted_logged_and_never_raised(collector, caplog):
+    one_process("http-500")
+    collector.mode = "error"
+    before = counters()
+    exp = start("jaeger+http://127.0.0.1:%d" % collector.port, error_log_interval=3600)
+    with caplog.at_level(logging.WARNING, logger="bu_osprofiler.exporters"):
+        for _ in range(3):
+            _core._push_record(1, 1, 0, 1, "op", 1, 1)
+            _core._push_record(1, 2, 0, 1, "op", 1, 1)
+            assert exp.flush(10.0) is False
+    assert delta(before, "send_errors") == 3
+    assert delta(before, "dropped_send_failed") == 6
+    assert delta(before, "spans_exported") == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "HTTP 500" in messages[0]
+    collector.mode = "ok"  # recovers
+    _core._push_record(1, 3, 0, 1, "op", 1, 1)
+    assert exp.flush(10.0) is True
+    assert delta(before, "spans_exported") == 1
+
+
+def test_a_hanging_collector_times_out_and_is_counted(collector):
+    one_process("http-hang")
+    collector.mode = "hang"
+    before = counters()
+    exp = start("jaeger+http://127.0.0.1:%d" % collector.port, http_timeout=0.3)
+    _core._push_record(1, 1, 0, 1, "op", 1, 1)
+    assert exp.flush(10.0) is False
+    assert delta(before, "send_errors") == 1
+    assert delta(before, "dropped_send_failed") == 1
+    collector.release.set()
+
+
+def test_refused_connection_is_counted():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    one_process("http-refused")
+    before = counters()
+    exp = start("jaeger+http://127.0.0.1:%d" % port, error_log_interval=3600)
+    _core._push_record(1, 1, 0, 1, "op", 1, 1)
+    assert exp.flush(10.0) is False
+    assert delta(before, "send_errors") == 1
+    assert delta(before, "dropped_send_failed") == 1
+
+
+def test_shutdown_sends_the_rest_and_stops_the_sender(collector):
+    one_process("http-stop")
+    exp = start("jaeger+http://127.0.0.1:%d" % collector.port)
+    sender = exp._thread
+    for i in range(3):
+        _core._push_record(1, i + 1, 0, 1, "op", 1, 1)
+    exp.shutdown(5.0)
+    assert not sender.is_alive()
+    assert len(collector.spans()) == 3
+    assert _core.reporter_info()["mode"] == "off"
