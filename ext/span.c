@@ -1,10 +1,1343 @@
-/* span.c -- (to be written) */
+/* span.c -- Span and SpanContext types, span creation / finish, the active-span ContextVar. */
+#include "span.h"
+
+#include <math.h>
+#include <string.h>
+#include "clock.h"
 #include "hooks.h"
+#include "ids.h"
+#include "pyrecord.h"
+#include "sampler.h"
+#include "structmember.h"
+
+/* ================================================================ active span storage */
+
+PyObject *
+bu_active_get(bu_state *st)
+{
+    PyObject *v = NULL;
+    if (PyContextVar_Get(st->active, NULL, &v) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (v == Py_None) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    return v;
+}
+
+PyObject *
+bu_active_set(bu_state *st, PyObject *value)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    /* CPython <= 3.11: a GC run during PyContextVar_Set can free the context's old variable
+     * mapping while it is still in use (gh-148891); a snapshot keeps it alive across the set. */
+    PyObject *snapshot = PyContext_CopyCurrent();
+    if (snapshot == NULL) {
+        return NULL;
+    }
+    PyObject *tok = PyContextVar_Set(st->active, value);
+    Py_DECREF(snapshot);
+    return tok;
+#else
+    return PyContextVar_Set(st->active, value);
+#endif
+}
+
+int
+bu_active_reset(bu_state *st, PyObject *token)
+{
+    return PyContextVar_Reset(st->active, token);
+}
+
+/* ================================================================ SpanContext */
+
+static PyObject *
+ctx_new_raw(bu_state *st, uint64_t hi, uint64_t lo, uint64_t sid, uint64_t pid, uint32_t flags,
+            PyObject *baggage, int is_base)
+{
+    SpanContextObject *c = PyObject_New(SpanContextObject, st->SpanContextType);
+    if (c == NULL) {
+        return NULL;
+    }
+    c->trace_hi = hi;
+    c->trace_lo = lo;
+    c->span_id = sid;
+    c->parent_id = pid;
+    c->flags = flags;
+    c->is_base = (uint32_t)is_base;
+    Py_XINCREF(baggage);
+    c->baggage = baggage;
+    return (PyObject *)c;
+}
+
+/* Validate and copy a baggage mapping into a fresh dict of str -> str (NULL when empty). */
+static int
+baggage_copy(PyObject *src, PyObject **out)
+{
+    *out = NULL;
+    if (src == NULL || src == Py_None) {
+        return 0;
+    }
+    PyObject *d = PyDict_New();
+    if (d == NULL) {
+        return -1;
+    }
+    if (PyDict_Merge(d, src, 1) < 0) {
+        Py_DECREF(d);
+        return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        if (!PyUnicode_Check(k) || !PyUnicode_Check(v)) {
+            Py_DECREF(d);
+            PyErr_SetString(PyExc_TypeError, "baggage keys and values must be str");
+            return -1;
+        }
+    }
+    if (PyDict_GET_SIZE(d) == 0) {
+        Py_DECREF(d);
+        return 0;
+    }
+    *out = d;
+    return 0;
+}
+
+static PyObject *
+ctx_tp_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"trace_id", "span_id", "parent_id", "flags", "baggage", NULL};
+    PyObject *trace, *span, *parent = NULL, *baggage = NULL, *bcopy = NULL, *res = NULL;
+    unsigned int flags = BU_FLAG_SAMPLED;
+    uint64_t hi, lo, sid, pid = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OIO:SpanContext", kwlist, &trace, &span,
+                                     &parent, &flags, &baggage)) {
+        return NULL;
+    }
+    bu_state *st = bu_state_of_type(tp);
+    if (st == NULL) {
+        return NULL;
+    }
+    if (bu_u128_from_pylong(trace, &hi, &lo) < 0 || bu_u64_from_pylong(span, &sid) < 0) {
+        return NULL;
+    }
+    if (parent != NULL && parent != Py_None && bu_u64_from_pylong(parent, &pid) < 0) {
+        return NULL;
+    }
+    if (hi == 0 && lo == 0) {
+        PyErr_SetString(PyExc_ValueError, "trace id must not be 0");
+        return NULL;
+    }
+    if (sid == 0) {
+        PyErr_SetString(PyExc_ValueError, "span id must not be 0");
+        return NULL;
+    }
+    if (flags > 0xFF) {
+        PyErr_SetString(PyExc_ValueError, "flags must fit in 8 bits");
+        return NULL;
+    }
+    if (baggage_copy(baggage, &bcopy) < 0) {
+        return NULL;
+    }
+    res = ctx_new_raw(st, hi, lo, sid, pid, flags, bcopy, 0);
+    Py_XDECREF(bcopy);
+    return res;
+}
+
+static void
+ctx_dealloc(PyObject *op)
+{
+    SpanContextObject *c = _SpanContext_CAST(op);
+    PyTypeObject *tp = Py_TYPE(op);
+    Py_XDECREF(c->baggage);
+    PyObject_Free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+ctx_trace_id(PyObject *op, void *Py_UNUSED(closure))
+{
+    SpanContextObject *c = _SpanContext_CAST(op);
+    return bu_pylong_from_u128(c->trace_hi, c->trace_lo);
+}
+
+static PyObject *
+ctx_baggage(PyObject *op, void *Py_UNUSED(closure))
+{
+    SpanContextObject *c = _SpanContext_CAST(op);
+    return c->baggage ? PyDict_Copy(c->baggage) : PyDict_New();
+}
+
+static PyObject *
+ctx_sampled(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(_SpanContext_CAST(op)->flags & BU_FLAG_SAMPLED);
+}
+
+static PyObject *
+ctx_debug(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong((_SpanContext_CAST(op)->flags & BU_FLAG_DEBUG) != 0);
+}
+
+static PyObject *
+ctx_is_base(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(_SpanContext_CAST(op)->is_base != 0);
+}
+
+static PyObject *
+ctx_repr(PyObject *op)
+{
+    SpanContextObject *c = _SpanContext_CAST(op);
+    char buf[160];
+    if (c->trace_hi) {
+        snprintf(buf, sizeof(buf), "%016llx%016llx:%016llx:%llx:%x",
+                 (unsigned long long)c->trace_hi, (unsigned long long)c->trace_lo,
+                 (unsigned long long)c->span_id, (unsigned long long)c->parent_id, c->flags);
+    }
+    else {
+        snprintf(buf, sizeof(buf), "%016llx:%016llx:%llx:%x", (unsigned long long)c->trace_lo,
+                 (unsigned long long)c->span_id, (unsigned long long)c->parent_id, c->flags);
+    }
+    if (c->baggage) {
+        return PyUnicode_FromFormat("SpanContext(%s, baggage=%R)", buf, c->baggage);
+    }
+    return PyUnicode_FromFormat("SpanContext(%s)", buf);
+}
+
+static Py_hash_t
+ctx_hash(PyObject *op)
+{
+    SpanContextObject *c = _SpanContext_CAST(op);
+    uint64_t h = c->trace_hi * 0x9E3779B97F4A7C15ULL ^ c->trace_lo;
+    h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL ^ c->span_id;
+    h ^= c->flags;
+    Py_hash_t r = (Py_hash_t)(h & 0x7FFFFFFFFFFFFFFFULL);
+    return r == -1 ? -2 : r;
+}
+
+static PyObject *
+ctx_richcompare(PyObject *a, PyObject *b, int op)
+{
+    if ((op != Py_EQ && op != Py_NE) || !Py_IS_TYPE(b, Py_TYPE(a))) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    SpanContextObject *x = _SpanContext_CAST(a), *y = _SpanContext_CAST(b);
+    int eq = x->trace_hi == y->trace_hi && x->trace_lo == y->trace_lo &&
+             x->span_id == y->span_id && x->parent_id == y->parent_id && x->flags == y->flags;
+    if (eq) {
+        if (x->baggage == NULL || y->baggage == NULL) {
+            eq = x->baggage == y->baggage ||
+                 (x->baggage ? PyDict_GET_SIZE(x->baggage) : PyDict_GET_SIZE(y->baggage)) == 0;
+        }
+        else {
+            eq = PyObject_RichCompareBool(x->baggage, y->baggage, Py_EQ);
+            if (eq < 0) {
+                return NULL;
+            }
+        }
+    }
+    return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+}
+
+static PyObject *
+ctx_with_baggage_item(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    SpanContextObject *c = _SpanContext_CAST(op);
+    if (nargs != 2 || !PyUnicode_Check(args[0]) || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "with_baggage_item(key: str, value: str)");
+        return NULL;
+    }
+    PyObject *d = c->baggage ? PyDict_Copy(c->baggage) : PyDict_New();
+    if (d == NULL || PyDict_SetItem(d, args[0], args[1]) < 0) {
+        Py_XDECREF(d);
+        return NULL;
+    }
+    bu_state *st = bu_state_of_type(Py_TYPE(op));
+    PyObject *res = st ? ctx_new_raw(st, c->trace_hi, c->trace_lo, c->span_id, c->parent_id,
+                                     c->flags, d, (int)c->is_base)
+                       : NULL;
+    Py_DECREF(d);
+    return res;
+}
+
+static PyObject *
+ctx_reduce(PyObject *op, PyObject *Py_UNUSED(arg))
+{
+    SpanContextObject *c = _SpanContext_CAST(op);
+    PyObject *t = bu_pylong_from_u128(c->trace_hi, c->trace_lo);
+    if (t == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("O(NKKIO)", Py_TYPE(op), t, (unsigned long long)c->span_id,
+                         (unsigned long long)c->parent_id, c->flags,
+                         c->baggage ? c->baggage : Py_None);
+}
+
+static PyMemberDef ctx_members[] = {
+    {"span_id", T_ULONGLONG, offsetof(SpanContextObject, span_id), READONLY, "64-bit span id"},
+    {"parent_id", T_ULONGLONG, offsetof(SpanContextObject, parent_id), READONLY,
+     "64-bit parent span id (0 for a root)"},
+    {"flags", T_UINT, offsetof(SpanContextObject, flags), READONLY, "1 sampled, 2 debug"},
+    {"trace_id_high", T_ULONGLONG, offsetof(SpanContextObject, trace_hi), READONLY, NULL},
+    {"trace_id_low", T_ULONGLONG, offsetof(SpanContextObject, trace_lo), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef ctx_getset[] = {
+    {"trace_id", ctx_trace_id, NULL, "trace id (int, up to 128 bits)", NULL},
+    {"baggage", ctx_baggage, NULL, "a copy of the baggage items", NULL},
+    {"sampled", ctx_sampled, NULL, NULL, NULL},
+    {"debug", ctx_debug, NULL, NULL, NULL},
+    {"is_base", ctx_is_base, NULL, "True for an osprofiler base placeholder (no real span)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef ctx_methods[] = {
+    {"with_baggage_item", (PyCFunction)(void (*)(void))ctx_with_baggage_item, METH_FASTCALL,
+     "A copy of this context with one more baggage item."},
+    {"__reduce__", ctx_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot ctx_slots[] = {
+    {Py_tp_new, ctx_tp_new},
+    {Py_tp_dealloc, ctx_dealloc},
+    {Py_tp_repr, ctx_repr},
+    {Py_tp_hash, ctx_hash},
+    {Py_tp_richcompare, ctx_richcompare},
+    {Py_tp_members, ctx_members},
+    {Py_tp_getset, ctx_getset},
+    {Py_tp_methods, ctx_methods},
+    {Py_tp_doc, "SpanContext(trace_id, span_id, parent_id=0, flags=1, baggage=None): immutable "
+                "identity of a span (ids, sampling flags, baggage)."},
+    {0, NULL},
+};
+
+static PyType_Spec ctx_spec = {
+    .name = "bu_osprofiler.SpanContext",
+    .basicsize = sizeof(SpanContextObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = ctx_slots,
+};
+
+/* ================================================================ Span: creation and finish */
+
+static void
+new_trace_id(bu_state *st, uint64_t *hi, uint64_t *lo)
+{
+    *hi = st->trace_id_128 ? bu_rand64(st->fork_gen) : 0;
+    *lo = bu_rand64(st->fork_gen);
+}
+
+SpanObject *
+bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
+{
+    SpanObject *s = PyObject_New(SpanObject, st->SpanType);
+    if (s == NULL) {
+        return NULL;
+    }
+    s->st = st;
+    s->state = 0;
+    s->service = st->cur_process;
+    s->ntags = s->nlogs = s->nrefs = 0;
+    memset(&s->tags, 0, sizeof(bu_buf));
+    memset(&s->logs, 0, sizeof(bu_buf));
+    memset(&s->refs, 0, sizeof(bu_buf));
+    s->prev = NULL;
+    Py_INCREF(name);
+    s->name = name;
+    s->span_id = bu_rand64(st->fork_gen);
+    int root = 0;
+    if (parent != NULL && Py_IS_TYPE(parent, st->SpanType)) {
+        SpanObject *p = _Span_CAST(parent);
+        s->trace_hi = p->trace_hi;
+        s->trace_lo = p->trace_lo;
+        s->parent_id = (p->state & BU_SPAN_BASE) ? 0 : p->span_id;
+        s->flags = p->flags;
+        Py_XINCREF(p->baggage);
+        s->baggage = p->baggage;
+    }
+    else if (parent != NULL && Py_IS_TYPE(parent, st->SpanContextType)) {
+        SpanContextObject *c = _SpanContext_CAST(parent);
+        s->trace_hi = c->trace_hi;
+        s->trace_lo = c->trace_lo;
+        s->parent_id = c->is_base ? 0 : c->span_id;
+        s->flags = c->flags;
+        Py_XINCREF(c->baggage);
+        s->baggage = c->baggage;
+    }
+    else {
+        root = 1;
+        new_trace_id(st, &s->trace_hi, &s->trace_lo);
+        s->parent_id = 0;
+        s->flags = bu_sampler_decide(&st->sampler, s->trace_lo) ? BU_FLAG_SAMPLED : 0;
+        s->baggage = NULL;
+    }
+    atomic_fetch_add_explicit(&st->stats.started, 1, memory_order_relaxed);
+    if (s->flags & BU_FLAG_SAMPLED) {
+        s->state |= BU_SPAN_RECORDING;
+        if (root) {
+            const char *tn = st->sampler.type_name;
+            if (bu_tag_put_str(&s->tags, "sampler.type", 12, tn, strlen(tn)) < 0 ||
+                bu_tag_put_double(&s->tags, "sampler.param", 13, st->sampler.param) < 0) {
+                Py_DECREF(s);
+                PyErr_NoMemory();
+                return NULL;
+            }
+            s->ntags = 2;
+        }
+    }
+    s->start_mono = bu_mono_ns();
+    s->start_ns = start_ns >= 0 ? start_ns : bu_wall_ns();
+    return s;
+}
+
+void
+bu_span_finish(SpanObject *s, int64_t end_ns)
+{
+    if (s->state & (BU_SPAN_FINISHED | BU_SPAN_PLACEHOLDER)) {
+        return;
+    }
+    s->state |= BU_SPAN_FINISHED;
+    bu_state *st = s->st;
+    atomic_fetch_add_explicit(&st->stats.finished, 1, memory_order_relaxed);
+    if (s->state & BU_SPAN_RECORDING) {
+        int64_t dur = end_ns >= 0 ? end_ns - s->start_ns : bu_mono_ns() - s->start_mono;
+        atomic_fetch_add_explicit(&st->stats.sampled, 1, memory_order_relaxed);
+        if (st->mode != BU_MODE_DISCARD) {
+            Py_ssize_t nlen;
+            const char *name = PyUnicode_AsUTF8AndSize(s->name, &nlen);
+            if (name == NULL) {
+                PyErr_Clear();
+                name = "<unencodable>";
+                nlen = 13;
+            }
+            bu_record *r = bu_record_new(s->trace_hi, s->trace_lo, s->span_id, s->parent_id,
+                                         s->flags, s->start_ns, dur, s->service, name,
+                                         (size_t)nlen, &s->refs, s->nrefs, &s->tags, s->ntags,
+                                         &s->logs, s->nlogs);
+            if (r == NULL) {
+                atomic_fetch_add_explicit(&st->stats.dropped_queue_full, 1, memory_order_relaxed);
+            }
+            else if (bu_buffer_push(&st->buffer, r) == 0 && st->mode == BU_MODE_REPORTER) {
+                bu_reporter_poke(st);
+            }
+        }
+    }
+    bu_buf_free(&s->tags);
+    bu_buf_free(&s->logs);
+    bu_buf_free(&s->refs);
+    s->ntags = s->nlogs = s->nrefs = 0;
+}
+
+/* ---------------------------------------------------------------- tags, logs */
+
+/* sampling.priority: 0 clears sampled, > 0 forces sampled + debug (Jaeger semantics). */
+static int
+span_sampling_priority(SpanObject *s, PyObject *value)
+{
+    double v;
+    if (PyBool_Check(value) || PyLong_Check(value) || PyFloat_Check(value)) {
+        v = PyFloat_AsDouble(value);
+        if (v == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    else {
+        return 0;
+    }
+    if (s->state & BU_SPAN_FINISHED) {
+        return 0;
+    }
+    if (v > 0) {
+        s->flags |= BU_FLAG_SAMPLED | BU_FLAG_DEBUG;
+        s->state |= BU_SPAN_RECORDING;
+    }
+    else {
+        s->flags &= ~(uint32_t)(BU_FLAG_SAMPLED | BU_FLAG_DEBUG);
+        s->state &= (uint16_t)~BU_SPAN_RECORDING;
+    }
+    return 1;
+}
+
+static int
+span_put_tag(SpanObject *s, PyObject *key, PyObject *value)
+{
+    if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "sampling.priority") == 0) {
+        span_sampling_priority(s, value);
+    }
+    if (!(s->state & BU_SPAN_RECORDING) || (s->state & BU_SPAN_FINISHED) || s->ntags == 0xFFFF) {
+        return 0;
+    }
+    if (bu_tag_put_py(&s->tags, key, value) < 0) {
+        return -1;
+    }
+    s->ntags++;
+    return 0;
+}
+
+/* Append one log (timestamp + fields from a mapping / pairs). */
+static int
+span_put_log(SpanObject *s, int64_t ts_ns, PyObject *fields)
+{
+    if (!(s->state & BU_SPAN_RECORDING) || (s->state & BU_SPAN_FINISHED) || s->nlogs == 0xFFFF) {
+        return 0;
+    }
+    size_t head = s->logs.len;
+    if (bu_buf_reserve(&s->logs, 10) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(s->logs.data + head, &ts_ns, 8);
+    s->logs.len += 10;
+    Py_ssize_t n = bu_tags_put_items(&s->logs, fields);
+    if (n < 0 || n > 0xFFFF) {
+        s->logs.len = head; /* roll back the partial log */
+        if (n >= 0) {
+            PyErr_SetString(PyExc_ValueError, "too many log fields");
+        }
+        return -1;
+    }
+    uint16_t n16 = (uint16_t)n;
+    memcpy(s->logs.data + head + 8, &n16, 2);
+    s->nlogs++;
+    return 0;
+}
+
+static int
+put_str_field(bu_buf *b, const char *key, PyObject *value)
+{
+    PyObject *k = PyUnicode_FromString(key);
+    if (k == NULL) {
+        return -1;
+    }
+    int rc = bu_tag_put_py(b, k, value);
+    Py_DECREF(k);
+    return rc;
+}
+
+/* Qualified exception class name: builtins bare, others module.qualname (osprofiler's etype). */
+static PyObject *
+exc_type_name(PyObject *exc)
+{
+    PyTypeObject *tp = Py_TYPE(exc);
+    PyObject *qual = PyType_GetQualName(tp);
+    if (qual == NULL) {
+        return NULL;
+    }
+    PyObject *mod = PyObject_GetAttrString((PyObject *)tp, "__module__");
+    if (mod == NULL) {
+        PyErr_Clear();
+        return qual;
+    }
+    PyObject *res = qual;
+    if (PyUnicode_Check(mod) && PyUnicode_CompareWithASCIIString(mod, "builtins") != 0) {
+        res = PyUnicode_FromFormat("%U.%U", mod, qual);
+        Py_DECREF(qual);
+    }
+    Py_DECREF(mod);
+    return res;
+}
+
+void
+bu_span_set_error(SpanObject *s, PyObject *exc, int osprofiler_tags)
+{
+    PyObject *etype = NULL, *msg = NULL, *stack = NULL, *type_obj = (PyObject *)Py_TYPE(exc);
+    PyObject *saved_t, *saved_v, *saved_tb;
+    PyErr_Fetch(&saved_t, &saved_v, &saved_tb);
+    if (!(s->state & BU_SPAN_RECORDING) || (s->state & BU_SPAN_FINISHED)) {
+        goto done;
+    }
+    etype = exc_type_name(exc);
+    msg = PyObject_Str(exc);
+    if (etype == NULL || msg == NULL) {
+        PyErr_Clear();
+        goto done;
+    }
+    if (bu_tag_put_bool(&s->tags, "error", 5, 1) < 0) {
+        goto done;
+    }
+    s->ntags++;
+    if (osprofiler_tags) {
+        if (put_str_field(&s->tags, "etype", etype) < 0) {
+            goto done;
+        }
+        s->ntags++;
+        if (put_str_field(&s->tags, "message", msg) < 0) {
+            goto done;
+        }
+        s->ntags++;
+    }
+    if (s->st->format_exc != NULL) {
+        stack = PyObject_CallOneArg(s->st->format_exc, exc);
+        if (stack == NULL) {
+            PyErr_Clear();
+        }
+    }
+    /* error log: event, error.kind, error.object, message, stack (OpenTracing conventions) */
+    size_t head = s->logs.len;
+    if (bu_buf_reserve(&s->logs, 10) < 0) {
+        goto done;
+    }
+    int64_t ts = bu_wall_ns();
+    memcpy(s->logs.data + head, &ts, 8);
+    s->logs.len += 10;
+    uint16_t nf = 0;
+    if (bu_tag_put_str(&s->logs, "event", 5, "error", 5) < 0) {
+        goto rollback;
+    }
+    nf++;
+    if (put_str_field(&s->logs, "error.kind", etype) < 0) {
+        goto rollback;
+    }
+    nf++;
+    (void)type_obj;
+    PyObject *obj_repr = PyObject_Repr(exc);
+    if (obj_repr == NULL) {
+        PyErr_Clear();
+    }
+    else {
+        int rc = put_str_field(&s->logs, "error.object", obj_repr);
+        Py_DECREF(obj_repr);
+        if (rc < 0) {
+            goto rollback;
+        }
+        nf++;
+    }
+    if (put_str_field(&s->logs, "message", msg) < 0) {
+        goto rollback;
+    }
+    nf++;
+    if (stack != NULL && PyUnicode_Check(stack)) {
+        if (put_str_field(&s->logs, "stack", stack) < 0) {
+            goto rollback;
+        }
+        nf++;
+    }
+    memcpy(s->logs.data + head + 8, &nf, 2);
+    s->nlogs++;
+    goto done;
+rollback:
+    s->logs.len = head;
+done:
+    PyErr_Clear();
+    Py_XDECREF(etype);
+    Py_XDECREF(msg);
+    Py_XDECREF(stack);
+    PyErr_Restore(saved_t, saved_v, saved_tb);
+}
+
+/* ================================================================ Span type */
+
+static void
+span_dealloc(PyObject *op)
+{
+    SpanObject *s = _Span_CAST(op);
+    PyTypeObject *tp = Py_TYPE(op);
+    bu_buf_free(&s->tags);
+    bu_buf_free(&s->logs);
+    bu_buf_free(&s->refs);
+    Py_XDECREF(s->name);
+    Py_XDECREF(s->baggage);
+    Py_XDECREF(s->prev);
+    PyObject_Free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+span_tp_new(PyTypeObject *Py_UNUSED(tp), PyObject *Py_UNUSED(a), PyObject *Py_UNUSED(k))
+{
+    PyErr_SetString(PyExc_TypeError, "use bu_osprofiler.start_span() to create spans");
+    return NULL;
+}
+
+static PyObject *
+span_set_tag(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_tag(key, value)");
+        return NULL;
+    }
+    if (span_put_tag(_Span_CAST(op), args[0], args[1]) < 0) {
+        return NULL;
+    }
+    return Py_NewRef(op);
+}
+
+static PyObject *
+span_set_tags(PyObject *op, PyObject *items)
+{
+    SpanObject *s = _Span_CAST(op);
+    PyObject *seq = NULL, *it = NULL, *pair;
+    if (PyDict_Check(items)) {
+        seq = PyDict_Items(items);
+    }
+    else {
+        seq = PySequence_List(items);
+    }
+    if (seq == NULL) {
+        return NULL;
+    }
+    it = PyObject_GetIter(seq);
+    Py_DECREF(seq);
+    if (it == NULL) {
+        return NULL;
+    }
+    while ((pair = PyIter_Next(it)) != NULL) {
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            span_put_tag(s, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1)) < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "set_tags expects a mapping or (key, value) pairs");
+            }
+            Py_DECREF(pair);
+            Py_DECREF(it);
+            return NULL;
+        }
+        Py_DECREF(pair);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    return Py_NewRef(op);
+}
+
+static int
+time_arg_ns(PyObject *o, int64_t *out)
+{
+    if (o == NULL || o == Py_None) {
+        *out = -1;
+        return 0;
+    }
+    double t = PyFloat_AsDouble(o);
+    if (t == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (!isfinite(t) || t < 0 || t > 9.2e9) {
+        PyErr_SetString(PyExc_ValueError, "time must be seconds since the epoch");
+        return -1;
+    }
+    *out = (int64_t)llround(t * 1e9);
+    return 0;
+}
+
+static PyObject *
+span_log_kv(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"key_values", "timestamp", NULL};
+    PyObject *kv, *ts = NULL;
+    int64_t ts_ns;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:log_kv", kwlist, &kv, &ts) ||
+        time_arg_ns(ts, &ts_ns) < 0) {
+        return NULL;
+    }
+    if (span_put_log(_Span_CAST(op), ts_ns < 0 ? bu_wall_ns() : ts_ns, kv) < 0) {
+        return NULL;
+    }
+    return Py_NewRef(op);
+}
+
+static PyObject *
+span_finish(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"finish_time", NULL};
+    PyObject *ft = NULL;
+    int64_t end_ns;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:finish", kwlist, &ft) ||
+        time_arg_ns(ft, &end_ns) < 0) {
+        return NULL;
+    }
+    bu_span_finish(_Span_CAST(op), end_ns);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+span_set_baggage_item(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    SpanObject *s = _Span_CAST(op);
+    if (nargs != 2 || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "set_baggage_item(key: str, value: str)");
+        return NULL;
+    }
+    PyObject *value = args[1];
+    PyObject *vs = PyUnicode_Check(value) ? Py_NewRef(value) : PyObject_Str(value);
+    if (vs == NULL) {
+        return NULL;
+    }
+    /* copy-on-write: the dict may be shared with the parent and children */
+    PyObject *d = s->baggage ? PyDict_Copy(s->baggage) : PyDict_New();
+    if (d == NULL || PyDict_SetItem(d, args[0], vs) < 0) {
+        Py_XDECREF(d);
+        Py_DECREF(vs);
+        return NULL;
+    }
+    Py_DECREF(vs);
+    Py_XSETREF(s->baggage, d);
+    return Py_NewRef(op);
+}
+
+static PyObject *
+span_get_baggage_item(PyObject *op, PyObject *key)
+{
+    SpanObject *s = _Span_CAST(op);
+    if (s->baggage == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *v = PyDict_GetItemWithError(s->baggage, key);
+    if (v == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    return Py_NewRef(v);
+}
+
+static PyObject *
+span_set_operation_name(PyObject *op, PyObject *name)
+{
+    if (!PyUnicode_Check(name)) {
+        PyErr_SetString(PyExc_TypeError, "operation name must be str");
+        return NULL;
+    }
+    Py_INCREF(name);
+    Py_XSETREF(_Span_CAST(op)->name, name);
+    return Py_NewRef(op);
+}
+
+static PyObject *
+span_enter(PyObject *op, PyObject *Py_UNUSED(arg))
+{
+    return Py_NewRef(op);
+}
+
+static PyObject *
+span_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    SpanObject *s = _Span_CAST(op);
+    if (nargs >= 2 && args[1] != Py_None && PyExceptionInstance_Check(args[1])) {
+        bu_span_set_error(s, args[1], 0);
+    }
+    bu_span_finish(s, -1);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+span_get_tags(PyObject *op, PyObject *Py_UNUSED(arg))
+{
+    SpanObject *s = _Span_CAST(op);
+    const unsigned char *p = s->tags.data;
+    return bu_tags_to_dict(&p, s->ntags);
+}
+
+static PyObject *
+span_context(PyObject *op, void *Py_UNUSED(closure))
+{
+    SpanObject *s = _Span_CAST(op);
+    return ctx_new_raw(s->st, s->trace_hi, s->trace_lo, s->span_id, s->parent_id, s->flags,
+                       s->baggage, (s->state & BU_SPAN_BASE) != 0);
+}
+
+static PyObject *
+span_trace_id(PyObject *op, void *Py_UNUSED(closure))
+{
+    SpanObject *s = _Span_CAST(op);
+    return bu_pylong_from_u128(s->trace_hi, s->trace_lo);
+}
+
+static PyObject *
+span_get_name(PyObject *op, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(_Span_CAST(op)->name);
+}
+
+static int
+span_set_name(PyObject *op, PyObject *v, void *Py_UNUSED(closure))
+{
+    if (v == NULL || !PyUnicode_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "operation name must be str");
+        return -1;
+    }
+    Py_INCREF(v);
+    Py_XSETREF(_Span_CAST(op)->name, v);
+    return 0;
+}
+
+static PyObject *
+span_bool_state(PyObject *op, void *closure)
+{
+    return PyBool_FromLong((_Span_CAST(op)->state & (uint16_t)(uintptr_t)closure) != 0);
+}
+
+static PyObject *
+span_sampled(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(_Span_CAST(op)->flags & BU_FLAG_SAMPLED);
+}
+
+static PyObject *
+span_repr(PyObject *op)
+{
+    SpanObject *s = _Span_CAST(op);
+    return PyUnicode_FromFormat("<Span %R %016llx%016llx:%016llx parent=%llx%s>", s->name,
+                                (unsigned long long)s->trace_hi, (unsigned long long)s->trace_lo,
+                                (unsigned long long)s->span_id, (unsigned long long)s->parent_id,
+                                (s->state & BU_SPAN_FINISHED) ? " finished" : "");
+}
+
+static PyMethodDef span_methods[] = {
+    {"set_tag", (PyCFunction)(void (*)(void))span_set_tag, METH_FASTCALL,
+     "set_tag(key, value) -> self. Values keep their type: str, bool, int, float, bytes."},
+    {"set_tags", span_set_tags, METH_O, "set_tags(mapping or pairs) -> self."},
+    {"log_kv", (PyCFunction)(void (*)(void))span_log_kv, METH_VARARGS | METH_KEYWORDS,
+     "log_kv(key_values, timestamp=None) -> self. timestamp in seconds since the epoch."},
+    {"finish", (PyCFunction)(void (*)(void))span_finish, METH_VARARGS | METH_KEYWORDS,
+     "finish(finish_time=None): end the span (a second call does nothing)."},
+    {"set_baggage_item", (PyCFunction)(void (*)(void))span_set_baggage_item, METH_FASTCALL,
+     "set_baggage_item(key, value) -> self; propagates to children started afterwards."},
+    {"get_baggage_item", span_get_baggage_item, METH_O, "get_baggage_item(key) -> str or None."},
+    {"set_operation_name", span_set_operation_name, METH_O, "set_operation_name(name) -> self."},
+    {"get_tags", span_get_tags, METH_NOARGS, "Tags recorded so far (empty once finished)."},
+    {"__enter__", span_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))span_exit, METH_FASTCALL,
+     "Finish the span; an exception sets error=True and an error log."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef span_members[] = {
+    {"span_id", T_ULONGLONG, offsetof(SpanObject, span_id), READONLY, NULL},
+    {"parent_id", T_ULONGLONG, offsetof(SpanObject, parent_id), READONLY, NULL},
+    {"flags", T_UINT, offsetof(SpanObject, flags), READONLY, NULL},
+    {"start_ns", T_LONGLONG, offsetof(SpanObject, start_ns), READONLY,
+     "start, wall clock, ns since the epoch"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef span_getset[] = {
+    {"context", span_context, NULL, "SpanContext of this span", NULL},
+    {"trace_id", span_trace_id, NULL, NULL, NULL},
+    {"operation_name", span_get_name, span_set_name, NULL, NULL},
+    {"finished", span_bool_state, NULL, NULL, (void *)(uintptr_t)BU_SPAN_FINISHED},
+    {"recording", span_bool_state, NULL, "sampled and not finished", (void *)(uintptr_t)BU_SPAN_RECORDING},
+    {"is_base", span_bool_state, NULL, NULL, (void *)(uintptr_t)BU_SPAN_BASE},
+    {"sampled", span_sampled, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot span_slots[] = {
+    {Py_tp_new, span_tp_new},
+    {Py_tp_dealloc, span_dealloc},
+    {Py_tp_repr, span_repr},
+    {Py_tp_methods, span_methods},
+    {Py_tp_members, span_members},
+    {Py_tp_getset, span_getset},
+    {Py_tp_doc, "A span (Jaeger model). Create with bu_osprofiler.start_span()."},
+    {0, NULL},
+};
+
+static PyType_Spec span_spec = {
+    .name = "bu_osprofiler.Span",
+    .basicsize = sizeof(SpanObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = span_slots,
+};
+
+/* ================================================================ module functions */
+
+static int
+parse_ref_kind(PyObject *kind)
+{
+    if (PyUnicode_Check(kind)) {
+        if (PyUnicode_CompareWithASCIIString(kind, "child_of") == 0) {
+            return BU_REF_CHILD_OF;
+        }
+        if (PyUnicode_CompareWithASCIIString(kind, "follows_from") == 0) {
+            return BU_REF_FOLLOWS_FROM;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "reference kind must be 'child_of' or 'follows_from', not %R",
+                 kind);
+    return -1;
+}
+
+/* ids of a Span or SpanContext */
+static int
+ids_of(bu_state *st, PyObject *o, uint64_t *hi, uint64_t *lo, uint64_t *sid)
+{
+    if (Py_IS_TYPE(o, st->SpanType)) {
+        SpanObject *s = _Span_CAST(o);
+        *hi = s->trace_hi;
+        *lo = s->trace_lo;
+        *sid = s->span_id;
+        return 0;
+    }
+    if (Py_IS_TYPE(o, st->SpanContextType)) {
+        SpanContextObject *c = _SpanContext_CAST(o);
+        *hi = c->trace_hi;
+        *lo = c->trace_lo;
+        *sid = c->span_id;
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "expected a Span or SpanContext, not %.100s",
+                 Py_TYPE(o)->tp_name);
+    return -1;
+}
+
+/* start_span(operation_name, child_of=None, references=None, tags=None, start_time=None,
+ *            ignore_active_span=False) */
+static PyObject *
+start_span(PyObject *m, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"operation_name", "child_of",          "references", "tags",
+                             "start_time",     "ignore_active_span", NULL};
+    PyObject *name = NULL, *child_of = Py_None, *refs = Py_None, *tags = Py_None;
+    PyObject *start_time = Py_None, *refseq = NULL, *active = NULL;
+    int ignore = 0;
+    int64_t start_ns;
+    SpanObject *s = NULL;
+    bu_state *st = bu_state_of_module(m);
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOOOOp:start_span", kwlist, &name, &child_of,
+                                     &refs, &tags, &start_time, &ignore) ||
+        time_arg_ns(start_time, &start_ns) < 0) {
+        return NULL;
+    }
+    if (name == NULL || name == Py_None) {
+        name = PyUnicode_FromString("");
+    }
+    else if (!PyUnicode_Check(name)) {
+        name = PyObject_Str(name);
+    }
+    else {
+        Py_INCREF(name);
+    }
+    if (name == NULL) {
+        return NULL;
+    }
+    /* Parent: child_of, else the first CHILD_OF reference, else the first reference, else the
+     * active span (unless ignored), else none (a new root). */
+    PyObject *parent = NULL;
+    int parent_kind = BU_REF_CHILD_OF;
+    if (child_of != Py_None) {
+        if (!Py_IS_TYPE(child_of, st->SpanType) && !Py_IS_TYPE(child_of, st->SpanContextType)) {
+            PyErr_Format(PyExc_TypeError, "child_of must be a Span or SpanContext, not %.100s",
+                         Py_TYPE(child_of)->tp_name);
+            goto error;
+        }
+        parent = child_of;
+    }
+    if (refs != Py_None) {
+        refseq = PySequence_Fast(refs, "references must be a sequence of (kind, context)");
+        if (refseq == NULL) {
+            goto error;
+        }
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(refseq); i++) {
+            PyObject *r = PySequence_Fast_GET_ITEM(refseq, i);
+            if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 2) {
+                PyErr_SetString(PyExc_TypeError, "a reference is a (kind, Span|SpanContext) pair");
+                goto error;
+            }
+            int kind = parse_ref_kind(PyTuple_GET_ITEM(r, 0));
+            uint64_t a, b, c;
+            if (kind < 0 || ids_of(st, PyTuple_GET_ITEM(r, 1), &a, &b, &c) < 0) {
+                goto error;
+            }
+            if (parent == NULL || (kind == BU_REF_CHILD_OF && parent_kind != BU_REF_CHILD_OF)) {
+                if (!(child_of != Py_None)) {
+                    parent = PyTuple_GET_ITEM(r, 1);
+                    parent_kind = kind;
+                }
+            }
+        }
+    }
+    if (parent == NULL && !ignore) {
+        active = bu_active_get(st);
+        parent = active;
+    }
+    s = bu_span_start(st, parent, name, start_ns);
+    if (s == NULL) {
+        goto error;
+    }
+    if (parent != NULL && parent_kind == BU_REF_FOLLOWS_FROM && parent != active) {
+        /* Only FOLLOWS_FROM references: the span continues the trace but has no CHILD_OF parent
+         * in Jaeger's parentSpanId sense; keep the predecessor as parent_id for tree views. */
+    }
+    /* references: record them all when there is more than one or any FOLLOWS_FROM, so that
+     * Jaeger sees every edge (parentSpanId alone holds only the first CHILD_OF). */
+    if (refseq != NULL) {
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(refseq);
+        int need = (n > 1) || (child_of != Py_None && n > 0);
+        for (Py_ssize_t i = 0; !need && i < n; i++) {
+            PyObject *r = PySequence_Fast_GET_ITEM(refseq, i);
+            if (parse_ref_kind(PyTuple_GET_ITEM(r, 0)) == BU_REF_FOLLOWS_FROM) {
+                need = 1;
+            }
+        }
+        if (need && (s->state & BU_SPAN_RECORDING)) {
+            if (child_of != Py_None) {
+                uint64_t a, b, c;
+                if (ids_of(st, child_of, &a, &b, &c) < 0 ||
+                    bu_ref_put(&s->refs, BU_REF_CHILD_OF, a, b, c) < 0) {
+                    goto nomem;
+                }
+                s->nrefs++;
+            }
+            for (Py_ssize_t i = 0; i < n && s->nrefs < 0xFFFF; i++) {
+                PyObject *r = PySequence_Fast_GET_ITEM(refseq, i);
+                uint64_t a, b, c;
+                int kind = parse_ref_kind(PyTuple_GET_ITEM(r, 0));
+                if (ids_of(st, PyTuple_GET_ITEM(r, 1), &a, &b, &c) < 0 ||
+                    bu_ref_put(&s->refs, kind, a, b, c) < 0) {
+                    goto nomem;
+                }
+                s->nrefs++;
+            }
+        }
+    }
+    if (tags != Py_None) {
+        PyObject *r = span_set_tags((PyObject *)s, tags);
+        if (r == NULL) {
+            goto error;
+        }
+        Py_DECREF(r);
+    }
+    Py_DECREF(name);
+    Py_XDECREF(refseq);
+    Py_XDECREF(active);
+    return (PyObject *)s;
+nomem:
+    if (!PyErr_Occurred()) {
+        PyErr_NoMemory();
+    }
+error:
+    Py_XDECREF(s);
+    Py_DECREF(name);
+    Py_XDECREF(refseq);
+    Py_XDECREF(active);
+    return NULL;
+}
+
+static PyObject *
+active_span(PyObject *m, PyObject *Py_UNUSED(arg))
+{
+    PyObject *v = bu_active_get(bu_state_of_module(m));
+    return v ? v : Py_NewRef(Py_None);
+}
+
+static PyObject *
+activate(PyObject *m, PyObject *span)
+{
+    bu_state *st = bu_state_of_module(m);
+    if (span != Py_None && !Py_IS_TYPE(span, st->SpanType)) {
+        PyErr_Format(PyExc_TypeError, "activate() takes a Span or None, not %.100s",
+                     Py_TYPE(span)->tp_name);
+        return NULL;
+    }
+    return bu_active_set(st, span);
+}
+
+static PyObject *
+deactivate(PyObject *m, PyObject *token)
+{
+    if (bu_active_reset(bu_state_of_module(m), token) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+set_active(PyObject *m, PyObject *span)
+{
+    bu_state *st = bu_state_of_module(m);
+    if (span != Py_None && !Py_IS_TYPE(span, st->SpanType)) {
+        PyErr_SetString(PyExc_TypeError, "set_active() takes a Span or None");
+        return NULL;
+    }
+    PyObject *tok = bu_active_set(st, span);
+    if (tok == NULL) {
+        return NULL;
+    }
+    Py_DECREF(tok);
+    Py_RETURN_NONE;
+}
+
+/* base_span(trace_id, span_id=None, flags=1, baggage=None, is_base=True): a placeholder span
+ * that continues a trace without being a span of ours (profiler.init / legacy RPC trace_info).
+ * With is_base its children are roots; otherwise they are children of span_id. */
+static PyObject *
+base_span(PyObject *m, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"trace_id", "span_id", "flags", "baggage", "is_base", NULL};
+    PyObject *trace = Py_None, *span = Py_None, *baggage = Py_None, *bcopy = NULL;
+    unsigned int flags = BU_FLAG_SAMPLED;
+    int is_base = 1;
+    bu_state *st = bu_state_of_module(m);
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOIOp:base_span", kwlist, &trace, &span,
+                                     &flags, &baggage, &is_base)) {
+        return NULL;
+    }
+    uint64_t hi, lo, sid;
+    if (trace == Py_None) {
+        new_trace_id(st, &hi, &lo);
+    }
+    else if (bu_u128_from_pylong(trace, &hi, &lo) < 0) {
+        return NULL;
+    }
+    if (hi == 0 && lo == 0) {
+        PyErr_SetString(PyExc_ValueError, "trace id must not be 0");
+        return NULL;
+    }
+    if (span == Py_None) {
+        sid = lo; /* osprofiler's base id: low 64 bits of the trace id */
+    }
+    else if (bu_u64_from_pylong(span, &sid) < 0) {
+        return NULL;
+    }
+    if (sid == 0) {
+        sid = bu_rand64(st->fork_gen);
+    }
+    if (baggage_copy(baggage, &bcopy) < 0) {
+        return NULL;
+    }
+    SpanObject *s = PyObject_New(SpanObject, st->SpanType);
+    if (s == NULL) {
+        Py_XDECREF(bcopy);
+        return NULL;
+    }
+    s->st = st;
+    s->state = BU_SPAN_PLACEHOLDER | BU_SPAN_FINISHED | (is_base ? BU_SPAN_BASE : 0);
+    s->service = st->cur_process;
+    s->ntags = s->nlogs = s->nrefs = 0;
+    memset(&s->tags, 0, sizeof(bu_buf));
+    memset(&s->logs, 0, sizeof(bu_buf));
+    memset(&s->refs, 0, sizeof(bu_buf));
+    s->prev = NULL;
+    s->name = PyUnicode_FromString("");
+    s->trace_hi = hi;
+    s->trace_lo = lo;
+    s->span_id = sid;
+    s->parent_id = 0;
+    s->flags = flags & 0xFF;
+    s->baggage = bcopy;
+    s->start_ns = bu_wall_ns();
+    s->start_mono = bu_mono_ns();
+    if (s->name == NULL) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    return (PyObject *)s;
+}
+
+/* push_span(name, tags=None): osprofiler start(): a child of the active span becomes active,
+ * remembering the previous one. No-op (returns None) without an active sampled trace. */
+static PyObject *
+push_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    bu_state *st = bu_state_of_module(m);
+    if (nargs < 1 || nargs > 2 || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "push_span(name: str, tags=None)");
+        return NULL;
+    }
+    PyObject *cur = bu_active_get(st);
+    if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
+        !(_Span_CAST(cur)->flags & BU_FLAG_SAMPLED)) {
+        Py_XDECREF(cur);
+        Py_RETURN_NONE;
+    }
+    SpanObject *s = bu_span_start(st, cur, args[0], -1);
+    if (s == NULL) {
+        Py_DECREF(cur);
+        return NULL;
+    }
+    s->state |= BU_SPAN_STACKED;
+    s->prev = cur; /* steals the reference */
+    if (nargs == 2 && args[1] != Py_None) {
+        PyObject *r = span_set_tags((PyObject *)s, args[1]);
+        if (r == NULL) {
+            Py_DECREF(s);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    PyObject *tok = bu_active_set(st, (PyObject *)s);
+    if (tok == NULL) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    Py_DECREF(tok);
+    return (PyObject *)s;
+}
+
+/* pop_span(tags=None, exc=None): osprofiler stop(): finish the active span if start() pushed
+ * it and make the previous one active again. Returns the finished span or None. */
+static PyObject *
+pop_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    bu_state *st = bu_state_of_module(m);
+    PyObject *cur = bu_active_get(st);
+    if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
+        !(_Span_CAST(cur)->state & BU_SPAN_STACKED)) {
+        Py_XDECREF(cur);
+        Py_RETURN_NONE;
+    }
+    SpanObject *s = _Span_CAST(cur);
+    if (nargs >= 1 && args[0] != Py_None) {
+        PyObject *r = span_set_tags(cur, args[0]);
+        if (r == NULL) {
+            PyErr_Clear(); /* bad stop info must not unbalance the stack */
+        }
+        Py_XDECREF(r);
+    }
+    if (nargs >= 2 && args[1] != Py_None && PyExceptionInstance_Check(args[1])) {
+        bu_span_set_error(s, args[1], 0);
+    }
+    bu_span_finish(s, -1);
+    PyObject *prev = s->prev ? s->prev : Py_None;
+    PyObject *tok = bu_active_set(st, prev);
+    Py_CLEAR(s->prev);
+    if (tok == NULL) {
+        Py_DECREF(cur);
+        return NULL;
+    }
+    Py_DECREF(tok);
+    return cur;
+}
+
+static PyMethodDef span_functions[] = {
+    {"start_span", (PyCFunction)(void (*)(void))start_span, METH_VARARGS | METH_KEYWORDS,
+     "start_span(operation_name, child_of=None, references=None, tags=None, start_time=None, "
+     "ignore_active_span=False) -> Span (not activated)."},
+    {"active_span", active_span, METH_NOARGS, "The active span of this context, or None."},
+    {"activate", activate, METH_O, "activate(span) -> token: make span active in this context."},
+    {"deactivate", deactivate, METH_O, "deactivate(token): restore what activate() replaced."},
+    {"set_active", set_active, METH_O, "set_active(span or None) without a token."},
+    {"base_span", (PyCFunction)(void (*)(void))base_span, METH_VARARGS | METH_KEYWORDS,
+     "base_span(trace_id=None, span_id=None, flags=1, baggage=None, is_base=True) -> Span "
+     "placeholder continuing a trace."},
+    {"push_span", (PyCFunction)(void (*)(void))push_span, METH_FASTCALL,
+     "push_span(name, tags=None): osprofiler start()."},
+    {"pop_span", (PyCFunction)(void (*)(void))pop_span, METH_FASTCALL,
+     "pop_span(tags=None, exc=None): osprofiler stop()."},
+    {NULL, NULL, 0, NULL},
+};
 
 int
 bu_span_init(PyObject *m, bu_state *st)
 {
-    (void)m;
-    (void)st;
-    return 0;
+    st->SpanContextType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &ctx_spec, NULL);
+    if (st->SpanContextType == NULL) {
+        return -1;
+    }
+    st->SpanType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &span_spec, NULL);
+    if (st->SpanType == NULL) {
+        return -1;
+    }
+    if (PyModule_AddType(m, st->SpanContextType) < 0 || PyModule_AddType(m, st->SpanType) < 0) {
+        return -1;
+    }
+    return PyModule_AddFunctions(m, span_functions);
 }

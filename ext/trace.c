@@ -1,10 +1,297 @@
-/* trace.c -- (to be written) */
+/* trace.c -- the decorator fast path: a vectorcall wrapper that calls straight through when no
+ * sampled trace is active, and otherwise runs the call inside a child span with osprofiler's
+ * info semantics (function name / args / kwargs / result; etype / message on error). */
 #include "hooks.h"
+#include "pyrecord.h"
+#include "span.h"
+#include "structmember.h"
+
+#include <string.h>
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    bu_state *st;
+    PyObject *func;
+    PyObject *name;   /* operation name */
+    PyObject *dict;   /* __dict__ (functools.update_wrapper fills it) */
+    PyObject *weakrefs;
+    bu_buf static_tags; /* pre-encoded: name=<qualified function name> and the info items */
+    uint16_t nstatic;
+    char hide_args, hide_result;
+} TracedObject;
+
+#define _Traced_CAST(op) ((TracedObject *)(op))
+
+/* str() of a value as a tag (never fails except on MemoryError). */
+static int
+put_str_of(SpanObject *s, PyObject *key, PyObject *value)
+{
+    if (bu_tag_put_py(&s->tags, key, value) < 0) {
+        return -1;
+    }
+    s->ntags++;
+    return 0;
+}
+
+static int
+put_call_args(TracedObject *t, SpanObject *s, PyObject *const *args, size_t nargs,
+              PyObject *kwnames)
+{
+    int rc = -1;
+    PyObject *tup = NULL, *kw = NULL, *tstr = NULL, *kstr = NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    tup = PyTuple_New((Py_ssize_t)nargs);
+    kw = PyDict_New();
+    if (tup == NULL || kw == NULL) {
+        goto done;
+    }
+    for (size_t i = 0; i < nargs; i++) {
+        PyTuple_SET_ITEM(tup, (Py_ssize_t)i, Py_NewRef(args[i]));
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), args[nargs + (size_t)i]) < 0) {
+            goto done;
+        }
+    }
+    /* osprofiler: function.args = str(args), function.kwargs = str(kwargs) */
+    tstr = PyObject_Str(tup);
+    kstr = PyObject_Str(kw);
+    if (tstr == NULL || kstr == NULL) {
+        PyErr_Clear(); /* an argument whose repr fails: leave the tags out */
+        rc = 0;
+        goto done;
+    }
+    if (put_str_of(s, t->st->str_args, tstr) < 0 || put_str_of(s, t->st->str_kwargs, kstr) < 0) {
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(tup);
+    Py_XDECREF(kw);
+    Py_XDECREF(tstr);
+    Py_XDECREF(kstr);
+    return rc;
+}
+
+static PyObject *
+traced_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    TracedObject *t = _Traced_CAST(op);
+    bu_state *st = t->st;
+    PyObject *cur = NULL, *tok = NULL, *res;
+    if (PyContextVar_Get(st->active, NULL, &cur) < 0) {
+        PyErr_Clear();
+        cur = NULL;
+    }
+    /* Fast path: no trace, or an unsampled one (its context still propagates untouched). */
+    if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
+        !(_Span_CAST(cur)->flags & BU_FLAG_SAMPLED)) {
+        Py_XDECREF(cur);
+        return PyObject_Vectorcall(t->func, args, nargsf, kwnames);
+    }
+    SpanObject *s = bu_span_start(st, cur, t->name, -1);
+    Py_DECREF(cur);
+    if (s == NULL) {
+        goto untraced;
+    }
+    if (t->nstatic && (s->state & BU_SPAN_RECORDING)) {
+        if (bu_buf_reserve(&s->tags, t->static_tags.len) < 0) {
+            goto untraced;
+        }
+        memcpy(s->tags.data + s->tags.len, t->static_tags.data, t->static_tags.len);
+        s->tags.len += t->static_tags.len;
+        s->ntags += t->nstatic;
+    }
+    if (!t->hide_args && (s->state & BU_SPAN_RECORDING) &&
+        put_call_args(t, s, args, PyVectorcall_NARGS(nargsf), kwnames) < 0) {
+        goto untraced;
+    }
+    tok = bu_active_set(st, (PyObject *)s);
+    if (tok == NULL) {
+        goto untraced;
+    }
+    res = PyObject_Vectorcall(t->func, args, nargsf, kwnames);
+    if (res == NULL) {
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        PyErr_NormalizeException(&et, &ev, &etb);
+        if (ev != NULL && etb != NULL) {
+            PyException_SetTraceback(ev, etb);
+        }
+        if (ev != NULL) {
+            bu_span_set_error(s, ev, 1);
+        }
+        if (bu_active_reset(st, tok) < 0) {
+            PyErr_Clear();
+        }
+        bu_span_finish(s, -1);
+        PyErr_Restore(et, ev, etb);
+    }
+    else {
+        if (!t->hide_result && (s->state & BU_SPAN_RECORDING)) {
+            PyObject *r = PyObject_Repr(res);
+            if (r == NULL) {
+                PyErr_Clear();
+            }
+            else {
+                if (put_str_of(s, st->str_result, r) < 0) {
+                    PyErr_Clear();
+                }
+                Py_DECREF(r);
+            }
+        }
+        if (bu_active_reset(st, tok) < 0) {
+            PyErr_Clear();
+        }
+        bu_span_finish(s, -1);
+    }
+    Py_DECREF(tok);
+    Py_DECREF(s);
+    return res;
+
+untraced:
+    /* The tracer never stops the application: on an internal failure, call untraced. */
+    PyErr_Clear();
+    Py_XDECREF(s);
+    return PyObject_Vectorcall(t->func, args, nargsf, kwnames);
+}
+
+/* Traced(func, name, static_tags=None, hide_args=False, hide_result=True) */
+static PyObject *
+traced_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"func", "name", "static_tags", "hide_args", "hide_result", NULL};
+    PyObject *func, *name, *tags = Py_None;
+    int hide_args = 0, hide_result = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OU|Opp:Traced", kwlist, &func, &name, &tags,
+                                     &hide_args, &hide_result)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(func)) {
+        PyErr_SetString(PyExc_TypeError, "Traced: func must be callable");
+        return NULL;
+    }
+    bu_state *st = bu_state_of_type(tp);
+    if (st == NULL) {
+        return NULL;
+    }
+    TracedObject *t = (TracedObject *)tp->tp_alloc(tp, 0);
+    if (t == NULL) {
+        return NULL;
+    }
+    t->vectorcall = traced_vectorcall;
+    t->st = st;
+    t->func = Py_NewRef(func);
+    t->name = Py_NewRef(name);
+    t->hide_args = (char)hide_args;
+    t->hide_result = (char)hide_result;
+    Py_ssize_t n = bu_tags_put_items(&t->static_tags, tags);
+    if (n < 0 || n > 0xFF00) {
+        if (n >= 0) {
+            PyErr_SetString(PyExc_ValueError, "too many static tags");
+        }
+        Py_DECREF(t);
+        return NULL;
+    }
+    t->nstatic = (uint16_t)n;
+    return (PyObject *)t;
+}
+
+static int
+traced_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    TracedObject *t = _Traced_CAST(op);
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(t->func);
+    Py_VISIT(t->dict);
+    return 0;
+}
+
+static int
+traced_clear(PyObject *op)
+{
+    TracedObject *t = _Traced_CAST(op);
+    Py_CLEAR(t->func);
+    Py_CLEAR(t->dict);
+    return 0;
+}
+
+static void
+traced_dealloc(PyObject *op)
+{
+    TracedObject *t = _Traced_CAST(op);
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (t->weakrefs != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
+    traced_clear(op);
+    Py_CLEAR(t->name);
+    bu_buf_free(&t->static_tags);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+traced_descr_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(op);
+    }
+    return PyMethod_New(op, obj);
+}
+
+static PyObject *
+traced_repr(PyObject *op)
+{
+    return PyUnicode_FromFormat("<traced %R as %R>", _Traced_CAST(op)->func,
+                                _Traced_CAST(op)->name);
+}
+
+static PyMemberDef traced_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(TracedObject, vectorcall), READONLY, NULL},
+    {"__dictoffset__", T_PYSSIZET, offsetof(TracedObject, dict), READONLY, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(TracedObject, weakrefs), READONLY, NULL},
+    {"__trace_name__", T_OBJECT, offsetof(TracedObject, name), READONLY, "operation name"},
+    {"__trace_func__", T_OBJECT, offsetof(TracedObject, func), READONLY, "the traced callable"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef traced_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot traced_slots[] = {
+    {Py_tp_new, traced_new},
+    {Py_tp_dealloc, traced_dealloc},
+    {Py_tp_traverse, traced_traverse},
+    {Py_tp_clear, traced_clear},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_descr_get, traced_descr_get},
+    {Py_tp_repr, traced_repr},
+    {Py_tp_members, traced_members},
+    {Py_tp_getset, traced_getset},
+    {Py_tp_doc, "Traced(func, name, static_tags=None, hide_args=False, hide_result=True): "
+                "a callable that runs func inside a span when a sampled trace is active."},
+    {0, NULL},
+};
+
+static PyType_Spec traced_spec = {
+    .name = "bu_osprofiler.Traced",
+    .basicsize = sizeof(TracedObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+             Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .slots = traced_slots,
+};
 
 int
 bu_trace_init(PyObject *m, bu_state *st)
 {
-    (void)m;
-    (void)st;
-    return 0;
+    st->TracedType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &traced_spec, NULL);
+    if (st->TracedType == NULL) {
+        return -1;
+    }
+    return PyModule_AddType(m, st->TracedType);
 }

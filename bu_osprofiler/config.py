@@ -1,0 +1,261 @@
+"""Process-wide tracer configuration: service, sampler, ids and where finished spans go."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import types
+from typing import Any, Mapping, NamedTuple, Optional
+
+from bu_osprofiler import _core
+from bu_osprofiler.version import __version__
+
+SpanContext = _core.SpanContext
+
+DEFAULT_CONNECTION_STRING = "jaeger://127.0.0.1:6831"
+
+_lock = threading.RLock()
+_memory: list["FinishedSpan"] = []
+_exporter: Any = None
+_settings: dict[str, Any] = {}
+
+
+class FinishedSpan(NamedTuple):
+    """A finished span as recorded (read-only). Ids are ints; times are ns since the epoch."""
+
+    trace_id: int
+    span_id: int
+    parent_id: int
+    flags: int
+    operation_name: str
+    start_ns: int
+    end_ns: int
+    tags: Mapping[str, Any]
+    logs: tuple
+    references: tuple
+    service_name: str
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    @property
+    def sampled(self) -> bool:
+        return bool(self.flags & 1)
+
+    @property
+    def context(self) -> SpanContext:
+        return SpanContext(self.trace_id, self.span_id, self.parent_id, self.flags)
+
+
+def _to_finished(rec: tuple) -> FinishedSpan:
+    (trace_id, span_id, parent_id, flags, name, start_ns, end_ns, tags, logs, refs, svc) = rec
+    references = tuple((kind, SpanContext(t, s, 0, flags)) for kind, t, s in refs)
+    return FinishedSpan(
+        trace_id, span_id, parent_id, flags, name, start_ns, end_ns,
+        types.MappingProxyType(tags),
+        tuple((ts, types.MappingProxyType(f)) for ts, f in logs),
+        references, svc,
+    )
+
+
+def _env_bool(name: str) -> Optional[bool]:
+    v = os.environ.get(name)
+    if v is None or v == "":
+        return None
+    return v.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _parse_tags_env(value: str) -> dict[str, str]:
+    """JAEGER_TAGS: ``k=v,k2=v2``; ``${ENV:default}`` values are expanded like Jaeger clients do."""
+    tags: dict[str, str] = {}
+    for item in value.split(","):
+        if "=" not in item:
+            continue
+        k, v = item.split("=", 1)
+        k, v = k.strip(), v.strip()
+        if v.startswith("${") and v.endswith("}"):
+            env, _, default = v[2:-1].partition(":")
+            v = os.environ.get(env, default)
+        if k:
+            tags[k] = v
+    return tags
+
+
+def _local_ip() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def process_tags(user_tags: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """Process-level tags Jaeger clients send: jaeger.version, hostname, ip, plus user tags."""
+    tags: dict[str, Any] = {
+        "jaeger.version": "bu_osprofiler-" + __version__,
+        "hostname": socket.gethostname(),
+        "ip": _local_ip(),
+    }
+    if user_tags:
+        tags.update(user_tags)
+    return tags
+
+
+def _default_connection_string() -> str:
+    endpoint = os.environ.get("JAEGER_ENDPOINT")
+    if endpoint:
+        if endpoint.startswith("https://"):
+            return "jaeger+" + endpoint
+        if endpoint.startswith("http://"):
+            return "jaeger+" + endpoint
+        return endpoint
+    host = os.environ.get("JAEGER_AGENT_HOST")
+    port = os.environ.get("JAEGER_AGENT_PORT")
+    if host or port:
+        return "jaeger://%s:%s" % (host or "127.0.0.1", port or "6831")
+    return DEFAULT_CONNECTION_STRING
+
+
+def configure(
+    service_name: Optional[str] = None,
+    connection_string: Optional[str] = None,
+    sampler: Optional[str] = None,
+    sampler_param: Optional[float] = None,
+    tags: Optional[Mapping[str, Any]] = None,
+    trace_id_128bit: Optional[bool] = None,
+    max_queue_spans: int = 100_000,
+    max_queue_bytes: int = 64 * 1024 * 1024,
+    **options: Any,
+) -> None:
+    """Configure the process's tracer.
+
+    ``service_name`` defaults to ``$JAEGER_SERVICE_NAME``; ``connection_string`` to
+    ``$JAEGER_ENDPOINT`` / ``$JAEGER_AGENT_HOST:$JAEGER_AGENT_PORT`` / ``jaeger://127.0.0.1:6831``.
+    ``memory://`` keeps finished spans for :func:`finished_spans`; ``none://`` discards them.
+    The sampler (``const``, ``probabilistic``, ``ratelimiting``, ``remote``) decides for new
+    root spans; defaults come from ``$JAEGER_SAMPLER_TYPE`` / ``$JAEGER_SAMPLER_PARAM`` and
+    otherwise sample everything. Raises ValueError for invalid values. May be called again.
+    """
+    global _exporter
+    service_name = service_name or os.environ.get("JAEGER_SERVICE_NAME") or "unknown_service"
+    if connection_string is None:
+        connection_string = _default_connection_string()
+    if not isinstance(connection_string, str) or "://" not in connection_string:
+        raise ValueError("invalid connection string %r: expected SCHEME://..., e.g. %s"
+                         % (connection_string, DEFAULT_CONNECTION_STRING))
+    if sampler is None:
+        sampler = os.environ.get("JAEGER_SAMPLER_TYPE") or "const"
+    if sampler_param is None:
+        env_param = os.environ.get("JAEGER_SAMPLER_PARAM")
+        if env_param:
+            try:
+                sampler_param = float(env_param)
+            except ValueError:
+                raise ValueError("JAEGER_SAMPLER_PARAM must be a number, got %r" % env_param)
+        else:
+            sampler_param = 1.0
+    if trace_id_128bit is None:
+        env_128 = _env_bool("JAEGER_TRACEID_128BIT")
+        trace_id_128bit = True if env_128 is None else env_128
+    all_tags: dict[str, Any] = {}
+    env_tags = os.environ.get("JAEGER_TAGS")
+    if env_tags:
+        all_tags.update(_parse_tags_env(env_tags))
+    if tags:
+        all_tags.update(tags)
+
+    scheme = connection_string.split("://", 1)[0].lower()
+    with _lock:
+        # Validate everything before changing anything.
+        if sampler != "remote":
+            _core.set_sampler(sampler, float(sampler_param))
+        _core.set_limits(int(max_queue_spans), int(max_queue_bytes))
+        new_exporter = None
+        if scheme not in ("memory", "none", "noop"):
+            from bu_osprofiler import exporters
+
+            new_exporter = exporters.create(connection_string, dict(
+                options, service_name=service_name, sampler=sampler,
+                sampler_param=sampler_param))
+        _stop_exporter(timeout=options.get("shutdown_timeout", 2.0))
+        idx = _core.register_process(service_name, list(process_tags(all_tags).items()))
+        _core.set_process(idx)
+        _core.set_trace_id_128(bool(trace_id_128bit))
+        _settings.clear()
+        _settings.update(service_name=service_name, connection_string=connection_string,
+                         sampler=sampler, sampler_param=sampler_param,
+                         trace_id_128bit=bool(trace_id_128bit), process_index=idx)
+        if scheme == "memory":
+            _core.set_mode(_core.MODE_MEMORY)
+        elif new_exporter is None:
+            _core.set_mode(_core.MODE_DISCARD)
+        else:
+            _core.set_mode(_core.MODE_REPORTER)
+            _exporter = new_exporter
+            _exporter.start()
+
+
+def settings() -> dict[str, Any]:
+    """The values the last :func:`configure` call settled on."""
+    with _lock:
+        return dict(_settings)
+
+
+def _stop_exporter(timeout: float) -> None:
+    global _exporter
+    if _exporter is not None:
+        exp, _exporter = _exporter, None
+        try:
+            exp.shutdown(timeout)
+        except Exception:  # never raise into the application
+            from bu_osprofiler._log import warn_limited
+
+            warn_limited("shutdown", "error while shutting down the exporter", exc_info=True)
+    elif _core.get_mode() == _core.MODE_MEMORY:
+        _drain_memory()
+
+
+def _drain_memory() -> None:
+    if _core.get_mode() == _core.MODE_MEMORY:
+        _memory.extend(_to_finished(r) for r in _core.take_records())
+
+
+def finished_spans() -> list[FinishedSpan]:
+    """Spans finished so far under ``memory://``, in finish order."""
+    with _lock:
+        _drain_memory()
+        return list(_memory)
+
+
+def clear_finished_spans() -> None:
+    """Forget the spans :func:`finished_spans` would return."""
+    with _lock:
+        _drain_memory()
+        _memory.clear()
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Send everything finished so far; True when all of it was handed over in time."""
+    exp = _exporter
+    if exp is None:
+        return True
+    try:
+        return bool(exp.flush(timeout))
+    except Exception:
+        from bu_osprofiler._log import warn_limited
+
+        warn_limited("flush", "error while flushing spans", exc_info=True)
+        return False
+
+
+def shutdown(timeout: float = 5.0) -> None:
+    """Flush and stop the exporter; finished spans afterwards are discarded."""
+    with _lock:
+        _stop_exporter(timeout)
+        if _core.get_mode() == _core.MODE_REPORTER:
+            _core.set_mode(_core.MODE_DISCARD)
+
+
+def stats() -> dict[str, int]:
+    """Counters: spans started / finished / sampled / exported, drops by reason, batches, bytes."""
+    return _core.stats()

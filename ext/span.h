@@ -1,0 +1,61 @@
+/* span.h -- the Span and SpanContext types and the active-span ContextVar helpers. */
+#ifndef BU_SPAN_H
+#define BU_SPAN_H
+
+#include "state.h"
+
+/* Span state bits */
+#define BU_SPAN_RECORDING 0x01 /* sampled: tags/logs are kept and a record is produced on finish */
+#define BU_SPAN_FINISHED 0x02
+#define BU_SPAN_STACKED 0x04   /* pushed by profiler.start(): profiler.stop() pops it */
+#define BU_SPAN_BASE 0x08      /* a trace's base placeholder (profiler.init): children are roots */
+#define BU_SPAN_PLACEHOLDER 0x10 /* not a span of ours: a context to continue (never finished) */
+
+typedef struct {
+    PyObject_HEAD
+    uint64_t trace_hi, trace_lo, span_id, parent_id;
+    uint32_t flags;
+    uint32_t is_base;
+    PyObject *baggage; /* dict str -> str, or NULL; never mutated once shared */
+} SpanContextObject;
+
+typedef struct {
+    PyObject_HEAD
+    bu_state *st;
+    uint64_t trace_hi, trace_lo, span_id, parent_id;
+    uint32_t flags;
+    uint16_t state;
+    uint16_t service;
+    uint16_t ntags, nlogs, nrefs;
+    PyObject *name;    /* str */
+    PyObject *baggage; /* dict or NULL, copy-on-write (shared with parent / children) */
+    PyObject *prev;    /* STACKED spans: the span that was active before profiler.start() */
+    int64_t start_ns, start_mono;
+    bu_buf tags, logs, refs;
+} SpanObject;
+
+#define _Span_CAST(op) ((SpanObject *)(op))
+#define _SpanContext_CAST(op) ((SpanContextObject *)(op))
+
+/* A new child span of `parent` (a Span, a SpanContext, or NULL for a new root), not activated.
+ * `name` is borrowed (incref'd). Returns a new reference or NULL with an exception. */
+SpanObject *bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns);
+/* Finish: record it if sampled. `end_ns` < 0 means now. Never raises (drops on out of memory). */
+void bu_span_finish(SpanObject *s, int64_t end_ns);
+/* Add error tag and error log for the exception `exc` (a BaseException instance). */
+void bu_span_set_error(SpanObject *s, PyObject *exc, int osprofiler_tags);
+
+/* The active span (new reference) or NULL when none. Never fails. */
+PyObject *bu_active_get(bu_state *st);
+/* ContextVar set guarded per DESIGN §8 (CPython <= 3.11: hold a context snapshot across the set).
+ * Returns the Token (new reference) or NULL with an exception. */
+PyObject *bu_active_set(bu_state *st, PyObject *value);
+int bu_active_reset(bu_state *st, PyObject *token);
+
+static inline int
+bu_span_is_recording(bu_state *st, PyObject *o)
+{
+    return o != NULL && Py_IS_TYPE(o, st->SpanType) && (_Span_CAST(o)->state & BU_SPAN_RECORDING);
+}
+
+#endif
