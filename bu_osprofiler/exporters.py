@@ -680,8 +680,8 @@ def _at_exit() -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()  # may have been held by a parent thread
-    # Idempotent in C: spans queued before the fork are the parent's, which sends them.
-    _core.after_fork_child()
+    # bu_osprofiler's own at-fork hook (registered first, at import) has already emptied the
+    # queue: the spans queued before the fork are the parent's, which sends them.
     exp = _active
     if exp is not None and exp._started:
         try:

@@ -29,56 +29,102 @@ def signed(v: int) -> int:
     return v - (1 << 64) if v >= (1 << 63) else v
 
 
-class ClientStats:
+class _Dynamic:
+    """A struct read by thrift's generic reader from a field table (thrift_spec)."""
+
+    thrift_spec: tuple = ()
+
+    def __init__(self) -> None:
+        for f in self.thrift_spec:
+            if f is not None:
+                setattr(self, f[2], None)
+
+    def read(self, iprot) -> None:
+        iprot.readStruct(self, self.thrift_spec)
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    def __repr__(self) -> str:
+        return "%s(%r)" % (type(self).__name__, self.__dict__)
+
+
+def _list_of(cls):
+    return (TType.STRUCT, (cls, cls.thrift_spec), False)
+
+
+# From the field table of jaeger.thrift (specs/jaeger-thrift.md). Unlike jaeger-client's
+# generated classes (which predate seqNo / stats and read vBinary as UTF-8 text), these read
+# vBinary as bytes and know every Batch field.
+class Tag(_Dynamic):
+    thrift_spec = (None, (1, TType.STRING, "key", None, None),
+                   (2, TType.I32, "vType", None, None), (3, TType.STRING, "vStr", None, None),
+                   (4, TType.DOUBLE, "vDouble", None, None), (5, TType.BOOL, "vBool", None, None),
+                   (6, TType.I64, "vLong", None, None),
+                   (7, TType.STRING, "vBinary", "BINARY", None))
+
+
+class Log(_Dynamic):
+    thrift_spec = (None, (1, TType.I64, "timestamp", None, None),
+                   (2, TType.LIST, "fields", _list_of(Tag), None))
+
+
+class SpanRef(_Dynamic):
+    thrift_spec = (None, (1, TType.I32, "refType", None, None),
+                   (2, TType.I64, "traceIdLow", None, None),
+                   (3, TType.I64, "traceIdHigh", None, None), (4, TType.I64, "spanId", None, None))
+
+
+class Span(_Dynamic):
+    thrift_spec = (None, (1, TType.I64, "traceIdLow", None, None),
+                   (2, TType.I64, "traceIdHigh", None, None), (3, TType.I64, "spanId", None, None),
+                   (4, TType.I64, "parentSpanId", None, None),
+                   (5, TType.STRING, "operationName", None, None),
+                   (6, TType.LIST, "references", _list_of(SpanRef), None),
+                   (7, TType.I32, "flags", None, None), (8, TType.I64, "startTime", None, None),
+                   (9, TType.I64, "duration", None, None),
+                   (10, TType.LIST, "tags", _list_of(Tag), None),
+                   (11, TType.LIST, "logs", _list_of(Log), None))
+
+
+class Process(_Dynamic):
+    thrift_spec = (None, (1, TType.STRING, "serviceName", None, None),
+                   (2, TType.LIST, "tags", _list_of(Tag), None))
+
+
+class ClientStats(_Dynamic):
     thrift_spec = (None,
                    (1, TType.I64, "fullQueueDroppedSpans", None, None),
                    (2, TType.I64, "tooLargeDroppedSpans", None, None),
                    (3, TType.I64, "failedToEmitSpans", None, None))
 
-    def __init__(self) -> None:
-        self.fullQueueDroppedSpans = self.tooLargeDroppedSpans = self.failedToEmitSpans = None
 
-    def read(self, iprot) -> None:
-        iprot.readStruct(self, self.thrift_spec)
-
-
-class FullBatch:
+class FullBatch(_Dynamic):
     thrift_spec = (None,
-                   (1, TType.STRUCT, "process", (ttypes.Process, ttypes.Process.thrift_spec), None),
-                   (2, TType.LIST, "spans",
-                    (TType.STRUCT, (ttypes.Span, ttypes.Span.thrift_spec), False), None),
+                   (1, TType.STRUCT, "process", (Process, Process.thrift_spec), None),
+                   (2, TType.LIST, "spans", _list_of(Span), None),
                    (3, TType.I64, "seqNo", None, None),
                    (4, TType.STRUCT, "stats", (ClientStats, ClientStats.thrift_spec), None))
 
-    def __init__(self) -> None:
-        self.process = self.spans = self.seqNo = self.stats = None
 
-    def read(self, iprot) -> None:
-        iprot.readStruct(self, self.thrift_spec)
-
-
-class FullEmitBatchArgs:
+class FullEmitBatchArgs(_Dynamic):
     thrift_spec = (None, (1, TType.STRUCT, "batch", (FullBatch, FullBatch.thrift_spec), None))
-
-    def __init__(self) -> None:
-        self.batch = None
-
-    def read(self, iprot) -> None:
-        iprot.readStruct(self, self.thrift_spec)
 
 
 def _consumed(t: TTransport.TMemoryBuffer, data: bytes) -> bool:
     return t._buffer.tell() == len(data)
 
 
-def decode_message(data: bytes, protocol: str = "compact") -> Tuple[ttypes.Batch, FullBatch, int]:
+def decode_message(data: bytes, protocol: str = "compact",
+                   agent: bool = True) -> Tuple[Optional[ttypes.Batch], FullBatch, int]:
     """An emitBatch datagram -> (jaeger-client's Batch, FullBatch, message seqid).
 
-    Decoded twice: once exactly as the agent does (Agent.emitBatch_args), once with FullBatch.
-    Both must consume every byte."""
-    results = []
+    Decoded twice: as jaeger-client's agent classes do (Agent.emitBatch_args; skipped when
+    `agent` is False, for binary tags that are not UTF-8), and with FullBatch. Both must consume
+    every byte."""
+    results = [None]
     seqid = None
-    for args_cls in (Agent.emitBatch_args, FullEmitBatchArgs):
+    for args_cls in (Agent.emitBatch_args, FullEmitBatchArgs)[0 if agent else 1:]:
         t = TTransport.TMemoryBuffer(data)
         p = PROTOCOLS[protocol](t)
         name, mtype, seqid = p.readMessageBegin()
@@ -89,7 +135,7 @@ def decode_message(data: bytes, protocol: str = "compact") -> Tuple[ttypes.Batch
         p.readMessageEnd()
         assert _consumed(t, data), "trailing bytes in the datagram"
         results.append(args.batch)
-    return results[0], results[1], seqid
+    return results[-2], results[-1], seqid
 
 
 def decode_batch(body: bytes, protocol: str = "binary") -> Tuple[ttypes.Batch, FullBatch]:

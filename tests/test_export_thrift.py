@@ -65,11 +65,24 @@ def test_every_span_field_decodes(protocol):
         ((START_NS + 1_000_000) // 1000, {"event": "error", "n": 7}),
         ((START_NS + 2_000_999) // 1000, {"message": "second", "ok": True}),
     ]
-    # The superset decoder sees the same span plus seqNo and ClientStats.
-    assert full.spans == batch.spans
+    # The field-table decoder sees the same span, the bytes of the binary tag, seqNo, stats.
+    [fs] = full.spans
+    assert (fs.traceIdLow, fs.traceIdHigh, fs.spanId, fs.startTime, fs.duration) == \
+        (s.traceIdLow, s.traceIdHigh, s.spanId, s.startTime, s.duration)
+    assert tags_dict(fs.tags) == dict(TAGS)
     assert full.seqNo == 0
     assert (full.stats.fullQueueDroppedSpans, full.stats.tooLargeDroppedSpans,
             full.stats.failedToEmitSpans) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("protocol", ["compact", "binary"])
+def test_binary_tags_keep_arbitrary_bytes(protocol):
+    one_process("svc-bytes")
+    blob = bytes(range(256)) * 3
+    _core._push_record(1, 1, 0, 1, "op", 1, 1, tags={"blob": blob, "empty": b""})
+    [m], _ = _core.encode_batches(protocol)
+    _, full, _ = decode_message(m, protocol, agent=False)
+    assert tags_dict(full.spans[0].tags) == {"blob": blob, "empty": b""}
 
 
 def test_compact_and_binary_carry_identical_batches():
