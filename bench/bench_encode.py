@@ -4,8 +4,8 @@ A "typical span" (DESIGN §6): 128-bit trace id, parent, an operation name and 3
 (component: str, http.status_code: int, span.kind: str). Variants, each encoding `--spans`
 spans into emitBatch messages:
 
-* ours-compact / ours-binary: `_core.encode_batches` over queued C records (what the flusher
-  thread does per flush, plus copying the messages into Python bytes).
+* ours-compact / ours-binary / ours-otlp: `_core.encode_batches` over queued C records (what
+  the flusher thread does per flush, plus copying the messages into Python bytes).
 * jaeger-client: `make_jaeger_batch` + `Agent.Client.emitBatch` on TCompactProtocol into a
   memory buffer: the work jaeger-client's reporter does per flush (its tags are already thrift
   objects, converted on the application thread, which is not counted here).
@@ -46,7 +46,7 @@ def ours(protocol, n):
 
     def run():
         t0 = time.perf_counter_ns()
-        msgs, _ = _core.encode_batches(protocol)
+        msgs, _ = _core.encode_batches(protocol, max_size=65000 if protocol != "otlp" else 4 << 20)
         elapsed = time.perf_counter_ns() - t0
         return elapsed, sum(len(m) for m in msgs)
 
@@ -107,7 +107,8 @@ def main(argv=None):
     _core.set_process(_core.register_process("bench", {"hostname": "h"}))
 
     variants = {"ours-compact": ours("compact", args.spans),
-                "ours-binary": ours("binary", args.spans)}
+                "ours-binary": ours("binary", args.spans),
+                "ours-otlp": ours("otlp", args.spans)}
     try:
         if not args.ours_only:
             variants["jaeger-client"] = jaeger_client(args.spans)

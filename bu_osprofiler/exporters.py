@@ -4,6 +4,8 @@
 * ``jaeger+binary://HOST:PORT``  the same in Thrift Binary (agent port 6832).
 * ``jaeger+http://HOST:PORT[/path]``, ``jaeger+https://...``  POST a bare Binary ``Batch`` to a
   Jaeger collector (default port 14268, path ``/api/traces``), expecting 202.
+* ``otlp://HOST:PORT[/path]``, ``otlp+https://...``  POST OTLP/HTTP protobuf
+  ``ExportTraceServiceRequest``s (default port 4318, path ``/v1/traces``), expecting 200.
 * ``memory://``                  keep finished spans in process (tests).
 
 The UDP path is entirely native (``_core.reporter_start``: a C thread packs and sends without the
@@ -34,8 +36,10 @@ LOG = logging.getLogger(__name__)
 
 DEFAULT_CONNECTION_STRING = "jaeger://127.0.0.1:6831"
 DEFAULT_PORTS = {"jaeger": 6831, "jaeger+binary": 6832, "jaeger+http": 14268,
-                 "jaeger+https": 14268, "otlp": 4318}
+                 "jaeger+https": 14268, "otlp": 4318, "otlp+https": 4318}
 DEFAULT_HTTP_PATH = "/api/traces"
+DEFAULT_OTLP_PATH = "/v1/traces"
+OTLP_RETRY_STATUSES = (429, 502, 503, 504)  # the only ones OTLP/HTTP allows retrying
 MAX_UDP_PACKET = 65000  # the Jaeger agent's default maximum datagram
 DEFAULTS: Dict[str, Any] = {
     "flush_interval": 1.0,          # seconds between flushes (sooner when a datagram is full)
@@ -64,7 +68,7 @@ class Endpoint:
 
     scheme: str
     transport: str          # "udp" | "http" | "memory"
-    protocol: str = ""      # "compact" | "binary" (jaeger)
+    protocol: str = ""      # "compact" | "binary" (jaeger) | "otlp"
     host: str = ""
     port: int = 0
     path: str = ""
@@ -90,10 +94,10 @@ def parse_connection_string(cs: str) -> Endpoint:
     scheme = parts.scheme.lower()
     if scheme == "memory":
         return Endpoint("memory", "memory")
-    if scheme not in DEFAULT_PORTS or scheme == "otlp":
+    if scheme not in DEFAULT_PORTS:
         raise ValueError("unknown connection string scheme %r in %r (expected jaeger://, "
-                         "jaeger+binary://, jaeger+http://, jaeger+https:// or memory://)"
-                         % (parts.scheme, cs))
+                         "jaeger+binary://, jaeger+http://, jaeger+https://, otlp://, "
+                         "otlp+https:// or memory://)" % (parts.scheme, cs))
     host = parts.hostname
     if not host:
         raise ValueError("connection string %r has no host" % cs)
@@ -117,6 +121,9 @@ def parse_connection_string(cs: str) -> Endpoint:
             raise ValueError("connection string %r: a UDP agent address takes no path" % cs)
         return Endpoint(scheme, "udp", "compact" if scheme == "jaeger" else "binary",
                         host, port, "", options)
+    if scheme.startswith("otlp"):
+        return Endpoint(scheme, "http", "otlp", host, port, parts.path or DEFAULT_OTLP_PATH,
+                        options)
     return Endpoint(scheme, "http", "binary", host, port, parts.path or DEFAULT_HTTP_PATH,
                     options)
 
@@ -518,13 +525,17 @@ class UdpExporter(Exporter):
 
 
 class HttpExporter(Exporter):
-    """Jaeger collector over HTTP(S): C-encoded Binary Batches POSTed from one Python thread."""
+    """Jaeger collector (binary Thrift Batches) or OTLP/HTTP receiver (protobuf requests) over
+    HTTP(S): bodies from the C encoder, POSTed from one Python thread on a keep-alive
+    connection."""
 
     def __init__(self, endpoint: Endpoint, options: Mapping[str, Any]) -> None:
         super().__init__(endpoint, options)
         self._thread: Optional[threading.Thread] = None
         self._conn: Optional[http.client.HTTPConnection] = None
-        headers = {"Content-Type": "application/x-thrift",
+        self.otlp = endpoint.protocol == "otlp"
+        headers = {"Content-Type": ("application/x-protobuf" if self.otlp
+                                    else "application/x-thrift"),
                    "User-Agent": "bu_osprofiler/" + _version()}
         headers.update(self.options.get("http_headers") or {})
         self.headers = headers
@@ -563,7 +574,7 @@ class HttpExporter(Exporter):
                 return
             ok = True
             try:
-                batches, too_large = _core.take_batches(max_body)
+                batches, too_large = _core.take_batches(max_body, self.endpoint.protocol)
                 ok = too_large == 0
                 for body, nspans in batches:
                     ok = self._post(body, nspans) and ok
@@ -591,9 +602,20 @@ class HttpExporter(Exporter):
             return http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout)
         return http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
 
+    def _retry_delay(self, resp: http.client.HTTPResponse, attempt: int) -> Optional[float]:
+        """Seconds to wait before retrying an OTLP answer, or None (no retry)."""
+        if not self.otlp or resp.status not in OTLP_RETRY_STATUSES or attempt >= 2:
+            return None
+        try:
+            delay = float(resp.getheader("Retry-After") or 0.5 * (attempt + 1))
+        except ValueError:  # an HTTP date: not worth parsing for a bounded wait
+            delay = 1.0
+        return min(max(delay, 0.0), 5.0)
+
     def _post(self, body: bytes, nspans: int) -> bool:
         error = None
-        for attempt in (0, 1):
+        stale_retry = True
+        for attempt in range(4):
             reused = self._conn is not None
             try:
                 if self._conn is None:
@@ -609,13 +631,17 @@ class HttpExporter(Exporter):
                     _core.count_stat("bytes_sent", len(body))
                     return True
                 error = "HTTP %d %s" % (resp.status, resp.reason)
-                break
+                delay = self._retry_delay(resp, attempt)
+                if delay is None:
+                    break
+                time.sleep(delay)
             except (http.client.RemoteDisconnected, ConnectionResetError,
                     BrokenPipeError) as exc:
                 self._close()
                 error = repr(exc)
-                if not (reused and attempt == 0):  # a stale keep-alive connection: retry once
+                if not (reused and stale_retry):  # a stale keep-alive connection: retry once
                     break
+                stale_retry = False
             except (OSError, http.client.HTTPException) as exc:
                 self._close()
                 error = repr(exc)

@@ -271,10 +271,10 @@ udp_cycle(bu_reporter *r)
     }
     udp_ctx c = {r, 0};
     bu_pack_result res = {0, 0, 0};
-    bu_pack_opts o = {r->proto, 1, r->max_packet, {0, 0, 0}, &r->seq_no};
+    bu_pack_opts o = {&bu_thrift_format, r->proto, 1, r->max_packet, {0, 0, 0}, &r->seq_no};
     snapshot_stats(&st->stats, &o.stats);
     uint64_t total = list_length(list);
-    int rc = bu_thrift_pack_all(&r->pk, &o, st, &list, udp_emit, &c, &res);
+    int rc = bu_pack_all(&r->pk, &o, st, &list, udp_emit, &c, &res);
     atomic_fetch_add(&st->stats.dropped_too_large, res.too_large);
     uint64_t lost = c.failed + res.too_large;
     if (rc < 0) { /* out of memory part way: what was not packed is lost, and counted */
@@ -591,22 +591,26 @@ py_emit(void *ctx, const unsigned char *msg, size_t len, uint32_t nspans)
     return rc;
 }
 
-/* take_batches(max_size) -> ([(body, nspans), ...], too_large)
- * Takes every queued record as bare Binary Batches (HTTP bodies) of at most max_size bytes,
- * with seqNo and ClientStats; counts too-large spans. Sending and its counters are the caller's.
- * Holds the GIL while encoding: the HTTP sender runs once per flush interval or full batch. */
+/* take_batches(max_size, format="binary") -> ([(body, nspans), ...], too_large)
+ * Takes every queued record as HTTP bodies of at most max_size bytes: bare Binary Batches with
+ * seqNo and ClientStats ("binary"), or ExportTraceServiceRequests ("otlp"); counts too-large
+ * spans. Sending and its counters are the caller's. Holds the GIL while encoding: the HTTP
+ * sender runs once per flush interval or full batch. */
 static PyObject *
-take_batches(PyObject *m, PyObject *arg)
+take_batches(PyObject *m, PyObject *args)
 {
-    Py_ssize_t max_size = PyLong_AsSsize_t(arg);
+    Py_ssize_t max_size;
+    const char *format = "binary";
     PyObject *res = NULL;
     py_ctx c = {NULL};
     bu_record *list = NULL;
-    if (max_size == -1 && PyErr_Occurred()) {
+    if (!PyArg_ParseTuple(args, "n|s:take_batches", &max_size, &format)) {
         goto error;
     }
-    if (max_size < 512) {
-        PyErr_SetString(PyExc_ValueError, "max_size must be >= 512");
+    const bu_format *fmt = bu_format_named(format);
+    if (max_size < 512 || fmt == NULL) {
+        PyErr_SetString(PyExc_ValueError,
+                        "take_batches: max_size >= 512, format 'binary', 'compact' or 'otlp'");
         goto error;
     }
     bu_state *st = bu_state_of_module(m);
@@ -615,11 +619,12 @@ take_batches(PyObject *m, PyObject *arg)
         goto error;
     }
     bu_pack_result pr = {0, 0, 0};
-    bu_pack_opts o = {BU_PROTO_BINARY, 0, (size_t)max_size, {0, 0, 0}, &r->seq_no};
+    int proto = strcmp(format, "compact") == 0 ? BU_PROTO_COMPACT : BU_PROTO_BINARY;
+    bu_pack_opts o = {fmt, proto, 0, (size_t)max_size, {0, 0, 0}, &r->seq_no};
     snapshot_stats(&st->stats, &o.stats);
     list = bu_buffer_take_all(&st->buffer);
     uint64_t total = list_length(list);
-    int rc = bu_thrift_pack_all(&r->pk, &o, st, &list, py_emit, &c, &pr);
+    int rc = bu_pack_all(&r->pk, &o, st, &list, py_emit, &c, &pr);
     atomic_fetch_add(&st->stats.dropped_too_large, pr.too_large);
     if (rc < 0) {
         /* Nothing taken may vanish uncounted: everything of this call is lost. */
@@ -748,8 +753,9 @@ static PyMethodDef reporter_methods[] = {
      "reporter_wait(timeout) -> (generation, stopping): the external sender's sleep."},
     {"reporter_cycle_end", reporter_cycle_end, METH_VARARGS,
      "reporter_cycle_end(generation, ok): the external sender finished a cycle."},
-    {"take_batches", take_batches, METH_O,
-     "take_batches(max_size) -> ([(body, nspans)], too_large): queued spans as binary Batches."},
+    {"take_batches", take_batches, METH_VARARGS,
+     "take_batches(max_size, format='binary') -> ([(body, nspans)], too_large): queued spans "
+     "as HTTP bodies (Jaeger binary Batches or OTLP requests)."},
     {"reporter_flush", reporter_flush, METH_O,
      "reporter_flush(timeout) -> bool: send everything queued now; wait at most timeout s."},
     {"reporter_stop", reporter_stop, METH_O,

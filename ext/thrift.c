@@ -10,6 +10,7 @@
 
 #include <string.h>
 #include "hooks.h"
+#include "otlp.h"
 
 /* ================================================================ low-level writers */
 
@@ -329,24 +330,47 @@ put_process(bu_buf *b, int proto, const bu_process *pr)
     return 0;
 }
 
-/* ================================================================ messages */
+/* ================================================================ messages (bu_format) */
 
 #define HEAD_MAX 64 /* envelope + field headers + list header, without the Process itself */
 #define TAIL_MAX 64 /* seqNo + ClientStats + stops */
 
 static const char method_name[] = "emitBatch";
 
-/* Everything that precedes the Process: [emitBatch envelope + args field 1] + Batch field 1. */
 static size_t
-w_head_pre(unsigned char *out, int proto, int envelope, uint32_t seqid)
+thrift_span_bound(const bu_record *r)
 {
-    W w = {out, proto};
+    return span_bound(r);
+}
+
+static unsigned char *
+thrift_put_span(unsigned char *p, const bu_pack_opts *o, const bu_record *r)
+{
+    W w = {p, o->proto};
+    w_span(&w, r);
+    return w.p;
+}
+
+static int
+thrift_put_group(bu_buf *out, const bu_pack_opts *o, const bu_process *p)
+{
+    return put_process(out, o->proto, p);
+}
+
+/* [emitBatch envelope + args field 1] Batch{ 1: Process, 2: list header } */
+static size_t
+thrift_head(unsigned char *out, const bu_pack_opts *o, const bu_buf *group, uint32_t nspans,
+            size_t spans_len, int64_t seq)
+{
+    W w = {out, o->proto};
     int last = 0;
-    if (envelope) {
-        if (proto == BU_PROTO_COMPACT) {
-            *w.p++ = 0x82;              /* protocol id */
-            *w.p++ = (4 << 5) | 1;      /* ONEWAY << 5 | version 1 */
-            put_varint(&w, seqid);      /* compact: seqid as an unsigned varint */
+    (void)spans_len;
+    if (o->envelope) {
+        uint32_t seqid = (uint32_t)seq;
+        if (o->proto == BU_PROTO_COMPACT) {
+            *w.p++ = 0x82;         /* protocol id */
+            *w.p++ = (4 << 5) | 1; /* ONEWAY << 5 | version 1 */
+            put_varint(&w, seqid); /* compact: seqid as an unsigned varint */
             w_bytes(&w, method_name, sizeof(method_name) - 1);
         }
         else {
@@ -358,179 +382,39 @@ w_head_pre(unsigned char *out, int proto, int envelope, uint32_t seqid)
     }
     last = 0;
     w_field(&w, &last, 1, T_STRUCT); /* Batch.process */
-    return (size_t)(w.p - out);
-}
-
-/* What follows the Process and precedes the spans: Batch field 2 and the list header. */
-static size_t
-w_head_post(unsigned char *out, int proto, uint32_t nspans)
-{
-    W w = {out, proto};
-    int last = 1;
-    w_field(&w, &last, 2, T_LIST);
+    memcpy(w.p, group->data, group->len);
+    w.p += group->len;
+    w_field(&w, &last, 2, T_LIST); /* Batch.spans */
     w_list(&w, T_STRUCT, nspans);
     return (size_t)(w.p - out);
 }
 
+/* Batch{ 3: seqNo, 4: ClientStats } stop [args stop] */
 static size_t
-w_tail(unsigned char *out, int proto, int envelope, int64_t seq_no, const bu_client_stats *cs)
+thrift_tail(unsigned char *out, const bu_pack_opts *o, int64_t seq)
 {
-    W w = {out, proto};
+    W w = {out, o->proto};
     int last = 2, sl = 0;
     w_field(&w, &last, 3, T_I64);
-    w_i64(&w, seq_no);
+    w_i64(&w, seq);
     w_field(&w, &last, 4, T_STRUCT);
     w_field(&w, &sl, 1, T_I64);
-    w_i64(&w, cs->full_queue);
+    w_i64(&w, o->stats.full_queue);
     w_field(&w, &sl, 2, T_I64);
-    w_i64(&w, cs->too_large);
+    w_i64(&w, o->stats.too_large);
     w_field(&w, &sl, 3, T_I64);
-    w_i64(&w, cs->failed);
+    w_i64(&w, o->stats.failed);
     w_stop(&w); /* ClientStats */
     w_stop(&w); /* Batch */
-    if (envelope) {
+    if (o->envelope) {
         w_stop(&w); /* emitBatch_args */
     }
     return (size_t)(w.p - out);
 }
 
-/* ================================================================ packer */
-
-/* Worst case of everything but the spans: the largest varints for seqid, list size and seqNo. */
-static size_t
-overhead_bound(const bu_pack_opts *o, size_t proc_len)
-{
-    unsigned char tmp[HEAD_MAX + TAIL_MAX];
-    size_t n = w_head_pre(tmp, o->proto, o->envelope, UINT32_MAX);
-    n += w_head_post(tmp, o->proto, UINT32_MAX);
-    n += w_tail(tmp, o->proto, o->envelope, INT64_MIN, &o->stats);
-    return n + proc_len;
-}
-
-/* Finish the message in pk->msg (spans from `start` to the end) and hand it to emit. The head is
- * written right-aligned into the room reserved before the spans, so nothing is copied. */
-static int
-finish_message(bu_packer *pk, const bu_pack_opts *o, size_t start, uint32_t nspans,
-               bu_emit_fn emit, void *ctx, bu_pack_result *res)
-{
-    unsigned char pre[HEAD_MAX], post[HEAD_MAX];
-    int64_t seq = atomic_fetch_add(o->seq_no, 1);
-    size_t npre = w_head_pre(pre, o->proto, o->envelope, (uint32_t)seq);
-    size_t npost = w_head_post(post, o->proto, nspans);
-    size_t head = npre + pk->proc.len + npost;
-    unsigned char *h = pk->msg.data + start - head;
-    memcpy(h, pre, npre);
-    memcpy(h + npre, pk->proc.data, pk->proc.len);
-    memcpy(h + npre + pk->proc.len, post, npost);
-    /* The tail's room was reserved together with the span that is now last. */
-    size_t ntail = w_tail(pk->msg.data + pk->msg.len, o->proto, o->envelope, seq, &o->stats);
-    size_t len = head + (pk->msg.len - start) + ntail;
-    res->messages++;
-    res->spans_emitted += nspans;
-    return emit(ctx, h, len, nspans);
-}
-
-int
-bu_thrift_pack(bu_packer *pk, const bu_pack_opts *o, const bu_process *process,
-               const bu_record *list, bu_emit_fn emit, void *ctx, bu_pack_result *res)
-{
-    int rc = -1;
-    pk->proc.len = 0;
-    if (put_process(&pk->proc, o->proto, process) < 0) {
-        goto error;
-    }
-    size_t overhead = overhead_bound(o, pk->proc.len);
-    size_t budget = o->max_size > overhead ? o->max_size - overhead : 0;
-    size_t start = overhead; /* the head (<= overhead) goes right before `start` */
-    uint32_t n = 0;
-    pk->msg.len = 0;
-    if (bu_buf_reserve(&pk->msg, start + TAIL_MAX) < 0) {
-        goto error;
-    }
-    pk->msg.len = start;
-    for (const bu_record *r = list; r; r = r->next) {
-        size_t mark = pk->msg.len;
-        if (bu_buf_reserve(&pk->msg, span_bound(r) + TAIL_MAX) < 0) {
-            goto error;
-        }
-        W w = {pk->msg.data + mark, o->proto};
-        w_span(&w, r);
-        size_t slen = (size_t)(w.p - (pk->msg.data + mark));
-        if (slen > budget) {
-            res->too_large++; /* cannot fit even alone: skip it */
-            continue;
-        }
-        if (mark - start + slen <= budget && n < INT32_MAX) {
-            pk->msg.len = mark + slen;
-            n++;
-            continue;
-        }
-        /* Full: park the new span, send what we have, start over with the parked span. */
-        pk->spare.len = 0;
-        if (bu_buf_reserve(&pk->spare, slen) < 0) {
-            goto error;
-        }
-        memcpy(pk->spare.data, pk->msg.data + mark, slen);
-        pk->msg.len = mark;
-        if (finish_message(pk, o, start, n, emit, ctx, res) < 0) {
-            goto error;
-        }
-        memcpy(pk->msg.data + start, pk->spare.data, slen);
-        pk->msg.len = start + slen;
-        n = 1;
-    }
-    if (n > 0 && finish_message(pk, o, start, n, emit, ctx, res) < 0) {
-        goto error;
-    }
-    rc = 0;
-error:
-    return rc;
-}
-
-int
-bu_thrift_pack_all(bu_packer *pk, const bu_pack_opts *o, const bu_state *st, bu_record **list,
-                   bu_emit_fn emit, void *ctx, bu_pack_result *res)
-{
-    /* The process table only grows and its entries are immutable once counted. */
-    uint16_t nproc = __atomic_load_n(&st->nprocesses, __ATOMIC_ACQUIRE);
-    bu_record *rest = *list, *done = NULL, **done_tail = &done;
-    int rc = 0;
-    while (rest && rc == 0) {
-        uint16_t svc = rest->service < nproc ? rest->service : 0;
-        /* Stable split of `rest` into this group and the others. */
-        bu_record *group = NULL, **gt = &group, *others = NULL, **ot = &others;
-        for (bu_record *r = rest; r;) {
-            bu_record *next = r->next;
-            uint16_t s = r->service < nproc ? r->service : 0;
-            if (s == svc) {
-                *gt = r;
-                gt = &r->next;
-            }
-            else {
-                *ot = r;
-                ot = &r->next;
-            }
-            r = next;
-        }
-        *gt = NULL;
-        *ot = NULL;
-        rc = bu_thrift_pack(pk, o, &st->processes[svc], group, emit, ctx, res);
-        *done_tail = group;
-        done_tail = gt;
-        rest = others;
-    }
-    *done_tail = rest;
-    *list = done;
-    return rc;
-}
-
-void
-bu_packer_free(bu_packer *pk)
-{
-    bu_buf_free(&pk->msg);
-    bu_buf_free(&pk->spare);
-    bu_buf_free(&pk->proc);
-}
+const bu_format bu_thrift_format = {thrift_put_group, thrift_span_bound, thrift_put_span,
+                                    thrift_head,      thrift_tail,       HEAD_MAX,
+                                    TAIL_MAX};
 
 /* ================================================================ Python: encode_batches */
 
@@ -559,7 +443,8 @@ collect(void *ctx, const unsigned char *msg, size_t len, uint32_t nspans)
 /* encode_batches(protocol, envelope=True, max_size=65000, seq_no=0, stats=(0, 0, 0))
  *     -> ([message bytes, ...], too_large)
  * Takes every queued record and encodes it, without sending and without touching the counters:
- * the encoders' test and benchmark entry point. protocol: "compact" | "binary". */
+ * the encoders' test and benchmark entry point. protocol: "compact" | "binary" (Jaeger Thrift)
+ * | "otlp" (ExportTraceServiceRequest; envelope, seq_no and stats do not apply). */
 static PyObject *
 encode_batches(PyObject *m, PyObject *args, PyObject *kwargs)
 {
@@ -570,7 +455,7 @@ encode_batches(PyObject *m, PyObject *args, PyObject *kwargs)
     long long seq0 = 0, fq = 0, tl = 0, ff = 0;
     PyObject *out = NULL;
     collected c = {{0}, {0}};
-    bu_packer pk = {{0}, {0}, {0}};
+    bu_packer pk = {{0}, {0}, {0}, {0}};
     bu_pack_result res = {0, 0, 0};
     bu_record *list = NULL;
     int rc;
@@ -578,21 +463,20 @@ encode_batches(PyObject *m, PyObject *args, PyObject *kwargs)
                                      &proto_name, &envelope, &max_size, &seq0, &fq, &tl, &ff)) {
         goto error;
     }
-    int proto = strcmp(proto_name, "compact") == 0  ? BU_PROTO_COMPACT
-                : strcmp(proto_name, "binary") == 0 ? BU_PROTO_BINARY
-                                                    : -1;
-    if (proto < 0 || max_size < 1) {
+    const bu_format *fmt = bu_format_named(proto_name);
+    int proto = strcmp(proto_name, "binary") == 0 ? BU_PROTO_BINARY : BU_PROTO_COMPACT;
+    if (fmt == NULL || max_size < 1) {
         PyErr_SetString(PyExc_ValueError,
-                        "protocol must be 'compact' or 'binary' and max_size positive");
+                        "protocol must be 'compact', 'binary' or 'otlp' and max_size positive");
         goto error;
     }
     bu_state *st = bu_state_of_module(m);
     atomic_int_fast64_t seq;
     atomic_init(&seq, seq0);
-    bu_pack_opts o = {proto, envelope, (size_t)max_size, {fq, tl, ff}, &seq};
+    bu_pack_opts o = {fmt, proto, envelope, (size_t)max_size, {fq, tl, ff}, &seq};
     list = bu_buffer_take_all(&st->buffer);
     Py_BEGIN_ALLOW_THREADS
-    rc = bu_thrift_pack_all(&pk, &o, st, &list, collect, &c, &res);
+    rc = bu_pack_all(&pk, &o, st, &list, collect, &c, &res);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         PyErr_NoMemory();
@@ -623,10 +507,22 @@ error:
     return out;
 }
 
+const bu_format *
+bu_format_named(const char *name)
+{
+    if (strcmp(name, "compact") == 0 || strcmp(name, "binary") == 0) {
+        return &bu_thrift_format;
+    }
+    if (strcmp(name, "otlp") == 0) {
+        return &bu_otlp_format;
+    }
+    return NULL;
+}
+
 static PyMethodDef thrift_methods[] = {
     {"encode_batches", (PyCFunction)(void (*)(void))encode_batches, METH_VARARGS | METH_KEYWORDS,
      "encode_batches(protocol, envelope=True, max_size=65000, seq_no=0, stats=(0, 0, 0)) -> "
-     "(messages, too_large): encode (not send) every queued span as Jaeger Batches."},
+     "(messages, too_large): encode (not send) every queued span (Jaeger Batches or OTLP)."},
     {NULL, NULL, 0, NULL},
 };
 
