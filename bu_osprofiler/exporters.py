@@ -48,6 +48,7 @@ DEFAULTS: Dict[str, Any] = {
     "http_max_body": 4 * 1024 * 1024,
     "shutdown_timeout": 2.0,        # bound of the flush at interpreter exit / shutdown()
     "error_log_interval": 60.0,     # at most one warning per kind of failure per interval
+    "error_check_interval": 2.0,    # how often UDP send errors (counted in C) are looked at
     "sampling_refresh_interval": 60.0,
 }
 
@@ -152,6 +153,8 @@ def resolve_options(ep: Endpoint, options: Optional[Mapping[str, Any]]) -> Dict[
     opts["shutdown_timeout"] = _number("shutdown_timeout", opts["shutdown_timeout"], 0, 3600)
     opts["error_log_interval"] = _number("error_log_interval", opts["error_log_interval"], 0,
                                          86400)
+    opts["error_check_interval"] = _number("error_check_interval",
+                                           opts["error_check_interval"], 0.01, 86400)
     opts["sampling_refresh_interval"] = _number(
         "sampling_refresh_interval", opts["sampling_refresh_interval"], 0.01, 86400)
     return opts
@@ -372,19 +375,23 @@ class RemoteSampler:
 
 # ---------------------------------------------------------------- periodic chores
 
-class _Periodic(threading.Thread):
-    """A daemon thread running (interval, fn) chores until stopped."""
+Chore = Tuple[float, Callable[[], Any], bool]  # (interval, fn, run at once)
 
-    def __init__(self, name: str, chores: List[Tuple[float, Callable[[], Any]]]) -> None:
+
+class _Periodic(threading.Thread):
+    """A daemon thread running (interval, fn, run_at_once) chores until stopped."""
+
+    def __init__(self, name: str, chores: List[Chore]) -> None:
         super().__init__(name=name, daemon=True)
         self.chores = chores
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        due = [time.monotonic()] * len(self.chores)
-        while not self.stopping.is_set():
+        start = time.monotonic()
+        due = [start if now else start + interval for interval, _, now in self.chores]
+        while not self.stopping.is_set() and self.chores:
             now = time.monotonic()
-            for i, (interval, fn) in enumerate(self.chores):
+            for i, (interval, fn, _) in enumerate(self.chores):
                 if now >= due[i]:
                     try:
                         fn()
@@ -422,7 +429,10 @@ class Exporter:
             if initial is None:
                 param = self.options.get("sampler_param")
                 initial = ("probabilistic", 0.001 if param is None else float(param))
-            url = sampling_url(self.options.get("sampling_server"), endpoint.host or None,
+            server = (self.options.get("sampling_server")
+                      or os.environ.get("JAEGER_SAMPLER_MANAGER_HOST_PORT")
+                      or os.environ.get("JAEGER_SAMPLING_ENDPOINT"))
+            url = sampling_url(server, endpoint.host or None,
                                str(self.options.get("service_name") or "unknown_service"))
             self.remote_sampler = RemoteSampler(url, tuple(initial), log=self.log)
 
@@ -480,11 +490,11 @@ class Exporter:
     def _stop_reporter(self, deadline: float) -> None:
         _core.reporter_stop(max(0.0, deadline - time.monotonic()))
 
-    def _chore_list(self) -> List[Tuple[float, Callable[[], Any]]]:
-        chores: List[Tuple[float, Callable[[], Any]]] = [(2.0, self._check_errors)]
+    def _chore_list(self) -> List[Chore]:
+        chores: List[Chore] = [(self.options["error_check_interval"], self._check_errors, False)]
         if self.remote_sampler is not None:
             chores.append((self.options["sampling_refresh_interval"],
-                           self.remote_sampler.poll_once))
+                           self.remote_sampler.poll_once, True))
         return chores
 
     def _start_chores(self) -> None:
@@ -666,7 +676,7 @@ class MemoryExporter(Exporter):
     def _stop_reporter(self, deadline: float) -> None:
         pass
 
-    def _chore_list(self) -> List[Tuple[float, Callable[[], Any]]]:
+    def _chore_list(self) -> List[Chore]:
         return super()._chore_list()[1:]
 
     def flush(self, timeout: float = 5.0) -> bool:

@@ -127,3 +127,23 @@ def test_shutdown_sends_the_rest_and_stops_the_sender(collector):
     assert not sender.is_alive()
     assert len(collector.spans()) == 3
     assert _core.reporter_info()["mode"] == "off"
+
+
+def test_fork_child_posts_its_own_spans_once(collector):
+    import os
+    one_process("http-fork")
+    exp = start("jaeger+http://127.0.0.1:%d" % collector.port)
+    _core._push_record(1, 1, 0, 1, "parent-queued-at-fork", 1, 1)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            _core._push_record(1, 2, 0, 1, "child", 1, 1)
+            code = 0 if exporters.active().flush(5.0) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert exp.flush(5.0)
+    assert sorted(s.operationName for s in collector.spans()) == ["child",
+                                                                  "parent-queued-at-fork"]

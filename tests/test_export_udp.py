@@ -172,7 +172,8 @@ def test_unreachable_agent_counts_errors_and_logs_once(caplog):
     one_process("udp-down")
     before = counters()
     exp = exporters.create("jaeger://127.0.0.1:%d" % port,
-                           {"flush_interval": 60.0, "error_log_interval": 3600})
+                           {"flush_interval": 60.0, "error_log_interval": 3600,
+                            "error_check_interval": 3600})  # the test checks by itself
     exp.start()
     produced = 0
     for _ in range(50):
@@ -278,3 +279,27 @@ def test_flush_returns_promptly_with_nothing_queued(receiver):
     assert exp.flush(5.0) is True
     assert receiver.wait_for(1, timeout=0.2) == []
     assert time.monotonic() - t0 < 5.0
+
+
+def test_send_errors_are_logged_in_the_background(caplog):
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    one_process("udp-bg-log")
+    with caplog.at_level(logging.WARNING, logger="bu_osprofiler.exporters"):
+        exp = exporters.create("jaeger://127.0.0.1:%d" % port,
+                               {"flush_interval": 60.0, "error_check_interval": 0.05})
+        exp.start()
+        for i in range(50):
+            _core._push_record(1, i + 1, 0, 1, "op", 1, 1)
+            exp.flush(5.0)
+            if _core.stats()["send_errors"]:
+                break
+
+        def logged():
+            return any("send(s) to jaeger://127.0.0.1:%d failed" % port in r.getMessage()
+                       for r in caplog.records)
+
+        assert wait_until(logged)
+        exp.shutdown(2.0)
