@@ -102,16 +102,22 @@ pb_close(unsigned char *mark, unsigned char *end)
 static size_t
 any_value_len(const bu_tag *t)
 {
+    size_t n;
     switch (t->type) {
     case BU_TAG_BOOL:
-        return 2;
+        n = 2;
+        break;
     case BU_TAG_LONG:
-        return 1 + varint_len((uint64_t)t->l);
+        n = 1 + varint_len((uint64_t)t->l);
+        break;
     case BU_TAG_DOUBLE:
-        return 9;
-    default: /* STRING, BINARY */
-        return 1 + varint_len(t->val_len) + t->val_len;
+        n = 9;
+        break;
+    default: /* STRING, BINARY (and unknown types, written as an empty string) */
+        n = 1 + varint_len(t->val_len) + t->val_len;
+        break;
     }
+    return n;
 }
 
 /* KeyValue{1: key, 2: AnyValue{1 string | 2 bool | 3 int64 | 4 double | 7 bytes}} as `field`. */
@@ -166,13 +172,14 @@ static int
 span_kind(const bu_tag *t)
 {
     static const char *kinds[] = {"server", "client", "producer", "consumer"};
-    for (int i = 0; i < 4; i++) {
+    int kind = 0;
+    for (int i = 0; i < 4 && kind == 0; i++) {
         size_t n = strlen(kinds[i]);
         if (t->val_len == n && memcmp(t->val, kinds[i], n) == 0) {
-            return 2 + i; /* SERVER=2, CLIENT=3, PRODUCER=4, CONSUMER=5 */
+            kind = 2 + i; /* SERVER=2, CLIENT=3, PRODUCER=4, CONSUMER=5 */
         }
     }
-    return 0;
+    return kind;
 }
 
 static size_t
@@ -196,8 +203,7 @@ otlp_put_span(unsigned char *p, const bu_pack_opts *o, const bu_record *r)
         bu_tag_read(&q, &t);
         if (t.type == BU_TAG_STRING && key_is(&t, "span.kind", 9) && span_kind(&t)) {
             kind = span_kind(&t);
-        }
-        else if (t.type == BU_TAG_BOOL && key_is(&t, "error", 5)) {
+        } else if (t.type == BU_TAG_BOOL && key_is(&t, "error", 5)) {
             error = t.l != 0;
         }
     }
@@ -288,8 +294,9 @@ static int
 otlp_put_group(bu_buf *out, const bu_pack_opts *o, const bu_process *pr)
 {
     (void)o;
-    if (bu_buf_reserve(out, 8 * pr->tags.len + 2 * pr->service_len + 64) < 0) {
-        return -1;
+    int rc = bu_buf_reserve(out, 8 * pr->tags.len + 2 * pr->service_len + 64);
+    if (rc < 0) {
+        goto error;
     }
     unsigned char *m, *p = pb_open(out->data + out->len, 1, &m);
     bu_tag svc = {BU_TAG_STRING, 0, NULL, (uint32_t)pr->service_len, pr->service, 0, 0.0};
@@ -302,7 +309,8 @@ otlp_put_group(bu_buf *out, const bu_pack_opts *o, const bu_process *pr)
     }
     p = pb_close(m, p);
     out->len = (size_t)(p - out->data);
-    return 0;
+error:
+    return rc;
 }
 
 /* ExportTraceServiceRequest{1: ResourceSpans{1: resource, 2: ScopeSpans{1: scope, 2: spans}}} */
@@ -333,8 +341,8 @@ otlp_tail(unsigned char *out, const bu_pack_opts *o, int64_t seq)
     return 0;
 }
 
-const bu_format bu_otlp_format = {otlp_put_group, otlp_span_bound, otlp_put_span, otlp_head,
-                                  otlp_tail,      64,              0};
+const bu_format bu_otlp_format = {
+    otlp_put_group, otlp_span_bound, otlp_put_span, otlp_head, otlp_tail, 64, 0};
 
 int
 bu_otlp_init(PyObject *m, bu_state *st)

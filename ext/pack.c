@@ -15,8 +15,8 @@ overhead_bound(bu_packer *pk, const bu_pack_opts *o)
 /* Finish the message in pk->msg (spans from `start` to its end) and hand it to emit. The head is
  * written right-aligned into the room reserved before the spans, so spans are never copied. */
 static int
-finish_message(bu_packer *pk, const bu_pack_opts *o, size_t start, uint32_t nspans,
-               bu_emit_fn emit, void *ctx, bu_pack_result *res)
+finish_message(bu_packer *pk, const bu_pack_opts *o, size_t start, uint32_t nspans, bu_emit_fn emit,
+               void *ctx, bu_pack_result *res)
 {
     int64_t seq = atomic_fetch_add(o->seq_no, 1);
     size_t spans_len = pk->msg.len - start;
@@ -109,8 +109,7 @@ bu_pack_all(bu_packer *pk, const bu_pack_opts *o, const bu_state *st, bu_record 
             if (s == svc) {
                 *gt = r;
                 gt = &r->next;
-            }
-            else {
+            } else {
                 *ot = r;
                 ot = &r->next;
             }

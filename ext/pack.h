@@ -49,8 +49,8 @@ struct bu_format {
     unsigned char *(*put_span)(unsigned char *p, const bu_pack_opts *o, const bu_record *r);
     /* The head of a message of `nspans` spans taking `spans_len` bytes, into `out` (room:
      * head_max + group->len); returns its length. */
-    size_t (*head)(unsigned char *out, const bu_pack_opts *o, const bu_buf *group,
-                   uint32_t nspans, size_t spans_len, int64_t seq);
+    size_t (*head)(unsigned char *out, const bu_pack_opts *o, const bu_buf *group, uint32_t nspans,
+                   size_t spans_len, int64_t seq);
     /* The tail, into `out` (room: tail_max); returns its length. */
     size_t (*tail)(unsigned char *out, const bu_pack_opts *o, int64_t seq);
     size_t head_max, tail_max;
@@ -69,8 +69,8 @@ typedef struct {
 /* Pack `list` (linked by ->next, all reported as `process`) into messages, calling `emit` for
  * each. Returns 0, or -1 when out of memory or when `emit` aborted; `res` counts what happened
  * either way. Does not free the records. */
-int bu_pack(bu_packer *pk, const bu_pack_opts *o, const bu_process *process,
-            const bu_record *list, bu_emit_fn emit, void *ctx, bu_pack_result *res);
+int bu_pack(bu_packer *pk, const bu_pack_opts *o, const bu_process *process, const bu_record *list,
+            bu_emit_fn emit, void *ctx, bu_pack_result *res);
 
 /* Pack every record of `*list`, one group per process (service index), groups in order of first
  * appearance; unknown process indexes are reported as process 0. Same return convention as

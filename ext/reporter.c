@@ -21,7 +21,7 @@
 #define R_UDP 1
 #define R_EXTERNAL 2
 
-#define MAX_UDP_PAYLOAD 65507 /* IPv4: 65535 - IP header - UDP header */
+#define MAX_UDP_PAYLOAD 65507      /* IPv4: 65535 - IP header - UDP header */
 #define STOP_GRACE_NS 2000000000LL /* after a stop timed out: time left to abort a send */
 
 struct bu_reporter {
@@ -72,13 +72,13 @@ deadline_ts(int64_t mono_deadline_ns, struct timespec *ts)
 static int
 wait_until(pthread_cond_t *c, pthread_mutex_t *mu, int64_t deadline)
 {
-    if (bu_mono_ns() >= deadline) {
-        return 0;
+    int before = bu_mono_ns() < deadline;
+    if (before) {
+        struct timespec ts;
+        deadline_ts(deadline, &ts);
+        pthread_cond_timedwait(c, mu, &ts);
     }
-    struct timespec ts;
-    deadline_ts(deadline, &ts);
-    pthread_cond_timedwait(c, mu, &ts);
-    return 1;
+    return before;
 }
 
 static int64_t
@@ -248,8 +248,7 @@ udp_emit(void *ctx, const unsigned char *msg, size_t len, uint32_t nspans)
         atomic_fetch_add(&s->exported, nspans);
         atomic_fetch_add(&s->batches_sent, 1);
         atomic_fetch_add(&s->bytes_sent, len);
-    }
-    else {
+    } else {
         atomic_fetch_add(&s->send_errors, 1);
         atomic_fetch_add(&s->dropped_send_failed, nspans);
         c->failed += nspans;
@@ -263,8 +262,9 @@ udp_cycle(bu_reporter *r)
 {
     bu_state *st = r->st;
     bu_record *list = bu_buffer_take_all(&st->buffer);
+    uint64_t lost = 0;
     if (list == NULL) {
-        return 1;
+        goto done;
     }
     if (r->fd < 0) {
         udp_connect(r); /* lazily, and again after a failure: DNS may come back */
@@ -276,13 +276,14 @@ udp_cycle(bu_reporter *r)
     uint64_t total = list_length(list);
     int rc = bu_pack_all(&r->pk, &o, st, &list, udp_emit, &c, &res);
     atomic_fetch_add(&st->stats.dropped_too_large, res.too_large);
-    uint64_t lost = c.failed + res.too_large;
+    lost = c.failed + res.too_large;
     if (rc < 0) { /* out of memory part way: what was not packed is lost, and counted */
         uint64_t unsent = total - res.spans_emitted - res.too_large;
         atomic_fetch_add(&st->stats.dropped_send_failed, unsent);
         lost += unsent;
     }
     bu_record_free_list(list);
+done:
     return lost == 0;
 }
 
@@ -322,15 +323,14 @@ reset_in_child(bu_state *st)
 {
     bu_reporter *old = st->reporter;
     st->reporter = reporter_new(st);
-    if (old == NULL) {
-        return;
+    if (old != NULL) {
+        if (old->fd >= 0) {
+            close(old->fd); /* the child's copy only: the parent keeps its socket */
+        }
+        bu_packer_free(&old->pk);
+        free_strings(old);
+        free(old);
     }
-    if (old->fd >= 0) {
-        close(old->fd); /* the child's copy only: the parent keeps its socket */
-    }
-    bu_packer_free(&old->pk);
-    free_strings(old);
-    free(old);
 }
 
 /* Ask the running reporter to stop and wait for it (GIL released by the caller). Returns 1
@@ -433,7 +433,7 @@ reporter_start(PyObject *m, PyObject *args, PyObject *kwargs)
                                      &proto, &interval, &max_packet)) {
         goto error;
     }
-    int p = strcmp(proto, "compact") == 0 ? BU_PROTO_COMPACT
+    int p = strcmp(proto, "compact") == 0  ? BU_PROTO_COMPACT
             : strcmp(proto, "binary") == 0 ? BU_PROTO_BINARY
                                            : -1;
     if (p < 0 || port < 1 || port > 65535 || !(interval > 0 && interval <= 86400) ||
@@ -542,12 +542,11 @@ reporter_wait(PyObject *m, PyObject *arg)
     int stopping;
     uint64_t gen;
     int64_t deadline = timeout_to_deadline(timeout);
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&r->mu);
+    Py_BEGIN_ALLOW_THREADS pthread_mutex_lock(&r->mu);
     gen = begin_cycle_locked(r, deadline, &stopping);
     pthread_mutex_unlock(&r->mu);
-    Py_END_ALLOW_THREADS
-    res = Py_BuildValue("(KO)", (unsigned long long)gen, stopping ? Py_True : Py_False);
+    Py_END_ALLOW_THREADS res =
+        Py_BuildValue("(KO)", (unsigned long long)gen, stopping ? Py_True : Py_False);
 error:
     return res;
 }
@@ -659,8 +658,7 @@ reporter_flush(PyObject *m, PyObject *arg)
     }
     int ok;
     int64_t deadline = timeout_to_deadline(timeout);
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&r->mu);
+    Py_BEGIN_ALLOW_THREADS pthread_mutex_lock(&r->mu);
     uint64_t my = ++r->flush_req;
     /* Records a running cycle took were still "queued" for the caller: its outcome counts. */
     uint64_t first = r->in_cycle ? r->cycles : r->cycles + 1;
@@ -670,8 +668,7 @@ reporter_flush(PyObject *m, PyObject *arg)
     }
     ok = r->flush_done >= my && r->fail_cycle < first;
     pthread_mutex_unlock(&r->mu);
-    Py_END_ALLOW_THREADS
-    res = PyBool_FromLong(ok);
+    Py_END_ALLOW_THREADS res = PyBool_FromLong(ok);
 error:
     return res;
 }
@@ -707,10 +704,9 @@ reporter_stop(PyObject *m, PyObject *arg)
     }
     int stopped;
     int64_t deadline = timeout_to_deadline(timeout);
-    Py_BEGIN_ALLOW_THREADS
-    stopped = stop_reporter(r, deadline);
-    Py_END_ALLOW_THREADS
-    if (stopped && r->mode == R_UDP) {
+    Py_BEGIN_ALLOW_THREADS stopped = stop_reporter(r, deadline);
+    Py_END_ALLOW_THREADS if (stopped && r->mode == R_UDP)
+    {
         reset_off(r);
     }
     res = PyBool_FromLong(stopped);
@@ -736,9 +732,9 @@ reporter_info(PyObject *m, PyObject *Py_UNUSED(arg))
     uint64_t flushed = r->flush_done;
     pthread_mutex_unlock(&r->mu);
     res = Py_BuildValue("{sssOsisssKsK}", "mode", modes[mode], "running",
-                        running ? Py_True : Py_False, "last_errno", err, "last_error",
-                        msg, "seq_no", (unsigned long long)atomic_load(&r->seq_no),
-                        "flush_generation", (unsigned long long)flushed);
+                        running ? Py_True : Py_False, "last_errno", err, "last_error", msg,
+                        "seq_no", (unsigned long long)atomic_load(&r->seq_no), "flush_generation",
+                        (unsigned long long)flushed);
 error:
     return res;
 }
@@ -785,22 +781,21 @@ bu_reporter_poke(bu_state *st)
 {
     bu_reporter *r = st->reporter;
     if (r == NULL || !atomic_load_explicit(&r->active, memory_order_relaxed)) {
-        return;
+        goto done;
     }
     size_t bytes = atomic_load_explicit(&st->buffer.bytes, memory_order_relaxed);
     size_t count = atomic_load_explicit(&st->buffer.count, memory_order_relaxed);
     /* Wake the sender once a datagram's worth is queued or the queue is half full (so that a
-     * small span limit does not overflow while the flusher sleeps). */
-    if (bytes < r->wake_bytes && count * 2 < st->buffer.max_spans) {
-        return;
+     * small span limit does not overflow while the flusher sleeps). Only the first poke after
+     * a cycle started signals: application threads do not pile up on the mutex. */
+    if ((bytes >= r->wake_bytes || count * 2 >= st->buffer.max_spans) &&
+        !atomic_exchange(&r->wake_pending, 1)) {
+        pthread_mutex_lock(&r->mu);
+        r->poked = 1;
+        pthread_cond_signal(&r->wake);
+        pthread_mutex_unlock(&r->mu);
     }
-    if (atomic_exchange(&r->wake_pending, 1)) {
-        return; /* already signalled: application threads do not pile up on the mutex */
-    }
-    pthread_mutex_lock(&r->mu);
-    r->poked = 1;
-    pthread_cond_signal(&r->wake);
-    pthread_mutex_unlock(&r->mu);
+done:;
 }
 
 void
@@ -809,10 +804,9 @@ bu_reporter_after_fork_child(bu_state *st)
     bu_reporter *r = st->reporter;
     /* Idempotent: a reporter already restarted in this child (its pid) is left alone, so the
      * order of at-fork hooks does not matter. */
-    if (r != NULL && r->mode != R_OFF && r->pid == getpid()) {
-        return;
+    if (r == NULL || r->mode == R_OFF || r->pid != getpid()) {
+        reset_in_child(st);
     }
-    reset_in_child(st);
 }
 
 void
@@ -820,7 +814,7 @@ bu_reporter_free(bu_state *st)
 {
     bu_reporter *r = st->reporter;
     if (r == NULL) {
-        return;
+        goto done;
     }
     st->reporter = NULL;
     if (r->mode != R_OFF && r->pid == getpid()) {
@@ -839,4 +833,5 @@ bu_reporter_free(bu_state *st)
     pthread_cond_destroy(&r->wake);
     pthread_cond_destroy(&r->done);
     free(r);
+done:;
 }

@@ -56,13 +56,11 @@ w_field(W *w, int *last, int id, int type)
         int delta = id - *last;
         if (delta > 0 && delta <= 15) {
             *w->p++ = (unsigned char)((delta << 4) | compact_code[type]);
-        }
-        else {
+        } else {
             *w->p++ = compact_code[type];
             put_varint(w, zigzag(id));
         }
-    }
-    else {
+    } else {
         *w->p++ = binary_code[type];
         put_be(w, (uint64_t)id, 2);
     }
@@ -74,8 +72,7 @@ w_i64(W *w, int64_t v)
 {
     if (w->proto == BU_PROTO_COMPACT) {
         put_varint(w, zigzag(v));
-    }
-    else {
+    } else {
         put_be(w, (uint64_t)v, 8);
     }
 }
@@ -85,8 +82,7 @@ w_i32(W *w, int32_t v)
 {
     if (w->proto == BU_PROTO_COMPACT) {
         put_varint(w, zigzag(v));
-    }
-    else {
+    } else {
         put_be(w, (uint32_t)v, 4);
     }
 }
@@ -96,8 +92,7 @@ w_bytes(W *w, const void *s, size_t n)
 {
     if (w->proto == BU_PROTO_COMPACT) {
         put_varint(w, n);
-    }
-    else {
+    } else {
         put_be(w, (uint32_t)n, 4);
     }
     if (n) {
@@ -115,8 +110,7 @@ w_double(W *w, double d)
         for (int i = 0; i < 8; i++) {
             *w->p++ = (unsigned char)(bits >> (8 * i));
         }
-    }
-    else {
+    } else {
         put_be(w, bits, 8);
     }
 }
@@ -130,14 +124,12 @@ w_bool_field(W *w, int *last, int id, int v)
         unsigned char code = v ? 1 : 2;
         if (delta > 0 && delta <= 15) {
             *w->p++ = (unsigned char)((delta << 4) | code);
-        }
-        else {
+        } else {
             *w->p++ = code;
             put_varint(w, zigzag(id));
         }
         *last = id;
-    }
-    else {
+    } else {
         w_field(w, last, id, T_BOOL);
         *w->p++ = v ? 1 : 0;
     }
@@ -149,13 +141,11 @@ w_list(W *w, int elem_type, uint32_t n)
     if (w->proto == BU_PROTO_COMPACT) {
         if (n < 15) {
             *w->p++ = (unsigned char)((n << 4) | compact_code[elem_type]);
-        }
-        else {
+        } else {
             *w->p++ = (unsigned char)(0xF0 | compact_code[elem_type]);
             put_varint(w, n);
         }
-    }
-    else {
+    } else {
         *w->p++ = binary_code[elem_type];
         put_be(w, n, 4);
     }
@@ -300,21 +290,22 @@ w_span(W *w, const bu_record *r)
 int
 bu_thrift_put_span(bu_buf *b, int proto, const bu_record *r)
 {
-    if (bu_buf_reserve(b, span_bound(r)) < 0) {
-        return -1;
+    int rc = bu_buf_reserve(b, span_bound(r));
+    if (rc == 0) {
+        W w = {b->data + b->len, proto};
+        w_span(&w, r);
+        b->len = (size_t)(w.p - b->data);
     }
-    W w = {b->data + b->len, proto};
-    w_span(&w, r);
-    b->len = (size_t)(w.p - b->data);
-    return 0;
+    return rc;
 }
 
 /* Process { 1: serviceName, 2: tags } */
 static int
 put_process(bu_buf *b, int proto, const bu_process *pr)
 {
-    if (bu_buf_reserve(b, 6 * pr->tags.len + pr->service_len + 64) < 0) {
-        return -1;
+    int rc = bu_buf_reserve(b, 6 * pr->tags.len + pr->service_len + 64);
+    if (rc < 0) {
+        goto error;
     }
     W w = {b->data + b->len, proto};
     int last = 0;
@@ -327,7 +318,8 @@ put_process(bu_buf *b, int proto, const bu_process *pr)
     }
     w_stop(&w);
     b->len = (size_t)(w.p - b->data);
-    return 0;
+error:
+    return rc;
 }
 
 /* ================================================================ messages (bu_format) */
@@ -372,8 +364,7 @@ thrift_head(unsigned char *out, const bu_pack_opts *o, const bu_buf *group, uint
             *w.p++ = (4 << 5) | 1; /* ONEWAY << 5 | version 1 */
             put_varint(&w, seqid); /* compact: seqid as an unsigned varint */
             w_bytes(&w, method_name, sizeof(method_name) - 1);
-        }
-        else {
+        } else {
             put_be(&w, 0x80010004u, 4); /* version 1 | ONEWAY */
             w_bytes(&w, method_name, sizeof(method_name) - 1);
             put_be(&w, seqid, 4);
@@ -430,14 +421,15 @@ collect(void *ctx, const unsigned char *msg, size_t len, uint32_t nspans)
     collected *c = ctx;
     (void)nspans;
     size_t pair[2] = {c->data.len, len};
-    if (bu_buf_reserve(&c->data, len) < 0 || bu_buf_reserve(&c->index, sizeof(pair)) < 0) {
-        return -1;
+    int rc = -1;
+    if (bu_buf_reserve(&c->data, len) == 0 && bu_buf_reserve(&c->index, sizeof(pair)) == 0) {
+        memcpy(c->data.data + c->data.len, msg, len);
+        c->data.len += len;
+        memcpy(c->index.data + c->index.len, pair, sizeof(pair));
+        c->index.len += sizeof(pair);
+        rc = 0;
     }
-    memcpy(c->data.data + c->data.len, msg, len);
-    c->data.len += len;
-    memcpy(c->index.data + c->index.len, pair, sizeof(pair));
-    c->index.len += sizeof(pair);
-    return 0;
+    return rc;
 }
 
 /* encode_batches(protocol, envelope=True, max_size=65000, seq_no=0, stats=(0, 0, 0))
@@ -459,8 +451,8 @@ encode_batches(PyObject *m, PyObject *args, PyObject *kwargs)
     bu_pack_result res = {0, 0, 0};
     bu_record *list = NULL;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|pnL(LLL):encode_batches", kwlist,
-                                     &proto_name, &envelope, &max_size, &seq0, &fq, &tl, &ff)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|pnL(LLL):encode_batches", kwlist, &proto_name,
+                                     &envelope, &max_size, &seq0, &fq, &tl, &ff)) {
         goto error;
     }
     const bu_format *fmt = bu_format_named(proto_name);
@@ -475,10 +467,9 @@ encode_batches(PyObject *m, PyObject *args, PyObject *kwargs)
     atomic_init(&seq, seq0);
     bu_pack_opts o = {fmt, proto, envelope, (size_t)max_size, {fq, tl, ff}, &seq};
     list = bu_buffer_take_all(&st->buffer);
-    Py_BEGIN_ALLOW_THREADS
-    rc = bu_pack_all(&pk, &o, st, &list, collect, &c, &res);
-    Py_END_ALLOW_THREADS
-    if (rc < 0) {
+    Py_BEGIN_ALLOW_THREADS rc = bu_pack_all(&pk, &o, st, &list, collect, &c, &res);
+    Py_END_ALLOW_THREADS if (rc < 0)
+    {
         PyErr_NoMemory();
         goto error;
     }
@@ -490,8 +481,8 @@ encode_batches(PyObject *m, PyObject *args, PyObject *kwargs)
     for (size_t i = 0; i < nmsg; i++) {
         size_t pair[2];
         memcpy(pair, c.index.data + i * sizeof(pair), sizeof(pair));
-        PyObject *b = PyBytes_FromStringAndSize((const char *)c.data.data + pair[0],
-                                                (Py_ssize_t)pair[1]);
+        PyObject *b =
+            PyBytes_FromStringAndSize((const char *)c.data.data + pair[0], (Py_ssize_t)pair[1]);
         if (b == NULL) {
             Py_DECREF(msgs);
             goto error;
@@ -510,13 +501,13 @@ error:
 const bu_format *
 bu_format_named(const char *name)
 {
+    const bu_format *f = NULL;
     if (strcmp(name, "compact") == 0 || strcmp(name, "binary") == 0) {
-        return &bu_thrift_format;
+        f = &bu_thrift_format;
+    } else if (strcmp(name, "otlp") == 0) {
+        f = &bu_otlp_format;
     }
-    if (strcmp(name, "otlp") == 0) {
-        return &bu_otlp_format;
-    }
-    return NULL;
+    return f;
 }
 
 static PyMethodDef thrift_methods[] = {
