@@ -112,41 +112,38 @@ register_process(PyObject *m, PyObject *args)
         return NULL;
     }
     bu_state *st = bu_state_of_module(m);
-    bu_buf tb = {0};
-    Py_ssize_t n = bu_tags_put_items(&tb, tags);
-    if (n < 0 || n > 0xFFFF) {
-        bu_buf_free(&tb);
-        if (n >= 0) {
-            PyErr_SetString(PyExc_ValueError, "too many process tags");
-        }
-        return NULL;
-    }
-    /* The same description again (configure() called repeatedly): reuse its entry, since
-     * entries are immutable and never freed while the module lives. */
-    for (uint16_t i = 0; i < st->nprocesses; i++) {
-        bu_process *q = &st->processes[i];
-        if (q->service_len == (size_t)slen && memcmp(q->service, service, (size_t)slen) == 0 &&
-            q->ntags == n && q->tags.len == tb.len &&
-            (tb.len == 0 || memcmp(q->tags.data, tb.data, tb.len) == 0)) {
-            bu_buf_free(&tb);
-            return PyLong_FromLong(i);
-        }
-    }
     if (st->nprocesses >= BU_MAX_PROCESSES) {
-        bu_buf_free(&tb);
         PyErr_SetString(PyExc_RuntimeError, "too many distinct service configurations");
         return NULL;
     }
     bu_process *p = &st->processes[st->nprocesses];
     memset(p, 0, sizeof(*p));
+    Py_ssize_t n = bu_tags_put_items(&p->tags, tags);
+    if (n < 0 || n > 0xFFFF) {
+        bu_buf_free(&p->tags);
+        if (n >= 0) {
+            PyErr_SetString(PyExc_ValueError, "too many process tags");
+        }
+        return NULL;
+    }
+    /* configure() may run many times (tests, reconfiguration): reuse an identical description
+     * instead of filling the fixed table. */
+    for (uint16_t i = 0; i < st->nprocesses; i++) {
+        bu_process *q = &st->processes[i];
+        if (q->service_len == (size_t)slen && memcmp(q->service, service, (size_t)slen) == 0 &&
+            q->ntags == (uint16_t)n && q->tags.len == p->tags.len &&
+            (p->tags.len == 0 || memcmp(q->tags.data, p->tags.data, p->tags.len) == 0)) {
+            bu_buf_free(&p->tags);
+            return PyLong_FromLong(i);
+        }
+    }
     p->service = malloc((size_t)slen + 1);
     if (p->service == NULL) {
-        bu_buf_free(&tb);
+        bu_buf_free(&p->tags);
         return PyErr_NoMemory();
     }
     memcpy(p->service, service, (size_t)slen + 1);
     p->service_len = (size_t)slen;
-    p->tags = tb;
     p->ntags = (uint16_t)n;
     uint16_t idx = st->nprocesses;
     /* Release: the flusher thread reads entries below nprocesses without the GIL. */
@@ -458,7 +455,8 @@ core_exec(PyObject *m)
     }
     Py_DECREF(r);
     if (bu_span_init(m, st) < 0 || bu_trace_init(m, st) < 0 || bu_propagation_init(m, st) < 0 ||
-        bu_thrift_init(m, st) < 0 || bu_otlp_init(m, st) < 0 || bu_reporter_init(m, st) < 0) {
+        bu_thrift_init(m, st) < 0 || bu_thriftdec_init(m, st) < 0 ||
+        bu_otlp_init(m, st) < 0 || bu_reporter_init(m, st) < 0) {
         return -1;
     }
     if (PyModule_AddIntConstant(m, "MODE_DISCARD", BU_MODE_DISCARD) < 0 ||
