@@ -47,6 +47,7 @@ struct bu_reporter {
     atomic_int abort_sends;  /* a stop timed out: drop the rest of the current cycle */
     atomic_int last_error;   /* errno of the latest failed send; < 0: getaddrinfo code */
     atomic_int_fast64_t seq_no;
+    atomic_int inside; /* Python threads between releasing and retaking the GIL in here */
     size_t wake_bytes;
     /* --- owned by the sending side (the UDP thread or the external Python thread) --- */
     pthread_t thread;
@@ -93,6 +94,23 @@ timeout_to_deadline(double timeout)
     return bu_mono_ns() + (int64_t)(timeout * 1e9);
 }
 
+/* Release the GIL to wait on the reporter. `inside` is raised first, with the GIL held, so that
+ * module teardown (which holds the GIL) knows the struct may still be touched: a daemon thread
+ * caught here at interpreter exit never retakes the GIL and keeps it raised. */
+static PyThreadState *
+release_gil(bu_reporter *r)
+{
+    atomic_fetch_add(&r->inside, 1);
+    return PyEval_SaveThread();
+}
+
+static void
+retake_gil(bu_reporter *r, PyThreadState *ts)
+{
+    PyEval_RestoreThread(ts);
+    atomic_fetch_sub(&r->inside, 1);
+}
+
 static bu_reporter *
 reporter_new(bu_state *st)
 {
@@ -110,6 +128,7 @@ reporter_new(bu_state *st)
     atomic_init(&r->abort_sends, 0);
     atomic_init(&r->last_error, 0);
     atomic_init(&r->seq_no, 0);
+    atomic_init(&r->inside, 0);
     if (pthread_condattr_init(&ca) != 0) {
         goto error;
     }
@@ -542,11 +561,12 @@ reporter_wait(PyObject *m, PyObject *arg)
     int stopping;
     uint64_t gen;
     int64_t deadline = timeout_to_deadline(timeout);
-    Py_BEGIN_ALLOW_THREADS pthread_mutex_lock(&r->mu);
+    PyThreadState *ts = release_gil(r);
+    pthread_mutex_lock(&r->mu);
     gen = begin_cycle_locked(r, deadline, &stopping);
     pthread_mutex_unlock(&r->mu);
-    Py_END_ALLOW_THREADS res =
-        Py_BuildValue("(KO)", (unsigned long long)gen, stopping ? Py_True : Py_False);
+    retake_gil(r, ts);
+    res = Py_BuildValue("(KO)", (unsigned long long)gen, stopping ? Py_True : Py_False);
 error:
     return res;
 }
@@ -658,7 +678,8 @@ reporter_flush(PyObject *m, PyObject *arg)
     }
     int ok;
     int64_t deadline = timeout_to_deadline(timeout);
-    Py_BEGIN_ALLOW_THREADS pthread_mutex_lock(&r->mu);
+    PyThreadState *ts = release_gil(r);
+    pthread_mutex_lock(&r->mu);
     uint64_t my = ++r->flush_req;
     /* Records a running cycle took were still "queued" for the caller: its outcome counts. */
     uint64_t first = r->in_cycle ? r->cycles : r->cycles + 1;
@@ -668,7 +689,8 @@ reporter_flush(PyObject *m, PyObject *arg)
     }
     ok = r->flush_done >= my && r->fail_cycle < first;
     pthread_mutex_unlock(&r->mu);
-    Py_END_ALLOW_THREADS res = PyBool_FromLong(ok);
+    retake_gil(r, ts);
+    res = PyBool_FromLong(ok);
 error:
     return res;
 }
@@ -704,9 +726,10 @@ reporter_stop(PyObject *m, PyObject *arg)
     }
     int stopped;
     int64_t deadline = timeout_to_deadline(timeout);
-    Py_BEGIN_ALLOW_THREADS stopped = stop_reporter(r, deadline);
-    Py_END_ALLOW_THREADS if (stopped && r->mode == R_UDP)
-    {
+    PyThreadState *ts = release_gil(r);
+    stopped = stop_reporter(r, deadline);
+    retake_gil(r, ts);
+    if (stopped && r->mode == R_UDP) {
         reset_off(r);
     }
     res = PyBool_FromLong(stopped);
@@ -827,6 +850,11 @@ bu_reporter_free(bu_state *st)
         if (join) { /* the thread needs no GIL: joining here cannot deadlock */
             pthread_join(r->thread, NULL);
         }
+    }
+    if (atomic_load(&r->inside) > 0) {
+        /* A (daemon) thread still waits in reporter_wait / reporter_flush at interpreter exit:
+         * it was told to stop and will wake, so the struct must outlive us. Leaked, once. */
+        goto done;
     }
     reset_off(r);
     pthread_mutex_destroy(&r->mu);

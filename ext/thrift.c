@@ -467,9 +467,10 @@ encode_batches(PyObject *m, PyObject *args, PyObject *kwargs)
     atomic_init(&seq, seq0);
     bu_pack_opts o = {fmt, proto, envelope, (size_t)max_size, {fq, tl, ff}, &seq};
     list = bu_buffer_take_all(&st->buffer);
-    Py_BEGIN_ALLOW_THREADS rc = bu_pack_all(&pk, &o, st, &list, collect, &c, &res);
-    Py_END_ALLOW_THREADS if (rc < 0)
-    {
+    PyThreadState *ts = PyEval_SaveThread(); /* plain C from here: records, buffers */
+    rc = bu_pack_all(&pk, &o, st, &list, collect, &c, &res);
+    PyEval_RestoreThread(ts);
+    if (rc < 0) {
         PyErr_NoMemory();
         goto error;
     }

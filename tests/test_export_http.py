@@ -147,3 +147,43 @@ def test_fork_child_posts_its_own_spans_once(collector):
     assert exp.flush(5.0)
     assert sorted(s.operationName for s in collector.spans()) == ["child",
                                                                   "parent-queued-at-fork"]
+
+
+def _run_script(script):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True)
+
+
+def test_interpreter_exit_posts_pending_spans(collector):
+    proc = _run_script(
+        "from bu_osprofiler import _core, exporters\n"
+        "_core.set_process(_core.register_process('exit-http', {}))\n"
+        "exporters.create('jaeger+http://127.0.0.1:%d', {'flush_interval': 3600}).start()\n"
+        "for i in range(7):\n"
+        "    _core._push_record(1, i + 1, 0, 1, 'exit', 1, 1)\n" % collector.port)
+    assert proc.returncode == 0, proc.stderr
+    assert len(collector.spans()) == 7
+
+
+def test_interpreter_exit_with_a_hanging_collector_is_bounded(collector):
+    collector.mode = "hang"
+    proc = _run_script(
+        "from bu_osprofiler import _core, exporters\n"
+        "exporters.create('jaeger+http://127.0.0.1:%d', {'flush_interval': 3600,\n"
+        "                 'shutdown_timeout': 0.2, 'http_timeout': 30}).start()\n"
+        "_core._push_record(1, 1, 0, 1, 'stuck', 1, 1)\n"
+        "assert exporters.active().flush(0.2) is False\n" % collector.port)
+    collector.release.set()
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_module_teardown_while_a_thread_waits_in_the_reporter():
+    # A daemon thread parked in reporter_wait when the interpreter (and the module) goes away.
+    proc = _run_script(
+        "import threading\n"
+        "from bu_osprofiler import _core\n"
+        "_core.reporter_start_external(1 << 20)\n"
+        "t = threading.Thread(target=_core.reporter_wait, args=(0.5,), daemon=True)\n"
+        "t.start()\n")
+    assert proc.returncode == 0, proc.stderr
