@@ -153,3 +153,20 @@ def test_sampling_url_forms():
     assert exporters.sampling_url("http://h:2/", None, "s") == "http://h:2/sampling?service=s"
     assert exporters.sampling_url("http://h:2/api/sampling", None, "s") == \
         "http://h:2/api/sampling?service=s"
+
+
+def test_configure_remote_sampler(sampling_server):
+    import bu_osprofiler
+    sampling_server.answer = (200, {"strategyType": "PROBABILISTIC",
+                                    "probabilisticSampling": {"samplingRate": 0.3}})
+    try:
+        bu_osprofiler.configure("remote-svc", "jaeger://127.0.0.1:9", sampler="remote",
+                                sampling_server=sampling_server.address,
+                                sampling_refresh_interval=0.05, flush_interval=60)
+        assert wait_until(lambda: _core.get_sampler() == ("probabilistic", 0.3))
+        assert "/sampling?service=remote-svc" in sampling_server.queries
+        sampling_server.answer = (503, {})
+        # Unreachable / failing: back to the initial sampler (Jaeger's default 0.001).
+        assert wait_until(lambda: _core.get_sampler() == ("probabilistic", 0.001))
+    finally:
+        bu_osprofiler.shutdown(2.0)
