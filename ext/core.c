@@ -441,7 +441,8 @@ core_exec(PyObject *m)
     }
     Py_DECREF(r);
     if (bu_span_init(m, st) < 0 || bu_trace_init(m, st) < 0 || bu_propagation_init(m, st) < 0 ||
-        bu_thrift_init(m, st) < 0 || bu_otlp_init(m, st) < 0 || bu_reporter_init(m, st) < 0) {
+        bu_thrift_init(m, st) < 0 || bu_thriftdec_init(m, st) < 0 ||
+        bu_otlp_init(m, st) < 0 || bu_reporter_init(m, st) < 0) {
         return -1;
     }
     if (PyModule_AddIntConstant(m, "MODE_DISCARD", BU_MODE_DISCARD) < 0 ||

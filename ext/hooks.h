@@ -9,6 +9,7 @@ int bu_span_init(PyObject *m, bu_state *st);        /* span.c: Span, SpanContext
 int bu_trace_init(PyObject *m, bu_state *st);       /* trace.c: the decorator type */
 int bu_propagation_init(PyObject *m, bu_state *st); /* propagation.c: header codecs */
 int bu_thrift_init(PyObject *m, bu_state *st);      /* thrift.c: Jaeger Thrift encoders */
+int bu_thriftdec_init(PyObject *m, bu_state *st);   /* thriftdec.c: decoder for the collector */
 int bu_otlp_init(PyObject *m, bu_state *st);        /* otlp.c: OTLP protobuf encoder */
 int bu_reporter_init(PyObject *m, bu_state *st);    /* reporter.c: flusher thread, UDP sender */
 

@@ -1,0 +1,109 @@
+"""Decorator cost: bare call vs traced call with no trace vs unsampled vs sampled into memory://.
+
+Careful harness (no pyperf dependency): each variant runs in the same process, interleaved over
+several rounds; a round times `loops` calls with perf_counter_ns, GC disabled; we report the median
+per-call time over rounds, and the difference to the bare call.
+
+    python bench/bench_decorator.py [--loops N] [--rounds R] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+
+import bu_osprofiler
+from bu_osprofiler import _core, profiler
+
+
+def bare():
+    return None
+
+
+traced = profiler.trace("bench", hide_args=True)(bare)
+
+
+def run_loop(fn, loops):
+    t0 = time.perf_counter_ns()
+    for _ in range(loops):
+        fn()
+    return (time.perf_counter_ns() - t0) / loops
+
+
+def empty_loop(loops):
+    t0 = time.perf_counter_ns()
+    for _ in range(loops):
+        pass
+    return (time.perf_counter_ns() - t0) / loops
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--loops", type=int, default=200_000)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+
+    bu_osprofiler.configure("bench", "memory://", max_queue_spans=10_000_000,
+                            max_queue_bytes=4 << 30)
+
+    def no_trace():
+        profiler.clean()
+        return run_loop(traced, args.loops)
+
+    def unsampled():
+        profiler.clean()
+        _core.set_active(_core.base_span(flags=0))
+        r = run_loop(traced, args.loops)
+        profiler.clean()
+        return r
+
+    def sampled():
+        profiler.clean()
+        profiler.init("key")
+        r = run_loop(traced, args.loops)
+        profiler.clean()
+        _core.take_records()
+        return r
+
+    variants = {
+        "loop overhead": lambda: empty_loop(args.loops),
+        "bare call": lambda: run_loop(bare, args.loops),
+        "traced, no trace active": no_trace,
+        "traced, unsampled trace": unsampled,
+        "traced, sampled, memory://": sampled,
+    }
+    results = {k: [] for k in variants}
+    gc.disable()
+    try:
+        for k, fn in variants.items():  # warm-up
+            fn()
+        for _ in range(args.rounds):
+            for k, fn in variants.items():
+                results[k].append(fn())
+    finally:
+        gc.enable()
+    med = {k: statistics.median(v) for k, v in results.items()}
+    bare_ns = med["bare call"]
+    print("python %s on %s, loops=%d rounds=%d" % (platform.python_version(),
+                                                   platform.machine(), args.loops, args.rounds))
+    print("%-30s %12s %16s" % ("variant", "ns/call", "over bare call"))
+    for k, v in med.items():
+        over = "" if k in ("loop overhead", "bare call") else "%+.1f ns" % (v - bare_ns)
+        print("%-30s %12.1f %16s" % (k, v, over))
+    budget_untraced = med["traced, no trace active"] - bare_ns <= 60
+    budget_sampled = med["traced, sampled, memory://"] - med["loop overhead"] <= 500
+    print("budget untraced <= 60 ns over bare: %s" % ("met" if budget_untraced else "NOT met"))
+    print("budget sampled <= 500 ns per call: %s" % ("met" if budget_sampled else "NOT met"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"median_ns": med, "python": sys.version, "loops": args.loops,
+                       "rounds": args.rounds}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

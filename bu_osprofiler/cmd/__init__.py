@@ -1,0 +1,1 @@
+"""Command-line tools: ``bu-osprofiler`` (collector, trace list / show)."""
