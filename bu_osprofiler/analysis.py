@@ -222,8 +222,10 @@ class TraceGraph:
                 fr[3] += 1
                 if c.span_id in on_path or c.start >= t:
                     continue
-                if node.is_join and fr[4]:
-                    break  # a join waits on its last-finishing branch only
+                if node.is_join and (fr[4] or c.end <= node.start):
+                    # a join waits on its last-finishing branch only, and not at all when that
+                    # branch had finished before the join began (the edge exists, no wait)
+                    break
                 if not node.is_join and c.end <= node.start:
                     continue  # ended before its parent began: clock skew, not a wait
                 cend = min(c.end, t)  # clip: a child cannot be needed after the moment t

@@ -19,7 +19,7 @@ Automatic integration: :func:`install` patches ``threading.Thread`` (start / joi
 ``concurrent.futures`` thread pools (submit, map, Future.result / exception, wait, as_completed),
 eventlet (spawn, spawn_n, spawn_after, GreenThread.wait, GreenPool spawn / spawn_n / waitall /
 imap / starmap; with or without monkey patching) and asyncio (create_task / ensure_future / gather
-branches; ``await task``, gather, wait and TaskGroup joins).  :func:`uninstall` restores them.
+branches; ``await task``, gather, wait, TaskGroup and run_until_complete joins).  :func:`uninstall` restores them.
 
 Cost model: nothing is done unless a *sampled* span is active where the work is forked (one C
 call and a compare otherwise), and a branch only carries the forking span, never the caller's other
@@ -441,24 +441,34 @@ def _untraced_thread(thread: threading.Thread, target: Any) -> bool:
 def _make_thread_start(orig: Callable[..., Any]) -> Callable[..., Any]:
     def start(self: threading.Thread) -> None:
         parent = _active()
-        if parent is None or not parent.sampled or "_bu_branch" in self.__dict__:
+        if parent is None or not parent.sampled:
             return orig(self)
         target = getattr(self, "_target", None)
-        if _untraced_thread(self, target):
-            return orig(self)
+        if "_bu_branch" in self.__dict__ or _untraced_thread(self, target):
+            return _unforked(orig, self)
         branch = Branch(parent, "thread", target if target is not None else type(self).run,
                         None, _hmac_var.get())
         runner = _ThreadRun(self, branch)
         self._bu_branch = branch
         self.run = runner  # type: ignore[method-assign]
         try:
-            return orig(self)
+            return _unforked(orig, self)
         except BaseException:
             runner.restore()
             self.__dict__.pop("_bu_branch", None)
             raise
 
     return start
+
+
+def _unforked(fn: Callable[..., T], *args: Any) -> T:
+    """Call ``fn`` with no active span: what it spawns is not a branch (e.g. the greenthread
+    under a monkey-patched Thread, which is the Thread's branch already)."""
+    token = _activate(None)
+    try:
+        return fn(*args)
+    finally:
+        _deactivate(token)
 
 
 def _make_thread_join(orig: Callable[..., Any]) -> Callable[..., Any]:
@@ -945,6 +955,24 @@ async def _traced_tg_exit(aexit: Any, waiter: Any, branches: list) -> Any:
         _record_join(waiter, t0, branches)
 
 
+def _make_run_until_complete(orig: Callable[..., Any]) -> Callable[..., Any]:
+    # asyncio.run(main()) from a traced caller: main's task is a branch the caller waits for
+    def run_until_complete(self: Any, future: Any) -> Any:
+        if type(future) is not _BranchTask or not future._bu_branch._claim:
+            return orig(self, future)
+        waiter = _traced()
+        if waiter is None:
+            return orig(self, future)
+        t0 = _time_ns()
+        try:
+            return orig(self, future)
+        finally:
+            if future.done():
+                _record_join(waiter, t0, (future._bu_branch,))
+
+    return run_until_complete
+
+
 def _install_asyncio() -> None:
     import asyncio
     import asyncio.base_events as be
@@ -954,6 +982,7 @@ def _install_asyncio() -> None:
     if _BranchTask is None:
         _BranchTask = _define_branch_task(asyncio)
     _patch(be.BaseEventLoop, "create_task", lambda o: _make_create_task(o, asyncio))
+    _patch(be.BaseEventLoop, "run_until_complete", _make_run_until_complete)
     for mod in (asyncio, at):
         _patch(mod, "gather", _make_gather)
         _patch(mod, "wait", lambda o: _make_aio_wait(o, asyncio))
