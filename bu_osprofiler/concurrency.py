@@ -368,6 +368,11 @@ class _Carry:
                 pass
 
 
+def _explicit(fn: Any) -> bool:
+    """True for ``branch.run`` handed to a spawner: the explicit branch is the branch."""
+    return isinstance(getattr(fn, "__self__", None), (Branch, _NullBranch))
+
+
 def _traced() -> Any:
     """The active span when it is sampled, else None (the one check on every untraced path)."""
     span = _active()
@@ -444,7 +449,7 @@ def _make_thread_start(orig: Callable[..., Any]) -> Callable[..., Any]:
         if parent is None or not parent.sampled:
             return orig(self)
         target = getattr(self, "_target", None)
-        if "_bu_branch" in self.__dict__ or _untraced_thread(self, target):
+        if "_bu_branch" in self.__dict__ or _untraced_thread(self, target) or _explicit(target):
             return _unforked(orig, self)
         branch = Branch(parent, "thread", target if target is not None else type(self).run,
                         None, _hmac_var.get())
@@ -499,7 +504,7 @@ def _install_threading() -> None:
 def _make_submit(orig: Callable[..., Any]) -> Callable[..., Any]:
     def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         parent = _active()
-        if parent is None or not parent.sampled:
+        if parent is None or not parent.sampled or _explicit(fn):
             return orig(self, fn, *args, **kwargs)
         branch = Branch(parent, "thread", fn, None, _hmac_var.get())
         fut = orig(self, _BranchCall(branch, fn), *args, **kwargs)
@@ -611,8 +616,9 @@ def _pool_register(pool: Any, branch: Branch) -> None:
 
 
 def _is_branch_call(func: Any, args: tuple) -> bool:
-    # spawns made by a patched GreenPool method carry the branch already
-    return type(func) is _BranchCall or (bool(args) and type(args[0]) is _BranchCall)
+    # spawns made by a patched GreenPool method carry the branch already; so does branch.run
+    return (type(func) is _BranchCall or (bool(args) and type(args[0]) is _BranchCall)
+            or _explicit(func))
 
 
 _carry_var: Any = None  # ContextVar set by GreenPool.starmap: its producer carries, not forks
@@ -675,7 +681,8 @@ def _make_pool_spawn(orig: Callable[..., Any]) -> Callable[..., Any]:
     # GreenPool.spawn / spawn_n: the branch is also remembered by the pool for waitall()
     def spawn(self: Any, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         parent = _active()
-        if parent is None or not parent.sampled or type(function) is _BranchCall:
+        if (parent is None or not parent.sampled or type(function) is _BranchCall
+                or _explicit(function)):
             return orig(self, function, *args, **kwargs)
         branch = Branch(parent, "greenthread", function, None, _hmac_var.get())
         gt = orig(self, _BranchCall(branch, function), *args, **kwargs)
@@ -699,7 +706,9 @@ def _make_pool_waitall(orig: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return orig(self)
         finally:
-            _record_join(waiter, t0, list(branches))
+            # a pool shared by concurrent requests: each waiter joins its own trace's branches
+            trace_id = waiter.trace_id
+            _record_join(waiter, t0, [b for b in branches if b.parent.trace_id == trace_id])
             branches[:] = [b for b in branches if b._claim]
 
     return waitall

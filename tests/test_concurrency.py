@@ -440,6 +440,28 @@ def test_eventlet_greenpool_waitall(installed, how):
         "greenthread:test_eventlet_greenpool_waitall.<locals>.gwork"}
 
 
+def test_eventlet_shared_greenpool_waitall_joins_own_branches(installed):
+    eventlet = _eventlet()
+    shared = eventlet.GreenPool(100)
+
+    def req(name):
+        def body():
+            for d in (0.001, 0.003):
+                shared.spawn_n(eventlet.sleep, d)
+            shared.waitall()
+
+        return request(body, name)[0]
+
+    a, b = [gt.wait() for gt in [eventlet.spawn(req, "a"), eventlet.spawn(req, "b")]]
+    spans = bu_osprofiler.finished_spans()
+    for root in (a, b):
+        mine = {s.span_id for s in spans if s.trace_id == root.trace_id}
+        joins = [s for s in spans if s.operation_name == "join" and s.trace_id == root.trace_id]
+        assert len(joins) == 1
+        waited = [c.span_id for k, c in joins[0].references if k == "follows_from"]
+        assert len(waited) == 2 and set(waited) <= mine
+
+
 def test_eventlet_greenpool_imap(installed):
     eventlet = _eventlet()
 
