@@ -296,7 +296,10 @@ def join(*branches: Any) -> None:
     waiter = _active()
     if waiter is None or not waiter.sampled:
         return
-    _record_join(waiter, _time_ns(), _branches_of(branches), started=True)
+    if len(branches) == 1 and type(branches[0]) is Branch:
+        _record_join(waiter, _time_ns(), branches, started=True)
+    else:
+        _record_join(waiter, _time_ns(), _branches_of(branches), started=True)
 
 
 class joining:

@@ -8,6 +8,7 @@ containment) and a critical path through the 30 ms branch.
 import asyncio
 import collections
 import concurrent.futures as cf
+import functools
 import os
 import subprocess
 import sys
@@ -39,9 +40,37 @@ def installed():
         concurrency.uninstall()
 
 
+def mark(delay):
+    """Tag the active span (the branch) with the delay it was asked to sleep."""
+    span = bu_osprofiler.active_span()
+    if span is not None:
+        span.set_tag("delay_ms", round(delay * 1000))
+
+
 def work(delay):
+    mark(delay)
     time.sleep(delay)
     return delay
+
+
+class TimingMismatch(AssertionError):
+    """The recorded times do not show the scheduled sleeps (e.g. a starved machine)."""
+
+
+def retry_timing(test):
+    """Run a fork/join scenario again (twice at most) when only its timing checks failed: the
+    structure is asserted on every run, the times only need to come out right once."""
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        for attempt in range(3):
+            bu_osprofiler.clear_finished_spans()
+            try:
+                return test(*args, **kwargs)
+            except TimingMismatch:
+                if attempt == 2:
+                    raise
+
+    return wrapper
 
 
 def request(body, name="request"):
@@ -78,16 +107,19 @@ def check_fork_join(root, prefix, forker=None, n=3, join_waited=True):
             assert kind == "follows_from"
             waited[ctx.span_id] += 1
     assert waited == {b.span_id: 1 for b in branches}, "every branch joined exactly once"
-    slowest = max(branches, key=lambda s: s.duration_ns)
-    join = next(j for j in joins if any(c.span_id == slowest.span_id for _, c in j.references))
-    if join_waited:  # the slowest branch was still running when the wait began
-        assert join.start_ns - TOL_NS <= slowest.end_ns <= join.end_ns + TOL_NS
+    slowest = [b for b in branches if b.tags.get("delay_ms") == 30]
+    assert len(slowest) == 1, [dict(b.tags) for b in branches]
+    slowest = slowest[0]
+    assert slowest.duration_ns >= 30_000_000
     for j in joins:
         for _, ctx in j.references[1:]:
             b = next(s for s in branches if s.span_id == ctx.span_id)
             assert b.end_ns <= j.end_ns + TOL_NS
-    assert sorted(b.duration_ns for b in branches)[-1] >= 30_000_000
     if join_waited:  # (a join recorded after the wait cannot say which branch it waited for)
+        join = next(j for j in joins
+                    if any(c.span_id == slowest.span_id for _, c in j.references))
+        if not join.start_ns - TOL_NS <= slowest.end_ns <= join.end_ns + TOL_NS:
+            raise TimingMismatch("the join did not wait for the 30 ms branch")
         assert_critical_through(spans, root, branches, slowest)
     return spans, branches, joins
 
@@ -96,7 +128,9 @@ def assert_critical_through(spans, root, branches, slowest):
     """The critical path goes through ``slowest``: it holds most of the wait, while the other
     branches get at most the few microseconds in which they happened to run first."""
     path = analysis.critical_path(spans)
-    assert root.span_id in path and slowest.span_id in path
+    assert root.span_id in path
+    if slowest.span_id not in path:
+        raise TimingMismatch("the 30 ms branch is not on the critical path")
     owner = {}  # span id -> the branch it runs in (itself or an ancestor)
     parents = {s.span_id: s.parent_id for s in spans}
     for s in spans:
@@ -107,21 +141,22 @@ def assert_critical_through(spans, root, branches, slowest):
     on_path_us = collections.Counter()
     for seg in analysis.from_records(spans).critical_path():
         on_path_us[owner.get(seg.span_id)] += seg.end - seg.start
-    assert on_path_us[slowest.span_id] >= 20_000, on_path_us
-    for b in branches:
-        if b is not slowest:
-            assert on_path_us[b.span_id] < 2_000, (b.operation_name, on_path_us)
+    if on_path_us[slowest.span_id] < 20_000 or any(
+            on_path_us[b.span_id] >= 2_000 for b in branches if b is not slowest):
+        raise TimingMismatch("critical path %r" % (on_path_us,))
 
 
 # ---------------------------------------------------------------- explicit API
 
 
+@retry_timing
 def test_explicit_fork_with_branch_and_joining():
     def body():
         branches = [profiler.fork() for _ in DELAYS]
 
         def worker(branch, delay):
             with branch:
+                mark(delay)
                 time.sleep(delay)
 
         threads = [threading.Thread(target=worker, args=(b, d)) for b, d in zip(branches, DELAYS)]
@@ -139,6 +174,7 @@ def test_explicit_fork_with_branch_and_joining():
     assert all(b.joined and b.finished for b in branches)
 
 
+@retry_timing
 def test_explicit_branch_run_and_join_in_pool():
     def body():
         with cf.ThreadPoolExecutor(3) as ex:
@@ -154,6 +190,7 @@ def test_explicit_branch_run_and_join_in_pool():
     assert len(joins) == 1 and joins[0].duration_ns < 5_000_000  # join() after the wait: ~0
 
 
+@retry_timing
 def test_explicit_named_branch_in_asyncio():
     async def main():
         root = bu_osprofiler.start_span("request")
@@ -162,6 +199,7 @@ def test_explicit_named_branch_in_asyncio():
 
         async def step(branch, delay):
             async with branch:
+                mark(delay)
                 await asyncio.sleep(delay)
 
         loop = asyncio.get_running_loop()
@@ -233,6 +271,7 @@ def test_branch_outliving_its_parent_is_exported():
 # ---------------------------------------------------------------- threading
 
 
+@retry_timing
 def test_thread_start_join(installed):
     def body():
         threads = [threading.Thread(target=work, args=(d,)) for d in DELAYS]
@@ -246,6 +285,7 @@ def test_thread_start_join(installed):
     assert len(joins) == 3
 
 
+@retry_timing
 def test_thread_subclass_run_and_trace_points_inside(installed):
     class Worker(threading.Thread):
         def __init__(self, delay):
@@ -253,6 +293,7 @@ def test_thread_subclass_run_and_trace_points_inside(installed):
             self.delay = delay
 
         def run(self):
+            mark(self.delay)
             with profiler.Trace("inside"):
                 time.sleep(self.delay)
 
@@ -304,6 +345,7 @@ def _pool_body(wait):
 
 
 @pytest.mark.parametrize("how", ["result", "wait", "as_completed", "exception"])
+@retry_timing
 def test_thread_pool_submit(installed, how):
     waits = {
         "result": lambda fs: [f.result() for f in fs],
@@ -318,6 +360,7 @@ def test_thread_pool_submit(installed, how):
     assert len(joins) == (1 if how == "wait" else 3)
 
 
+@retry_timing
 def test_thread_pool_map(installed):
     def body():
         with cf.ThreadPoolExecutor(max_workers=3) as ex:
@@ -392,11 +435,13 @@ def test_untraced_work_records_nothing(installed):
 # ---------------------------------------------------------------- eventlet (not monkey patched)
 
 
+@retry_timing
 def test_eventlet_spawn_wait(installed):
     eventlet = _eventlet()
 
     def body():
         def gsleep(d):
+            mark(d)
             eventlet.sleep(d)
             return d
 
@@ -408,23 +453,30 @@ def test_eventlet_spawn_wait(installed):
     check_fork_join(root, "greenthread:")
 
 
+@retry_timing
 def test_eventlet_spawn_after_wait(installed):
     eventlet = _eventlet()
 
     def body():
-        gts = [eventlet.spawn_after(0, eventlet.sleep, d) for d in DELAYS]
+        def gsleep(d):
+            mark(d)
+            eventlet.sleep(d)
+
+        gts = [eventlet.spawn_after(0, gsleep, d) for d in DELAYS]
         for gt in gts:
             gt.wait()
 
     root, _ = request(body)
-    check_fork_join(root, "greenthread:")
+    check_fork_join(root, "greenthread:test_eventlet_spawn_after_wait.<locals>.body.<locals>.gsleep")
 
 
 @pytest.mark.parametrize("how", ["spawn", "spawn_n"])
+@retry_timing
 def test_eventlet_greenpool_waitall(installed, how):
     eventlet = _eventlet()
 
     def gwork(d):
+        mark(d)
         eventlet.sleep(d)
 
     def body():
@@ -462,10 +514,12 @@ def test_eventlet_shared_greenpool_waitall_joins_own_branches(installed):
         assert len(waited) == 2 and set(waited) <= mine
 
 
+@retry_timing
 def test_eventlet_greenpool_imap(installed):
     eventlet = _eventlet()
 
     def gwork(d):
+        mark(d)
         eventlet.sleep(d)
         return d
 
@@ -544,6 +598,7 @@ def test_nova_style_manual_init_keeps_working(install):
 
 
 async def _asleep(d):
+    mark(d)
     await asyncio.sleep(d)
     return d
 
@@ -564,6 +619,7 @@ def _arequest(make_body):
 
 
 @pytest.mark.parametrize("make", ["create_task", "ensure_future"])
+@retry_timing
 def test_asyncio_task_await(installed, make):
     async def body():
         spawn = getattr(asyncio, make)
@@ -576,6 +632,7 @@ def test_asyncio_task_await(installed, make):
     assert len(joins) == 3
 
 
+@retry_timing
 def test_asyncio_gather_coroutines(installed):
     async def body():
         return await asyncio.gather(*(_asleep(d) for d in DELAYS))
@@ -586,6 +643,7 @@ def test_asyncio_gather_coroutines(installed):
     assert len(joins) == 1
 
 
+@retry_timing
 def test_asyncio_wait(installed):
     async def body():
         done, pending = await asyncio.wait([asyncio.create_task(_asleep(d)) for d in DELAYS])
@@ -597,6 +655,7 @@ def test_asyncio_wait(installed):
 
 
 @pytest.mark.skipif(not hasattr(asyncio, "TaskGroup"), reason="TaskGroup needs Python 3.11")
+@retry_timing
 def test_asyncio_taskgroup(installed):
     async def body():
         async with asyncio.TaskGroup() as tg:
@@ -680,8 +739,12 @@ import threading, concurrent.futures as cf
 assert eventlet.patcher.is_monkey_patched("thread")
 
 def work(d):
+    bu_osprofiler.active_span().set_tag("delay_ms", round(d * 1000))
     time.sleep(d)  # green sleep
     return d
+
+class Timing(Exception):
+    pass
 
 def check(label, root, n_joins):
     spans = [s for s in bu_osprofiler.finished_spans() if s.trace_id == root.trace_id]
@@ -691,23 +754,30 @@ def check(label, root, n_joins):
     assert len(joins) == n_joins, (label, len(joins))
     waited = sorted(c.span_id for j in joins for k, c in j.references if k == "follows_from")
     assert waited == sorted(b.span_id for b in branches), label
-    slowest = max(branches, key=lambda s: s.duration_ns)
-    assert slowest.span_id in analysis.critical_path(spans), label
+    b30 = next(b for b in branches if b.tags["delay_ms"] == 30)
     on_path = {}
     for seg in analysis.from_records(spans).critical_path():
         on_path[seg.span_id] = on_path.get(seg.span_id, 0) + seg.end - seg.start
-    assert on_path[slowest.span_id] >= 20000, (label, on_path)
-    assert all(on_path.get(b.span_id, 0) < 2000 for b in branches if b is not slowest), label
-    print(label, "ok")
+    if on_path.get(b30.span_id, 0) < 20000 or any(
+            on_path.get(b.span_id, 0) >= 2000 for b in branches if b is not b30):
+        raise Timing(label)
 
 def run(label, body, n_joins):
-    bu_osprofiler.clear_finished_spans()
-    root = bu_osprofiler.start_span("request")
-    tok = bu_osprofiler.activate(root)
-    body()
-    bu_osprofiler.deactivate(tok)
-    root.finish()
-    check(label, root, n_joins)
+    for attempt in range(3):
+        bu_osprofiler.clear_finished_spans()
+        root = bu_osprofiler.start_span("request")
+        tok = bu_osprofiler.activate(root)
+        body()
+        bu_osprofiler.deactivate(tok)
+        root.finish()
+        try:
+            check(label, root, n_joins)
+        except Timing:
+            if attempt == 2:
+                raise
+        else:
+            break
+    print(label, "ok")
 
 def threads():
     ts = [threading.Thread(target=work, args=(d,)) for d in (0.01, 0.03, 0.02)]
