@@ -13,7 +13,7 @@ Two tables:
    untraced / installed and traced (a branch span and a join span per branch).
 
 Run: ``python bench/bench_forkjoin.py [--quick] [--osprofiler-python PATH] [--setup-osprofiler]``.
-Numbers are medians of several repeats, in microseconds per branch.
+Numbers are the best of several repeats, in microseconds per branch.
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import concurrent.futures as cf
 import contextvars
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -41,7 +40,8 @@ def noop() -> None:
 
 
 def measure(fn, n: int, repeats: int) -> float:
-    """Median µs per iteration of ``fn(n)`` (which runs n iterations)."""
+    """Best µs per iteration of ``fn(n)`` (which runs n iterations) over ``repeats`` runs (the
+    minimum: the least disturbed by other load on the machine)."""
     fn(max(1, n // 10))  # warm up
     runs = []
     for _ in range(repeats):
@@ -50,7 +50,7 @@ def measure(fn, n: int, repeats: int) -> float:
         fn(n)
         runs.append((time.perf_counter_ns() - t0) / n / 1000.0)
     bu_osprofiler.clear_finished_spans()
-    return statistics.median(runs)
+    return min(runs)
 
 
 def traced(fn):
@@ -118,7 +118,7 @@ def _branch_init(init, info):
 
 
 _OSP_SNIPPET = r"""
-import json, statistics, sys, time
+import json, sys, time
 from osprofiler import profiler
 n, repeats = int(sys.argv[1]), int(sys.argv[2])
 profiler.init("key")
@@ -139,14 +139,14 @@ def parent_restore(n):
         clean = profiler.clean
         clean()
         profiler.init(parent.hmac_key, parent.get_base_id(), parent.get_parent_id())
-def med(fn):
+def best(fn):
     fn(max(1, n // 10))
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter_ns(); fn(n); runs.append((time.perf_counter_ns() - t0) / n / 1e3)
-    return statistics.median(runs)
+    return min(runs)
 import osprofiler
-print(json.dumps({"total": med(run), "restore": med(parent_restore),
+print(json.dumps({"total": best(run), "restore": best(parent_restore),
                   "version": getattr(osprofiler, "__version__", "?")}))
 """
 
@@ -292,7 +292,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print("Python %s, %d cores; median of %d runs; µs per branch\n"
+    print("Python %s, %d cores; best of %d runs; µs per branch\n"
           % (sys.version.split()[0], os.cpu_count() or 0, reps))
     for title, rows in results.items():
         print("| %s | µs |\n|---|---:|" % title)

@@ -152,6 +152,7 @@ class Branch:
                 what = (_qualname(target) if target is not None
                         else _frame_qualname(sys._getframe(1)))
                 name = kind + ":" + what
+            self.target = None  # named: no need to keep what ran (or a cycle through it)
             span = _start_span(name, child_of=self.parent, tags=_FORK_TAGS)
             self._token = _activate(span)
             self.span = span
@@ -265,9 +266,11 @@ def _branches_of(objs: Iterable[Any]) -> Iterator[Branch]:
 def _record_join(waiter: Any, t0_ns: int, branches: Iterable[Any], started: bool = False) -> None:
     """Record a ``join`` span from ``t0_ns`` to now, CHILD_OF ``waiter``, FOLLOWS_FROM every
     branch of ``branches`` not joined yet that has finished (or ``started``, for explicit
-    joins). Each branch is joined at most once. Never raises."""
+    joins). Each branch is joined at most once, and only by a span of its own trace (a future
+    shared between requests is the business of the request that forked it). Never raises."""
     try:
         refs = []
+        trace_id = None
         for b in branches:
             if b is None:
                 continue
@@ -275,6 +278,10 @@ def _record_join(waiter: Any, t0_ns: int, branches: Iterable[Any], started: bool
             if st == _DONE or (started and st == _RUNNING):
                 span = b.span
                 if span is None:
+                    continue
+                if trace_id is None:
+                    trace_id = waiter.trace_id
+                if span.trace_id != trace_id:
                     continue
                 try:
                     b._claim.pop()
@@ -709,9 +716,8 @@ def _make_pool_waitall(orig: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return orig(self)
         finally:
-            # a pool shared by concurrent requests: each waiter joins its own trace's branches
-            trace_id = waiter.trace_id
-            _record_join(waiter, t0, [b for b in branches if b.parent.trace_id == trace_id])
+            # (a pool shared by concurrent requests: each waiter joins its own trace's branches)
+            _record_join(waiter, t0, list(branches))
             branches[:] = [b for b in branches if b._claim]
 
     return waitall

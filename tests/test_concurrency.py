@@ -418,6 +418,71 @@ def test_join_of_finished_branch_is_still_recorded(installed):
     assert branch.end_ns <= join.start_ns + TOL_NS
 
 
+def test_future_of_another_request_is_not_joined_by_it(installed):
+    ex = cf.ThreadPoolExecutor(max_workers=1)
+    try:
+        shared = {}
+
+        def first():
+            shared["f"] = ex.submit(work, 0.005)
+            return shared["f"].result()
+
+        def second():
+            return shared["f"].result()
+
+        a, _ = request(first, "a")
+        b, _ = request(second, "b")
+    finally:
+        ex.shutdown()
+    joins = [s for s in bu_osprofiler.finished_spans() if s.operation_name == "join"]
+    assert [j.trace_id for j in joins] == [a.trace_id]
+
+
+def test_as_completed_abandoned_early(installed):
+    def body():
+        with cf.ThreadPoolExecutor(max_workers=3) as ex:
+            fs = [ex.submit(work, d) for d in DELAYS]
+            for f in cf.as_completed(fs):
+                first = f.result()
+                break
+            cf.wait(fs)
+        return first
+
+    root, first = request(body)
+    assert first == 0.010
+    spans = bu_osprofiler.finished_spans()
+    waited = collections.Counter(c.span_id for s in spans if s.operation_name == "join"
+                                 for k, c in s.references if k == "follows_from")
+    assert sorted(waited.values()) == [1, 1, 1]
+
+
+def test_hmac_key_and_baggage_reach_the_branch(installed):
+    seen = []
+
+    def branch_side():
+        seen.append((profiler.get().hmac_key,
+                     bu_osprofiler.active_span().get_baggage_item("tenant")))
+
+    def body():
+        bu_osprofiler.active_span().set_baggage_item("tenant", "t1")
+        profiler.set_hmac_key("secret")
+        t = threading.Thread(target=branch_side)
+        t.start()
+        t.join()
+
+    request(body)
+    assert seen == [("secret", "t1")]
+
+
+def test_configure_option_from_environment(monkeypatch):
+    monkeypatch.setenv("BU_OSPROFILER_FORK_JOIN", "1")
+    try:
+        bu_osprofiler.configure("test-service", "memory://")
+        assert concurrency.installed()
+    finally:
+        concurrency.uninstall()
+
+
 def test_untraced_work_records_nothing(installed):
     with cf.ThreadPoolExecutor(max_workers=2) as ex:
         assert ex.submit(work, 0).result() == 0
