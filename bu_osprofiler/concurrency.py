@@ -49,7 +49,6 @@ _deactivate = _core.deactivate
 _start_span = _core.start_span
 _time_ns = time.time_ns          # CLOCK_REALTIME, the clock span start times use
 _hmac_var = _profiler._hmac_key  # carried into branches so legacy header helpers keep working
-_FORK_TAGS = {"fork": True}
 
 # Threads started by these modules are long-lived workers, not branches of the request that
 # happened to start them (their tasks fork on their own, e.g. through ThreadPoolExecutor.submit).
@@ -153,7 +152,8 @@ class Branch:
                         else _frame_qualname(sys._getframe(1)))
                 name = kind + ":" + what
             self.target = None  # named: no need to keep what ran (or a cycle through it)
-            span = _start_span(name, child_of=self.parent, tags=_FORK_TAGS)
+            span = _start_span(name, self.parent)  # (positional + set_tag: the fast paths)
+            span.set_tag("fork", True)
             self._token = _activate(span)
             self.span = span
             if self._hmac is not None:
@@ -279,17 +279,19 @@ def _record_join(waiter: Any, t0_ns: int, branches: Iterable[Any], started: bool
                 span = b.span
                 if span is None:
                     continue
-                if trace_id is None:
-                    trace_id = waiter.trace_id
-                if span.trace_id != trace_id:
-                    continue
+                if b.parent is not waiter:
+                    if trace_id is None:
+                        trace_id = waiter.trace_id
+                    if span.trace_id != trace_id:
+                        continue
                 try:
                     b._claim.pop()
                 except IndexError:  # another wait recorded it already
                     continue
                 refs.append(("follows_from", span))
         if refs:
-            span = _start_span("join", child_of=waiter, references=refs, start_time=t0_ns / 1e9)
+            # start_span(operation_name, child_of, references, tags, start_time)
+            span = _start_span("join", waiter, refs, None, t0_ns / 1e9)
             span.finish(_time_ns() / 1e9)
     except Exception:
         warn_limited("join", "could not record a join span", exc_info=True)
