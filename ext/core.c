@@ -126,6 +126,17 @@ register_process(PyObject *m, PyObject *args)
         }
         return NULL;
     }
+    /* configure() may run many times (tests, reconfiguration): reuse an identical description
+     * instead of filling the fixed table. */
+    for (uint16_t i = 0; i < st->nprocesses; i++) {
+        bu_process *q = &st->processes[i];
+        if (q->service_len == (size_t)slen && memcmp(q->service, service, (size_t)slen) == 0 &&
+            q->ntags == (uint16_t)n && q->tags.len == p->tags.len &&
+            (p->tags.len == 0 || memcmp(q->tags.data, p->tags.data, p->tags.len) == 0)) {
+            bu_buf_free(&p->tags);
+            return PyLong_FromLong(i);
+        }
+    }
     p->service = malloc((size_t)slen + 1);
     if (p->service == NULL) {
         bu_buf_free(&p->tags);

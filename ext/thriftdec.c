@@ -2,9 +2,9 @@
  *
  * The collector receives what any Jaeger client sends: `emitBatch` messages in UDP datagrams
  * (Compact on 6831, Binary on 6832) and bare Batch structs in HTTP bodies (Binary). This file turns
- * one such payload into rows ready for SQLite, with tags / logs / references already rendered as the
- * JSON fragments the Jaeger query API returns, so that storing and serving a span costs no further
- * per-field work in Python.
+ * one such payload into rows ready for SQLite, with tags / logs / references already rendered as
+ * the JSON fragments the Jaeger query API returns, so that storing and serving a span costs no
+ * further per-field work in Python.
  *
  * Input is untrusted: every read is bounds-checked, container sizes are checked against the bytes
  * left, nesting is bounded, strings are UTF-8-validated (invalid bytes become U+FFFD), and any
@@ -131,8 +131,7 @@ rd_int(td_reader *r, int type, int64_t *out)
         *out = unzigzag(u);
         if (type == T_I32) {
             *out = (int32_t)*out;
-        }
-        else if (type == T_I16) {
+        } else if (type == T_I16) {
             *out = (int16_t)*out;
         }
         return 0;
@@ -170,8 +169,7 @@ rd_string(td_reader *r, const char **s, size_t *n)
         if (rd_varint(r, &len) < 0) {
             return -1;
         }
-    }
-    else {
+    } else {
         uint64_t u;
         if (rd_be(r, 4, &u) < 0) {
             return -1;
@@ -208,8 +206,8 @@ rd_bool(td_reader *r, int in_field, int *out)
 static int
 compact_type(unsigned char t)
 {
-    static const unsigned char map[16] = {T_STOP,   T_BOOL,  T_BOOL,   T_BYTE,    T_I16,   T_I32,
-                                          T_I64,    T_DOUBLE, T_STRING, T_LIST,    T_SET,   T_MAP,
+    static const unsigned char map[16] = {T_STOP,   T_BOOL,    T_BOOL,    T_BYTE,   T_I16, T_I32,
+                                          T_I64,    T_DOUBLE,  T_STRING,  T_LIST,   T_SET, T_MAP,
                                           T_STRUCT, T_INVALID, T_INVALID, T_INVALID};
     return map[t & 0x0f];
 }
@@ -240,8 +238,7 @@ rd_field(td_reader *r, int *type, int16_t *fid)
         }
         if (b >> 4) {
             *fid = (int16_t)(r->last_fid + (b >> 4));
-        }
-        else {
+        } else {
             int64_t v;
             if (rd_int(r, T_I16, &v) < 0) {
                 return -1;
@@ -285,8 +282,7 @@ rd_list(td_reader *r, int *etype, uint32_t *size)
         if (*etype == T_INVALID || *etype == T_STOP) {
             return td_fail(r, "bad list element type");
         }
-    }
-    else {
+    } else {
         unsigned char b;
         if (rd_byte(r, &b) < 0 || rd_be(r, 4, &n) < 0) {
             return -1;
@@ -388,8 +384,7 @@ skip_value(td_reader *r, int type, int in_field)
             }
             kt = compact_type(kv >> 4);
             vt = compact_type(kv & 0x0f);
-        }
-        else {
+        } else {
             unsigned char k8, v8;
             if (rd_byte(r, &k8) < 0 || rd_byte(r, &v8) < 0 || rd_be(r, 4, &size) < 0) {
                 return -1;
@@ -457,16 +452,13 @@ utf8_seq(const unsigned char *s, size_t n)
     if (c >= 0xC2 && c <= 0xDF) {
         len = 2;
         cp = c & 0x1F;
-    }
-    else if (c >= 0xE0 && c <= 0xEF) {
+    } else if (c >= 0xE0 && c <= 0xEF) {
         len = 3;
         cp = c & 0x0F;
-    }
-    else if (c >= 0xF0 && c <= 0xF4) {
+    } else if (c >= 0xF0 && c <= 0xF4) {
         len = 4;
         cp = c & 0x07;
-    }
-    else {
+    } else {
         return 0;
     }
     if (n < len) {
@@ -654,27 +646,20 @@ dec_tag(td_reader *r, bu_buf *out, int *is_error)
         if (fid == 1 && type == T_STRING) {
             st = rd_string(r, &key, &klen);
             have_key = 1;
-        }
-        else if (fid == 2 && type == T_I32) {
+        } else if (fid == 2 && type == T_I32) {
             st = rd_int(r, type, &vtype);
             have_type = 1;
-        }
-        else if (fid == 3 && type == T_STRING) {
+        } else if (fid == 3 && type == T_STRING) {
             st = rd_string(r, &vstr, &slen);
-        }
-        else if (fid == 4 && type == T_DOUBLE) {
+        } else if (fid == 4 && type == T_DOUBLE) {
             st = rd_double(r, &vdouble);
-        }
-        else if (fid == 5 && type == T_BOOL) {
+        } else if (fid == 5 && type == T_BOOL) {
             st = rd_bool(r, 1, &vbool);
-        }
-        else if (fid == 6 && type == T_I64) {
+        } else if (fid == 6 && type == T_I64) {
             st = rd_int(r, type, &vlong);
-        }
-        else if (fid == 7 && type == T_STRING) {
+        } else if (fid == 7 && type == T_STRING) {
             st = rd_string(r, &vbin, &blen);
-        }
-        else {
+        } else {
             st = skip_value(r, type, 1);
         }
         if (st < 0) {
@@ -691,7 +676,8 @@ dec_tag(td_reader *r, bu_buf *out, int *is_error)
     int is_err_key = klen == 5 && memcmp(key, "error", 5) == 0;
     switch (vtype) {
     case 1: /* DOUBLE */
-        if (J_LIT(r, out, ",\"type\":\"float64\",\"value\":") < 0 || j_double(r, out, vdouble) < 0) {
+        if (J_LIT(r, out, ",\"type\":\"float64\",\"value\":") < 0 ||
+            j_double(r, out, vdouble) < 0) {
             goto done;
         }
         break;
@@ -786,12 +772,10 @@ dec_log(td_reader *r, bu_buf *out, bu_buf *scratch)
         if (fid == 1 && type == T_I64) {
             st = rd_int(r, type, &ts);
             have_ts = 1;
-        }
-        else if (fid == 2 && type == T_LIST && !have_fields) {
+        } else if (fid == 2 && type == T_LIST && !have_fields) {
             st = dec_tags(r, scratch, &dummy) < 0 ? -1 : 0;
             have_fields = 1;
-        }
-        else {
+        } else {
             st = skip_value(r, type, 1);
         }
         if (st < 0) {
@@ -846,18 +830,14 @@ dec_ref(td_reader *r, td_ref *ref)
             st = rd_int(r, type, &v);
             if (fid == 1) {
                 ref->kind = v;
-            }
-            else if (fid == 2) {
+            } else if (fid == 2) {
                 ref->trace_lo = (uint64_t)v;
-            }
-            else if (fid == 3) {
+            } else if (fid == 3) {
                 ref->trace_hi = (uint64_t)v;
-            }
-            else {
+            } else {
                 ref->span_id = (uint64_t)v;
             }
-        }
-        else {
+        } else {
             st = skip_value(r, type, 1);
         }
         if (st < 0) {
@@ -952,17 +932,13 @@ dec_span(td_reader *r, td_scratch *sc)
             default:
                 dur = v;
             }
-        }
-        else if (fid == 5 && type == T_STRING) {
+        } else if (fid == 5 && type == T_STRING) {
             st = rd_string(r, &op, &oplen);
-        }
-        else if (fid == 7 && type == T_I32) {
+        } else if (fid == 7 && type == T_I32) {
             st = rd_int(r, type, &flags);
-        }
-        else if (fid == 10 && type == T_LIST) {
+        } else if (fid == 10 && type == T_LIST) {
             st = dec_tags(r, &sc->tags, &error) < 0 ? -1 : 0;
-        }
-        else if (fid == 6 && type == T_LIST) {
+        } else if (fid == 6 && type == T_LIST) {
             int et;
             uint32_t n;
             st = rd_list(r, &et, &n);
@@ -974,8 +950,7 @@ dec_span(td_reader *r, td_scratch *sc)
                 if (nv == NULL) {
                     r->nomem = 1;
                     st = td_fail(r, "out of memory");
-                }
-                else {
+                } else {
                     sc->refv = nv;
                     sc->caprefv = n;
                 }
@@ -986,8 +961,7 @@ dec_span(td_reader *r, td_scratch *sc)
             if (st == 0) {
                 sc->nrefv = n;
             }
-        }
-        else if (fid == 11 && type == T_LIST) {
+        } else if (fid == 11 && type == T_LIST) {
             int et;
             uint32_t n;
             st = rd_list(r, &et, &n);
@@ -1009,8 +983,7 @@ dec_span(td_reader *r, td_scratch *sc)
             if (st == 0 && n) {
                 st = J_LIT(r, &sc->logs, "]");
             }
-        }
-        else {
+        } else {
             st = skip_value(r, type, 1);
         }
         if (st < 0) {
@@ -1069,8 +1042,7 @@ dec_span(td_reader *r, td_scratch *sc)
     if (trace_hi) {
         snprintf(tid, sizeof tid, "%016llx%016llx", (unsigned long long)trace_hi,
                  (unsigned long long)trace_lo);
-    }
-    else {
+    } else {
         snprintf(tid, sizeof tid, "%016llx", (unsigned long long)trace_lo);
     }
     row = PyTuple_New(11);
@@ -1078,16 +1050,11 @@ dec_span(td_reader *r, td_scratch *sc)
         goto done;
     }
     PyObject *items[11] = {
-        PyUnicode_FromString(tid),
-        PyLong_FromLongLong(span_id),
-        PyLong_FromLongLong(parent),
-        PyUnicode_DecodeUTF8(op, (Py_ssize_t)oplen, "replace"),
-        PyLong_FromLongLong(flags),
-        PyLong_FromLongLong(start),
-        PyLong_FromLongLong(dur),
-        PyLong_FromLong(error),
-        json_or_none(&sc->refs),
-        json_or_none(&sc->tags),
+        PyUnicode_FromString(tid),   PyLong_FromLongLong(span_id),
+        PyLong_FromLongLong(parent), PyUnicode_DecodeUTF8(op, (Py_ssize_t)oplen, "replace"),
+        PyLong_FromLongLong(flags),  PyLong_FromLongLong(start),
+        PyLong_FromLongLong(dur),    PyLong_FromLong(error),
+        json_or_none(&sc->refs),     json_or_none(&sc->tags),
         json_or_none(&sc->logs),
     };
     int bad = 0;
@@ -1135,11 +1102,9 @@ dec_process(td_reader *r, td_scratch *sc, PyObject **service, PyObject **ptags)
         }
         if (fid == 1 && type == T_STRING) {
             st = rd_string(r, &name, &nlen);
-        }
-        else if (fid == 2 && type == T_LIST) {
+        } else if (fid == 2 && type == T_LIST) {
             st = dec_tags(r, &sc->tags, &dummy) < 0 ? -1 : 0;
-        }
-        else {
+        } else {
             st = skip_value(r, type, 1);
         }
         if (st < 0) {
@@ -1183,8 +1148,7 @@ dec_batch(td_reader *r)
         }
         if (fid == 1 && type == T_STRUCT) {
             st = dec_process(r, &sc, &service, &ptags);
-        }
-        else if (fid == 2 && type == T_LIST && rows == NULL) {
+        } else if (fid == 2 && type == T_LIST && rows == NULL) {
             int et;
             uint32_t n;
             if (rd_list(r, &et, &n) < 0) {
@@ -1205,8 +1169,7 @@ dec_batch(td_reader *r)
                 }
                 PyList_SET_ITEM(rows, i, row);
             }
-        }
-        else {
+        } else {
             st = skip_value(r, type, 1);
         }
         if (st < 0) {
@@ -1256,8 +1219,7 @@ dec_envelope(td_reader *r)
         if (rd_varint(r, &seq) < 0 || rd_string(r, &name, &nlen) < 0) {
             return -1;
         }
-    }
-    else {
+    } else {
         uint64_t head, seq;
         if (rd_be(r, 4, &head) < 0) {
             return -1;
@@ -1270,8 +1232,7 @@ dec_envelope(td_reader *r)
             if (rd_string(r, &name, &nlen) < 0 || rd_be(r, 4, &seq) < 0) {
                 return -1;
             }
-        }
-        else {
+        } else {
             /* old non-strict form: name length, name, type byte, seqid */
             unsigned char t;
             if (head > (uint64_t)(r->end - r->p)) {
@@ -1321,8 +1282,7 @@ decode_payload(td_reader *r, int kind)
                 if (batch == NULL) {
                     goto done;
                 }
-            }
-            else if (skip_value(r, type, 1) < 0) {
+            } else if (skip_value(r, type, 1) < 0) {
                 Py_CLEAR(batch);
                 goto done;
             }
@@ -1330,8 +1290,7 @@ decode_payload(td_reader *r, int kind)
         if (batch == NULL) {
             td_fail(r, "emitBatch without a batch");
         }
-    }
-    else {
+    } else {
         batch = dec_batch(r);
     }
 done:
@@ -1362,11 +1321,10 @@ thrift_decode(PyObject *Py_UNUSED(m), PyObject *args)
     if (res == NULL && !PyErr_Occurred()) {
         if (r.nomem) {
             PyErr_NoMemory();
-        }
-        else {
-            PyErr_Format(PyExc_ValueError, "malformed Jaeger Thrift payload: %s (at byte %zd of %zd)",
-                         r.err ? r.err : "unknown error", (Py_ssize_t)(r.p - r.start),
-                         (Py_ssize_t)view.len);
+        } else {
+            PyErr_Format(
+                PyExc_ValueError, "malformed Jaeger Thrift payload: %s (at byte %zd of %zd)",
+                r.err ? r.err : "unknown error", (Py_ssize_t)(r.p - r.start), (Py_ssize_t)view.len);
         }
     }
 done:

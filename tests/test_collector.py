@@ -140,12 +140,14 @@ def test_our_spans_are_stored_with_parents_and_references(collector, route):
     _check_our_trace(show_json(collector, str(uuid.UUID(int=trace))))
 
 
-def test_our_exporter_reaches_the_collector(collector):
-    """bu_osprofiler's own exporter (jaeger:// over UDP) into the collector."""
+@pytest.mark.parametrize("scheme,port", [("jaeger", "udp_compact"), ("jaeger+binary", "udp_binary"),
+                                         ("jaeger+http", "http")])
+def test_our_exporter_reaches_the_collector(collector, scheme, port):
+    """bu_osprofiler's own exporter (UDP Compact, UDP Binary, HTTP) into the collector."""
     try:
-        bu_osprofiler.configure("bu-exported", f"jaeger://127.0.0.1:{collector.ports['udp_compact']}")
+        bu_osprofiler.configure("bu-exported", f"{scheme}://127.0.0.1:{collector.ports[port]}")
     except (ValueError, ImportError) as e:  # the exporter is not on this branch yet
-        pytest.skip(f"jaeger:// exporter unavailable: {e}")
+        pytest.skip(f"{scheme}:// exporter unavailable: {e}")
     try:
         with bu_osprofiler.start_span("parent") as parent:
             with bu_osprofiler.start_span("child", child_of=parent):

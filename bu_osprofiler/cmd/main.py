@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-size", type=float, default=1024.0, metavar="MB",
                    help="delete the oldest traces while the store is larger (default 1024; 0 = "
                         "no limit)")
+    c.add_argument("--report-every", type=float, default=60.0, metavar="SECONDS",
+                   help="print ingest counters this often when they change (default 60; 0 = "
+                        "never)")
 
     t = sub.add_parser("trace", help="list and show stored traces",
                        description="Read traces from the embedded store or a Jaeger endpoint.")
@@ -179,8 +182,18 @@ def cmd_collector(args: argparse.Namespace) -> int:
         for key, url in urls.items():
             print(f"  {labels[key]:<46} {url}", flush=True)
         print("  press Ctrl-C to stop", flush=True)
+        last = col.stats()
+        last_t = time.monotonic()
         while not stop.wait(1.0):
-            pass
+            if time.monotonic() - last_t >= args.report_every > 0:
+                now = col.stats()
+                if now != last:
+                    dt = time.monotonic() - last_t
+                    print(f"bu-osprofiler collector: {now['spans_stored']} spans stored "
+                          f"(+{(now['spans_stored'] - last['spans_stored']) / dt:.0f}/s), "
+                          f"{now['malformed_datagrams'] + now['malformed_http']} malformed, "
+                          f"{now['dropped_queue_full']} dropped", flush=True)
+                last, last_t = now, time.monotonic()
         print(f"bu-osprofiler collector: {received[0] if received else 'stop'}, storing what was "
               "received...", flush=True)
     finally:

@@ -222,11 +222,7 @@ class Collector:
         except Exception as e:  # noqa: BLE001
             self.count("store_errors", pending)
             self._warn.warn("store", "collector: commit failed, %d spans lost: %s", pending, e)
-            try:
-                w.conn.execute("ROLLBACK")
-            except Exception:  # noqa: BLE001
-                pass
-            w._in_tx = False
+            w.rollback()
 
     def _retention(self, w: Any) -> None:
         try:
@@ -546,8 +542,14 @@ class _QueryHandler(_BaseHandler):
             else:
                 from bu_osprofiler.collector import web
                 self.send_body(400, web.render_error(400, str(e)).encode(), "text/html; charset=utf-8")
-        except BrokenPipeError:
+        except (BrokenPipeError, ConnectionResetError):
             pass
+        except Exception as e:  # noqa: BLE001 -- e.g. a damaged store: answer, log, keep serving
+            c._warn.warn("query", "collector: %s failed: %s", path, e)
+            try:
+                self.send_json(500, _envelope(None, 0, [{"code": 500, "msg": str(e)}]))
+            except OSError:
+                pass
 
     def _route(self, c: Collector, path: str, q: Dict[str, List[str]]) -> None:
         from bu_osprofiler.collector import web

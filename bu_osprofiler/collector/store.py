@@ -155,44 +155,57 @@ class Store:
         """Ids of the traces with a span matching every criterion, most recent first
         (Jaeger's search semantics; tags match span tags and process tags)."""
         where, args = [], []
-        if service:
-            where.append("service_id = (SELECT id FROM services WHERE name = ?)")
-            args.append(service)
-        if operation:
-            where.append("operation = ?")
-            args.append(operation)
-        if start_us is not None:
-            where.append("start_us >= ?")
-            args.append(int(start_us))
-        if end_us is not None:
-            where.append("start_us <= ?")
-            args.append(int(end_us))
-        if min_duration_us:
-            where.append("duration_us >= ?")
-            args.append(int(min_duration_us))
-        if max_duration_us:
-            where.append("duration_us <= ?")
-            args.append(int(max_duration_us))
-        tags = dict(tags or {})
-        if errors_only or str(tags.get("error", "")).lower() == "true":
-            tags.pop("error", None)
-            where.append("error = 1")
-        for k, v in tags.items():
-            match = ("EXISTS (SELECT 1 FROM json_each({src}) j WHERE"
-                     " json_extract(j.value, '$.key') = ? AND"
-                     " (CASE json_type(j.value, '$.value') WHEN 'true' THEN 'true'"
-                     " WHEN 'false' THEN 'false'"
-                     " ELSE CAST(json_extract(j.value, '$.value') AS TEXT) END) = ?)")
-            where.append("(" + match.format(src="spans.tags") + " OR " + match.format(
-                src="(SELECT tags FROM processes WHERE id = spans.process_id)") + ")")
-            args += [str(k), str(v), str(k), str(v)]
-        sql = "SELECT trace_id, MAX(start_us) AS t FROM spans"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " GROUP BY trace_id ORDER BY t DESC LIMIT ?"
-        args.append(max(1, min(int(limit), 10000)))
         with _closing(self.connect()) as c:
-            return [r[0] for r in c.execute(sql, args)]
+            if service:
+                row = c.execute("SELECT id FROM services WHERE name = ?", (service,)).fetchone()
+                if row is None:
+                    return []
+                where.append("service_id = ?")
+                args.append(row[0])
+            if operation:
+                where.append("operation = ?")
+                args.append(operation)
+            if start_us is not None:
+                where.append("start_us >= ?")
+                args.append(int(start_us))
+            if end_us is not None:
+                where.append("start_us <= ?")
+                args.append(int(end_us))
+            if min_duration_us:
+                where.append("duration_us >= ?")
+                args.append(int(min_duration_us))
+            if max_duration_us:
+                where.append("duration_us <= ?")
+                args.append(int(max_duration_us))
+            tags = dict(tags or {})
+            if errors_only or str(tags.get("error", "")).lower() == "true":
+                tags.pop("error", None)
+                where.append("error = 1")
+            for k, v in tags.items():
+                match = ("EXISTS (SELECT 1 FROM json_each({src}) j WHERE"
+                         " json_extract(j.value, '$.key') = ? AND"
+                         " (CASE json_type(j.value, '$.value') WHEN 'true' THEN 'true'"
+                         " WHEN 'false' THEN 'false'"
+                         " ELSE CAST(json_extract(j.value, '$.value') AS TEXT) END) = ?)")
+                where.append("(" + match.format(src="spans.tags") + " OR " + match.format(
+                    src="(SELECT tags FROM processes WHERE id = spans.process_id)") + ")")
+                args += [str(k), str(v), str(k), str(v)]
+            # Walk matching spans newest first (an index gives that order) and stop at `limit`
+            # distinct traces: a trace's first appearance is its latest matching span.
+            sql = "SELECT trace_id FROM spans"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY start_us DESC"
+            limit = max(1, min(int(limit), 10000))
+            out: List[str] = []
+            seen = set()
+            for (tid,) in c.execute(sql, args):
+                if tid not in seen:
+                    seen.add(tid)
+                    out.append(tid)
+                    if len(out) >= limit:
+                        break
+            return out
 
     def find_traces(self, **criteria: Any) -> List[Dict[str, Any]]:
         """Full traces (Jaeger JSON) matching :meth:`find_trace_ids` criteria."""
@@ -326,6 +339,14 @@ class StoreWriter:
         if self._in_tx:
             self._in_tx = False
             self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Drop the current transaction (after a failed commit)."""
+        self._in_tx = False
+        try:
+            self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # no transaction was open any more
 
     def close(self) -> None:
         try:

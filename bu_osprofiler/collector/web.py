@@ -29,14 +29,18 @@ def _embed_json(obj: Any) -> str:
         .replace("\u2029", "\\u2029")
 
 
+def _sig3(v: float) -> str:
+    return f"{v:.0f}" if v >= 99.95 else f"{v:.1f}" if v >= 9.995 else f"{v:.2f}"
+
+
 def fmt_duration(us: float) -> str:
-    """Human duration from microseconds: 850µs, 12.3ms, 4.56s."""
+    """Human duration from microseconds, 3 significant digits: 850µs, 12.3ms, 4.56s."""
     us = float(us)
-    if us < 1000:
+    if us < 999.5:
         return f"{us:.0f}µs"
-    if us < 1_000_000:
-        return f"{us / 1000:.3g}ms" if us < 100_000 else f"{us / 1000:.0f}ms"
-    return f"{us / 1e6:.3g}s"
+    if us < 999_500:
+        return _sig3(us / 1000) + "ms"
+    return _sig3(us / 1e6) + "s"
 
 
 def fmt_time(us: float) -> str:

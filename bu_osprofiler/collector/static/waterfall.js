@@ -53,7 +53,10 @@
 
   function pct(t) { return ((t - t0) / total * 100).toFixed(4) + "%"; }
 
-  /* colours: one hue per service, spread by the golden angle */
+  /* colours: one per service; a palette without red first (red means error), then hues spread
+   * by the golden angle */
+  var PALETTE = ["#4e79a7", "#59a14f", "#f28e2b", "#76b7b2", "#b07aa1", "#edc948", "#9c755f",
+                 "#ff9da7", "#bab0ac"];
   var services = [];
   (trace.spans || []).forEach(function (s) {
     var n = service(s);
@@ -61,7 +64,9 @@
   });
   services.sort();
   var colour = {};
-  services.forEach(function (n, i) { colour[n] = "hsl(" + Math.round(i * 137.508 % 360) + ",62%,52%)"; });
+  services.forEach(function (n, i) {
+    colour[n] = i < PALETTE.length ? PALETTE[i] : "hsl(" + Math.round((200 + i * 137.508) % 360) + ",55%,55%)";
+  });
 
   var critical = {};
   view.critical.forEach(function (id) { critical[id] = true; });
@@ -281,6 +286,13 @@
       details.appendChild(kvTable(tagsOf(p.tags)));
     }
     details.hidden = false;
+  }
+
+  /* a link may name a span to open: /trace/ID#span=<16 hex digits> */
+  var wanted = /^#span=([0-9a-f]{16})$/.exec(window.location.hash);
+  if (wanted && spans[wanted[1]]) {
+    var wantedRow = rowsBox.querySelector('[data-span-id="' + wanted[1] + '"]');
+    if (wantedRow) { showDetails(spans[wanted[1]], wantedRow); }
   }
 
   document.body.setAttribute("data-rendered", String(rowsBox.querySelectorAll(".span-row").length));

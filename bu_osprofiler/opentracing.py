@@ -1,0 +1,372 @@
+"""OpenTracing 2.x API over the C core (needs the optional ``opentracing`` package).
+
+``Tracer`` is an ``opentracing.Tracer``; its spans are the core's spans, and its scope manager keeps
+the active span in the core's own ContextVar (``bu_osprofiler.activate`` / ``active_span``), so
+OpenTracing spans, osprofiler trace points and ``@profiler.trace`` decorators nest in one tree::
+
+    import opentracing
+    from bu_osprofiler.opentracing import Tracer
+
+    opentracing.set_global_tracer(Tracer("my-service", "jaeger://127.0.0.1:6831"))
+    with opentracing.global_tracer().start_active_span("handle") as scope:
+        scope.span.set_tag("user", "alice")
+"""
+from __future__ import annotations
+
+import contextvars
+import traceback
+from typing import Any, Iterable, Optional, Union
+
+try:
+    import opentracing
+    from opentracing import Format
+except ImportError as _exc:  # pragma: no cover - depends on the environment
+    raise ImportError("bu_osprofiler.opentracing needs the 'opentracing' package: "
+                      "pip install 'bu_osprofiler[opentracing]'") from _exc
+
+import bu_osprofiler
+from bu_osprofiler import _core, propagation
+from bu_osprofiler._log import warn_limited
+
+__all__ = ["Tracer", "Span", "SpanContext", "ScopeManager"]
+
+_CoreSpan = _core.Span
+_CoreContext = _core.SpanContext
+_MISSING = contextvars.Token.MISSING
+
+
+class SpanContext(opentracing.SpanContext):
+    """An OpenTracing SpanContext over a core ``bu_osprofiler.SpanContext`` (immutable).
+
+    ``debug_id`` is set on a context extracted from a ``jaeger-debug-id`` header (the first span
+    started from it is tagged with it); ``tracestate`` is the W3C tracestate passed through.
+    """
+
+    __slots__ = ("_ctx", "debug_id", "tracestate")
+
+    def __init__(self, ctx: Any, debug_id: Optional[str] = None,
+                 tracestate: Optional[str] = None) -> None:
+        self._ctx = ctx
+        self.debug_id = debug_id
+        self.tracestate = tracestate
+
+    @property
+    def baggage(self) -> dict:
+        return self._ctx.baggage or {}
+
+    @property
+    def core(self) -> Any:
+        """The core ``bu_osprofiler.SpanContext``."""
+        return self._ctx
+
+    trace_id = property(lambda self: self._ctx.trace_id)
+    span_id = property(lambda self: self._ctx.span_id)
+    parent_id = property(lambda self: self._ctx.parent_id)
+    flags = property(lambda self: self._ctx.flags)
+    sampled = property(lambda self: self._ctx.sampled)
+    is_base = property(lambda self: self._ctx.is_base)
+
+    def __repr__(self) -> str:
+        return "OT%r" % (self._ctx,)
+
+
+class Span(opentracing.Span):
+    """An OpenTracing Span over a core ``bu_osprofiler.Span``."""
+
+    def __init__(self, tracer: Optional[opentracing.Tracer], span: Any,
+                 tracestate: Optional[str] = None) -> None:
+        self._tracer = tracer
+        self._span = span
+        self._tracestate = tracestate
+
+    @property
+    def context(self) -> SpanContext:
+        return SpanContext(self._span.context, None, self._tracestate)
+
+    @property
+    def core(self) -> Any:
+        """The core ``bu_osprofiler.Span``."""
+        return self._span
+
+    def set_operation_name(self, operation_name: str) -> "Span":
+        self._span.set_operation_name(operation_name)
+        return self
+
+    def set_tag(self, key: str, value: Any) -> "Span":
+        self._span.set_tag(key, value)
+        return self
+
+    def log_kv(self, key_values: dict, timestamp: Optional[float] = None) -> "Span":
+        self._span.log_kv(key_values, timestamp)
+        return self
+
+    def set_baggage_item(self, key: str, value: str) -> "Span":
+        self._span.set_baggage_item(key, value)
+        return self
+
+    def get_baggage_item(self, key: str) -> Optional[str]:
+        return self._span.get_baggage_item(key)
+
+    def finish(self, finish_time: Optional[float] = None) -> None:
+        self._span.finish(finish_time)
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        # The same error tag and log as the core's spans; finish() is looked up on self so that
+        # a patched finish (the OpenTracing harness does that) is the one called.
+        if exc_val is not None:
+            mod = getattr(exc_type, "__module__", "builtins")
+            kind = exc_type.__qualname__ if mod == "builtins" else "%s.%s" % (
+                mod, exc_type.__qualname__)
+            self.set_tag("error", True)
+            self.log_kv({
+                "event": "error",
+                "error.kind": kind,
+                "error.object": repr(exc_val),
+                "message": str(exc_val),
+                "stack": "".join(traceback.format_exception(exc_type, exc_val, exc_tb)),
+            })
+        self.finish()
+
+    def __repr__(self) -> str:
+        return "OT%r" % (self._span,)
+
+
+# ---------------------------------------------------------------- scope manager
+
+# The Scope objects of this context. The span itself lives in the core's ContextVar: a Scope
+# here is only "the" active scope while its core span is also the core's active span.
+_scope_var: contextvars.ContextVar = contextvars.ContextVar("bu_osprofiler.ot_scope")
+
+
+class _Scope(opentracing.Scope):
+    __slots__ = ("_finish_on_close", "_core", "_token", "_stoken")
+
+    def __init__(self, manager: "ScopeManager", span: Any, finish_on_close: bool,
+                 core: Any, token: Any) -> None:
+        super().__init__(manager, span)
+        self._finish_on_close = finish_on_close
+        self._core = core
+        self._token = token
+        self._stoken = None
+
+    def close(self) -> None:
+        # Only the active scope can be closed (OpenTracing's rule); an implicit scope (a span the
+        # core activated, e.g. a trace point) is not ours to close.
+        if self._token is None or self.manager.active is not self:
+            return
+        try:
+            _core.deactivate(self._token)
+        except (ValueError, RuntimeError):
+            # closed in another context (a callback): put back what we replaced
+            old = self._token.old_value
+            _core.set_active(None if old is _MISSING else old)
+        try:
+            _scope_var.reset(self._stoken)
+        except ValueError:
+            old = self._stoken.old_value
+            _scope_var.set(None if old is _MISSING else old)
+        if self._finish_on_close:
+            self.span.finish()
+
+
+class ScopeManager(opentracing.ScopeManager):
+    """contextvars-based, sharing the core's active-span storage.
+
+    A span activated here is the core's active span (trace points and decorators become its
+    children); a span the core activated (``bu_osprofiler.activate``, a trace point) is the
+    ``active`` scope here, wrapped in a Scope that ``close()`` leaves alone.
+    """
+
+    def __init__(self, tracer: Optional[opentracing.Tracer] = None) -> None:
+        super().__init__()
+        self._tracer = tracer
+
+    def activate(self, span: Any, finish_on_close: bool) -> opentracing.Scope:
+        if isinstance(span, _CoreSpan):
+            span = Span(self._tracer, span)
+        core = span._span if isinstance(span, Span) else None
+        # A foreign span (another tracer's) clears the core's active span: our trace points do
+        # not become children of a span we cannot record.
+        token = _core.activate(core)
+        scope = _Scope(self, span, finish_on_close, core, token)
+        scope._stoken = _scope_var.set(scope)
+        return scope
+
+    @property
+    def active(self) -> Optional[opentracing.Scope]:
+        scope = _scope_var.get(None)
+        cur = _core.active_span()
+        if scope is not None and scope._core is cur:
+            return scope
+        if cur is None:
+            return None
+        return _Scope(self, Span(self._tracer, cur), False, cur, None)
+
+
+# ---------------------------------------------------------------- tracer
+
+def _core_of(obj: Any) -> Any:
+    """The core Span / SpanContext behind an OpenTracing object (None for a foreign one)."""
+    if isinstance(obj, (Span, SpanContext)):
+        return obj.core
+    if isinstance(obj, (_CoreSpan, _CoreContext)):
+        return obj
+    return None
+
+
+def _extra_of(obj: Any) -> tuple:
+    """(debug_id, tracestate) carried by a parent wrapper."""
+    if isinstance(obj, SpanContext):
+        return obj.debug_id, obj.tracestate
+    if isinstance(obj, Span):
+        return None, obj._tracestate
+    return None, None
+
+
+_TEXT_FORMATS = (Format.TEXT_MAP, Format.HTTP_HEADERS)
+
+
+class Tracer(opentracing.Tracer):
+    """OpenTracing 2.x tracer over bu_osprofiler's C core.
+
+    ``service_name`` (with ``**configure_options``) calls :func:`bu_osprofiler.configure`; without
+    it the current configuration is used. ``inject_formats`` / ``extract_formats`` select the
+    header formats for TEXT_MAP and HTTP_HEADERS (default: Jaeger + W3C out; Jaeger, W3C, legacy
+    in), ``hmac_key`` signs legacy osprofiler headers, ``hmac_keys`` verify them.
+    """
+
+    def __init__(self, service_name: Optional[str] = None,
+                 scope_manager: Optional[opentracing.ScopeManager] = None,
+                 inject_formats: Union[str, Iterable[str], None] = None,
+                 extract_formats: Union[str, Iterable[str], None] = None,
+                 hmac_key: Optional[str] = None, hmac_keys: Any = None,
+                 **configure_options: Any) -> None:
+        if service_name is not None:
+            bu_osprofiler.configure(service_name, **configure_options)
+        elif configure_options:
+            raise TypeError("configure options need a service_name")
+        if scope_manager is None:
+            scope_manager = ScopeManager(self)
+        elif isinstance(scope_manager, ScopeManager) and scope_manager._tracer is None:
+            scope_manager._tracer = self
+        super().__init__(scope_manager)
+        self._own_scopes = isinstance(scope_manager, ScopeManager)
+        self._hmac_key = hmac_key
+        self._hmac_keys = propagation.parse_hmac_keys(hmac_keys or hmac_key)
+        self._inject_formats = (None if inject_formats is None
+                                else propagation._check_formats(inject_formats))
+        self._extract_formats = (propagation.DEFAULT_EXTRACT if extract_formats is None
+                                 else propagation._check_formats(extract_formats))
+
+    # -------------------------------------------------------- spans
+
+    def start_active_span(self, operation_name: str, child_of: Any = None,
+                          references: Any = None, tags: Any = None,
+                          start_time: Optional[float] = None, ignore_active_span: bool = False,
+                          finish_on_close: bool = True) -> opentracing.Scope:
+        span = self.start_span(operation_name, child_of, references, tags, start_time,
+                               ignore_active_span)
+        return self._scope_manager.activate(span, finish_on_close)
+
+    def start_span(self, operation_name: Optional[str] = None, child_of: Any = None,
+                   references: Any = None, tags: Any = None, start_time: Optional[float] = None,
+                   ignore_active_span: bool = False) -> Span:
+        parent = None
+        first = None  # the wrapper the new span descends from (for debug id / tracestate)
+        if child_of is not None:
+            parent = _core_of(child_of)
+            first = child_of
+        refs = None
+        if references:
+            if isinstance(references, opentracing.Reference):
+                references = [references]
+            refs = []
+            for ref in references:
+                ctx = _core_of(getattr(ref, "referenced_context", None))
+                if ctx is None:
+                    continue
+                refs.append((ref.type, ctx))
+                if first is None:
+                    first = ref.referenced_context
+            # explicit references (even unusable ones) mean "not the active span"
+            ignore_active_span = True
+        if parent is None and child_of is not None:
+            warn_limited("ot.foreign", "start_span: child_of %s is not a bu_osprofiler span; "
+                         "starting a new trace", type(child_of).__name__)
+            ignore_active_span = True
+        if (parent is None and not refs and not ignore_active_span
+                and not self._own_scopes):
+            # another scope manager: its active span (when ours) is the implicit parent
+            active = self._scope_manager.active
+            if active is not None:
+                parent = _core_of(active.span)
+                first = active.span
+            ignore_active_span = True
+        elif parent is None and not refs and not ignore_active_span:
+            scope = _scope_var.get(None)
+            if scope is not None and isinstance(scope.span, Span):
+                first = scope.span
+        debug_id, tracestate = _extra_of(first)
+        if debug_id:
+            tags = dict(tags or {})
+            tags[propagation.DEBUG_ID_TAG] = debug_id
+        span = _core.start_span(operation_name, child_of=parent, references=refs, tags=tags,
+                                start_time=start_time, ignore_active_span=ignore_active_span)
+        return Span(self, span, tracestate)
+
+    # -------------------------------------------------------- propagation
+
+    def inject(self, span_context: Any, format: str, carrier: Any) -> None:
+        ctx = _core_of(span_context)
+        if ctx is None:
+            raise opentracing.InvalidCarrierException(
+                "inject() needs a bu_osprofiler span context, not %s"
+                % type(span_context).__name__)
+        if isinstance(ctx, _CoreSpan):
+            ctx = ctx.context
+        if format == Format.BINARY:
+            if not isinstance(carrier, bytearray):
+                raise opentracing.InvalidCarrierException("BINARY carrier must be a bytearray")
+            carrier.extend(propagation.inject_binary(ctx))
+        elif format in _TEXT_FORMATS:
+            if not hasattr(carrier, "__setitem__") or isinstance(carrier, (bytearray, list)):
+                raise opentracing.InvalidCarrierException(
+                    "%s carrier must be a mutable mapping" % format)
+            tracestate = _extra_of(span_context)[1]
+            propagation.inject(ctx, carrier, self._inject_formats, hmac_key=self._hmac_key,
+                               url_encode=format == Format.HTTP_HEADERS, tracestate=tracestate)
+        else:
+            raise opentracing.UnsupportedFormatException(format)
+
+    def extract(self, format: str, carrier: Any) -> Optional[SpanContext]:
+        if format == Format.BINARY:
+            if not isinstance(carrier, (bytes, bytearray, memoryview)):
+                raise opentracing.InvalidCarrierException("BINARY carrier must be bytes-like")
+            try:
+                ctx = propagation.extract_binary(carrier, strict=True)
+            except ValueError as exc:
+                raise opentracing.SpanContextCorruptedException(str(exc)) from None
+            return None if ctx is None else SpanContext(ctx)
+        if format not in _TEXT_FORMATS:
+            raise opentracing.UnsupportedFormatException(format)
+        if not hasattr(carrier, "items"):
+            raise opentracing.InvalidCarrierException("%s carrier must be a mapping" % format)
+        got = propagation.extract_context(carrier, self._extract_formats, self._hmac_keys,
+                                          url_decode=format == Format.HTTP_HEADERS)
+        if got.context is None:
+            self._raise_if_corrupted(carrier)
+            return None
+        return SpanContext(got.context, got.debug_id, got.tracestate)
+
+    def _raise_if_corrupted(self, carrier: Any) -> None:
+        """A trace id header was there but unreadable: OpenTracing calls that corrupted."""
+        try:
+            found = _core.scan(carrier)
+        except TypeError:
+            raise opentracing.InvalidCarrierException("carrier items are not (key, value)")
+        if found is None:
+            return
+        if found[propagation._S_UBER] is not None and propagation.JAEGER in self._extract_formats:
+            raise opentracing.SpanContextCorruptedException("invalid uber-trace-id")
+        if found[propagation._S_TRACEPARENT] is not None and propagation.W3C in self._extract_formats:
+            raise opentracing.SpanContextCorruptedException("invalid traceparent")
