@@ -104,7 +104,7 @@ def inline_copy_context_span(n):
 
 
 def inline_bu_manual_init(n):
-    get, init, clean = profiler.get, profiler.init, profiler.clean
+    get, init = profiler.get, profiler.init
     for _ in range(n):
         p = get()
         info = {"hmac_key": p.hmac_key, "base_id": p.get_base_id(), "parent_id": p.get_id()}

@@ -18,8 +18,9 @@ Explicit API::
 Automatic integration: :func:`install` patches ``threading.Thread`` (start / join),
 ``concurrent.futures`` thread pools (submit, map, Future.result / exception, wait, as_completed),
 eventlet (spawn, spawn_n, spawn_after, GreenThread.wait, GreenPool spawn / spawn_n / waitall /
-imap / starmap; with or without monkey patching) and asyncio (create_task / ensure_future / gather
-branches; ``await task``, gather, wait, TaskGroup and run_until_complete joins).  :func:`uninstall` restores them.
+imap / starmap; with or without monkey patching) and asyncio (create_task / ensure_future /
+gather branches; ``await task``, gather, wait, TaskGroup and run_until_complete joins).
+:func:`uninstall` restores them.
 
 Cost model: nothing is done unless a *sampled* span is active where the work is forked (one C
 call and a compare otherwise), and a branch only carries the forking span, never the caller's other
@@ -137,6 +138,10 @@ class Branch:
         return "<Branch %s %s>" % (self.name or self.kind or "?", state)
 
     def __enter__(self) -> "Branch":
+        return self._begin()
+
+    def _begin(self) -> "Branch":
+        # (frames: _begin, __enter__ / __aenter__, then the code that entered the branch)
         if self._state != _NEW:
             self._extra += 1
             warn_limited("branch-reuse", "a fork() branch was entered more than once; "
@@ -149,7 +154,7 @@ class Branch:
                 kind = self.kind or _detect_kind()
                 target = self.target
                 what = (_qualname(target) if target is not None
-                        else _frame_qualname(sys._getframe(1)))
+                        else _frame_qualname(sys._getframe(2)))
                 name = kind + ":" + what
             self.target = None  # named: no need to keep what ran (or a cycle through it)
             span = _start_span(name, self.parent)  # (positional + set_tag: the fast paths)
@@ -190,7 +195,7 @@ class Branch:
         return False
 
     async def __aenter__(self) -> "Branch":
-        return self.__enter__()
+        return self._begin()
 
     async def __aexit__(self, etype: Any, exc: Any, tb: Any) -> bool:
         return self.__exit__(etype, exc, tb)

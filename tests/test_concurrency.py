@@ -215,6 +215,32 @@ def test_explicit_named_branch_in_asyncio():
     assert sorted(b.operation_name for b in branches) == ["step-0", "step-1", "step-2"]
 
 
+def test_unnamed_branch_is_named_after_the_code_that_enters_it():
+    async def coro_side(branch):
+        async with branch:
+            await asyncio.sleep(0)
+
+    def thread_side(branch):
+        with branch:
+            pass
+
+    async def main():
+        root = bu_osprofiler.start_span("request")
+        token = bu_osprofiler.activate(root)
+        a, t = profiler.fork(), profiler.fork()
+        await asyncio.get_running_loop().create_task(coro_side(a))
+        th = threading.Thread(target=thread_side, args=(t,))
+        th.start()
+        th.join()
+        bu_osprofiler.deactivate(token)
+        root.finish()
+
+    asyncio.run(main())
+    names = sorted(s.operation_name for s in bu_osprofiler.finished_spans() if s.tags.get("fork"))
+    prefix = "test_unnamed_branch_is_named_after_the_code_that_enters_it.<locals>."
+    assert names == ["task:" + prefix + "coro_side", "thread:" + prefix + "thread_side"]
+
+
 def test_fork_untraced_is_inert_and_keeps_results():
     branch = profiler.fork()
     assert branch.run(lambda x: x * 2, 21) == 42
@@ -532,7 +558,8 @@ def test_eventlet_spawn_after_wait(installed):
             gt.wait()
 
     root, _ = request(body)
-    check_fork_join(root, "greenthread:test_eventlet_spawn_after_wait.<locals>.body.<locals>.gsleep")
+    check_fork_join(
+        root, "greenthread:test_eventlet_spawn_after_wait.<locals>.body.<locals>.gsleep")
 
 
 @pytest.mark.parametrize("how", ["spawn", "spawn_n"])
