@@ -157,8 +157,8 @@ def configure(
                 sampler_param = float(env_param)
             except ValueError:
                 raise ValueError("JAEGER_SAMPLER_PARAM must be a number, got %r" % env_param)
-        else:
-            sampler_param = 1.0
+        else:  # remote: Jaeger clients' initial probability until the first strategy arrives
+            sampler_param = 0.001 if sampler == "remote" else 1.0
     if trace_id_128bit is None:
         env_128 = _env_bool("JAEGER_TRACEID_128BIT")
         trace_id_128bit = True if env_128 is None else env_128

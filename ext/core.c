@@ -145,7 +145,10 @@ register_process(PyObject *m, PyObject *args)
     memcpy(p->service, service, (size_t)slen + 1);
     p->service_len = (size_t)slen;
     p->ntags = (uint16_t)n;
-    return PyLong_FromLong(st->nprocesses++);
+    uint16_t idx = st->nprocesses;
+    /* Release: the flusher thread reads entries below nprocesses without the GIL. */
+    __atomic_store_n(&st->nprocesses, (uint16_t)(idx + 1), __ATOMIC_RELEASE);
+    return PyLong_FromLong(idx);
 }
 
 static PyObject *
