@@ -134,9 +134,14 @@ def configure(
     ``memory://`` keeps finished spans for :func:`finished_spans`; ``none://`` discards them.
     The sampler (``const``, ``probabilistic``, ``ratelimiting``, ``remote``) decides for new
     root spans; defaults come from ``$JAEGER_SAMPLER_TYPE`` / ``$JAEGER_SAMPLER_PARAM`` and
-    otherwise sample everything. Raises ValueError for invalid values. May be called again.
+    otherwise sample everything. ``fork_join=True`` (or ``$BU_OSPROFILER_FORK_JOIN=1``) installs
+    the automatic fork/join integration (:mod:`bu_osprofiler.concurrency`), ``False`` removes it.
+    Raises ValueError for invalid values. May be called again.
     """
     global _exporter
+    fork_join = options.pop("fork_join", None)
+    if fork_join is None:
+        fork_join = _env_bool("BU_OSPROFILER_FORK_JOIN")
     service_name = service_name or os.environ.get("JAEGER_SERVICE_NAME") or "unknown_service"
     if connection_string is None:
         connection_string = _default_connection_string()
@@ -193,6 +198,13 @@ def configure(
             _core.set_mode(_core.MODE_REPORTER)
             _exporter = new_exporter
             _exporter.start()
+    if fork_join is not None:
+        from bu_osprofiler import concurrency
+
+        if fork_join:
+            concurrency.install()
+        else:
+            concurrency.uninstall()
 
 
 def settings() -> dict[str, Any]:
