@@ -23,6 +23,8 @@ import time
 import urllib.request
 from typing import Any, Optional, Sequence
 
+from bu_osprofiler import profiler
+
 KEY = "demo-hmac-key"
 TOPIC = "bu-osprofiler-demo"
 STEPS = (("allocate_network", 0.030), ("attach_volume", 0.010), ("fetch_image", 0.020))
@@ -43,10 +45,16 @@ def _setup_service(service: str, agent: str) -> None:
 def _transport(url: str) -> Any:
     import oslo_messaging as om
     from oslo_config import cfg
+    from oslo_messaging import opts as om_opts
 
-    conf = cfg.ConfigOpts()
-    conf([], project="bu-osprofiler-demo")
-    om.set_transport_defaults("bu-osprofiler-demo")
+    # oslo.messaging reads some of its option groups from the global CONF only.
+    conf = cfg.CONF
+    if not getattr(_transport, "configured", False):
+        for group, options in om_opts.list_opts():
+            conf.register_opts(options, group=group)
+        conf([], project="bu-osprofiler-demo")
+        conf.set_override("amqp_auto_delete", True, group="oslo_messaging_rabbit")
+        _transport.configured = True  # type: ignore[attr-defined]
     return om.get_rpc_transport(conf, url=url)
 
 
@@ -66,49 +74,54 @@ def _engine(path: str) -> Any:
     return engine
 
 
-def _conductor_endpoint(engine: Any) -> Any:
-    import concurrent.futures
+class ConductorManager(metaclass=profiler.TracedMeta):
+    """The conductor's RPC endpoint, traced the way Nova traces its managers."""
 
-    import sqlalchemy as sa
+    __trace_args__ = {"name": "rpc", "hide_args": False}
 
-    from bu_osprofiler import profiler
+    def __init__(self, engine: Any) -> None:
+        import concurrent.futures
 
-    class ConductorManager(metaclass=profiler.TracedMeta):
-        __trace_args__ = {"name": "rpc", "hide_args": False}
+        self.engine = engine
+        self.pool = concurrent.futures.ThreadPoolExecutor(4, "demo-step")
 
-        def __init__(self) -> None:
-            self.pool = concurrent.futures.ThreadPoolExecutor(4, "demo-step")
+    def build_instance(self, ctxt: Any, name: str) -> dict:
+        import concurrent.futures
 
-        def build_instance(self, ctxt: Any, name: str) -> dict:
-            with profiler.Trace("schedule", info={"instance": name}):
-                with engine.connect() as c:
-                    host = c.execute(sa.text(
-                        "SELECT name FROM hosts ORDER BY free DESC LIMIT 1")).scalar()
-            futures = [self.pool.submit(self._step, step, delay) for step, delay in STEPS]
-            results = [f.result() for f in futures]  # the join
-            with engine.begin() as c:
-                c.execute(sa.text("INSERT INTO instances VALUES (:n, :h)"), {"n": name, "h": host})
-            return {"name": name, "host": host, "steps": results}
+        import sqlalchemy as sa
 
-        def _step(self, step: str, delay: float) -> str:
-            with profiler.Trace(step):
-                time.sleep(delay)
-                with engine.connect() as c:
-                    c.execute(sa.text("SELECT count(*) FROM instances")).scalar()
-            return step
+        with profiler.Trace("schedule", info={"instance": name}):
+            with self.engine.connect() as c:
+                host = c.execute(sa.text(
+                    "SELECT name FROM hosts ORDER BY free DESC LIMIT 1")).scalar()
+        # Three concurrent steps (forks), then one wait for all of them (the join).
+        futures = [self.pool.submit(self._step, step, delay) for step, delay in STEPS]
+        concurrent.futures.wait(futures)
+        with self.engine.begin() as c:
+            c.execute(sa.text("INSERT INTO instances VALUES (:n, :h)"), {"n": name, "h": host})
+        return {"name": name, "host": host, "steps": [f.result() for f in futures]}
 
-        def notify_created(self, ctxt: Any, name: str) -> None:
-            with engine.begin() as c:
-                c.execute(sa.text("INSERT INTO events VALUES (:n, 'created')"), {"n": name})
+    def _step(self, step: str, delay: float) -> str:
+        import sqlalchemy as sa
 
-    return ConductorManager()
+        with profiler.Trace(step):
+            time.sleep(delay)
+            with self.engine.connect() as c:
+                c.execute(sa.text("SELECT count(*) FROM instances")).scalar()
+        return step
+
+    def notify_created(self, ctxt: Any, name: str) -> None:
+        import sqlalchemy as sa
+
+        with self.engine.begin() as c:
+            c.execute(sa.text("INSERT INTO events VALUES (:n, 'created')"), {"n": name})
 
 
 def _rpc_server(url: str, db: str) -> Any:
     import oslo_messaging as om
 
     server = om.get_rpc_server(_transport(url), om.Target(topic=TOPIC, server="conductor-1"),
-                               [_conductor_endpoint(_engine(db))], executor="threading")
+                               [ConductorManager(_engine(db))], executor="threading")
     server.start()
     return server
 
@@ -132,7 +145,7 @@ def role_api(args: argparse.Namespace) -> int:
     import webob.dec
     import webob.exc
 
-    from bu_osprofiler import profiler, web
+    from bu_osprofiler import web
 
     _setup_service("nova-api", args.agent)
     server = _rpc_server(args.transport_url, args.db) if args.with_conductor else None
@@ -176,9 +189,12 @@ def role_api(args: argparse.Namespace) -> int:
 
 # ================================================================ the demo itself
 
-def _start(role: str, extra: Sequence[str], ready: str, timeout: float) -> tuple:
-    proc = subprocess.Popen([sys.executable, "-m", "bu_osprofiler.demo", role, *extra],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def _start(role: str, extra: Sequence[str], ready: str, timeout: float, log: str) -> tuple:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")  # library deprecation chatter
+    with open(log, "ab") as err:  # the services' own logs, kept out of the demo's output
+        proc = subprocess.Popen([sys.executable, "-m", "bu_osprofiler.demo", role, *extra],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                text=True, env=env)
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
     while time.monotonic() < deadline:
@@ -188,7 +204,8 @@ def _start(role: str, extra: Sequence[str], ready: str, timeout: float) -> tuple
         if line.startswith(ready):
             return proc, line[len(ready):].strip()
     proc.kill()
-    raise RuntimeError("the %s process did not start (exit code %s)" % (role, proc.poll()))
+    raise RuntimeError("the %s process did not start (exit code %s); see %s"
+                       % (role, proc.poll(), log))
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -221,7 +238,7 @@ def _wait_for_trace(store: Any, trace_id: str, want: set, timeout: float) -> Opt
 
 def run_demo(args: argparse.Namespace) -> int:
     import bu_osprofiler
-    from bu_osprofiler import profiler, web
+    from bu_osprofiler import web
     from bu_osprofiler.cmd import render
     from bu_osprofiler.collector.server import Collector
     from bu_osprofiler.collector.web import render_trace
@@ -231,6 +248,7 @@ def run_demo(args: argparse.Namespace) -> int:
     db_path = args.db or os.path.join(workdir, "traces.db")
     app_db = os.path.join(workdir, "cloud.sqlite")
     html_path = args.html or os.path.join(workdir, "trace.html")
+    log = os.path.join(workdir, "services.log")
     collector = Collector(db_path=db_path, udp_port=0, udp_binary_port=None, http_port=0,
                           query_port=args.query_port).start()
     procs = []
@@ -241,8 +259,9 @@ def run_demo(args: argparse.Namespace) -> int:
         fake = args.transport_url.startswith("fake:")
         common = ["--agent", agent, "--transport-url", args.transport_url, "--db", app_db]
         if not fake:
-            procs.append(_start("conductor", common, "READY", 60)[0])
-        api, port = _start("api", common + (["--with-conductor"] if fake else []), "PORT ", 60)
+            procs.append(_start("conductor", common, "READY", 60, log)[0])
+        api, port = _start("api", common + (["--with-conductor"] if fake else []), "PORT ", 60,
+                           log)
         procs.append(api)
 
         # The client: as novaclient with --profile, it starts the trace and sends its headers.
@@ -272,7 +291,8 @@ def run_demo(args: argparse.Namespace) -> int:
         want |= {s for s, _ in STEPS}
         trace = _wait_for_trace(collector.store, trace_id, want, 20)
         if trace is None:
-            print("error: trace %s did not reach the collector" % trace_id, file=sys.stderr)
+            print("error: trace %s did not reach the collector (service logs: %s)"
+                  % (trace_id, log), file=sys.stderr)
             return 1
         print()
         print(render.tree(trace, critical_path=True))
