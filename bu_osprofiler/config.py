@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import types
 from typing import Any, Mapping, NamedTuple, Optional
 
 from bu_osprofiler import _core
-from bu_osprofiler.version import __version__
 
 SpanContext = _core.SpanContext
 
@@ -59,63 +57,6 @@ def _to_finished(rec: tuple) -> FinishedSpan:
     )
 
 
-def _env_bool(name: str) -> Optional[bool]:
-    v = os.environ.get(name)
-    if v is None or v == "":
-        return None
-    return v.strip().lower() in ("1", "true", "yes", "on")
-
-
-def _parse_tags_env(value: str) -> dict[str, str]:
-    """JAEGER_TAGS: ``k=v,k2=v2``; ``${ENV:default}`` values are expanded like Jaeger clients do."""
-    tags: dict[str, str] = {}
-    for item in value.split(","):
-        if "=" not in item:
-            continue
-        k, v = item.split("=", 1)
-        k, v = k.strip(), v.strip()
-        if v.startswith("${") and v.endswith("}"):
-            env, _, default = v[2:-1].partition(":")
-            v = os.environ.get(env, default)
-        if k:
-            tags[k] = v
-    return tags
-
-
-def _local_ip() -> str:
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
-
-
-def process_tags(user_tags: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-    """Process-level tags Jaeger clients send: jaeger.version, hostname, ip, plus user tags."""
-    tags: dict[str, Any] = {
-        "jaeger.version": "bu_osprofiler-" + __version__,
-        "hostname": socket.gethostname(),
-        "ip": _local_ip(),
-    }
-    if user_tags:
-        tags.update(user_tags)
-    return tags
-
-
-def _default_connection_string() -> str:
-    endpoint = os.environ.get("JAEGER_ENDPOINT")
-    if endpoint:
-        if endpoint.startswith("https://"):
-            return "jaeger+" + endpoint
-        if endpoint.startswith("http://"):
-            return "jaeger+" + endpoint
-        return endpoint
-    host = os.environ.get("JAEGER_AGENT_HOST")
-    port = os.environ.get("JAEGER_AGENT_PORT")
-    if host or port:
-        return "jaeger://%s:%s" % (host or "127.0.0.1", port or "6831")
-    return DEFAULT_CONNECTION_STRING
-
-
 def configure(
     service_name: Optional[str] = None,
     connection_string: Optional[str] = None,
@@ -123,7 +64,7 @@ def configure(
     sampler_param: Optional[float] = None,
     tags: Optional[Mapping[str, Any]] = None,
     trace_id_128bit: Optional[bool] = None,
-    max_queue_spans: int = 100_000,
+    max_queue_spans: Optional[int] = None,
     max_queue_bytes: int = 64 * 1024 * 1024,
     **options: Any,
 ) -> None:
@@ -134,33 +75,36 @@ def configure(
     ``memory://`` keeps finished spans for :func:`finished_spans`; ``none://`` discards them.
     The sampler (``const``, ``probabilistic``, ``ratelimiting``, ``remote``) decides for new
     root spans; defaults come from ``$JAEGER_SAMPLER_TYPE`` / ``$JAEGER_SAMPLER_PARAM`` and
-    otherwise sample everything. Raises ValueError for invalid values. May be called again.
+    otherwise sample everything. ``fork_join=True`` (or ``$BU_OSPROFILER_FORK_JOIN=1``) installs
+    the automatic fork/join integration (:mod:`bu_osprofiler.concurrency`), ``False`` removes it.
+    Raises ValueError for invalid values. May be called again.
     """
     global _exporter
-    service_name = service_name or os.environ.get("JAEGER_SERVICE_NAME") or "unknown_service"
+    fork_join = options.pop("fork_join", None)
+    if fork_join is None:
+        env_fj = os.environ.get("BU_OSPROFILER_FORK_JOIN", "").strip().lower()
+        fork_join = (env_fj in ("1", "true", "yes", "on")) if env_fj else None
+    from bu_osprofiler import exporters
+
+    env = exporters.env_config()  # JAEGER_* conventions; explicit arguments win
+    service_name = service_name or env.get("service_name") or "unknown_service"
     if connection_string is None:
-        connection_string = _default_connection_string()
+        connection_string = env.get("connection_string", DEFAULT_CONNECTION_STRING)
     if not isinstance(connection_string, str) or "://" not in connection_string:
         raise ValueError("invalid connection string %r: expected SCHEME://..., e.g. %s"
                          % (connection_string, DEFAULT_CONNECTION_STRING))
-    if sampler is None:
-        sampler = os.environ.get("JAEGER_SAMPLER_TYPE") or "const"
+    sampler = sampler or env.get("sampler") or "const"
     if sampler_param is None:
-        env_param = os.environ.get("JAEGER_SAMPLER_PARAM")
-        if env_param:
-            try:
-                sampler_param = float(env_param)
-            except ValueError:
-                raise ValueError("JAEGER_SAMPLER_PARAM must be a number, got %r" % env_param)
-        else:
-            sampler_param = 1.0
+        # remote: Jaeger clients' initial probability until the first strategy arrives
+        sampler_param = env.get("sampler_param", 0.001 if sampler == "remote" else 1.0)
     if trace_id_128bit is None:
-        env_128 = _env_bool("JAEGER_TRACEID_128BIT")
-        trace_id_128bit = True if env_128 is None else env_128
-    all_tags: dict[str, Any] = {}
-    env_tags = os.environ.get("JAEGER_TAGS")
-    if env_tags:
-        all_tags.update(_parse_tags_env(env_tags))
+        trace_id_128bit = env.get("trace_id_128bit", True)
+    if max_queue_spans is None:
+        max_queue_spans = env.get("max_queue_spans", 100_000)
+    for key in ("flush_interval", "sampling_server", "http_headers"):
+        if key in env:
+            options.setdefault(key, env[key])
+    all_tags: dict[str, Any] = dict(env.get("tags") or {})
     if tags:
         all_tags.update(tags)
 
@@ -172,13 +116,11 @@ def configure(
         _core.set_limits(int(max_queue_spans), int(max_queue_bytes))
         new_exporter = None
         if scheme not in ("memory", "none", "noop"):
-            from bu_osprofiler import exporters
-
             new_exporter = exporters.create(connection_string, dict(
                 options, service_name=service_name, sampler=sampler,
                 sampler_param=sampler_param))
         _stop_exporter(timeout=options.get("shutdown_timeout", 2.0))
-        idx = _core.register_process(service_name, list(process_tags(all_tags).items()))
+        idx = _core.register_process(service_name, list(exporters.process_tags(all_tags).items()))
         _core.set_process(idx)
         _core.set_trace_id_128(bool(trace_id_128bit))
         _settings.clear()
@@ -193,6 +135,13 @@ def configure(
             _core.set_mode(_core.MODE_REPORTER)
             _exporter = new_exporter
             _exporter.start()
+    if fork_join is not None:
+        from bu_osprofiler import concurrency
+
+        if fork_join:
+            concurrency.install()
+        else:
+            concurrency.uninstall()
 
 
 def settings() -> dict[str, Any]:

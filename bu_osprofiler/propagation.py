@@ -470,8 +470,14 @@ def _extract_found(found: tuple, formats: tuple, hmac_keys: Any, url_decode: boo
         if not trust_flags:
             # The caller's sampled/debug bits are not honoured: our sampler decides.
             flags = 1 if _core.sample(ids[0] & _MASK64) else 0
-        return _tuple_new(Extracted, (SpanContext(ids[0], ids[1], ids[2], flags, baggage),
-                                      source, None, tracestate))
+        if ids[1] == ids[0] & _MASK64 and ids[0] >> 64:
+            # A 128-bit trace whose span id is the trace id's low half is how an osprofiler
+            # base (profiler.init() with no trace point yet) travels: our children are roots.
+            ctx = _core.base_span(ids[0], flags=flags, baggage=baggage or None,
+                                  is_base=True).context
+        else:
+            ctx = SpanContext(ids[0], ids[1], ids[2], flags, baggage)
+        return _tuple_new(Extracted, (ctx, source, None, tracestate))
     debug_id = found[_S_DEBUG_ID] if JAEGER in formats and trust_flags else None
     if isinstance(debug_id, str) and debug_id.strip():
         if len(debug_id) > _MAX_DEBUG_ID_LEN:

@@ -112,15 +112,10 @@ register_process(PyObject *m, PyObject *args)
         return NULL;
     }
     bu_state *st = bu_state_of_module(m);
-    if (st->nprocesses >= BU_MAX_PROCESSES) {
-        PyErr_SetString(PyExc_RuntimeError, "too many distinct service configurations");
-        return NULL;
-    }
-    bu_process *p = &st->processes[st->nprocesses];
-    memset(p, 0, sizeof(*p));
-    Py_ssize_t n = bu_tags_put_items(&p->tags, tags);
+    bu_buf tb = {0};
+    Py_ssize_t n = bu_tags_put_items(&tb, tags);
     if (n < 0 || n > 0xFFFF) {
-        bu_buf_free(&p->tags);
+        bu_buf_free(&tb);
         if (n >= 0) {
             PyErr_SetString(PyExc_ValueError, "too many process tags");
         }
@@ -131,21 +126,32 @@ register_process(PyObject *m, PyObject *args)
     for (uint16_t i = 0; i < st->nprocesses; i++) {
         bu_process *q = &st->processes[i];
         if (q->service_len == (size_t)slen && memcmp(q->service, service, (size_t)slen) == 0 &&
-            q->ntags == (uint16_t)n && q->tags.len == p->tags.len &&
-            (p->tags.len == 0 || memcmp(q->tags.data, p->tags.data, p->tags.len) == 0)) {
-            bu_buf_free(&p->tags);
+            q->ntags == (uint16_t)n && q->tags.len == tb.len &&
+            (tb.len == 0 || memcmp(q->tags.data, tb.data, tb.len) == 0)) {
+            bu_buf_free(&tb);
             return PyLong_FromLong(i);
         }
     }
+    if (st->nprocesses >= BU_MAX_PROCESSES) {
+        bu_buf_free(&tb);
+        PyErr_SetString(PyExc_RuntimeError, "too many distinct service configurations");
+        return NULL;
+    }
+    bu_process *p = &st->processes[st->nprocesses];
+    memset(p, 0, sizeof(*p));
     p->service = malloc((size_t)slen + 1);
     if (p->service == NULL) {
-        bu_buf_free(&p->tags);
+        bu_buf_free(&tb);
         return PyErr_NoMemory();
     }
     memcpy(p->service, service, (size_t)slen + 1);
     p->service_len = (size_t)slen;
+    p->tags = tb;
     p->ntags = (uint16_t)n;
-    return PyLong_FromLong(st->nprocesses++);
+    uint16_t idx = st->nprocesses;
+    /* Release: the flusher thread reads entries below nprocesses without the GIL. */
+    __atomic_store_n(&st->nprocesses, (uint16_t)(idx + 1), __ATOMIC_RELEASE);
+    return PyLong_FromLong(idx);
 }
 
 static PyObject *

@@ -55,15 +55,12 @@ bu_u128_from_pylong(PyObject *o, uint64_t *hi, uint64_t *lo)
         PyErr_Format(PyExc_TypeError, "trace id must be an int, not %.100s", Py_TYPE(o)->tp_name);
         return -1;
     }
-    int overflow = 0;
-    unsigned long long x = PyLong_AsUnsignedLongLong(o);
-    if (!(x == (unsigned long long)-1 && PyErr_Occurred())) {
+    /* Check the size first: raising and clearing OverflowError for every 128-bit id is slow. */
+    if (_PyLong_Sign(o) >= 0 && _PyLong_NumBits(o) <= 64) {
         *hi = 0;
-        *lo = x;
+        *lo = PyLong_AsUnsignedLongLong(o);
         return 0;
     }
-    PyErr_Clear();
-    (void)overflow;
     if (_PyLong_Sign(o) < 0 || _PyLong_NumBits(o) > 128) {
         PyErr_SetString(PyExc_ValueError, "trace id must be within [0, 2**128)");
         return -1;

@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print ingest counters this often when they change (default 60; 0 = "
                         "never)")
 
+    d = sub.add_parser(
+        "demo", help="trace a small cloud request across processes and show it",
+        description="Start an embedded collector, run a client -> WSGI API -> RPC (oslo.messaging)"
+                    " -> conductor (fork/join, DB) request in several processes, then print the "
+                    "trace tree with its critical path and write an HTML waterfall. Needs the "
+                    "demo extra: pip install 'bu_osprofiler[demo]'.")
+    from bu_osprofiler import demo as _demo
+    _demo.add_arguments(d)
+
     t = sub.add_parser("trace", help="list and show stored traces",
                        description="Read traces from the embedded store or a Jaeger endpoint.")
     t.set_defaults(print_sub_help=t.print_help)
@@ -304,6 +313,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "collector":
             return cmd_collector(args)
+        if args.command == "demo":
+            from bu_osprofiler import demo
+            return demo.run_demo(args)
         if args.command == "trace":
             if args.trace_command == "list":
                 return cmd_trace_list(args)

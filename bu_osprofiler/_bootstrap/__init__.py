@@ -1,0 +1,1 @@
+"""Directory put first on PYTHONPATH by bu-osprofiler-run (holds its sitecustomize)."""
