@@ -49,7 +49,8 @@ PEERS = {
     "ddtrace": ("ddtrace", "ddtrace, writer to the local HTTP sink"),
 }
 SCENARIOS = [
-    "call_bare", "decorated_untraced", "decorated_unsampled", "decorated_sampled", "with_span",
+    "call_bare", "decorated_untraced", "decorated_unsampled", "decorated_sampled",
+    "decorated_sampled_memory", "with_span",
     "nested_10", "nested_100", "tags_10", "tags_50", "ids_64", "ids_128", "inject_extract",
     "encode", "memory", "threads", "wsgi", "flood",
 ]
@@ -191,6 +192,7 @@ ROWS = {
     "decorated_unsampled": ("@trace no-op, unsampled", "ns", True),
     "overhead_unsampled": ("  overhead over bare call", "ns", True),
     "decorated_sampled": ("@trace no-op, sampled, hide_args", "ns", True),
+    "decorated_sampled_memory": ("  same, spans kept in memory:// (no exporter)", "ns", True),
     "with_span": ("`with` span", "ns", True),
     "nested_10": ("nested depth 10 (per span)", "ns", True),
     "nested_100": ("nested depth 100 (per span)", "ns", True),
@@ -348,22 +350,34 @@ def render(doc: dict, command: str) -> str:
     na = []
     for p in peers:
         for s, r in sorted(detail.get(p, {}).items()):
+            if s == "decorated_sampled_memory" and "na" in r:
+                continue  # a comparison row for ours only
             if "na" in r or "error" in r:
                 na.append(f"* {p} / {s}: {r.get('na') or 'error: ' + r['error']}")
     if na:
         lines += ["", "## Not measured (n/a) and errors", ""] + na
+    inj = [(p, detail[p]["inject_extract"]["headers"]) for p in peers
+           if "headers" in detail.get(p, {}).get("inject_extract", {})]
+    if inj:
+        lines += ["", "## Headers written by inject + extract", ""]
+        lines += [f"* {p}: {', '.join(h)}" for p, h in inj]
     wsgi = [(p, detail[p]["wsgi"]) for p in peers if "value" in detail.get(p, {}).get("wsgi", {})]
     if wsgi:
         lines += ["", "## WSGI detail (last round)", "",
                   "wsgiref server in the peer's process, load from a second process "
                   "(2 closed-loop connections); the traced app makes 6 nested traced calls "
-                  "per request.", "",
-                  "| peer | untraced p50 / p99 µs | traced p50 / p99 µs | traced req/s |",
-                  "|---|---|---|---|"]
+                  "per request; untraced = mean of a run before and a run after the traced "
+                  "one.", "",
+                  "| peer | untraced p50 / p99 µs | traced p50 / p99 µs | traced req/s | "
+                  "spans / request | headers the client sent |",
+                  "|---|---|---|---|---|---|"]
         for p, r in wsgi:
             u, t = r["untraced"], r["traced"]
+            spr = r.get("spans_per_request")
             lines.append(f"| {p} | {u['p50_us']:.0f} / {u['p99_us']:.0f} | "
-                         f"{t['p50_us']:.0f} / {t['p99_us']:.0f} | {t['rps']:.0f} |")
+                         f"{t['p50_us']:.0f} / {t['p99_us']:.0f} | {t['rps']:.0f} | "
+                         f"{'?' if spr is None else f'{spr:.1f}'} | "
+                         f"{', '.join(r.get('headers_sent', [])) or '-'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -89,6 +89,10 @@ class PeerBase:
     def flood(self, settings: Settings) -> dict:
         raise Unavailable("no bounded export buffer to flood")
 
+    def spans_finished(self) -> int:
+        """Spans finished so far in this process, or -1 when the peer cannot tell."""
+        return -1
+
 
 # ---------------------------------------------------------------- scenarios
 
@@ -97,6 +101,8 @@ def run_scenario(peer: PeerBase, name: str, settings: Settings) -> dict:
     """Run one scenario; returns a result dict (``value`` + ``unit``, or ``na``)."""
     if name == "call_bare":
         return measure(noop, settings)
+    if name == "decorated_sampled_memory" and not getattr(peer, "has_memory_mode", False):
+        raise Unavailable("no in-process span store to compare the exporter against")
     if name.startswith("decorated_"):
         fn = peer.decorated(name.split("_", 1)[1])
         return measure(fn, settings, between=peer.between)
@@ -110,7 +116,11 @@ def run_scenario(peer: PeerBase, name: str, settings: Settings) -> dict:
     if name.startswith("ids_"):
         return measure(peer.ids(int(name.split("_")[1])), settings)
     if name == "inject_extract":
-        return measure(peer.inject_extract(), settings, between=peer.between)
+        res = measure(peer.inject_extract(), settings, between=peer.between)
+        sample = getattr(peer, "headers_sample", None)
+        if sample:
+            res["headers"] = sorted(sample)
+        return res
     if name == "encode":
         batch = 100
         res = measure(peer.encoder(batch), settings, ops=batch)
@@ -250,12 +260,17 @@ def _serve_and_load(app, headers: Dict[str, str], settings: Settings) -> dict:
 
 
 def _wsgi(peer: PeerBase, settings: Settings) -> dict:
-    """p50/p99 latency of a small WSGI app, untraced and then traced by the peer."""
+    """p50/p99 latency of a small WSGI app, untraced and traced by the peer.
+
+    Order A-B-A (untraced, traced, untraced again) so that warm-up and drift do not favour
+    either side; the untraced figures are the mean of the two untraced runs.
+    """
 
     def plain(n: int) -> int:
         return plain(n - 1) if n else 0
 
-    base = _serve_and_load(_make_app(plain), {}, settings)
+    plain_app = _make_app(plain)
+    base1 = _serve_and_load(plain_app, {}, settings)
 
     @peer.traced
     def inner(n: int) -> int:
@@ -263,12 +278,23 @@ def _wsgi(peer: PeerBase, settings: Settings) -> dict:
 
     app = peer.wsgi_wrap(_make_app(inner))
     headers = peer.wsgi_headers()
+    spans0 = peer.spans_finished()
     traced = _serve_and_load(app, headers, settings)
+    spans1 = peer.spans_finished()
+    base2 = _serve_and_load(plain_app, {}, settings)
     peer.between()
-    return {
+    base = {k: (base1[k] + base2[k]) / 2 for k in ("p50_us", "p90_us", "p99_us", "rps")}
+    res = {
         "value": traced["p50_us"] - base["p50_us"],
         "unit": "us (p50 overhead)",
         "p99_overhead_us": traced["p99_us"] - base["p99_us"],
         "untraced": base,
+        "untraced_runs": [base1, base2],
         "traced": traced,
+        "headers_sent": sorted(headers),
     }
+    if spans0 >= 0:
+        # the client's warm-up requests are traced too
+        n = traced["requests"] + min(100, settings.wsgi_requests // 5)
+        res["spans_per_request"] = (spans1 - spans0) / n
+    return res

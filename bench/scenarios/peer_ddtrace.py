@@ -103,6 +103,7 @@ class Peer(PeerBase):
         def f():
             h = {}
             HTTPPropagator.inject(root.context, h)
+            self.headers_sample = h
             return HTTPPropagator.extract(h)
         return f
 

@@ -93,6 +93,7 @@ class Peer(PeerBase):
 
         def f():
             h = web.get_trace_id_headers()
+            self.headers_sample = h
             return os_utils.signed_unpack(h["X-Trace-Info"], h["X-Trace-HMAC"], [KEY])
         return f
 

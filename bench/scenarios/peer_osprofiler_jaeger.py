@@ -48,6 +48,7 @@ class Peer(peer_osprofiler.Peer):
         def f():
             h = {}
             t.inject(span.context, Format.HTTP_HEADERS, h)
+            self.headers_sample = h
             return t.extract(Format.HTTP_HEADERS, h)
         return f
 

@@ -104,6 +104,7 @@ class Peer(PeerBase):
         def f():
             h = {}
             prop.inject(h)
+            self.headers_sample = h
             return prop.extract(h)
         return f
 

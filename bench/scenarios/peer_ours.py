@@ -35,6 +35,7 @@ def _profiler():
 
 class Peer(PeerBase):
     name = "ours"
+    has_memory_mode = True
 
     def __init__(self) -> None:
         self.configured = False
@@ -96,6 +97,9 @@ class Peer(PeerBase):
                 if root.context.sampled:
                     raise Unavailable("const-0 sampler still samples")
                 bu_osprofiler.activate(root)
+        elif mode == "sampled_memory":  # the same, kept in memory://: the exporter's share
+            self._configure(connection="memory://")
+            self._init()
         else:
             self._configure()
             self._init()
@@ -155,6 +159,7 @@ class Peer(PeerBase):
         def f():
             h = {}
             inject(ctx, h)
+            self.headers_sample = h
             return extract(h)
         return f
 
@@ -216,6 +221,9 @@ class Peer(PeerBase):
         h = web.get_trace_id_headers()
         profiler.clean()
         return h
+
+    def spans_finished(self) -> int:
+        return _core.stats()["spans_finished"]
 
     def flood(self, settings: Settings) -> dict:
         """A tiny buffer, spans produced far faster than they can leave: bounded, counted."""
