@@ -19,7 +19,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 # Modules the targets reach, imported up front so that fuzz.py can instrument them.
 MODULES = ["bu_osprofiler", "bu_osprofiler._core", "bu_osprofiler.propagation",
-           "bu_osprofiler.exporters", "bu_osprofiler.config", "bu_osprofiler.profiler"]
+           "bu_osprofiler.exporters", "bu_osprofiler.config", "bu_osprofiler.profiler",
+           "bu_osprofiler.messaging", "bu_osprofiler.web"]
 
 
 class Input:
@@ -340,6 +341,61 @@ def check_x_trace_info_signed(data: bytes) -> None:
         assert 0 < ctx.trace_id < (1 << 128) and 0 <= ctx.span_id < (1 << 64)
 
 
+# ---------------------------------------------------------------- RPC context (oslo.messaging)
+
+
+def _json_value(inp: Input, depth: int = 0):
+    """A value of the kinds a JSON-decoded RPC message can hold (plus a few that cannot)."""
+    kind = inp.byte() % (9 if depth < 2 else 6)
+    if kind == 0:
+        return inp.raw(64).decode("latin-1")
+    if kind == 1:
+        return inp.int_bits(64) - (1 << 63)
+    if kind == 2:
+        return None
+    if kind == 3:
+        return bool(inp.byte() & 1)
+    if kind == 4:
+        return struct.unpack("<d", inp.raw(8).ljust(8, b"\0"))[0]
+    if kind == 5:
+        return "4bf92f35-77b3-4da6-a3ce-929d0e0e4736"  # a well-formed osprofiler UUID
+    if kind == 6:
+        return [_json_value(inp, depth + 1) for _ in range(inp.byte() % 4)]
+    return {inp.raw(16).decode("latin-1"): _json_value(inp, depth + 1)
+            for _ in range(inp.byte() % 5)}
+
+
+def check_rpc_context(data: bytes) -> None:
+    """An RPC context dict from the bus: our ``bu_trace`` carrier and/or legacy ``trace_info``."""
+    from bu_osprofiler import messaging
+    inp = Input(data)
+    ctxt = {}
+    shape = inp.byte()
+    if shape & 1:
+        carrier = {}
+        if inp.byte() & 1:
+            carrier["uber-trace-id"] = _VALID["uber-trace-id"] if inp.byte() & 1 else \
+                inp.raw(200).decode("latin-1")
+        for _ in range(inp.byte() % 4):
+            carrier[inp.raw(24).decode("latin-1")] = _json_value(inp)
+        ctxt[messaging.KEY] = carrier if shape & 8 else _json_value(inp)
+    if shape & 2:
+        info = {k: _json_value(inp) for k in ("base_id", "parent_id", "hmac_key")
+                if inp.byte() & 1}
+        ctxt["trace_info"] = info if shape & 16 else _json_value(inp)
+    if shape & 4:
+        ctxt[inp.raw(16).decode("latin-1")] = _json_value(inp)
+    before = dict(ctxt)
+    ctx, kind = messaging.extract_context(dict(ctxt), pop=True)  # never raises
+    assert kind in (None, "call", "cast")
+    if ctx is not None:
+        assert 0 < ctx.trace_id < (1 << 128) and 0 <= ctx.span_id < (1 << 64)
+    ser = messaging.ProfilerSerializer()
+    out = ser.deserialize_context(ctxt)
+    assert ctxt == before, "deserialize_context mutated the incoming (shared) dict"
+    assert isinstance(out, dict) and messaging.KEY not in out
+
+
 # ---------------------------------------------------------------- collector
 
 
@@ -404,6 +460,8 @@ TARGETS: Dict[str, Target] = {
                                                       "extract_binary", "inject_binary")),
     "x_trace_info_signed": Target(check_x_trace_info_signed,
                                   _needs_module_attr("bu_osprofiler.propagation", "extract")),
+    "rpc_context": Target(check_rpc_context, _needs_module_attr("bu_osprofiler.messaging",
+                                                                "extract_context", "KEY")),
     "collector_thrift": Target(check_collector_thrift, _needs_module_attr("bu_osprofiler._core",
                                                                           "thrift_decode")),
 }
