@@ -19,7 +19,7 @@ from bu_osprofiler._log import warn_limited
 from bu_osprofiler import notifier as _notifier
 
 __all__ = ["init", "get", "clean", "start", "stop", "trace", "trace_cls", "TracedMeta", "Trace",
-           "_Profiler", "fork", "join", "joining"]
+           "_Profiler"]  # plus fork / join / joining, forwarded lazily (see __getattr__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

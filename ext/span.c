@@ -884,9 +884,11 @@ static PyObject *
 span_repr(PyObject *op)
 {
     SpanObject *s = _Span_CAST(op);
-    return PyUnicode_FromFormat("<Span %R %016llx%016llx:%016llx parent=%llx%s>", s->name,
-                                (unsigned long long)s->trace_hi, (unsigned long long)s->trace_lo,
-                                (unsigned long long)s->span_id, (unsigned long long)s->parent_id,
+    char ids[96]; /* PyUnicode_FromFormat has no zero-padded hex */
+    snprintf(ids, sizeof(ids), "%016llx%016llx:%016llx parent=%llx",
+             (unsigned long long)s->trace_hi, (unsigned long long)s->trace_lo,
+             (unsigned long long)s->span_id, (unsigned long long)s->parent_id);
+    return PyUnicode_FromFormat("<Span %R %s%s>", s->name, ids,
                                 (s->state & BU_SPAN_FINISHED) ? " finished" : "");
 }
 

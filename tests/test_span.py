@@ -265,3 +265,10 @@ def test_forked_child_gets_fresh_ids_and_empty_queue(tmp_path):
     assert set(map(int, child_ids.split(","))).isdisjoint(parent_ids)
     assert int(queued) == 0  # the parent's span stays with the parent
     assert [s.operation_name for s in bu_osprofiler.finished_spans()] == ["before-fork"]
+
+
+def test_span_repr_shows_hex_ids():
+    s = bu_osprofiler.start_span("named")
+    text = repr(s)
+    assert "'named'" in text and ("%016x" % s.span_id) in text
+    assert ("%032x" % s.trace_id) in text
