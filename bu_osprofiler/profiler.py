@@ -42,6 +42,12 @@ def span_uuid(trace_id: int, span_id: int) -> str:
 
 
 def _uuid_int(value: Any) -> int:
+    """The integer of a UUID string (canonical form fast; other forms via uuid.UUID)."""
+    if type(value) is str and len(value) == 36 and value[8] == value[13] == value[18] == \
+            value[23] == "-":
+        h = value.replace("-", "")
+        if len(h) == 32 and h.isascii() and h.isalnum():
+            return int(h, 16)  # ValueError for non-hex letters, as uuid.UUID would raise
     return uuid.UUID(str(value)).int
 
 
@@ -140,10 +146,11 @@ def init(hmac_key: Optional[str], base_id: Optional[str] = None,
             trace_id = _uuid_int(base_id)
             if trace_id == 0:
                 raise ValueError("base_id is the nil UUID")
-            if parent_id is None or _uuid_int(parent_id) == trace_id:
+            parent_int = trace_id if parent_id is None else _uuid_int(parent_id)
+            if parent_int == trace_id:
                 span = _core.base_span(trace_id)
             else:
-                parent = _uuid_int(parent_id) & _MASK64
+                parent = parent_int & _MASK64
                 span = _core.base_span(trace_id, parent or None, is_base=False)
     except (ValueError, TypeError, AttributeError) as exc:
         warn_limited("init", "ignoring invalid osprofiler trace ids (%s): request not traced", exc)
