@@ -115,6 +115,8 @@ bu_tag_put_py(bu_buf *b, PyObject *key, PyObject *value)
     const char *k;
     Py_ssize_t kl;
     int rc = -1;
+    /* A key is always written (callers count tags): one that cannot be made text gets a
+     * placeholder name rather than being skipped. */
     if (PyUnicode_Check(key)) {
         Py_INCREF(key);
         kstr = key;
@@ -123,14 +125,17 @@ bu_tag_put_py(bu_buf *b, PyObject *key, PyObject *value)
         kstr = PyObject_Str(key);
         if (kstr == NULL) {
             PyErr_Clear();
-            return 0; /* an unprintable key: skip the tag */
+            kstr = PyUnicode_FromString("<unprintable>");
+            if (kstr == NULL) {
+                return -1;
+            }
         }
     }
     k = PyUnicode_AsUTF8AndSize(kstr, &kl);
-    if (k == NULL) {
+    if (k == NULL) { /* lone surrogates */
         PyErr_Clear();
-        rc = 0;
-        goto done;
+        k = "<unencodable>";
+        kl = 13;
     }
     if (PyBool_Check(value)) {
         rc = bu_tag_put_bool(b, k, (size_t)kl, value == Py_True);
