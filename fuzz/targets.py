@@ -1,0 +1,470 @@
+"""Fuzz targets: every parser reachable from outside the process, as plain ``check(data)``.
+
+Each ``check`` takes raw bytes, drives one entry point and raises ``AssertionError`` when a
+property is violated (a crash is a crash).  Allowed failures are the documented exceptions of the
+entry point (e.g. ``ValueError`` for a bad connection string); anything else escaping is a bug.
+The functions do not depend on atheris, so ``tests/test_fuzz_regressions.py`` replays saved
+crash inputs (fuzz/regressions/<target>/) with plain pytest.
+
+A target whose entry point is not on main yet reports itself unavailable (``available()``).
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import struct
+from typing import Callable, Dict, List, Optional, Tuple
+
+
+# Modules the targets reach, imported up front so that fuzz.py can instrument them.
+MODULES = ["bu_osprofiler", "bu_osprofiler._core", "bu_osprofiler.propagation",
+           "bu_osprofiler.exporters", "bu_osprofiler.config", "bu_osprofiler.profiler",
+           "bu_osprofiler.messaging", "bu_osprofiler.web"]
+
+
+class Input:
+    """Deterministic reader of structured values from fuzzer bytes (no atheris needed)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.d = data
+        self.i = 0
+
+    def left(self) -> int:
+        return len(self.d) - self.i
+
+    def byte(self) -> int:
+        if self.i >= len(self.d):
+            return 0
+        self.i += 1
+        return self.d[self.i - 1]
+
+    def int_bits(self, bits: int) -> int:
+        n = (bits + 7) // 8
+        chunk = self.d[self.i:self.i + n]
+        self.i += len(chunk)
+        return int.from_bytes(chunk, "little") & ((1 << bits) - 1)
+
+    def pick(self, options):
+        return options[self.byte() % len(options)]
+
+    def raw(self, maxlen: int = 64) -> bytes:
+        n = min(self.byte() % (maxlen + 1), self.left())
+        self.i += n
+        return self.d[self.i - n:self.i]
+
+    def text(self, maxlen: int = 64) -> str:
+        return self.raw(maxlen).decode("utf-8", "surrogateescape")
+
+    def rest(self) -> bytes:
+        r = self.d[self.i:]
+        self.i = len(self.d)
+        return r
+
+
+class Unprintable:
+    """A key/value whose str() and repr() raise: tag conversion must survive it."""
+
+    def __str__(self):
+        raise RuntimeError("unprintable")
+
+    __repr__ = __str__
+
+
+# Known, reported bugs kept out of the CI run until fixed (FUZZ_KNOWN_BUGS=1 puts them back):
+# * a tag KEY that cannot become UTF-8 (str() raises, or lone surrogates) is counted but not
+#   written, and readers run past the record (xfails in tests/test_leaks.py);
+# * a baggage value with a lone surrogate is accepted by extract() and then makes inject() drop
+#   every header (xfail in tests/test_fuzz_regressions.py).  Kept out of the CI corpus until fixed; FUZZ_KNOWN_BUGS=1 puts it back.
+KNOWN_BUGS = os.environ.get("FUZZ_KNOWN_BUGS") == "1"
+
+
+# ---------------------------------------------------------------- _core._push_record
+
+
+def _id(inp: Input) -> int:
+    kind = inp.byte() % 6
+    if kind == 0:
+        return inp.int_bits(8)
+    if kind == 1:
+        return inp.int_bits(64)
+    if kind == 2:
+        return inp.int_bits(128)
+    if kind == 3:
+        return -inp.int_bits(16)
+    if kind == 4:
+        return 1 << (64 + inp.byte() % 80)
+    return (1 << 64) - 1
+
+
+def _value(inp: Input):
+    kind = inp.byte() % 11
+    if kind == 0:
+        return inp.text()
+    if kind == 1:
+        return inp.int_bits(64) - (1 << 63)
+    if kind == 2:
+        return inp.int_bits(8) << inp.byte()  # up to huge ints: text fallback
+    if kind == 3:
+        return struct.unpack("<d", inp.raw(8).ljust(8, b"\0"))[0]  # nan, inf, subnormals
+    if kind == 4:
+        return bool(inp.byte() & 1)
+    if kind == 5:
+        return inp.raw()
+    if kind == 6:
+        return bytearray(inp.raw())
+    if kind == 7:
+        return None
+    if kind == 8:
+        return [inp.text(8), inp.byte()]
+    if kind == 9:
+        return Unprintable()
+    return inp.text(2048)
+
+
+def _key(inp: Input):
+    kind = inp.byte() % 8
+    if kind == 5:
+        return inp.byte()
+    if kind == 6:
+        return inp.raw(16)
+    if kind == 7 and KNOWN_BUGS:
+        return Unprintable()
+    if KNOWN_BUGS:
+        return inp.text(32)  # may hold lone surrogates: not UTF-8 encodable
+    return inp.raw(32).decode("utf-8", "replace")
+
+
+def _fields(inp: Input) -> Tuple[object, bool]:
+    """A tag mapping (dict or pair list, sometimes malformed); second: is it well formed."""
+    n = inp.byte() % 12
+    pairs = [(_key(inp), _value(inp)) for _ in range(n)]
+    shape = inp.byte() % 8
+    if shape == 0:
+        return pairs, True
+    if shape == 1 and pairs:
+        return pairs + [(inp.text(4),)], False  # not a pair
+    if shape == 2:
+        return inp.byte(), False  # not a mapping
+    return dict(pairs), True
+
+
+def _expected_tags(fields) -> Optional[dict]:
+    """The tags a reader must get back, when that is well defined (distinct str keys)."""
+    items = fields.items() if isinstance(fields, dict) else fields
+    out = {}
+    for k, v in items:
+        if not isinstance(k, str) or k in out:
+            return None
+        try:
+            k.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        out[k] = v
+    return out
+
+
+def _same(got, want) -> bool:
+    if isinstance(want, bool) or want is None:
+        return True if want is None else got is want
+    if isinstance(want, int):
+        return got == want if -(1 << 63) <= want < (1 << 63) else True
+    if isinstance(want, float):
+        return (math.isnan(got) and math.isnan(want)) if want != want else got == want
+    if isinstance(want, (bytes, bytearray)):
+        return got == bytes(want)
+    if isinstance(want, str):
+        try:
+            want.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return got == want
+    return True  # other objects become text; any text is fine
+
+
+def check_push_record(data: bytes) -> None:
+    from bu_osprofiler import _core
+    inp = Input(data)
+    trace, span, parent = _id(inp), _id(inp), _id(inp)
+    flags = inp.int_bits(32)
+    name = inp.text(128)
+    start, dur = inp.int_bits(64) - (1 << 63), inp.int_bits(64) - (1 << 63)
+    tags, tags_ok = _fields(inp) if inp.byte() & 1 else (None, True)
+    logs = None
+    logs_ok = True
+    if inp.byte() & 1:
+        logs = []
+        for _ in range(inp.byte() % 5):
+            f, ok = _fields(inp)
+            logs_ok &= ok
+            logs.append((inp.int_bits(64) - (1 << 63), f) if inp.byte() % 8 else (f,))
+            logs_ok &= len(logs[-1]) == 2
+    refs = None
+    if inp.byte() & 1:
+        refs = [(inp.pick(["child_of", "follows_from", inp.text(12)]), _id(inp), _id(inp))
+                for _ in range(inp.byte() % 5)]
+    service = None if inp.byte() % 4 else inp.int_bits(16) - 8
+    _core.set_mode(1)
+    _core.take_records()
+    try:
+        ok = _core._push_record(trace, span, parent, flags, name, start, dur, tags=tags,
+                                logs=logs, refs=refs, service=service)
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        # RuntimeError: an unprintable *value* inside a list raising from str() is acceptable
+        _core.take_records()
+        return
+    recs = _core.take_records()
+    assert ok in (True, False)
+    if not ok:
+        return
+    assert len(recs) == 1, recs
+    r = recs[0]
+    assert (r[0], r[1], r[2], r[3]) == (trace, span, parent, flags)
+    assert r[4] == name
+    want = _expected_tags(tags) if (tags is not None and tags_ok) else ({} if tags is None else None)
+    if want is not None:
+        assert set(r[7]) == set(want), (r[7], want)
+        for k, v in want.items():
+            assert _same(r[7][k], v), (k, r[7][k], v)
+    assert len(r[8]) == (len(logs) if logs else 0)
+    assert len(r[9]) == (len(refs) if refs else 0)
+
+
+# ---------------------------------------------------------------- entry-point lookup
+
+
+def _find(candidates: List[Tuple[str, str]]) -> Optional[Callable]:
+    for mod, attr in candidates:
+        try:
+            m = importlib.import_module(mod)
+        except ImportError:
+            continue
+        f = getattr(m, attr, None)
+        if callable(f):
+            return f
+    return None
+
+
+_CONN = [("bu_osprofiler.exporters", "parse_connection_string")]
+
+
+def check_connection_string(data: bytes) -> None:
+    """A connection string either parses or raises ValueError naming the problem."""
+    parse = _find(_CONN)
+    s = data.decode("utf-8", "surrogateescape")
+    try:
+        parse(s)
+    except ValueError as e:
+        assert str(e), "ValueError without a message"
+
+
+# ---------------------------------------------------------------- propagation
+
+
+_HEADER_TARGETS = {
+    "uber_trace_id": ["uber-trace-id"],
+    "uberctx_baggage": ["uber-trace-id", "uberctx-{}"],
+    "traceparent": ["traceparent"],
+    "tracestate": ["traceparent", "tracestate"],
+    "w3c_baggage": ["traceparent", "baggage"],
+    "x_trace_info": ["X-Trace-Info", "X-Trace-HMAC"],
+}
+_VALID = {
+    "uber-trace-id": "4bf92f3577b34da6a3ce929d0e0e4736:00f067aa0ba902b7:0:1",
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+}
+
+
+def _headers_check(names: List[str]) -> Callable[[bytes], None]:
+    def check(data: bytes) -> None:
+        from bu_osprofiler import propagation
+        inp = Input(data)
+        carrier = {}
+        # Header values as a WSGI server hands them over (PEP 3333: bytes decoded as latin-1);
+        # FUZZ_KNOWN_BUGS=1 also feeds lone surrogates (see the xfail in
+        # tests/test_fuzz_regressions.py).
+        text = inp.text if KNOWN_BUGS else (lambda n=64: inp.raw(n).decode("latin-1"))
+        for i, n in enumerate(names):
+            last = i == len(names) - 1
+            if "{}" in n:
+                n = n.format(text(16))
+            if not last and n in _VALID and inp.byte() & 1:
+                v = _VALID[n]  # a valid first header lets the fuzzer reach the second parser
+            elif not last:
+                v = text(4096)
+            else:
+                rest = inp.rest()
+                v = rest.decode("utf-8", "surrogateescape") if KNOWN_BUGS else \
+                    rest.decode("latin-1")
+            carrier[n] = v
+        ctx = propagation.extract(carrier)  # must never raise on untrusted headers
+        if ctx is None:
+            return
+        assert 0 < ctx.trace_id < (1 << 128), ctx.trace_id
+        assert 0 < ctx.span_id < (1 << 64), ctx.span_id
+        out = {}
+        propagation.inject(ctx, out)
+        again = propagation.extract(out)
+        assert again is not None and (again.trace_id, again.span_id) == (ctx.trace_id,
+                                                                           ctx.span_id)
+    return check
+
+
+def check_binary(data: bytes) -> None:
+    """The OpenTracing Binary format: garbage gives None (or ValueError when strict), ids in range."""
+    from bu_osprofiler import propagation
+    ctx = propagation.extract_binary(data)  # lenient: never raises
+    try:
+        strict = propagation.extract_binary(data, strict=True)
+    except ValueError:
+        strict = None
+        assert ctx is None, "lenient parse accepted what strict rejected"
+    if ctx is None:
+        return
+    assert strict is not None and strict.trace_id == ctx.trace_id
+    assert 0 < ctx.trace_id < (1 << 128) and 0 < ctx.span_id < (1 << 64)
+    again = propagation.extract_binary(propagation.inject_binary(ctx))
+    assert (again.trace_id, again.span_id, again.flags) == (ctx.trace_id, ctx.span_id, ctx.flags)
+
+
+def check_x_trace_info_signed(data: bytes) -> None:
+    """Legacy headers correctly signed with our key: the JSON/ids decoder behind the HMAC check."""
+    import base64
+    import hashlib
+    import hmac
+    from bu_osprofiler import propagation
+    info = base64.b64encode(data)
+    sig = hmac.new(b"fuzz-key", info, hashlib.sha1).hexdigest()
+    carrier = {"X-Trace-Info": info.decode(), "X-Trace-HMAC": sig}
+    ctx = propagation.extract(carrier, hmac_keys=["fuzz-key"])
+    if ctx is not None:
+        assert 0 < ctx.trace_id < (1 << 128) and 0 <= ctx.span_id < (1 << 64)
+
+
+# ---------------------------------------------------------------- RPC context (oslo.messaging)
+
+
+def _json_value(inp: Input, depth: int = 0):
+    """A value of the kinds a JSON-decoded RPC message can hold (plus a few that cannot)."""
+    kind = inp.byte() % (9 if depth < 2 else 6)
+    if kind == 0:
+        return inp.raw(64).decode("latin-1")
+    if kind == 1:
+        return inp.int_bits(64) - (1 << 63)
+    if kind == 2:
+        return None
+    if kind == 3:
+        return bool(inp.byte() & 1)
+    if kind == 4:
+        return struct.unpack("<d", inp.raw(8).ljust(8, b"\0"))[0]
+    if kind == 5:
+        return "4bf92f35-77b3-4da6-a3ce-929d0e0e4736"  # a well-formed osprofiler UUID
+    if kind == 6:
+        return [_json_value(inp, depth + 1) for _ in range(inp.byte() % 4)]
+    return {inp.raw(16).decode("latin-1"): _json_value(inp, depth + 1)
+            for _ in range(inp.byte() % 5)}
+
+
+def check_rpc_context(data: bytes) -> None:
+    """An RPC context dict from the bus: our ``bu_trace`` carrier and/or legacy ``trace_info``."""
+    from bu_osprofiler import messaging
+    inp = Input(data)
+    ctxt = {}
+    shape = inp.byte()
+    if shape & 1:
+        carrier = {}
+        if inp.byte() & 1:
+            carrier["uber-trace-id"] = _VALID["uber-trace-id"] if inp.byte() & 1 else \
+                inp.raw(200).decode("latin-1")
+        for _ in range(inp.byte() % 4):
+            carrier[inp.raw(24).decode("latin-1")] = _json_value(inp)
+        ctxt[messaging.KEY] = carrier if shape & 8 else _json_value(inp)
+    if shape & 2:
+        info = {k: _json_value(inp) for k in ("base_id", "parent_id", "hmac_key")
+                if inp.byte() & 1}
+        ctxt["trace_info"] = info if shape & 16 else _json_value(inp)
+    if shape & 4:
+        ctxt[inp.raw(16).decode("latin-1")] = _json_value(inp)
+    before = dict(ctxt)
+    ctx, kind = messaging.extract_context(dict(ctxt), pop=True)  # never raises
+    assert kind in (None, "call", "cast")
+    if ctx is not None:
+        assert 0 < ctx.trace_id < (1 << 128) and 0 <= ctx.span_id < (1 << 64)
+    ser = messaging.ProfilerSerializer()
+    out = ser.deserialize_context(ctxt)
+    assert ctxt == before, "deserialize_context mutated the incoming (shared) dict"
+    assert isinstance(out, dict) and messaging.KEY not in out
+
+
+# ---------------------------------------------------------------- collector
+
+
+_THRIFT_KINDS = ("THRIFT_COMPACT_MESSAGE", "THRIFT_BINARY_MESSAGE", "THRIFT_BINARY_BATCH",
+                 "THRIFT_COMPACT_BATCH")
+
+
+def check_collector_thrift(data: bytes) -> None:
+    """The collector's Jaeger Thrift decoder (agent datagrams, collector bodies): rows or ValueError."""
+    from bu_osprofiler import _core
+    if not data:
+        return
+    kind = getattr(_core, _THRIFT_KINDS[data[0] % 4])
+    try:
+        service, ptags, rows = _core.thrift_decode(data[1:], kind)
+    except ValueError as e:
+        assert str(e)
+        return
+    assert isinstance(service, str) and isinstance(rows, list)
+    for r in rows:
+        assert len(r) == 11
+
+
+# ---------------------------------------------------------------- registry
+
+
+class Target:
+    def __init__(self, check: Callable[[bytes], None], needs: Callable[[], Optional[str]]):
+        self.check = check
+        self.needs = needs
+
+    def available(self) -> Optional[str]:
+        """None when runnable, else why not."""
+        try:
+            return self.needs()
+        except Exception as e:  # an import error is just "not there yet"
+            return f"{type(e).__name__}: {e}"
+
+
+def _needs_module_attr(mod: str, *attrs: str) -> Callable[[], Optional[str]]:
+    def needs():
+        try:
+            m = importlib.import_module(mod)
+        except ImportError:
+            return f"{mod} not on main yet"
+        for a in attrs:
+            if not hasattr(m, a):
+                return f"{mod}.{a} not on main yet"
+        return None
+    return needs
+
+
+def _needs_find(cands) -> Callable[[], Optional[str]]:
+    return lambda: None if _find(cands) else f"none of {', '.join(m + '.' + a for m, a in cands)}"
+
+
+TARGETS: Dict[str, Target] = {
+    "push_record": Target(check_push_record, _needs_module_attr("bu_osprofiler._core",
+                                                                "_push_record")),
+    "connection_string": Target(check_connection_string, _needs_find(_CONN)),
+    "binary": Target(check_binary, _needs_module_attr("bu_osprofiler.propagation",
+                                                      "extract_binary", "inject_binary")),
+    "x_trace_info_signed": Target(check_x_trace_info_signed,
+                                  _needs_module_attr("bu_osprofiler.propagation", "extract")),
+    "rpc_context": Target(check_rpc_context, _needs_module_attr("bu_osprofiler.messaging",
+                                                                "extract_context", "KEY")),
+    "collector_thrift": Target(check_collector_thrift, _needs_module_attr("bu_osprofiler._core",
+                                                                          "thrift_decode")),
+}
+for _name, _hdrs in _HEADER_TARGETS.items():
+    TARGETS[_name] = Target(_headers_check(_hdrs),
+                            _needs_module_attr("bu_osprofiler.propagation", "extract", "inject"))
