@@ -199,8 +199,10 @@ def _legacy_notify(kind: str, name: str, span: Any, info: Optional[Mapping[str, 
 
 def start(name: str, info: Optional[Mapping[str, Any]] = None) -> None:
     """Start a trace point (a child span of the active one); no-op without a sampled trace."""
-    span = _core.push_span(str(name), info_tags(info) if info else None)
-    if span is not None and _notifier.is_set():
+    if info and type(info) is not dict:
+        info = info_tags(info)
+    span = _core.push_span(name if type(name) is str else str(name), info or None)
+    if span is not None and _notifier._notifier is not None:
         _legacy_notify("start", str(name), span, info)
 
 
@@ -210,11 +212,12 @@ def stop(info: Optional[Mapping[str, Any]] = None) -> None:
 
 
 def _stop(info: Optional[Mapping[str, Any]], exc: Optional[BaseException]) -> None:
-    tags = info_tags(info) if info else None
-    if tags and "etype" in tags and exc is None:
-        tags["error"] = True
-    span = _core.pop_span(tags, exc)
-    if span is not None and _notifier.is_set():
+    if info and type(info) is not dict:
+        info = info_tags(info)
+    if info and exc is None and "etype" in info:
+        info = dict(info, error=True)
+    span = _core.pop_span(info or None, exc)
+    if span is not None and _notifier._notifier is not None:
         _legacy_notify("stop", span.operation_name, span, info)
 
 
