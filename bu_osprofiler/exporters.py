@@ -422,7 +422,8 @@ class Exporter:
         self.remote_sampler: Optional[RemoteSampler] = None
         self._chores: Optional[_Periodic] = None
         self._started = False
-        self._seen_errors = 0
+        # The C counter is process-wide: only failures after this point are this exporter's.
+        self._seen_errors = _core.stats()["send_errors"]
         sampler = str(self.options.get("sampler") or "").lower()
         if sampler == "remote":
             initial = self.options.get("initial_sampler")
@@ -652,7 +653,7 @@ class HttpExporter(Exporter):
                 if not (reused and stale_retry):  # a stale keep-alive connection: retry once
                     break
                 stale_retry = False
-            except (OSError, http.client.HTTPException) as exc:
+            except Exception as exc:  # OSError, HTTPException, UnicodeError from idna, ...
                 self._close()
                 error = repr(exc)
                 break

@@ -19,7 +19,7 @@ from bu_osprofiler._log import warn_limited
 from bu_osprofiler import notifier as _notifier
 
 __all__ = ["init", "get", "clean", "start", "stop", "trace", "trace_cls", "TracedMeta", "Trace",
-           "_Profiler", "fork", "join", "joining"]
+           "_Profiler"]  # plus fork / join / joining, forwarded lazily (see __getattr__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,6 +42,12 @@ def span_uuid(trace_id: int, span_id: int) -> str:
 
 
 def _uuid_int(value: Any) -> int:
+    """The integer of a UUID string (canonical form fast; other forms via uuid.UUID)."""
+    if type(value) is str and len(value) == 36 and value[8] == value[13] == value[18] == \
+            value[23] == "-":
+        h = value.replace("-", "")
+        if len(h) == 32 and h.isascii() and h.isalnum():
+            return int(h, 16)  # ValueError for non-hex letters, as uuid.UUID would raise
     return uuid.UUID(str(value)).int
 
 
@@ -140,10 +146,11 @@ def init(hmac_key: Optional[str], base_id: Optional[str] = None,
             trace_id = _uuid_int(base_id)
             if trace_id == 0:
                 raise ValueError("base_id is the nil UUID")
-            if parent_id is None or _uuid_int(parent_id) == trace_id:
+            parent_int = trace_id if parent_id is None else _uuid_int(parent_id)
+            if parent_int == trace_id:
                 span = _core.base_span(trace_id)
             else:
-                parent = _uuid_int(parent_id) & _MASK64
+                parent = parent_int & _MASK64
                 span = _core.base_span(trace_id, parent or None, is_base=False)
     except (ValueError, TypeError, AttributeError) as exc:
         warn_limited("init", "ignoring invalid osprofiler trace ids (%s): request not traced", exc)
@@ -192,8 +199,10 @@ def _legacy_notify(kind: str, name: str, span: Any, info: Optional[Mapping[str, 
 
 def start(name: str, info: Optional[Mapping[str, Any]] = None) -> None:
     """Start a trace point (a child span of the active one); no-op without a sampled trace."""
-    span = _core.push_span(str(name), info_tags(info) if info else None)
-    if span is not None and _notifier.is_set():
+    if info and type(info) is not dict:
+        info = info_tags(info)
+    span = _core.push_span(name if type(name) is str else str(name), info or None)
+    if span is not None and _notifier._notifier is not None:
         _legacy_notify("start", str(name), span, info)
 
 
@@ -203,11 +212,12 @@ def stop(info: Optional[Mapping[str, Any]] = None) -> None:
 
 
 def _stop(info: Optional[Mapping[str, Any]], exc: Optional[BaseException]) -> None:
-    tags = info_tags(info) if info else None
-    if tags and "etype" in tags and exc is None:
-        tags["error"] = True
-    span = _core.pop_span(tags, exc)
-    if span is not None and _notifier.is_set():
+    if info and type(info) is not dict:
+        info = info_tags(info)
+    if info and exc is None and "etype" in info:
+        info = dict(info, error=True)
+    span = _core.pop_span(info or None, exc)
+    if span is not None and _notifier._notifier is not None:
         _legacy_notify("stop", span.operation_name, span, info)
 
 

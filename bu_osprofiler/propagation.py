@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import json
 import uuid
-from typing import Any, Iterable, MutableMapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterable, NamedTuple, Optional, Union
 
 from bu_osprofiler import _core
 from bu_osprofiler._log import warn_limited

@@ -385,6 +385,15 @@ after_fork_child(PyObject *m, PyObject *Py_UNUSED(arg))
     /* Spans queued before the fork belong to the parent, which still sends them. */
     bu_buffer_clear(&st->buffer);
     bu_reporter_after_fork_child(st);
+    /* The child is a new reporting process: its counters (and Jaeger ClientStats) start at 0. */
+    bu_stats *c = &st->stats;
+    atomic_uint_fast64_t *all[] = {&c->started, &c->finished, &c->sampled, &c->exported,
+                                   &c->dropped_queue_full, &c->dropped_too_large,
+                                   &c->dropped_send_failed, &c->batches_sent, &c->bytes_sent,
+                                   &c->send_errors};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        atomic_store(all[i], 0);
+    }
     Py_RETURN_NONE;
 }
 

@@ -465,6 +465,19 @@ utf8_of(PyObject *o, PyObject **owner, const char **s, Py_ssize_t *n)
         return -1;
     }
     *s = PyUnicode_AsUTF8AndSize(*owner, n);
+    if (*s == NULL && PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+        /* Lone surrogates (e.g. from a WSGI environ) must not cost the whole header: send
+         * them as '?' instead. */
+        PyErr_Clear();
+        PyObject *b = PyUnicode_AsEncodedString(*owner, "utf-8", "replace");
+        PyObject *clean = b ? PyUnicode_FromEncodedObject(b, "utf-8", "strict") : NULL;
+        Py_XDECREF(b);
+        Py_SETREF(*owner, clean);
+        if (clean == NULL) {
+            return -1;
+        }
+        *s = PyUnicode_AsUTF8AndSize(clean, n);
+    }
     return *s == NULL ? -1 : 0;
 }
 

@@ -108,79 +108,170 @@ put_text(bu_buf *b, const char *k, Py_ssize_t kl, PyObject *value)
     return rc;
 }
 
-int
-bu_tag_put_py(bu_buf *b, PyObject *key, PyObject *value)
+/* UTF-8 of a tag key; *owner keeps it alive. Never fails except on MemoryError: a key that
+ * cannot be made text gets a placeholder name (callers count every tag they write). */
+static int
+key_utf8(PyObject *key, PyObject **owner, const char **k, Py_ssize_t *kl)
 {
-    PyObject *kstr = NULL;
-    const char *k;
-    Py_ssize_t kl;
-    int rc = -1;
     if (PyUnicode_Check(key)) {
-        Py_INCREF(key);
-        kstr = key;
+        *owner = Py_NewRef(key);
     }
     else {
-        kstr = PyObject_Str(key);
-        if (kstr == NULL) {
+        *owner = PyObject_Str(key);
+        if (*owner == NULL) {
             PyErr_Clear();
-            return 0; /* an unprintable key: skip the tag */
+            *owner = PyUnicode_FromString("<unprintable>");
+            if (*owner == NULL) {
+                return -1;
+            }
         }
     }
-    k = PyUnicode_AsUTF8AndSize(kstr, &kl);
-    if (k == NULL) {
+    *k = PyUnicode_AsUTF8AndSize(*owner, kl);
+    if (*k == NULL) { /* lone surrogates */
         PyErr_Clear();
-        rc = 0;
-        goto done;
+        *k = "<unencodable>";
+        *kl = 13;
     }
+    return 0;
+}
+
+int
+bu_tag_put_value(bu_buf *b, const char *k, size_t kl, PyObject *value)
+{
+    int rc;
     if (PyBool_Check(value)) {
-        rc = bu_tag_put_bool(b, k, (size_t)kl, value == Py_True);
+        rc = bu_tag_put_bool(b, k, kl, value == Py_True);
     }
-    else if (PyLong_CheckExact(value) || (PyLong_Check(value) && !PyBool_Check(value))) {
+    else if (PyLong_Check(value)) {
         int overflow = 0;
         long long x = PyLong_AsLongLongAndOverflow(value, &overflow);
-        if (overflow) {
-            rc = put_text(b, k, kl, value);
-            goto done;
-        }
-        if (x == -1 && PyErr_Occurred()) {
+        if (overflow || (x == -1 && PyErr_Occurred())) {
             PyErr_Clear();
-            rc = put_text(b, k, kl, value);
-            goto done;
+            return put_text(b, k, (Py_ssize_t)kl, value);
         }
-        rc = bu_tag_put_long(b, k, (size_t)kl, (int64_t)x);
+        rc = bu_tag_put_long(b, k, kl, (int64_t)x);
     }
     else if (PyFloat_Check(value)) {
-        rc = bu_tag_put_double(b, k, (size_t)kl, PyFloat_AS_DOUBLE(value));
+        rc = bu_tag_put_double(b, k, kl, PyFloat_AS_DOUBLE(value));
     }
     else if (PyUnicode_Check(value)) {
         Py_ssize_t vl;
         const char *v = PyUnicode_AsUTF8AndSize(value, &vl);
         if (v == NULL) {
             PyErr_Clear();
-            rc = bu_tag_put_str(b, k, (size_t)kl, "<unencodable>", 13);
+            rc = bu_tag_put_str(b, k, kl, "<unencodable>", 13);
         }
         else {
-            rc = bu_tag_put_str(b, k, (size_t)kl, v, (size_t)vl);
+            rc = bu_tag_put_str(b, k, kl, v, (size_t)vl);
         }
     }
     else if (PyBytes_Check(value)) {
-        rc = bu_tag_put_bin(b, k, (size_t)kl, PyBytes_AS_STRING(value),
-                            (size_t)PyBytes_GET_SIZE(value));
+        rc = bu_tag_put_bin(b, k, kl, PyBytes_AS_STRING(value), (size_t)PyBytes_GET_SIZE(value));
     }
     else if (PyByteArray_Check(value)) {
-        rc = bu_tag_put_bin(b, k, (size_t)kl, PyByteArray_AS_STRING(value),
+        rc = bu_tag_put_bin(b, k, kl, PyByteArray_AS_STRING(value),
                             (size_t)PyByteArray_GET_SIZE(value));
     }
     else {
-        rc = put_text(b, k, kl, value);
-        goto done;
+        return put_text(b, k, (Py_ssize_t)kl, value);
     }
     if (rc < 0) {
         PyErr_NoMemory();
     }
-done:
-    Py_DECREF(kstr);
     return rc;
+}
+
+int
+bu_tag_put_py(bu_buf *b, PyObject *key, PyObject *value)
+{
+    PyObject *owner;
+    const char *k;
+    Py_ssize_t kl;
+    if (key_utf8(key, &owner, &k, &kl) < 0) {
+        return -1;
+    }
+    int rc = bu_tag_put_value(b, k, (size_t)kl, value);
+    Py_DECREF(owner);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- osprofiler info */
+
+#define BU_INFO_MAX_DEPTH 8
+#define BU_INFO_KEY_MAX 512
+
+static Py_ssize_t put_info_dict(bu_buf *b, char *key, size_t plen, PyObject *d, int depth);
+
+/* One item: key = prefix + k; a dict value is flattened below it. Returns tags added or -1. */
+static Py_ssize_t
+put_info_item(bu_buf *b, char *key, size_t plen, PyObject *k, PyObject *v, int depth)
+{
+    PyObject *owner;
+    const char *ks;
+    Py_ssize_t kl;
+    if (key_utf8(k, &owner, &ks, &kl) < 0) {
+        return -1;
+    }
+    size_t len = plen + (size_t)kl;
+    if (len > BU_INFO_KEY_MAX - 2) { /* an absurdly long name is cut; the value is kept */
+        len = BU_INFO_KEY_MAX - 2;
+    }
+    memcpy(key + plen, ks, len - plen);
+    Py_DECREF(owner);
+    if (PyDict_Check(v) && depth < BU_INFO_MAX_DEPTH) {
+        key[len] = '.';
+        return put_info_dict(b, key, len + 1, v, depth + 1);
+    }
+    return bu_tag_put_value(b, key, len, v) < 0 ? -1 : 1;
+}
+
+static Py_ssize_t
+put_info_dict(bu_buf *b, char *key, size_t plen, PyObject *d, int depth)
+{
+    Py_ssize_t n = 0, pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        Py_ssize_t r = put_info_item(b, key, plen, k, v, depth);
+        if (r < 0) {
+            return -1;
+        }
+        n += r;
+    }
+    return n;
+}
+
+Py_ssize_t
+bu_tags_put_info(bu_buf *b, PyObject *info)
+{
+    char key[BU_INFO_KEY_MAX];
+    Py_ssize_t n = 0, pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(info, &pos, &k, &v)) {
+        Py_ssize_t r;
+        const char *prefix = NULL;
+        if (PyDict_Check(v) && PyUnicode_Check(k)) {
+            /* upstream's Jaeger driver names: function.* bare, request.* as http.* */
+            if (PyUnicode_CompareWithASCIIString(k, "function") == 0) {
+                prefix = "";
+            }
+            else if (PyUnicode_CompareWithASCIIString(k, "request") == 0) {
+                prefix = "http.";
+            }
+        }
+        if (prefix != NULL) {
+            size_t plen = strlen(prefix);
+            memcpy(key, prefix, plen);
+            r = put_info_dict(b, key, plen, v, 1);
+        }
+        else {
+            r = put_info_item(b, key, 0, k, v, 0);
+        }
+        if (r < 0) {
+            return -1;
+        }
+        n += r;
+    }
+    return n;
 }
 
 Py_ssize_t

@@ -7,6 +7,13 @@
 /* Append key/value as a typed tag: bool, int (int64; larger -> string), float, str, bytes;
  * anything else as str(value). -1 only on MemoryError (exception set). */
 int bu_tag_put_py(bu_buf *b, PyObject *key, PyObject *value);
+/* The same with a UTF-8 key. */
+int bu_tag_put_value(bu_buf *b, const char *key, size_t klen, PyObject *value);
+/* osprofiler trace-point info (a dict) flattened into tags the way upstream's Jaeger driver
+ * named them: function.{name,args,kwargs,result} -> name/args/kwargs/result,
+ * request.{path,...} -> http.path..., other nested dicts joined with '.'.
+ * Returns the number of tags added or -1. */
+Py_ssize_t bu_tags_put_info(bu_buf *b, PyObject *info);
 /* Append every item of a mapping or an iterable of pairs; returns the number added or -1. */
 Py_ssize_t bu_tags_put_items(bu_buf *b, PyObject *items);
 /* n tags from *p (advancing it) into a new dict. */

@@ -884,9 +884,11 @@ static PyObject *
 span_repr(PyObject *op)
 {
     SpanObject *s = _Span_CAST(op);
-    return PyUnicode_FromFormat("<Span %R %016llx%016llx:%016llx parent=%llx%s>", s->name,
-                                (unsigned long long)s->trace_hi, (unsigned long long)s->trace_lo,
-                                (unsigned long long)s->span_id, (unsigned long long)s->parent_id,
+    char ids[96]; /* PyUnicode_FromFormat has no zero-padded hex */
+    snprintf(ids, sizeof(ids), "%016llx%016llx:%016llx parent=%llx",
+             (unsigned long long)s->trace_hi, (unsigned long long)s->trace_lo,
+             (unsigned long long)s->span_id, (unsigned long long)s->parent_id);
+    return PyUnicode_FromFormat("<Span %R %s%s>", s->name, ids,
                                 (s->state & BU_SPAN_FINISHED) ? " finished" : "");
 }
 
@@ -1232,14 +1234,36 @@ base_span(PyObject *m, PyObject *args, PyObject *kwargs)
     return (PyObject *)s;
 }
 
-/* push_span(name, tags=None): osprofiler start(): a child of the active span becomes active,
+/* osprofiler info (a dict, flattened in C) or tags (other mappings / pairs) onto a span. */
+static int
+span_put_info(SpanObject *s, PyObject *info)
+{
+    if (!PyDict_Check(info)) {
+        PyObject *r = span_set_tags((PyObject *)s, info);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    if (!(s->state & BU_SPAN_RECORDING) || (s->state & BU_SPAN_FINISHED)) {
+        return 0;
+    }
+    size_t mark = s->tags.len;
+    Py_ssize_t n = bu_tags_put_info(&s->tags, info);
+    if (n < 0 || s->ntags + n > 0xFFFF) {
+        s->tags.len = mark; /* all or nothing */
+        return n < 0 ? -1 : 0;
+    }
+    s->ntags += (uint16_t)n;
+    return 0;
+}
+
+/* push_span(name, info=None): osprofiler start(): a child of the active span becomes active,
  * remembering the previous one. No-op (returns None) without an active sampled trace. */
 static PyObject *
 push_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     bu_state *st = bu_state_of_module(m);
     if (nargs < 1 || nargs > 2 || !PyUnicode_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "push_span(name: str, tags=None)");
+        PyErr_SetString(PyExc_TypeError, "push_span(name: str, info=None)");
         return NULL;
     }
     PyObject *cur = bu_active_get(st);
@@ -1255,13 +1279,9 @@ push_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
     }
     s->state |= BU_SPAN_STACKED;
     s->prev = cur; /* steals the reference */
-    if (nargs == 2 && args[1] != Py_None) {
-        PyObject *r = span_set_tags((PyObject *)s, args[1]);
-        if (r == NULL) {
-            Py_DECREF(s);
-            return NULL;
-        }
-        Py_DECREF(r);
+    if (nargs == 2 && args[1] != Py_None && span_put_info(s, args[1]) < 0) {
+        Py_DECREF(s);
+        return NULL;
     }
     PyObject *tok = bu_active_set(st, (PyObject *)s);
     if (tok == NULL) {
@@ -1272,7 +1292,7 @@ push_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
     return (PyObject *)s;
 }
 
-/* pop_span(tags=None, exc=None): osprofiler stop(): finish the active span if start() pushed
+/* pop_span(info=None, exc=None): osprofiler stop(): finish the active span if start() pushed
  * it and make the previous one active again. Returns the finished span or None. */
 static PyObject *
 pop_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
@@ -1285,12 +1305,8 @@ pop_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     SpanObject *s = _Span_CAST(cur);
-    if (nargs >= 1 && args[0] != Py_None) {
-        PyObject *r = span_set_tags(cur, args[0]);
-        if (r == NULL) {
-            PyErr_Clear(); /* bad stop info must not unbalance the stack */
-        }
-        Py_XDECREF(r);
+    if (nargs >= 1 && args[0] != Py_None && span_put_info(s, args[0]) < 0) {
+        PyErr_Clear(); /* bad stop info must not unbalance the stack */
     }
     if (nargs >= 2 && args[1] != Py_None && PyExceptionInstance_Check(args[1])) {
         bu_span_set_error(s, args[1], 0);
@@ -1319,9 +1335,9 @@ static PyMethodDef span_functions[] = {
      "base_span(trace_id=None, span_id=None, flags=1, baggage=None, is_base=True) -> Span "
      "placeholder continuing a trace."},
     {"push_span", (PyCFunction)(void (*)(void))push_span, METH_FASTCALL,
-     "push_span(name, tags=None): osprofiler start()."},
+     "push_span(name, info=None): osprofiler start(); info: an osprofiler info dict."},
     {"pop_span", (PyCFunction)(void (*)(void))pop_span, METH_FASTCALL,
-     "pop_span(tags=None, exc=None): osprofiler stop()."},
+     "pop_span(info=None, exc=None): osprofiler stop(); info: an osprofiler info dict."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -126,14 +126,10 @@ def delta(after: dict, before: dict) -> dict:
 # ---------------------------------------------------------------- unresolvable hosts
 
 
-_HTTP_IDNA_BUG = ("HTTP exporter: an idna UnicodeError from the host name is logged as "
-                  "'encoding spans failed' and the batch vanishes uncounted")
-
 
 @pytest.mark.parametrize("scheme,port", [
     ("jaeger", 6831),
-    pytest.param("jaeger+http", 14268,
-                 marks=pytest.mark.xfail(strict=True, reason=_HTTP_IDNA_BUG)),
+    pytest.param("jaeger+http", 14268),
 ])
 def test_unresolvable_host_counts_every_span_as_dropped(scheme, port):
     try:
@@ -264,9 +260,6 @@ def test_interpreter_exit_with_pending_spans_and_agent_down_is_bounded():
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="a new UDP exporter starts with _seen_errors = 0 while the "
-                   "C send_errors counter is process-wide: it reports the previous exporter's "
-                   "failures (with a stale last_error) as its own")
 def test_new_exporter_does_not_report_old_send_errors(receiver, caplog):
     bu_osprofiler.configure("faults", f"jaeger://{UNRESOLVABLE}:6831", flush_interval=0.05)
     run_traced(10)

@@ -148,3 +148,17 @@ def test_unsampled_init_traces_nothing():
     profiler.start("x")
     profiler.stop()
     assert len(bu_osprofiler.finished_spans()) == 1
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 36, "0123456789abcdef0123456789abcdeg",
+                                 "00000000-0000-0000-0000-000000000000", 42])
+def test_init_rejects_malformed_uuids(bad):
+    assert profiler.init("k", base_id=bad) is None
+    assert profiler.get() is None
+
+
+def test_init_accepts_uuid_forms():
+    u = uuid.uuid4()
+    for form in (str(u), str(u).upper(), u.hex, "{%s}" % u, "urn:uuid:%s" % u):
+        profiler.clean()
+        assert uuid.UUID(profiler.init("k", base_id=form).get_base_id()) == u

@@ -247,7 +247,8 @@ def test_forked_child_gets_fresh_ids_and_empty_queue(tmp_path):
         try:
             os.close(r)
             ids = [_core.rand64() for _ in range(4)]
-            queued = _core.stats()["queued_spans"]
+            st = _core.stats()
+            queued = st["queued_spans"] + st["spans_started"] + st["spans_sampled"]
             os.write(w, (",".join(map(str, ids)) + ";%d" % queued).encode())
         finally:
             os._exit(0)
@@ -263,5 +264,12 @@ def test_forked_child_gets_fresh_ids_and_empty_queue(tmp_path):
     child_ids, queued = data.decode().split(";")
     parent_ids = [_core.rand64() for _ in range(4)]
     assert set(map(int, child_ids.split(","))).isdisjoint(parent_ids)
-    assert int(queued) == 0  # the parent's span stays with the parent
+    assert int(queued) == 0  # the parent's span (and its counts) stay with the parent
     assert [s.operation_name for s in bu_osprofiler.finished_spans()] == ["before-fork"]
+
+
+def test_span_repr_shows_hex_ids():
+    s = bu_osprofiler.start_span("named")
+    text = repr(s)
+    assert "'named'" in text and ("%016x" % s.span_id) in text
+    assert ("%032x" % s.trace_id) in text
