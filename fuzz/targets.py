@@ -71,14 +71,6 @@ class Unprintable:
     __repr__ = __str__
 
 
-# Known, reported bugs kept out of the CI run until fixed (FUZZ_KNOWN_BUGS=1 puts them back):
-# * a tag KEY that cannot become UTF-8 (str() raises, or lone surrogates) is counted but not
-#   written, and readers run past the record (xfails in tests/test_leaks.py);
-# * a baggage value with a lone surrogate is accepted by extract() and then makes inject() drop
-#   every header (xfail in tests/test_fuzz_regressions.py).  Kept out of the CI corpus until fixed; FUZZ_KNOWN_BUGS=1 puts it back.
-KNOWN_BUGS = os.environ.get("FUZZ_KNOWN_BUGS") == "1"
-
-
 # ---------------------------------------------------------------- _core._push_record
 
 
@@ -128,11 +120,9 @@ def _key(inp: Input):
         return inp.byte()
     if kind == 6:
         return inp.raw(16)
-    if kind == 7 and KNOWN_BUGS:
-        return Unprintable()
-    if KNOWN_BUGS:
-        return inp.text(32)  # may hold lone surrogates: not UTF-8 encodable
-    return inp.raw(32).decode("utf-8", "replace")
+    if kind == 7:
+        return Unprintable()  # skipped, never counted (a fixed finding)
+    return inp.text(32)  # may hold lone surrogates: not UTF-8 encodable
 
 
 def _fields(inp: Input) -> Tuple[object, bool]:
@@ -280,10 +270,10 @@ def _headers_check(names: List[str]) -> Callable[[bytes], None]:
         from bu_osprofiler import propagation
         inp = Input(data)
         carrier = {}
-        # Header values as a WSGI server hands them over (PEP 3333: bytes decoded as latin-1);
-        # FUZZ_KNOWN_BUGS=1 also feeds lone surrogates (see the xfail in
-        # tests/test_fuzz_regressions.py).
-        text = inp.text if KNOWN_BUGS else (lambda n=64: inp.raw(n).decode("latin-1"))
+        # Header values as a WSGI server hands them over (PEP 3333: bytes decoded as latin-1)
+        # or as Python code may build them (UTF-8 with lone surrogates: a fixed finding).
+        wsgi = bool(inp.byte() & 1)
+        text = (lambda n=64: inp.raw(n).decode("latin-1")) if wsgi else inp.text
         for i, n in enumerate(names):
             last = i == len(names) - 1
             if "{}" in n:
@@ -294,8 +284,7 @@ def _headers_check(names: List[str]) -> Callable[[bytes], None]:
                 v = text(4096)
             else:
                 rest = inp.rest()
-                v = rest.decode("utf-8", "surrogateescape") if KNOWN_BUGS else \
-                    rest.decode("latin-1")
+                v = rest.decode("latin-1") if wsgi else rest.decode("utf-8", "surrogateescape")
             carrier[n] = v
         ctx = propagation.extract(carrier)  # must never raise on untrusted headers
         if ctx is None:
