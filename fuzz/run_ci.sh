@@ -29,7 +29,8 @@ if ! "$VENV/bin/python" -c 'import atheris' 2>/dev/null; then
 fi
 SITE=$("$VENV/bin/python" -c 'import atheris, os; print(atheris.path())')
 ENVS=()
-if command -v clang >/dev/null 2>&1 && [ -e "$SITE/asan_with_fuzzer.so" ]; then
+if [ "${FUZZ_NO_CLANG:-0}" != 1 ] && command -v clang >/dev/null 2>&1 &&
+        [ -e "$SITE/asan_with_fuzzer.so" ]; then
     MODE="clang + ASan/UBSan, C coverage"
     BUILD_ENV=(CC=clang LDSHARED="clang -shared" CFLAGS=-fsanitize=fuzzer-no-link
                BU_OSPROFILER_SANITIZE=1)
