@@ -1276,30 +1276,23 @@ span_put_info(SpanObject *s, PyObject *info)
     return 0;
 }
 
-/* push_span(name, info=None): osprofiler start(): a child of the active span becomes active,
- * remembering the previous one. No-op (returns None) without an active sampled trace. */
-static PyObject *
-push_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+PyObject *
+bu_push_span(bu_state *st, PyObject *name, PyObject *info)
 {
-    bu_state *st = bu_state_of_module(m);
-    if (nargs < 1 || nargs > 2 || !PyUnicode_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "push_span(name: str, info=None)");
-        return NULL;
-    }
     PyObject *cur = bu_active_get(st);
     if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
         !(_Span_CAST(cur)->flags & BU_FLAG_SAMPLED)) {
         Py_XDECREF(cur);
         Py_RETURN_NONE;
     }
-    SpanObject *s = bu_span_start(st, cur, args[0], -1);
+    SpanObject *s = bu_span_start(st, cur, name, -1);
     if (s == NULL) {
         Py_DECREF(cur);
         return NULL;
     }
     s->state |= BU_SPAN_STACKED;
     s->prev = cur; /* steals the reference */
-    if (nargs == 2 && args[1] != Py_None && span_put_info(s, args[1]) < 0) {
+    if (info != NULL && info != Py_None && span_put_info(s, info) < 0) {
         Py_DECREF(s);
         return NULL;
     }
@@ -1312,12 +1305,9 @@ push_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
     return (PyObject *)s;
 }
 
-/* pop_span(info=None, exc=None): osprofiler stop(): finish the active span if start() pushed
- * it and make the previous one active again. Returns the finished span or None. */
-static PyObject *
-pop_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+PyObject *
+bu_pop_span(bu_state *st, PyObject *info, PyObject *exc)
 {
-    bu_state *st = bu_state_of_module(m);
     PyObject *cur = bu_active_get(st);
     if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
         !(_Span_CAST(cur)->state & BU_SPAN_STACKED)) {
@@ -1325,11 +1315,11 @@ pop_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     SpanObject *s = _Span_CAST(cur);
-    if (nargs >= 1 && args[0] != Py_None && span_put_info(s, args[0]) < 0) {
+    if (info != NULL && info != Py_None && span_put_info(s, info) < 0) {
         PyErr_Clear(); /* bad stop info must not unbalance the stack */
     }
-    if (nargs >= 2 && args[1] != Py_None && PyExceptionInstance_Check(args[1])) {
-        bu_span_set_error(s, args[1], 0);
+    if (exc != NULL && exc != Py_None && PyExceptionInstance_Check(exc)) {
+        bu_span_set_error(s, exc, 0);
     }
     bu_span_finish(s, -1);
     PyObject *prev = s->prev ? s->prev : Py_None;
@@ -1341,6 +1331,27 @@ pop_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_DECREF(tok);
     return cur;
+}
+
+/* push_span(name, info=None): osprofiler start(): a child of the active span becomes active,
+ * remembering the previous one. No-op (returns None) without an active sampled trace. */
+static PyObject *
+push_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2 || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "push_span(name: str, info=None)");
+        return NULL;
+    }
+    return bu_push_span(bu_state_of_module(m), args[0], nargs == 2 ? args[1] : NULL);
+}
+
+/* pop_span(info=None, exc=None): osprofiler stop(): finish the active span if start() pushed
+ * it and make the previous one active again. Returns the finished span or None. */
+static PyObject *
+pop_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return bu_pop_span(bu_state_of_module(m), nargs >= 1 ? args[0] : NULL,
+                       nargs >= 2 ? args[1] : NULL);
 }
 
 static PyMethodDef span_functions[] = {

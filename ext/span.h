@@ -52,6 +52,15 @@ PyObject *bu_active_get(bu_state *st);
 PyObject *bu_active_set(bu_state *st, PyObject *value);
 int bu_active_reset(bu_state *st, PyObject *token);
 
+/* osprofiler start(): a child of the active sampled span becomes active (remembering the previous
+ * one); `info` (dict: flattened osprofiler info; other: tags) may be NULL. Returns the span, or
+ * None without an active sampled trace (new references), or NULL with an exception. */
+PyObject *bu_push_span(bu_state *st, PyObject *name, PyObject *info);
+/* osprofiler stop(): finish the span bu_push_span made active (adding `info` and, for an exception
+ * instance `exc`, the error tag and log; both may be NULL) and re-activate the previous one.
+ * Returns the finished span or None (new references), or NULL with an exception. */
+PyObject *bu_pop_span(bu_state *st, PyObject *info, PyObject *exc);
+
 static inline int
 bu_span_is_recording(bu_state *st, PyObject *o)
 {
