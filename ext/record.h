@@ -45,11 +45,23 @@ typedef struct bu_record {
     unsigned char data[];
 } bu_record;
 
-/* A growable byte buffer (used for tags / logs / refs while a span is live). */
+/* A growable byte buffer (used for tags / logs / refs while a span is live). All zero is a valid
+ * empty buffer. A buffer may start on borrowed memory (e.g. storage inside a Span, so that a
+ * typical span never mallocs its tags): it moves to the heap when it outgrows it. */
 typedef struct {
     unsigned char *data;
     size_t len, cap;
+    int borrowed; /* data is not ours: never realloc'd or freed */
 } bu_buf;
+
+static inline void
+bu_buf_init_borrowed(bu_buf *b, unsigned char *mem, size_t cap)
+{
+    b->data = mem;
+    b->len = 0;
+    b->cap = cap;
+    b->borrowed = 1;
+}
 
 int bu_buf_reserve(bu_buf *b, size_t extra); /* 0 ok, -1 out of memory (no exception set) */
 void bu_buf_free(bu_buf *b);

@@ -364,7 +364,7 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
     s->state = 0;
     s->service = st->cur_process;
     s->ntags = s->nlogs = s->nrefs = 0;
-    memset(&s->tags, 0, sizeof(bu_buf));
+    bu_buf_init_borrowed(&s->tags, s->tags_inline, sizeof(s->tags_inline));
     memset(&s->logs, 0, sizeof(bu_buf));
     memset(&s->refs, 0, sizeof(bu_buf));
     s->prev = NULL;

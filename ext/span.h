@@ -11,6 +11,8 @@
 #define BU_SPAN_BASE 0x08      /* a trace's base placeholder (profiler.init): children are roots */
 #define BU_SPAN_PLACEHOLDER 0x10 /* not a span of ours: a context to continue (never finished) */
 
+#define BU_SPAN_INLINE_TAGS 128
+
 typedef struct {
     PyObject_HEAD
     uint64_t trace_hi, trace_lo, span_id, parent_id;
@@ -32,6 +34,9 @@ typedef struct {
     PyObject *prev;    /* STACKED spans: the span that was active before profiler.start() */
     int64_t start_ns, start_mono;
     bu_buf tags, logs, refs;
+    /* Where `tags` starts (bu_span_start): enough for a decorated function's static tags or a
+     * root's sampler tags, so that a typical span never mallocs a tag buffer. */
+    unsigned char tags_inline[BU_SPAN_INLINE_TAGS];
 } SpanObject;
 
 #define _Span_CAST(op) ((SpanObject *)(op))
