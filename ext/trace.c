@@ -333,6 +333,67 @@ tracepoint_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     return (PyObject *)t;
 }
 
+/* Trace(...) on the exact type (CPython never inherits tp_vectorcall, so subclasses go through
+ * type_call and tracepoint_new): no argument tuple, no zeroing allocation. Anything unusual
+ * (unknown keywords, wrong counts) is handed to tracepoint_new for its checks and messages. */
+static PyObject *
+tracepoint_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyTypeObject *tp = (PyTypeObject *)type;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *name = nargs >= 1 ? args[0] : NULL, *info = nargs >= 2 ? args[1] : NULL;
+    PyObject *tuple = NULL, *kwargs = NULL, *res = NULL;
+    int generic = nargs > 2;
+    for (Py_ssize_t i = 0; i < nkw && !generic; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        if (info == NULL && PyUnicode_CompareWithASCIIString(key, "info") == 0) {
+            info = args[nargs + i];
+        }
+        else if (name == NULL && PyUnicode_CompareWithASCIIString(key, "name") == 0) {
+            name = args[nargs + i];
+        }
+        else {
+            generic = 1;
+        }
+    }
+    if (generic || name == NULL) {
+        tuple = PyTuple_New(nargs);
+        kwargs = nkw ? PyDict_New() : NULL;
+        if (tuple == NULL || (nkw && kwargs == NULL)) {
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+        }
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                goto done;
+            }
+        }
+        res = tracepoint_new(tp, tuple, kwargs);
+        goto done;
+    }
+    bu_state *st = PyType_GetModuleState(tp);
+    if (st == NULL) {
+        PyErr_SetString(PyExc_SystemError, "Trace: module state missing");
+        goto done;
+    }
+    TracePointObject *t = PyObject_GC_New(TracePointObject, tp);
+    if (t == NULL) {
+        goto done;
+    }
+    t->st = st;
+    t->name = Py_NewRef(name);
+    t->info = Py_NewRef(info ? info : Py_None);
+    PyObject_GC_Track(t);
+    res = (PyObject *)t;
+done:
+    Py_XDECREF(tuple);
+    Py_XDECREF(kwargs);
+    return res;
+}
+
 static int
 tracepoint_traverse(PyObject *op, visitproc visit, void *arg)
 {
@@ -513,6 +574,9 @@ bu_trace_init(PyObject *m, bu_state *st)
         goto done;
     }
     tpt = (PyTypeObject *)PyType_FromModuleAndSpec(m, &tracepoint_spec, NULL);
+    if (tpt != NULL) {
+        tpt->tp_vectorcall = tracepoint_vectorcall; /* no type slot for it before 3.14 */
+    }
     if (tpt == NULL || PyModule_AddObjectRef(m, "TracePoint", (PyObject *)tpt) < 0 ||
         PyModule_AddFunctions(m, trace_functions) < 0) {
         goto done;

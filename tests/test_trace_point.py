@@ -84,3 +84,17 @@ def test_trace_point_subclass_and_exit_arity():
     assert [s.operation_name for s in bu_osprofiler.finished_spans()] == ["sub"]
     with pytest.raises(TypeError):
         profiler.Trace("x").__exit__(None, None)
+
+
+def test_trace_point_constructor_arguments():
+    profiler.init("k")
+    with profiler.Trace(info={"a": 1}, name="kw"):
+        pass
+    with profiler.Trace("pos", {"b": 2}):
+        pass
+    spans = bu_osprofiler.finished_spans()
+    assert by_name(spans, "kw").tags["a"] == 1 and by_name(spans, "pos").tags["b"] == 2
+    for args, kwargs in [((), {}), (("a", 1, 2), {}), (("a",), {"x": 1}),
+                         (("a",), {"name": "b"}), ((), {"info": 1})]:
+        with pytest.raises(TypeError):
+            profiler.Trace(*args, **kwargs)
