@@ -39,14 +39,9 @@ bu_buf_reserve(bu_buf *b, size_t extra)
 }
 
 void
-bu_buf_free(bu_buf *b)
+bu_buf_free_heap(bu_buf *b)
 {
-    if (!b->borrowed) {
-        free(b->data);
-    }
-    b->data = NULL;
-    b->len = b->cap = 0;
-    b->borrowed = 0;
+    free(b->data);
 }
 
 static inline void
