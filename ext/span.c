@@ -1277,7 +1277,7 @@ span_put_info(SpanObject *s, PyObject *info)
 }
 
 PyObject *
-bu_push_span(bu_state *st, PyObject *name, PyObject *info)
+bu_push_span(bu_state *st, PyObject *name, PyObject *info, PyObject **token)
 {
     PyObject *cur = bu_active_get(st);
     if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
@@ -1301,12 +1301,17 @@ bu_push_span(bu_state *st, PyObject *name, PyObject *info)
         Py_DECREF(s);
         return NULL;
     }
-    Py_DECREF(tok);
+    if (token != NULL) {
+        *token = tok;
+    }
+    else {
+        Py_DECREF(tok);
+    }
     return (PyObject *)s;
 }
 
 PyObject *
-bu_pop_span(bu_state *st, PyObject *info, PyObject *exc)
+bu_pop_span(bu_state *st, PyObject *info, PyObject *exc, PyObject *pushed, PyObject *token)
 {
     PyObject *cur = bu_active_get(st);
     if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
@@ -1322,6 +1327,15 @@ bu_pop_span(bu_state *st, PyObject *info, PyObject *exc)
         bu_span_set_error(s, exc, 0);
     }
     bu_span_finish(s, -1);
+    /* Resetting the push's token restores the same previous span without allocating a token;
+     * a token from another context (or used already) fails: set the previous span instead. */
+    if (token != NULL && cur == pushed) {
+        if (bu_active_reset(st, token) == 0) {
+            Py_CLEAR(s->prev);
+            return cur;
+        }
+        PyErr_Clear();
+    }
     PyObject *prev = s->prev ? s->prev : Py_None;
     PyObject *tok = bu_active_set(st, prev);
     Py_CLEAR(s->prev);
@@ -1342,7 +1356,7 @@ push_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "push_span(name: str, info=None)");
         return NULL;
     }
-    return bu_push_span(bu_state_of_module(m), args[0], nargs == 2 ? args[1] : NULL);
+    return bu_push_span(bu_state_of_module(m), args[0], nargs == 2 ? args[1] : NULL, NULL);
 }
 
 /* pop_span(info=None, exc=None): osprofiler stop(): finish the active span if start() pushed
@@ -1351,7 +1365,7 @@ static PyObject *
 pop_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     return bu_pop_span(bu_state_of_module(m), nargs >= 1 ? args[0] : NULL,
-                       nargs >= 2 ? args[1] : NULL);
+                       nargs >= 2 ? args[1] : NULL, NULL, NULL);
 }
 
 static PyMethodDef span_functions[] = {

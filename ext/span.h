@@ -59,12 +59,16 @@ int bu_active_reset(bu_state *st, PyObject *token);
 
 /* osprofiler start(): a child of the active sampled span becomes active (remembering the previous
  * one); `info` (dict: flattened osprofiler info; other: tags) may be NULL. Returns the span, or
- * None without an active sampled trace (new references), or NULL with an exception. */
-PyObject *bu_push_span(bu_state *st, PyObject *name, PyObject *info);
+ * None without an active sampled trace (new references), or NULL with an exception. With `token`
+ * non-NULL and a span pushed, *token receives the ContextVar token of the push (new reference). */
+PyObject *bu_push_span(bu_state *st, PyObject *name, PyObject *info, PyObject **token);
 /* osprofiler stop(): finish the span bu_push_span made active (adding `info` and, for an exception
  * instance `exc`, the error tag and log; both may be NULL) and re-activate the previous one.
+ * `pushed` and `token` (may be NULL) are a span and its bu_push_span token: when that span is the
+ * one popped, resetting the token restores the previous span (cheaper than a new set).
  * Returns the finished span or None (new references), or NULL with an exception. */
-PyObject *bu_pop_span(bu_state *st, PyObject *info, PyObject *exc);
+PyObject *bu_pop_span(bu_state *st, PyObject *info, PyObject *exc, PyObject *pushed,
+                      PyObject *token);
 
 static inline int
 bu_span_is_recording(bu_state *st, PyObject *o)

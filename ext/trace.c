@@ -300,6 +300,8 @@ typedef struct {
     bu_state *st;
     PyObject *name;
     PyObject *info;
+    PyObject *span;  /* the span the fast __enter__ pushed (NULL when none / in use) */
+    PyObject *token; /* its ContextVar token: __exit__ resets it */
 } TracePointObject;
 
 #define _TracePoint_CAST(op) ((TracePointObject *)(op))
@@ -330,6 +332,7 @@ tracepoint_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     t->st = st;
     t->name = Py_NewRef(name);
     t->info = Py_NewRef(info);
+    t->span = t->token = NULL;
     return (PyObject *)t;
 }
 
@@ -386,6 +389,7 @@ tracepoint_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyOb
     t->st = st;
     t->name = Py_NewRef(name);
     t->info = Py_NewRef(info ? info : Py_None);
+    t->span = t->token = NULL;
     PyObject_GC_Track(t);
     res = (PyObject *)t;
 done:
@@ -401,6 +405,8 @@ tracepoint_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(op));
     Py_VISIT(t->name);
     Py_VISIT(t->info);
+    Py_VISIT(t->span);
+    Py_VISIT(t->token);
     return 0;
 }
 
@@ -410,6 +416,8 @@ tracepoint_clear(PyObject *op)
     TracePointObject *t = _TracePoint_CAST(op);
     Py_CLEAR(t->name);
     Py_CLEAR(t->info);
+    Py_CLEAR(t->span);
+    Py_CLEAR(t->token);
     return 0;
 }
 
@@ -463,7 +471,19 @@ tracepoint_enter(PyObject *op, PyObject *Py_UNUSED(arg))
             return NULL;
         }
     }
-    res = slow ? call_slow(st, 2, t->name, t->info) : bu_push_span(st, t->name, t->info);
+    if (slow) {
+        res = call_slow(st, 2, t->name, t->info);
+    }
+    else if (t->token == NULL) {
+        /* keep the span and its token for __exit__ (a re-entered Trace object keeps the first) */
+        res = bu_push_span(st, t->name, t->info, &t->token);
+        if (res != NULL && t->token != NULL) {
+            t->span = Py_NewRef(res);
+        }
+    }
+    else {
+        res = bu_push_span(st, t->name, t->info, NULL);
+    }
     if (res == NULL) {
         return NULL;
     }
@@ -488,7 +508,17 @@ tracepoint_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
-    res = slow ? call_slow(st, 3, args[0], args[1]) : bu_pop_span(st, NULL, NULL);
+    if (slow) {
+        res = call_slow(st, 3, args[0], args[1]);
+    }
+    else {
+        res = bu_pop_span(st, NULL, NULL, t->span, t->token);
+    }
+    if (res != NULL && (res == t->span || slow)) {
+        /* this enter's span is finished (or the slow path popped): the token is spent */
+        Py_CLEAR(t->span);
+        Py_CLEAR(t->token);
+    }
     if (res == NULL) {
         return NULL;
     }

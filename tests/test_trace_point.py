@@ -98,3 +98,37 @@ def test_trace_point_constructor_arguments():
                          (("a",), {"name": "b"}), ((), {"info": 1})]:
         with pytest.raises(TypeError):
             profiler.Trace(*args, **kwargs)
+
+
+def test_trace_point_reused_and_unbalanced():
+    base = profiler.init("k").span
+    t = profiler.Trace("again")
+    with t:
+        outer = profiler.get().span
+        with t:  # the same object entered twice: both spans nest and unwind
+            assert profiler.get().span.parent_id == outer.span_id
+        assert profiler.get().span is outer
+    assert profiler.get().span is base
+    with t:  # and once more after both exits
+        pass
+    with profiler.Trace("point"):
+        profiler.start("left-open")  # osprofiler stack semantics: exit pops the innermost
+    assert profiler.get().span.operation_name == "point"
+    profiler.stop()
+    assert profiler.get().span is base
+    names = [s.operation_name for s in bu_osprofiler.finished_spans()]
+    assert names == ["again", "again", "again", "left-open", "point"]
+
+
+def test_trace_point_exit_in_another_context():
+    import contextvars
+
+    base = profiler.init("k").span
+    t = profiler.Trace("moved")
+    t.__enter__()
+    inner = profiler.get().span
+    ctx = contextvars.copy_context()
+    ctx.run(t.__exit__, None, None, None)  # the token belongs to this context, not ctx's
+    assert ctx.run(profiler.get).span is base
+    assert profiler.get().span is inner  # this context still has it (as before)
+    assert [s.operation_name for s in bu_osprofiler.finished_spans()] == ["moved"]
