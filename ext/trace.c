@@ -464,7 +464,8 @@ tracepoint_enter(PyObject *op, PyObject *Py_UNUSED(arg))
     TracePointObject *t = _TracePoint_CAST(op);
     bu_state *st = t->st;
     PyObject *res;
-    int slow = !PyUnicode_CheckExact(t->name) || !(t->info == Py_None || PyDict_CheckExact(t->info));
+    int slow =
+        !PyUnicode_CheckExact(t->name) || !(t->info == Py_None || PyDict_CheckExact(t->info));
     if (!slow) {
         slow = legacy_notifier_set(st);
         if (slow < 0) {
