@@ -27,32 +27,12 @@ bu_active_get(bu_state *st)
     return v;
 }
 
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-/* The head of CPython 3.11's PyContext (Include/internal/pycore_context.h). 3.11 is a frozen
- * release, so this layout cannot change under us; other versions use the public-API guard. */
-typedef struct {
-    PyObject_HEAD
-    PyObject *ctx_prev;
-    PyObject *ctx_vars; /* the HAMT mapping variables to values */
-} bu_context311;
-#endif
-
 PyObject *
 bu_active_set(bu_state *st, PyObject *value)
 {
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+#if PY_VERSION_HEX < 0x030C0000
     /* CPython <= 3.11: a GC run during PyContextVar_Set can free the context's old variable
-     * mapping while it is still in use (gh-148891). Holding a reference to that mapping across
-     * the set is what a PyContext_CopyCurrent() snapshot does, without allocating a Context
-     * (saves ~10% of a sampled decorator call). */
-    PyObject *ctx = PyThreadState_Get()->context;
-    PyObject *vars = ctx ? ((bu_context311 *)ctx)->ctx_vars : NULL;
-    Py_XINCREF(vars);
-    PyObject *tok = PyContextVar_Set(st->active, value);
-    Py_XDECREF(vars);
-    return tok;
-#elif PY_VERSION_HEX < 0x030C0000
-    /* Older CPython: the same guard through the public API (a snapshot holds the mapping). */
+     * mapping while it is still in use (gh-148891); a snapshot keeps it alive across the set. */
     PyObject *snapshot = PyContext_CopyCurrent();
     if (snapshot == NULL) {
         return NULL;
