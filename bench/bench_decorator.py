@@ -1,4 +1,5 @@
-"""Decorator cost: bare call vs traced call with no trace vs unsampled vs sampled into memory://.
+"""Decorator cost: bare call vs traced call with no trace vs unsampled vs sampled into memory://
+(and ``with profiler.Trace(...)``, sampled).
 
 Careful harness (no pyperf dependency): each variant runs in the same process, interleaved over
 several rounds; a round times `loops` calls with perf_counter_ns, GC disabled; we report the median
@@ -31,6 +32,15 @@ def run_loop(fn, loops):
     t0 = time.perf_counter_ns()
     for _ in range(loops):
         fn()
+    return (time.perf_counter_ns() - t0) / loops
+
+
+def with_loop(loops):
+    trace_point = profiler.Trace
+    t0 = time.perf_counter_ns()
+    for _ in range(loops):
+        with trace_point("bench"):
+            pass
     return (time.perf_counter_ns() - t0) / loops
 
 
@@ -70,12 +80,21 @@ def main(argv=None):
         _core.take_records()
         return r
 
+    def with_trace():
+        profiler.clean()
+        profiler.init("key")
+        r = with_loop(args.loops)
+        profiler.clean()
+        _core.take_records()
+        return r
+
     variants = {
         "loop overhead": lambda: empty_loop(args.loops),
         "bare call": lambda: run_loop(bare, args.loops),
         "traced, no trace active": no_trace,
         "traced, unsampled trace": unsampled,
         "traced, sampled, memory://": sampled,
+        "with Trace, sampled, memory://": with_trace,
     }
     results = {k: [] for k in variants}
     gc.disable()
@@ -91,10 +110,10 @@ def main(argv=None):
     bare_ns = med["bare call"]
     print("python %s on %s, loops=%d rounds=%d" % (platform.python_version(),
                                                    platform.machine(), args.loops, args.rounds))
-    print("%-30s %12s %16s" % ("variant", "ns/call", "over bare call"))
+    print("%-32s %12s %16s" % ("variant", "ns/call", "over bare call"))
     for k, v in med.items():
         over = "" if k in ("loop overhead", "bare call") else "%+.1f ns" % (v - bare_ns)
-        print("%-30s %12.1f %16s" % (k, v, over))
+        print("%-32s %12.1f %16s" % (k, v, over))
     budget_untraced = med["traced, no trace active"] - bare_ns <= 60
     budget_sampled = med["traced, sampled, memory://"] - med["loop overhead"] <= 500
     print("budget untraced <= 60 ns over bare: %s" % ("met" if budget_untraced else "NOT met"))

@@ -374,26 +374,25 @@ class TracedMeta(type):
                 setattr(cls, attr, wrapped)
 
 
-class Trace:
-    """Context manager for a trace point: ``with profiler.Trace("db", info={...}):``."""
+def _trace_enter(name: Any, info: Optional[Mapping[str, Any]]) -> None:
+    """Trace.__enter__'s slow path (legacy notifier set, non-str name or non-dict info)."""
+    start(name, info=info)
 
-    __slots__ = ("_name", "_info")
 
-    def __init__(self, name: str, info: Optional[Mapping[str, Any]] = None) -> None:
-        self._name = name
-        self._info = info
+def _trace_exit(etype: Any, value: Any) -> None:
+    """Trace.__exit__'s slow path (an exception, or a legacy notifier set)."""
+    if etype is not None:
+        msg = value.args[0] if value is not None and value.args else None
+        _stop({"etype": _etype(value) if value is not None else etype.__name__,
+               "message": msg}, value)
+    else:
+        stop()
 
-    def __enter__(self) -> "Trace":
-        start(self._name, info=self._info)
-        return self
 
-    def __exit__(self, etype: Any, value: Any, tb: Any) -> None:
-        if etype is not None:
-            msg = value.args[0] if value is not None and value.args else None
-            _stop({"etype": _etype(value) if value is not None else etype.__name__,
-                   "message": msg}, value)
-        else:
-            stop()
+# Context manager for a trace point: ``with profiler.Trace("db", info={...}):``. A C type whose
+# __enter__/__exit__ push / pop the span directly; unusual cases call the two functions above.
+Trace = _core.TracePoint
+_core._set_trace_slow_path(vars(_notifier), "_notifier", _trace_enter, _trace_exit)
 
 
 def __getattr__(name: str) -> Any:

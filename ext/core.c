@@ -491,6 +491,7 @@ core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->TracedType);
     Py_VISIT(st->active);
     Py_VISIT(st->format_exc);
+    Py_VISIT(st->trace_slow);
     return 0;
 }
 
@@ -511,6 +512,7 @@ core_clear(PyObject *m)
     Py_CLEAR(st->str_result);
     Py_CLEAR(st->empty_tuple);
     Py_CLEAR(st->format_exc);
+    Py_CLEAR(st->trace_slow);
     return 0;
 }
 

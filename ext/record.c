@@ -16,9 +16,22 @@ bu_buf_reserve(bu_buf *b, size_t extra)
     while (cap < b->len + extra) {
         cap *= 2;
     }
-    unsigned char *p = realloc(b->data, cap);
-    if (p == NULL) {
-        return -1;
+    unsigned char *p;
+    if (b->borrowed) {
+        p = malloc(cap);
+        if (p == NULL) {
+            return -1;
+        }
+        if (b->len) {
+            memcpy(p, b->data, b->len);
+        }
+        b->borrowed = 0;
+    }
+    else {
+        p = realloc(b->data, cap);
+        if (p == NULL) {
+            return -1;
+        }
     }
     b->data = p;
     b->cap = cap;
@@ -26,11 +39,9 @@ bu_buf_reserve(bu_buf *b, size_t extra)
 }
 
 void
-bu_buf_free(bu_buf *b)
+bu_buf_free_heap(bu_buf *b)
 {
     free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
 }
 
 static inline void

@@ -45,14 +45,39 @@ typedef struct bu_record {
     unsigned char data[];
 } bu_record;
 
-/* A growable byte buffer (used for tags / logs / refs while a span is live). */
+/* A growable byte buffer (used for tags / logs / refs while a span is live). All zero is a valid
+ * empty buffer. A buffer may start on borrowed memory (e.g. storage inside a Span, so that a
+ * typical span never mallocs its tags): it moves to the heap when it outgrows it. */
 typedef struct {
     unsigned char *data;
     size_t len, cap;
+    int borrowed; /* data is not ours: never realloc'd or freed */
 } bu_buf;
 
+static inline void
+bu_buf_init_borrowed(bu_buf *b, unsigned char *mem, size_t cap)
+{
+    b->data = mem;
+    b->len = 0;
+    b->cap = cap;
+    b->borrowed = 1;
+}
+
 int bu_buf_reserve(bu_buf *b, size_t extra); /* 0 ok, -1 out of memory (no exception set) */
-void bu_buf_free(bu_buf *b);
+void bu_buf_free_heap(bu_buf *b); /* record.c: free(b->data), kept out of line */
+
+/* Release the memory (if ours) and leave an empty buffer. Inline: a finished span frees three
+ * mostly empty buffers twice (finish and dealloc). */
+static inline void
+bu_buf_free(bu_buf *b)
+{
+    if (b->data != NULL && !b->borrowed) {
+        bu_buf_free_heap(b);
+    }
+    b->data = NULL;
+    b->len = b->cap = 0;
+    b->borrowed = 0;
+}
 
 /* Append one tag (key/value truncated to the limits above). 0 ok, -1 no memory. */
 int bu_tag_put_str(bu_buf *b, const char *key, size_t klen, const char *val, size_t vlen);

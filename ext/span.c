@@ -344,7 +344,7 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
     s->state = 0;
     s->service = st->cur_process;
     s->ntags = s->nlogs = s->nrefs = 0;
-    memset(&s->tags, 0, sizeof(bu_buf));
+    bu_buf_init_borrowed(&s->tags, s->tags_inline, sizeof(s->tags_inline));
     memset(&s->logs, 0, sizeof(bu_buf));
     memset(&s->refs, 0, sizeof(bu_buf));
     s->prev = NULL;
@@ -1256,30 +1256,23 @@ span_put_info(SpanObject *s, PyObject *info)
     return 0;
 }
 
-/* push_span(name, info=None): osprofiler start(): a child of the active span becomes active,
- * remembering the previous one. No-op (returns None) without an active sampled trace. */
-static PyObject *
-push_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+PyObject *
+bu_push_span(bu_state *st, PyObject *name, PyObject *info, PyObject **token)
 {
-    bu_state *st = bu_state_of_module(m);
-    if (nargs < 1 || nargs > 2 || !PyUnicode_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "push_span(name: str, info=None)");
-        return NULL;
-    }
     PyObject *cur = bu_active_get(st);
     if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
         !(_Span_CAST(cur)->flags & BU_FLAG_SAMPLED)) {
         Py_XDECREF(cur);
         Py_RETURN_NONE;
     }
-    SpanObject *s = bu_span_start(st, cur, args[0], -1);
+    SpanObject *s = bu_span_start(st, cur, name, -1);
     if (s == NULL) {
         Py_DECREF(cur);
         return NULL;
     }
     s->state |= BU_SPAN_STACKED;
     s->prev = cur; /* steals the reference */
-    if (nargs == 2 && args[1] != Py_None && span_put_info(s, args[1]) < 0) {
+    if (info != NULL && info != Py_None && span_put_info(s, info) < 0) {
         Py_DECREF(s);
         return NULL;
     }
@@ -1288,16 +1281,18 @@ push_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(s);
         return NULL;
     }
-    Py_DECREF(tok);
+    if (token != NULL) {
+        *token = tok;
+    }
+    else {
+        Py_DECREF(tok);
+    }
     return (PyObject *)s;
 }
 
-/* pop_span(info=None, exc=None): osprofiler stop(): finish the active span if start() pushed
- * it and make the previous one active again. Returns the finished span or None. */
-static PyObject *
-pop_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+PyObject *
+bu_pop_span(bu_state *st, PyObject *info, PyObject *exc, PyObject *pushed, PyObject *token)
 {
-    bu_state *st = bu_state_of_module(m);
     PyObject *cur = bu_active_get(st);
     if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
         !(_Span_CAST(cur)->state & BU_SPAN_STACKED)) {
@@ -1305,13 +1300,22 @@ pop_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     SpanObject *s = _Span_CAST(cur);
-    if (nargs >= 1 && args[0] != Py_None && span_put_info(s, args[0]) < 0) {
+    if (info != NULL && info != Py_None && span_put_info(s, info) < 0) {
         PyErr_Clear(); /* bad stop info must not unbalance the stack */
     }
-    if (nargs >= 2 && args[1] != Py_None && PyExceptionInstance_Check(args[1])) {
-        bu_span_set_error(s, args[1], 0);
+    if (exc != NULL && exc != Py_None && PyExceptionInstance_Check(exc)) {
+        bu_span_set_error(s, exc, 0);
     }
     bu_span_finish(s, -1);
+    /* Resetting the push's token restores the same previous span without allocating a token;
+     * a token from another context (or used already) fails: set the previous span instead. */
+    if (token != NULL && cur == pushed) {
+        if (bu_active_reset(st, token) == 0) {
+            Py_CLEAR(s->prev);
+            return cur;
+        }
+        PyErr_Clear();
+    }
     PyObject *prev = s->prev ? s->prev : Py_None;
     PyObject *tok = bu_active_set(st, prev);
     Py_CLEAR(s->prev);
@@ -1321,6 +1325,27 @@ pop_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_DECREF(tok);
     return cur;
+}
+
+/* push_span(name, info=None): osprofiler start(): a child of the active span becomes active,
+ * remembering the previous one. No-op (returns None) without an active sampled trace. */
+static PyObject *
+push_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2 || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "push_span(name: str, info=None)");
+        return NULL;
+    }
+    return bu_push_span(bu_state_of_module(m), args[0], nargs == 2 ? args[1] : NULL, NULL);
+}
+
+/* pop_span(info=None, exc=None): osprofiler stop(): finish the active span if start() pushed
+ * it and make the previous one active again. Returns the finished span or None. */
+static PyObject *
+pop_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return bu_pop_span(bu_state_of_module(m), nargs >= 1 ? args[0] : NULL,
+                       nargs >= 2 ? args[1] : NULL, NULL, NULL);
 }
 
 static PyMethodDef span_functions[] = {

@@ -11,6 +11,8 @@
 #define BU_SPAN_BASE 0x08      /* a trace's base placeholder (profiler.init): children are roots */
 #define BU_SPAN_PLACEHOLDER 0x10 /* not a span of ours: a context to continue (never finished) */
 
+#define BU_SPAN_INLINE_TAGS 128
+
 typedef struct {
     PyObject_HEAD
     uint64_t trace_hi, trace_lo, span_id, parent_id;
@@ -32,6 +34,9 @@ typedef struct {
     PyObject *prev;    /* STACKED spans: the span that was active before profiler.start() */
     int64_t start_ns, start_mono;
     bu_buf tags, logs, refs;
+    /* Where `tags` starts (bu_span_start): enough for a decorated function's static tags or a
+     * root's sampler tags, so that a typical span never mallocs a tag buffer. */
+    unsigned char tags_inline[BU_SPAN_INLINE_TAGS];
 } SpanObject;
 
 #define _Span_CAST(op) ((SpanObject *)(op))
@@ -51,6 +56,19 @@ PyObject *bu_active_get(bu_state *st);
  * Returns the Token (new reference) or NULL with an exception. */
 PyObject *bu_active_set(bu_state *st, PyObject *value);
 int bu_active_reset(bu_state *st, PyObject *token);
+
+/* osprofiler start(): a child of the active sampled span becomes active (remembering the previous
+ * one); `info` (dict: flattened osprofiler info; other: tags) may be NULL. Returns the span, or
+ * None without an active sampled trace (new references), or NULL with an exception. With `token`
+ * non-NULL and a span pushed, *token receives the ContextVar token of the push (new reference). */
+PyObject *bu_push_span(bu_state *st, PyObject *name, PyObject *info, PyObject **token);
+/* osprofiler stop(): finish the span bu_push_span made active (adding `info` and, for an exception
+ * instance `exc`, the error tag and log; both may be NULL) and re-activate the previous one.
+ * `pushed` and `token` (may be NULL) are a span and its bu_push_span token: when that span is the
+ * one popped, resetting the token restores the previous span (cheaper than a new set).
+ * Returns the finished span or None (new references), or NULL with an exception. */
+PyObject *bu_pop_span(bu_state *st, PyObject *info, PyObject *exc, PyObject *pushed,
+                      PyObject *token);
 
 static inline int
 bu_span_is_recording(bu_state *st, PyObject *o)

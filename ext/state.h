@@ -48,6 +48,7 @@ typedef struct {
     PyObject *str_result;
     PyObject *empty_tuple;
     PyObject *format_exc;    /* callable(exc) -> stack text, set from Python */
+    PyObject *trace_slow;    /* profiler.Trace slow path (trace.c), set from Python */
     bu_stats stats;
     bu_buffer buffer;
     bu_sampler sampler;

@@ -286,12 +286,334 @@ static PyType_Spec traced_spec = {
     .slots = traced_slots,
 };
 
+/* ================================================================ profiler.Trace */
+
+/* `with profiler.Trace(name, info=None):` -- osprofiler's trace-point context manager, entering
+ * and leaving through bu_push_span / bu_pop_span directly (half the cost of start() / stop() in
+ * Python). Everything unusual takes the Python slow path registered in st->trace_slow, a tuple
+ * (notifier module __dict__, "_notifier", enter(name, info), exit(etype, value)):
+ * a legacy notifier installed (its start/stop payloads are built in Python), a name that is not
+ * a str, info that is not a dict (flattened by profiler.info_tags), and every exception exit
+ * (osprofiler's etype / message stop info). */
+typedef struct {
+    PyObject_HEAD
+    bu_state *st;
+    PyObject *name;
+    PyObject *info;
+    PyObject *span;  /* the span the fast __enter__ pushed (NULL when none / in use) */
+    PyObject *token; /* its ContextVar token: __exit__ resets it */
+} TracePointObject;
+
+#define _TracePoint_CAST(op) ((TracePointObject *)(op))
+
+static PyObject *
+tracepoint_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"name", "info", NULL};
+    PyObject *name, *info = Py_None;
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    if (kwargs == NULL && n >= 1 && n <= 2) { /* the common spelling, without argument parsing */
+        name = PyTuple_GET_ITEM(args, 0);
+        if (n == 2) {
+            info = PyTuple_GET_ITEM(args, 1);
+        }
+    }
+    else if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:Trace", kwlist, &name, &info)) {
+        return NULL;
+    }
+    bu_state *st = bu_state_of_type(tp);
+    if (st == NULL) {
+        return NULL;
+    }
+    TracePointObject *t = (TracePointObject *)tp->tp_alloc(tp, 0);
+    if (t == NULL) {
+        return NULL;
+    }
+    t->st = st;
+    t->name = Py_NewRef(name);
+    t->info = Py_NewRef(info);
+    t->span = t->token = NULL;
+    return (PyObject *)t;
+}
+
+/* Trace(...) on the exact type (CPython never inherits tp_vectorcall, so subclasses go through
+ * type_call and tracepoint_new): no argument tuple, no zeroing allocation. Anything unusual
+ * (unknown keywords, wrong counts) is handed to tracepoint_new for its checks and messages. */
+static PyObject *
+tracepoint_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyTypeObject *tp = (PyTypeObject *)type;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *name = nargs >= 1 ? args[0] : NULL, *info = nargs >= 2 ? args[1] : NULL;
+    PyObject *tuple = NULL, *kwargs = NULL, *res = NULL;
+    int generic = nargs > 2;
+    for (Py_ssize_t i = 0; i < nkw && !generic; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        if (info == NULL && PyUnicode_CompareWithASCIIString(key, "info") == 0) {
+            info = args[nargs + i];
+        }
+        else if (name == NULL && PyUnicode_CompareWithASCIIString(key, "name") == 0) {
+            name = args[nargs + i];
+        }
+        else {
+            generic = 1;
+        }
+    }
+    if (generic || name == NULL) {
+        tuple = PyTuple_New(nargs);
+        kwargs = nkw ? PyDict_New() : NULL;
+        if (tuple == NULL || (nkw && kwargs == NULL)) {
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < nargs; i++) {
+            PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+        }
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                goto done;
+            }
+        }
+        res = tracepoint_new(tp, tuple, kwargs);
+        goto done;
+    }
+    bu_state *st = PyType_GetModuleState(tp);
+    if (st == NULL) {
+        PyErr_SetString(PyExc_SystemError, "Trace: module state missing");
+        goto done;
+    }
+    TracePointObject *t = PyObject_GC_New(TracePointObject, tp);
+    if (t == NULL) {
+        goto done;
+    }
+    t->st = st;
+    t->name = Py_NewRef(name);
+    t->info = Py_NewRef(info ? info : Py_None);
+    t->span = t->token = NULL;
+    PyObject_GC_Track(t);
+    res = (PyObject *)t;
+done:
+    Py_XDECREF(tuple);
+    Py_XDECREF(kwargs);
+    return res;
+}
+
+static int
+tracepoint_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    TracePointObject *t = _TracePoint_CAST(op);
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(t->name);
+    Py_VISIT(t->info);
+    Py_VISIT(t->span);
+    Py_VISIT(t->token);
+    return 0;
+}
+
+static int
+tracepoint_clear(PyObject *op)
+{
+    TracePointObject *t = _TracePoint_CAST(op);
+    Py_CLEAR(t->name);
+    Py_CLEAR(t->info);
+    Py_CLEAR(t->span);
+    Py_CLEAR(t->token);
+    return 0;
+}
+
+static void
+tracepoint_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    tracepoint_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* 1 when a legacy notifier is installed (or the slow path is unknown), 0 when not, -1 error. */
+static int
+legacy_notifier_set(bu_state *st)
+{
+    PyObject *slow = st->trace_slow;
+    if (slow == NULL) {
+        return 1;
+    }
+    PyObject *n = PyDict_GetItemWithError(PyTuple_GET_ITEM(slow, 0), PyTuple_GET_ITEM(slow, 1));
+    if (n == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    return n != Py_None;
+}
+
+/* Call slow-path hook `i` of st->trace_slow with two arguments; returns its result or NULL. */
+static PyObject *
+call_slow(bu_state *st, Py_ssize_t i, PyObject *a, PyObject *b)
+{
+    if (st->trace_slow == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bu_osprofiler.profiler is not initialised");
+        return NULL;
+    }
+    PyObject *args[2] = {a, b};
+    return PyObject_Vectorcall(PyTuple_GET_ITEM(st->trace_slow, i), args, 2, NULL);
+}
+
+static PyObject *
+tracepoint_enter(PyObject *op, PyObject *Py_UNUSED(arg))
+{
+    TracePointObject *t = _TracePoint_CAST(op);
+    bu_state *st = t->st;
+    PyObject *res;
+    int slow =
+        !PyUnicode_CheckExact(t->name) || !(t->info == Py_None || PyDict_CheckExact(t->info));
+    if (!slow) {
+        slow = legacy_notifier_set(st);
+        if (slow < 0) {
+            return NULL;
+        }
+    }
+    if (slow) {
+        res = call_slow(st, 2, t->name, t->info);
+    }
+    else if (t->token == NULL) {
+        /* keep the span and its token for __exit__ (a re-entered Trace object keeps the first) */
+        res = bu_push_span(st, t->name, t->info, &t->token);
+        if (res != NULL && t->token != NULL) {
+            t->span = Py_NewRef(res);
+        }
+    }
+    else {
+        res = bu_push_span(st, t->name, t->info, NULL);
+    }
+    if (res == NULL) {
+        return NULL;
+    }
+    Py_DECREF(res);
+    return Py_NewRef(op);
+}
+
+static PyObject *
+tracepoint_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    TracePointObject *t = _TracePoint_CAST(op);
+    bu_state *st = t->st;
+    PyObject *res;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "__exit__ takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    int slow = args[0] != Py_None;
+    if (!slow) {
+        slow = legacy_notifier_set(st);
+        if (slow < 0) {
+            return NULL;
+        }
+    }
+    if (slow) {
+        res = call_slow(st, 3, args[0], args[1]);
+    }
+    else {
+        res = bu_pop_span(st, NULL, NULL, t->span, t->token);
+    }
+    if (res != NULL && (res == t->span || slow)) {
+        /* this enter's span is finished (or the slow path popped): the token is spent */
+        Py_CLEAR(t->span);
+        Py_CLEAR(t->token);
+    }
+    if (res == NULL) {
+        return NULL;
+    }
+    Py_DECREF(res);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+tracepoint_repr(PyObject *op)
+{
+    TracePointObject *t = _TracePoint_CAST(op);
+    return PyUnicode_FromFormat("<Trace %R info=%R>", t->name, t->info);
+}
+
+static PyMethodDef tracepoint_methods[] = {
+    {"__enter__", tracepoint_enter, METH_NOARGS, "Start the trace point (profiler.start)."},
+    {"__exit__", (PyCFunction)(void (*)(void))tracepoint_exit, METH_FASTCALL,
+     "Stop the trace point (profiler.stop); an exception adds etype / message, error=True and "
+     "an error log, and propagates."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef tracepoint_members[] = {
+    {"_name", T_OBJECT, offsetof(TracePointObject, name), READONLY, "trace point name"},
+    {"_info", T_OBJECT, offsetof(TracePointObject, info), READONLY, "trace point info"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot tracepoint_slots[] = {
+    {Py_tp_new, tracepoint_new},
+    {Py_tp_dealloc, tracepoint_dealloc},
+    {Py_tp_traverse, tracepoint_traverse},
+    {Py_tp_clear, tracepoint_clear},
+    {Py_tp_repr, tracepoint_repr},
+    {Py_tp_methods, tracepoint_methods},
+    {Py_tp_members, tracepoint_members},
+    {Py_tp_doc, "Trace(name, info=None): context manager for a trace point: "
+                "``with profiler.Trace(\"db\", info={...}):``."},
+    {0, NULL},
+};
+
+static PyType_Spec tracepoint_spec = {
+    .name = "bu_osprofiler.profiler.Trace",
+    .basicsize = sizeof(TracePointObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = tracepoint_slots,
+};
+
+/* _set_trace_slow_path(notifier_ns: dict, key: str, enter, exit) -- see profiler.Trace above. */
+static PyObject *
+set_trace_slow_path(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_Check(args[0]) || !PyUnicode_CheckExact(args[1]) ||
+        !PyCallable_Check(args[2]) || !PyCallable_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_set_trace_slow_path(notifier_ns: dict, key: str, enter, exit)");
+        return NULL;
+    }
+    PyObject *key = Py_NewRef(args[1]);
+    PyUnicode_InternInPlace(&key);
+    PyObject *slow = PyTuple_Pack(4, args[0], key, args[2], args[3]);
+    Py_DECREF(key);
+    if (slow == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(bu_state_of_module(m)->trace_slow, slow);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef trace_functions[] = {
+    {"_set_trace_slow_path", (PyCFunction)(void (*)(void))set_trace_slow_path, METH_FASTCALL,
+     "_set_trace_slow_path(notifier_ns, key, enter, exit): profiler.Trace's Python slow path."},
+    {NULL, NULL, 0, NULL},
+};
+
 int
 bu_trace_init(PyObject *m, bu_state *st)
 {
+    int rc = -1;
+    PyTypeObject *tpt = NULL;
     st->TracedType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &traced_spec, NULL);
-    if (st->TracedType == NULL) {
-        return -1;
+    if (st->TracedType == NULL || PyModule_AddType(m, st->TracedType) < 0) {
+        goto done;
     }
-    return PyModule_AddType(m, st->TracedType);
+    tpt = (PyTypeObject *)PyType_FromModuleAndSpec(m, &tracepoint_spec, NULL);
+    if (tpt != NULL) {
+        tpt->tp_vectorcall = tracepoint_vectorcall; /* no type slot for it before 3.14 */
+    }
+    if (tpt == NULL || PyModule_AddObjectRef(m, "TracePoint", (PyObject *)tpt) < 0 ||
+        PyModule_AddFunctions(m, trace_functions) < 0) {
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(tpt);
+    return rc;
 }
