@@ -536,3 +536,32 @@ def test_exporter_start_flush_shutdown_cycles_do_not_leak():
         logging.disable(logging.NOTSET)
         bu_osprofiler.configure("leaks", "memory://")
         rx.close()
+
+
+def test_trace_point_type_does_not_leak():
+    """profiler.Trace (a C type): plain, nested, tagged, raising, and non-dict info paths."""
+    from bu_osprofiler import profiler
+    from collections import OrderedDict
+    info = {"db": {"statement": "SELECT 1", "params": {"a": 1}}, "n": 2, "obj": object()}
+    odd = OrderedDict(k="v")
+    msg = "boom %d" % 7  # a fresh exception per call (re-raising one instance grows its traceback)
+
+    def op():
+        with profiler.Trace("outer", info=info):
+            with profiler.Trace("inner"):
+                pass
+            with profiler.Trace("odd", info=odd):
+                pass
+        try:
+            with profiler.Trace("raises", info={"k": 1}):
+                raise ValueError(msg)
+        except ValueError:
+            pass
+        bu_osprofiler.clear_finished_spans()
+
+    profiler.init("key")
+    try:
+        assert_refcounts_stable([info, odd, msg, info["obj"]], op)
+        assert_no_leak(op, n=2000)
+    finally:
+        profiler.clean()
