@@ -172,7 +172,7 @@ def test_paste_deploy_entry_point(tmp_path):
         "[pipeline:main]\npipeline = profiler app\n\n"
         "[filter:profiler]\nuse = egg:bu_osprofiler#bu_osprofiler\n"
         "hmac_keys = %s\nenabled = yes\n\n"
-        "[app:app]\npaste.app_factory = tests.test_web:paste_app_factory\n" % KEY)
+        "[app:app]\npaste.app_factory = test_web:paste_app_factory\n" % KEY)
     app = loadwsgi.loadapp("config:%s" % ini, relative_to=str(tmp_path))
     assert isinstance(app, web.WsgiMiddleware) and app.enabled
     web.set_policy(trust_incoming="always")
