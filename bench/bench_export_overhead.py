@@ -20,24 +20,12 @@ import json
 import platform
 import socket
 import statistics
-import time
 
 import bu_osprofiler
 from bu_osprofiler import _core, profiler
 
-
-def bare():
-    return None
-
-
-traced = profiler.trace("bench", hide_args=True)(bare)
-
-
-def run_loop(fn, loops):
-    t0 = time.perf_counter_ns()
-    for _ in range(loops):
-        fn()
-    return (time.perf_counter_ns() - t0) / loops
+# the same decorated function and timing loop as bench_decorator.py (run from bench/)
+from bench_decorator import run_loop, traced
 
 
 def main(argv=None):
