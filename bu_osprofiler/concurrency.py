@@ -493,8 +493,11 @@ def _unforked(fn: Callable[..., T], *args: Any) -> T:
         _deactivate(token)
 
 
-def _make_thread_join(orig: Callable[..., Any]) -> Callable[..., Any]:
-    def join(self: threading.Thread, timeout: Optional[float] = None) -> None:
+def _make_joining_wait(orig: Callable[..., Any],
+                       finished: Callable[[Any], bool]) -> Callable[..., Any]:
+    """A wait on one forked branch (Thread.join, Future.result / exception) that records the
+    join once the branch is ``finished`` (the wait may time out first)."""
+    def wait(self: Any, timeout: Optional[float] = None) -> Any:
         branch = self.__dict__.get("_bu_branch")
         if branch is None or not branch._claim:
             return orig(self, timeout)
@@ -505,10 +508,14 @@ def _make_thread_join(orig: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return orig(self, timeout)
         finally:
-            if not self.is_alive():
+            if finished(self):
                 _record_join(waiter, t0, (branch,))
 
-    return join
+    return wait
+
+
+def _make_thread_join(orig: Callable[..., Any]) -> Callable[..., Any]:
+    return _make_joining_wait(orig, lambda t: not t.is_alive())
 
 
 def _install_threading() -> None:
@@ -536,21 +543,7 @@ def _make_submit(orig: Callable[..., Any]) -> Callable[..., Any]:
 
 def _make_future_wait(orig: Callable[..., Any]) -> Callable[..., Any]:
     # Future.result / Future.exception
-    def wait(self: Any, timeout: Optional[float] = None) -> Any:
-        branch = self.__dict__.get("_bu_branch")
-        if branch is None or not branch._claim:
-            return orig(self, timeout)
-        waiter = _traced()
-        if waiter is None:
-            return orig(self, timeout)
-        t0 = _time_ns()
-        try:
-            return orig(self, timeout)
-        finally:
-            if self.done():
-                _record_join(waiter, t0, (branch,))
-
-    return wait
+    return _make_joining_wait(orig, lambda f: f.done())
 
 
 def _future_branch(f: Any) -> Any:
