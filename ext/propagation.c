@@ -181,6 +181,26 @@ bu_percent_encode(const unsigned char *s, size_t n, char *out, const unsigned ch
 
 /* ================================================================ uber-trace-id */
 
+/* Split s[0:n] at `sep` into at most four parts; the number of parts, or -1 for more. */
+static int
+split4(const char *s, size_t n, char sep, const char *part[4], size_t plen[4])
+{
+    int k = 0;
+    size_t start = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i == n || s[i] == sep) {
+            if (k == 4) {
+                return -1;
+            }
+            part[k] = s + start;
+            plen[k] = i - start;
+            k++;
+            start = i + 1;
+        }
+    }
+    return k;
+}
+
 int
 bu_uber_parse(const char *s, size_t n, int url_decode, bu_ctx_ids *out)
 {
@@ -200,20 +220,8 @@ bu_uber_parse(const char *s, size_t n, int url_decode, bu_ctx_ids *out)
         n = (size_t)m;
     }
     bu_trim_ows(&s, &n);
-    /* Exactly four ':'-separated, non-empty parts. */
-    size_t k = 0, start = 0;
-    for (size_t i = 0; i <= n; i++) {
-        if (i == n || s[i] == ':') {
-            if (k == 4) {
-                return -1;
-            }
-            part[k] = s + start;
-            plen[k] = i - start;
-            k++;
-            start = i + 1;
-        }
-    }
-    if (k != 4) {
+    /* Exactly four ':'-separated parts. */
+    if (split4(s, n, ':', part, plen) != 4) {
         return -1;
     }
     if (bu_hex_u128(part[0], plen[0], &out->trace_hi, &out->trace_lo) < 0 ||
@@ -374,21 +382,14 @@ int
 bu_b3_parse(const char *s, size_t n, bu_ctx_ids *out)
 {
     const char *part[4];
-    size_t plen[4], k = 0, start = 0;
+    size_t plen[4];
     if (n > 128) {
         return -1;
     }
     bu_trim_ows(&s, &n);
-    for (size_t i = 0; i <= n; i++) {
-        if (i == n || s[i] == '-') {
-            if (k == 4) {
-                return -1;
-            }
-            part[k] = s + start;
-            plen[k] = i - start;
-            k++;
-            start = i + 1;
-        }
+    int k = split4(s, n, '-', part, plen);
+    if (k < 0) {
+        return -1;
     }
     if (k < 2 || (plen[0] != 16 && plen[0] != 32) || plen[1] != 16) {
         return -1;
