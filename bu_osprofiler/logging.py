@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Union
 
 from bu_osprofiler import _core
 
-__all__ = ["install", "uninstall", "installed", "stats", "FIELDS",
+__all__ = ["install", "uninstall", "installed", "settings", "stats", "FIELDS",
            "DEFAULT_SPAN_LEVEL", "DEFAULT_MAX_LOGS_PER_SPAN", "DEFAULT_MAX_LOG_BYTES_PER_SPAN"]
 
 FIELDS = ("trace_id", "span_id", "trace_sampled", "base_id")
@@ -42,7 +42,11 @@ DEFAULT_MAX_LOG_BYTES_PER_SPAN = 32 * 1024
 _NEVER = 1 << 30  # a span_level no record reaches
 
 _lock = threading.Lock()
-_factory: Any = None  # our factory while installed
+_factory: Any = None  # our record factory while installed
+# What _make_record calls: the factory ours wraps, and LogIds.ids (kept after uninstall: a
+# thread may be between reading _factory and calling them)
+_previous: Any = None
+_ids: Any = None
 _stdlib_make_record: Optional[Callable[..., Any]] = None  # Logger.makeRecord we replaced
 _oslo_formats: list = []  # (class, original format) pairs we wrapped
 
@@ -65,6 +69,29 @@ def _span_level(level: Union[int, str, None]) -> int:
     return value
 
 
+def _make_factory(previous: Callable[..., Any], ids: Any) -> Callable[..., Any]:
+    """A record factory calling ``previous`` then storing the ids on the record (for records
+    made other than by Logger.makeRecord, e.g. logging.makeLogRecord; see _make_record).
+
+    Plain Python on purpose: the four attribute stores are specialised bytecode (the record's
+    inline values), several times cheaper than stores through the C API. The parameters are
+    LogRecord's positional ones, which is how logging calls a record factory; no ``**kwargs``,
+    which would cost a dict per record."""
+
+    def factory(name: str, level: int, pathname: str, lineno: int, msg: Any, args: Any,
+                exc_info: Any, func: Optional[str] = None, sinfo: Optional[str] = None) -> Any:
+        rv = previous(name, level, pathname, lineno, msg, args, exc_info, func, sinfo)
+        try:
+            rv.trace_id, rv.span_id, rv.trace_sampled, rv.base_id = ids(rv, level)
+        except (AttributeError, TypeError):  # a record type that takes no attributes
+            pass
+        return rv
+
+    factory.previous = previous  # type: ignore[attr-defined]
+    factory.log_ids = ids.__self__  # type: ignore[attr-defined]
+    return factory
+
+
 def install(span_level: Union[int, str, None] = DEFAULT_SPAN_LEVEL,
             max_logs_per_span: int = DEFAULT_MAX_LOGS_PER_SPAN,
             max_log_bytes_per_span: int = DEFAULT_MAX_LOG_BYTES_PER_SPAN) -> None:
@@ -74,7 +101,7 @@ def install(span_level: Union[int, str, None] = DEFAULT_SPAN_LEVEL,
     become span logs; ``None`` or ``"OFF"`` turns that off. Calling again changes the settings.
     Raises ValueError for invalid values.
     """
-    global _factory
+    global _factory, _previous, _ids
     level = _span_level(span_level)
     with _lock:
         current = _logging.getLogRecordFactory()
@@ -89,8 +116,9 @@ def install(span_level: Union[int, str, None] = DEFAULT_SPAN_LEVEL,
             return
         else:
             previous = current
-        factory = _core.log_factory(previous, level, int(max_logs_per_span),
-                                    int(max_log_bytes_per_span))
+        ids = _core.log_ids(level, int(max_logs_per_span), int(max_log_bytes_per_span))
+        factory = _make_factory(previous, ids.ids)
+        _previous, _ids = previous, ids.ids
         _logging.setLogRecordFactory(factory)
         _factory = factory
         _patch_make_record()
@@ -105,7 +133,7 @@ def uninstall() -> None:
             return
         if _logging.getLogRecordFactory() is _factory:
             _logging.setLogRecordFactory(_factory.previous)
-        else:  # wrapped by someone else since: it stays in their chain, but logs nothing
+        else:  # wrapped by someone else since: it stays in their chain
             from bu_osprofiler._log import warn_limited
 
             warn_limited("logging.uninstall", "log correlation cannot be removed: another "
@@ -125,11 +153,21 @@ def installed() -> bool:
     return _factory is not None
 
 
+def settings() -> dict[str, int]:
+    """span_level, max_logs_per_span, max_log_bytes_per_span in effect ({} when not installed)."""
+    f = _factory
+    if f is None:
+        return {}
+    li = f.log_ids
+    return {"span_level": li.span_level, "max_logs_per_span": li.max_logs,
+            "max_log_bytes_per_span": li.max_bytes}
+
+
 def stats() -> dict[str, int]:
     """``span_logs``: records logged into spans; ``span_logs_dropped``: records a full span had
     no room for (also counted per span in its ``log.dropped_records`` tag)."""
     f = _factory
-    return f.stats() if f is not None else {"span_logs": 0, "span_logs_dropped": 0}
+    return f.log_ids.stats() if f is not None else {"span_logs": 0, "span_logs_dropped": 0}
 
 
 def _in_chain(factory: Any, ours: Any) -> bool:
@@ -150,9 +188,18 @@ _FIELD_SET = frozenset(FIELDS)
 def _make_record(self: _logging.Logger, name: str, level: int, fn: str, lno: int, msg: Any,
                  args: Any, exc_info: Any, func: Optional[str] = None, extra: Any = None,
                  sinfo: Optional[str] = None) -> _logging.LogRecord:
-    """Logger.makeRecord, except that ``extra`` may set the trace fields (the caller's value
-    wins) instead of raising KeyError because the factory set them already."""
-    rv = _logging.getLogRecordFactory()(name, level, fn, lno, msg, args, exc_info, func, sinfo)
+    """Logger.makeRecord with the ids stored here rather than in our record factory (one Python
+    frame less per record), and ``extra`` allowed to set the trace fields (the caller's value
+    wins) instead of raising KeyError because they exist already."""
+    factory = _logging._logRecordFactory  # type: ignore[attr-defined]
+    if factory is _factory:
+        rv = _previous(name, level, fn, lno, msg, args, exc_info, func, sinfo)
+        try:
+            rv.trace_id, rv.span_id, rv.trace_sampled, rv.base_id = _ids(rv, level)
+        except (AttributeError, TypeError):  # a record type that takes no attributes
+            pass
+    else:  # not installed, or another factory wraps ours (and calls it)
+        rv = factory(name, level, fn, lno, msg, args, exc_info, func, sinfo)
     if extra is not None:
         d = rv.__dict__
         for key in extra:
@@ -167,8 +214,9 @@ def _patch_make_record() -> None:
     current = _logging.Logger.makeRecord
     if current is _make_record:
         return
-    if getattr(current, "__module__", None) != "logging":
-        return  # someone else replaced it: leave theirs alone
+    if getattr(current, "__module__", None) != "logging" or \
+            not hasattr(_logging, "_logRecordFactory"):
+        return  # someone else replaced it (leave theirs alone), or an unknown logging module
     _stdlib_make_record = current
     _logging.Logger.makeRecord = _make_record  # type: ignore[method-assign]
 

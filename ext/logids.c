@@ -1,16 +1,17 @@
-/* logids.c -- log correlation: a LogRecord factory written in C.
+/* logids.c -- log correlation: the active span's ids for log records, records into span logs.
  *
- * bu_osprofiler.logging.install() puts a LogRecordFactory in front of the logging module's record
- * factory. Each call forwards its arguments untouched (vectorcall) to the previous factory, then
- * stamps the record with the active span's ids as attributes (trace_id: 32 hex, span_id: 16 hex,
- * trace_sampled: bool, base_id: osprofiler's UUID of the trace id), or "" for each outside a
- * trace, so format strings never fail. Records at or above `span_level` emitted inside a
- * recording span also become span logs, bounded per span (count and bytes; overflow counted in
- * the span tag log.dropped_records), never recursively and never for the tracer's own logger.
+ * bu_osprofiler.logging.install() puts a small Python record factory in front of the logging
+ * module's; it calls LogIds.ids(record, level) and stores the 4-tuple it returns as the record's
+ * trace_id (32 hex), span_id (16 hex), trace_sampled (bool) and base_id (osprofiler's UUID of the
+ * trace id), or "" for each outside a trace. The stores are done by specialised bytecode in
+ * Python (STORE_ATTR on the record's inline values): four attribute stores through the C API
+ * cost several times more. Records at or above `span_level` made inside a recording span also
+ * become span logs, bounded per span (count and bytes; overflow counted in the span tag
+ * log.dropped_records), never recursively and never for the tracer's own logger.
  *
- * Cost: the span hot path is untouched (nothing here runs unless a record is made). A record
- * outside a trace costs one ContextVar read and four attribute stores; inside, the id strings
- * come from a one-entry cache keyed by the ids (consecutive records of one span share them). */
+ * Cost: the span hot path is untouched (nothing here runs unless a record is made). Outside a
+ * trace: one ContextVar read and a constant tuple; inside: a tuple from a one-entry cache keyed
+ * by the ids (consecutive records of one span share it). */
 #include "logids.h"
 #include "clock.h"
 #include "pyrecord.h"
@@ -30,20 +31,18 @@ static _Thread_local int in_span_log;
 
 typedef struct {
     PyObject_HEAD
-    vectorcallfunc vectorcall;
     bu_state *st;
-    PyObject *prev; /* the factory this one wraps */
-    PyObject *k_trace, *k_span, *k_sampled, *k_base; /* interned attribute names */
-    PyObject *empty;
+    PyObject *none4; /* ("", "", "", ""): outside a trace */
     long span_level;
     uint32_t max_logs, max_bytes;
-    /* one-entry cache of the id strings of the last span seen */
+    /* one-entry cache: the tuple of the last span seen */
     uint64_t c_hi, c_lo, c_sid;
-    PyObject *c_trace, *c_span, *c_base; /* NULL when the cache is empty */
+    uint32_t c_sampled;
+    PyObject *c_ids; /* NULL when the cache is empty */
     unsigned long long n_logged, n_dropped;
-} LogFactoryObject;
+} LogIdsObject;
 
-#define _LogFactory_CAST(op) ((LogFactoryObject *)(op))
+#define _LogIds_CAST(op) ((LogIdsObject *)(op))
 
 /* ================================================================ id strings */
 
@@ -68,12 +67,14 @@ ascii_str(const char *buf, Py_ssize_t n)
     return s;
 }
 
-/* Refresh the cache for (hi, lo, sid); sid 0 means "no span of ours" (span_id ""). */
-static int
-cache_ids(LogFactoryObject *f, uint64_t hi, uint64_t lo, uint64_t sid)
+/* The ids tuple of (hi, lo, sid, sampled), cached; sid 0 means "no span of ours" (span_id "").
+ * Returns a new reference or NULL with an exception. */
+static PyObject *
+ids_tuple(LogIdsObject *f, uint64_t hi, uint64_t lo, uint64_t sid, uint32_t sampled)
 {
-    if (f->c_trace != NULL && f->c_hi == hi && f->c_lo == lo && f->c_sid == sid) {
-        return 0;
+    if (f->c_ids != NULL && f->c_hi == hi && f->c_lo == lo && f->c_sid == sid &&
+        f->c_sampled == sampled) {
+        return Py_NewRef(f->c_ids);
     }
     char t[32], u[36], sp[16];
     put_hex(t, hi, 16);
@@ -89,33 +90,26 @@ cache_ids(LogFactoryObject *f, uint64_t hi, uint64_t lo, uint64_t sid)
     u[23] = '-';
     memcpy(u + 24, t + 20, 12);
     put_hex(sp, sid, 16);
-    PyObject *ts = ascii_str(t, 32), *us = ascii_str(u, 36);
-    PyObject *ss = sid ? ascii_str(sp, 16) : Py_NewRef(f->empty);
-    if (ts == NULL || us == NULL || ss == NULL) {
-        Py_XDECREF(ts);
-        Py_XDECREF(us);
-        Py_XDECREF(ss);
-        return -1;
+    PyObject *tup = PyTuple_New(4);
+    if (tup == NULL) {
+        return NULL;
     }
-    Py_XSETREF(f->c_trace, ts);
-    Py_XSETREF(f->c_base, us);
-    Py_XSETREF(f->c_span, ss);
+    PyObject *ts = ascii_str(t, 32), *us = ascii_str(u, 36);
+    PyObject *ss = sid ? ascii_str(sp, 16) : PyUnicode_New(0, 0);
+    PyTuple_SET_ITEM(tup, 0, ts);
+    PyTuple_SET_ITEM(tup, 1, ss);
+    PyTuple_SET_ITEM(tup, 2, Py_NewRef(sampled ? Py_True : Py_False));
+    PyTuple_SET_ITEM(tup, 3, us);
+    if (ts == NULL || us == NULL || ss == NULL) {
+        Py_DECREF(tup);
+        return NULL;
+    }
+    Py_XSETREF(f->c_ids, Py_NewRef(tup));
     f->c_hi = hi;
     f->c_lo = lo;
     f->c_sid = sid;
-    return 0;
-}
-
-static void
-stamp(LogFactoryObject *f, PyObject *rec, PyObject *trace, PyObject *span, PyObject *sampled,
-      PyObject *base)
-{
-    if (PyObject_SetAttr(rec, f->k_trace, trace) < 0 ||
-        PyObject_SetAttr(rec, f->k_span, span) < 0 ||
-        PyObject_SetAttr(rec, f->k_sampled, sampled) < 0 ||
-        PyObject_SetAttr(rec, f->k_base, base) < 0) {
-        PyErr_Clear(); /* an odd record type: logging goes on without the ids */
-    }
+    f->c_sampled = sampled;
+    return tup;
 }
 
 /* ================================================================ records -> span logs */
@@ -212,7 +206,7 @@ is_own_logger(PyObject *name)
 
 /* Count one record the span had no room for: the span tag log.dropped_records, updated in place. */
 static void
-count_dropped(LogFactoryObject *f, SpanObject *s)
+count_dropped(LogIdsObject *f, SpanObject *s)
 {
     f->n_dropped++;
     const unsigned char *p = s->tags.data;
@@ -239,7 +233,7 @@ typedef struct {
 } field;
 
 static void
-span_log_record(LogFactoryObject *f, SpanObject *s, PyObject *rec)
+span_log_record(LogIdsObject *f, SpanObject *s, PyObject *rec)
 {
     PyObject *keep[NFIELDS] = {NULL};
     PyObject *name = NULL, *exc_info = NULL, *tmp = NULL;
@@ -358,48 +352,41 @@ done:
     in_span_log = 0;
 }
 
-/* ================================================================ the factory */
+/* ================================================================ LogIds */
 
+/* ids(record, level) -> (trace_id, span_id, trace_sampled, base_id); records `record` into the
+ * active span when `level` (an int, else record.levelno is read) reaches span_level. */
 static PyObject *
-lf_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+li_ids(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
-    LogFactoryObject *f = _LogFactory_CAST(op);
-    PyObject *rec = PyObject_Vectorcall(f->prev, args, nargsf, kwnames);
-    if (rec == NULL) {
-        return NULL; /* the previous factory's own error, as without us */
+    LogIdsObject *f = _LogIds_CAST(op);
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "ids(record, level)");
+        return NULL;
     }
     PyObject *active = bu_active_get(f->st);
     if (active == NULL || !Py_IS_TYPE(active, f->st->SpanType)) {
         Py_XDECREF(active);
-        stamp(f, rec, f->empty, f->empty, f->empty, f->empty);
-        return rec;
+        return Py_NewRef(f->none4);
     }
     SpanObject *s = _Span_CAST(active);
     /* A placeholder (profiler.init, a context continued from elsewhere) is a trace, not a span
      * of ours: the trace id is set, the span id is empty. */
     uint64_t sid = (s->state & BU_SPAN_PLACEHOLDER) ? 0 : s->span_id;
-    if (cache_ids(f, s->trace_hi, s->trace_lo, sid) < 0) {
-        PyErr_Clear();
-        stamp(f, rec, f->empty, f->empty, f->empty, f->empty);
-    }
-    else {
-        /* strong references: a record type whose __setattr__ logs re-enters and may replace them */
-        PyObject *t = Py_NewRef(f->c_trace), *sp = Py_NewRef(f->c_span), *b = Py_NewRef(f->c_base);
-        stamp(f, rec, t, sp, (s->flags & BU_FLAG_SAMPLED) ? Py_True : Py_False, b);
-        Py_DECREF(t);
-        Py_DECREF(sp);
-        Py_DECREF(b);
+    PyObject *res = ids_tuple(f, s->trace_hi, s->trace_lo, sid, s->flags & BU_FLAG_SAMPLED);
+    if (res == NULL) {
+        PyErr_Clear(); /* out of memory: the record goes on without ids */
+        res = Py_NewRef(f->none4);
     }
     if ((s->state & (BU_SPAN_RECORDING | BU_SPAN_FINISHED | BU_SPAN_PLACEHOLDER)) ==
             BU_SPAN_RECORDING &&
         !in_span_log) {
         long level = -1;
-        Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-        if (nargs >= 2 && PyLong_CheckExact(args[1])) {
+        if (PyLong_CheckExact(args[1])) {
             level = PyLong_AsLong(args[1]);
         }
         else {
-            PyObject *lv = PyObject_GetAttrString(rec, "levelno");
+            PyObject *lv = PyObject_GetAttrString(args[0], "levelno");
             if (lv != NULL && PyLong_Check(lv)) {
                 level = PyLong_AsLong(lv);
             }
@@ -407,105 +394,73 @@ lf_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwna
         }
         PyErr_Clear();
         if (level >= f->span_level) {
-            span_log_record(f, s, rec);
+            span_log_record(f, s, args[0]);
         }
     }
     Py_DECREF(active);
-    return rec;
-}
-
-static int
-lf_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT(_LogFactory_CAST(op)->prev);
-    return 0;
-}
-
-static int
-lf_clear(PyObject *op)
-{
-    Py_CLEAR(_LogFactory_CAST(op)->prev);
-    return 0;
+    return res;
 }
 
 static void
-lf_dealloc(PyObject *op)
+li_dealloc(PyObject *op)
 {
-    LogFactoryObject *f = _LogFactory_CAST(op);
+    LogIdsObject *f = _LogIds_CAST(op);
     PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    lf_clear(op);
-    Py_XDECREF(f->k_trace);
-    Py_XDECREF(f->k_span);
-    Py_XDECREF(f->k_sampled);
-    Py_XDECREF(f->k_base);
-    Py_XDECREF(f->empty);
-    Py_XDECREF(f->c_trace);
-    Py_XDECREF(f->c_span);
-    Py_XDECREF(f->c_base);
-    PyObject_GC_Del(op);
+    Py_XDECREF(f->none4);
+    Py_XDECREF(f->c_ids);
+    PyObject_Free(op);
     Py_DECREF(tp);
 }
 
 static PyObject *
-lf_stats(PyObject *op, PyObject *Py_UNUSED(arg))
+li_stats(PyObject *op, PyObject *Py_UNUSED(arg))
 {
-    LogFactoryObject *f = _LogFactory_CAST(op);
+    LogIdsObject *f = _LogIds_CAST(op);
     return Py_BuildValue("{sKsK}", "span_logs", f->n_logged, "span_logs_dropped", f->n_dropped);
 }
 
-static PyObject *
-lf_repr(PyObject *op)
-{
-    return PyUnicode_FromFormat("<bu_osprofiler LogRecordFactory wrapping %R>",
-                                _LogFactory_CAST(op)->prev);
-}
-
-static PyMemberDef lf_members[] = {
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(LogFactoryObject, vectorcall), READONLY, NULL},
-    {"previous", T_OBJECT, offsetof(LogFactoryObject, prev), READONLY, "the wrapped factory"},
-    {"span_level", T_LONG, offsetof(LogFactoryObject, span_level), READONLY, NULL},
-    {"max_logs", T_UINT, offsetof(LogFactoryObject, max_logs), READONLY, NULL},
-    {"max_bytes", T_UINT, offsetof(LogFactoryObject, max_bytes), READONLY, NULL},
+static PyMemberDef li_members[] = {
+    {"span_level", T_LONG, offsetof(LogIdsObject, span_level), READONLY, NULL},
+    {"max_logs", T_UINT, offsetof(LogIdsObject, max_logs), READONLY, NULL},
+    {"max_bytes", T_UINT, offsetof(LogIdsObject, max_bytes), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyMethodDef lf_methods[] = {
-    {"stats", lf_stats, METH_NOARGS, "Records logged into spans and records dropped (span full)."},
+static PyMethodDef li_methods[] = {
+    {"ids", (PyCFunction)(void (*)(void))li_ids, METH_FASTCALL,
+     "ids(record, level) -> (trace_id, span_id, trace_sampled, base_id) of the active span "
+     "(\"\" each outside a trace); a record at or above span_level becomes a span log."},
+    {"stats", li_stats, METH_NOARGS, "Records logged into spans and records dropped (span full)."},
     {NULL, NULL, 0, NULL},
 };
 
-static PyType_Slot lf_slots[] = {
-    {Py_tp_dealloc, lf_dealloc},
-    {Py_tp_traverse, lf_traverse},
-    {Py_tp_clear, lf_clear},
-    {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_repr, lf_repr},
-    {Py_tp_members, lf_members},
-    {Py_tp_methods, lf_methods},
-    {Py_tp_doc, "A logging record factory adding the active span's ids (see log_factory)."},
+static PyType_Slot li_slots[] = {
+    {Py_tp_dealloc, li_dealloc},
+    {Py_tp_members, li_members},
+    {Py_tp_methods, li_methods},
+    {Py_tp_doc, "Ids of the active span for log records, and log records into span logs."},
     {0, NULL},
 };
 
-static PyType_Spec lf_spec = {
-    .name = "bu_osprofiler.LogRecordFactory",
-    .basicsize = sizeof(LogFactoryObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .slots = lf_slots,
+/* Holds no references to objects that could refer back to it: not GC-tracked. */
+static PyType_Spec li_spec = {
+    .name = "bu_osprofiler.LogIds",
+    .basicsize = sizeof(LogIdsObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = li_slots,
 };
 
-/* The type, made once per module object and kept as the module attribute LogRecordFactory. */
+/* The type, made once per module object and kept as the module attribute LogIds. */
 static PyTypeObject *
-factory_type(PyObject *m)
+log_ids_type(PyObject *m)
 {
-    PyObject *tp = PyObject_GetAttrString(m, "LogRecordFactory");
+    PyObject *tp = PyObject_GetAttrString(m, "LogIds");
     if (tp != NULL) {
         return (PyTypeObject *)tp;
     }
     PyErr_Clear();
-    tp = PyType_FromModuleAndSpec(m, &lf_spec, NULL);
-    if (tp == NULL || PyModule_AddObjectRef(m, "LogRecordFactory", tp) < 0) {
+    tp = PyType_FromModuleAndSpec(m, &li_spec, NULL);
+    if (tp == NULL || PyModule_AddObjectRef(m, "LogIds", tp) < 0) {
         Py_XDECREF(tp);
         return NULL;
     }
@@ -513,17 +468,15 @@ factory_type(PyObject *m)
 }
 
 PyObject *
-bu_log_factory(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+bu_log_ids(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
-    long level, max_logs, max_bytes;
-    if (nargs != 4 || !PyCallable_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "log_factory(previous_factory, span_level, max_logs, max_bytes)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "log_ids(span_level, max_logs, max_bytes)");
         return NULL;
     }
-    level = PyLong_AsLong(args[1]);
-    max_logs = PyLong_AsLong(args[2]);
-    max_bytes = PyLong_AsLong(args[3]);
+    long level = PyLong_AsLong(args[0]);
+    long max_logs = PyLong_AsLong(args[1]);
+    long max_bytes = PyLong_AsLong(args[2]);
     if (PyErr_Occurred()) {
         return NULL;
     }
@@ -531,32 +484,27 @@ bu_log_factory(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "max_logs must be 0..65535 and max_bytes >= 0");
         return NULL;
     }
-    PyTypeObject *tp = factory_type(m);
+    PyTypeObject *tp = log_ids_type(m);
     if (tp == NULL) {
         return NULL;
     }
-    LogFactoryObject *f = PyObject_GC_New(LogFactoryObject, tp);
+    LogIdsObject *f = PyObject_New(LogIdsObject, tp);
     Py_DECREF(tp);
     if (f == NULL) {
         return NULL;
     }
-    f->vectorcall = lf_vectorcall;
     f->st = bu_state_of_module(m);
-    f->prev = Py_NewRef(args[0]);
     f->span_level = level;
     f->max_logs = (uint32_t)max_logs;
     f->max_bytes = (uint32_t)max_bytes;
     f->c_hi = f->c_lo = f->c_sid = 0;
-    f->c_trace = f->c_span = f->c_base = NULL;
+    f->c_sampled = 0;
+    f->c_ids = NULL;
     f->n_logged = f->n_dropped = 0;
-    f->k_trace = PyUnicode_InternFromString("trace_id");
-    f->k_span = PyUnicode_InternFromString("span_id");
-    f->k_sampled = PyUnicode_InternFromString("trace_sampled");
-    f->k_base = PyUnicode_InternFromString("base_id");
-    f->empty = PyUnicode_New(0, 0);
-    PyObject_GC_Track((PyObject *)f);
-    if (f->k_trace == NULL || f->k_span == NULL || f->k_sampled == NULL || f->k_base == NULL ||
-        f->empty == NULL) {
+    PyObject *e = PyUnicode_New(0, 0);
+    f->none4 = e ? PyTuple_Pack(4, e, e, e, e) : NULL;
+    Py_XDECREF(e);
+    if (f->none4 == NULL) {
         Py_DECREF(f);
         return NULL;
     }
