@@ -295,6 +295,20 @@ def budgets(med: dict, detail: dict) -> list:
     return out
 
 
+KEEP_MARKER = "<!-- kept by bench/run.py: the sections below come from other bench/ scripts -->"
+
+
+def _kept_sections(path: str) -> str:
+    """The part of the existing doc from KEEP_MARKER on (results of other benchmarks)."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except OSError:
+        return ""
+    i = old.find(KEEP_MARKER)
+    return "" if i < 0 else "\n" + old[i:]
+
+
 def render(doc: dict, command: str) -> str:
     peers = doc["peers_run"]
     med = doc["medians"]
@@ -443,8 +457,10 @@ def main() -> int:
         json.dump(doc, f, indent=1, sort_keys=True)
     text = render(doc, command)
     if not args.no_doc:
-        with open(os.path.join(ROOT, "doc", "benchmarks.md"), "w") as f:
-            f.write(text)
+        doc_path = os.path.join(ROOT, "doc", "benchmarks.md")
+        kept = _kept_sections(doc_path)
+        with open(doc_path, "w") as f:
+            f.write(text + kept)
     print(text)
     print(f"results: {os.path.relpath(path, ROOT)}", file=sys.stderr)
     return 0
