@@ -131,7 +131,8 @@ _log_correlation_opt = cfg.BoolOpt(
          "a trace) and record log records at or above log_span_level inside sampled spans as "
          "span logs.")
 _log_span_level_opt = cfg.StrOpt(
-    "log_span_level", default="WARNING",
+    "log_span_level", default="WARNING", ignore_case=True,
+    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "OFF"],
     help="With log_correlation: the lowest level (DEBUG, INFO, WARNING, ERROR, CRITICAL or "
          "OFF) of the log records recorded as span logs.")
 

@@ -465,3 +465,18 @@ def test_profiler_log_correlation_option(spans, tmp_path):
     finally:
         logcorr.uninstall()
     assert [f["message"] for _, f in by_name(spans(), "c").logs] == ["recorded"]
+
+
+def test_records_made_without_a_logger_get_the_fields_too(capture, spans):
+    """logging.makeLogRecord (socket / queue listeners) goes through the record factory."""
+    with traced("mk"):
+        rec = logging.makeLogRecord({"msg": "local"})
+        received = logging.makeLogRecord({"msg": "from elsewhere", "trace_id": "f" * 32,
+                                          "span_id": "e" * 16})
+    span = by_name(spans(), "mk")
+    assert [rec.trace_id, rec.span_id, str(rec.trace_sampled), rec.base_id] == ids(span)
+    # a record that travelled keeps the sender's ids
+    assert (received.trace_id, received.span_id) == ("f" * 32, "e" * 16)
+    outside = logging.makeLogRecord({"msg": "x"})
+    assert (outside.trace_id, outside.span_id, outside.trace_sampled) == ("", "", "")
+    assert logging.Formatter("%(trace_id)s|%(message)s").format(outside) == "|x"
