@@ -1,10 +1,11 @@
 """Cost of log correlation (bu_osprofiler.logging): per log record, and on the span hot path.
 
-Every row is timed with the integration off and on in the same process, interleaved over rounds
-(each round times every (row, state) once, ``loops`` calls each, GC disabled, order alternating);
-the reported value is the minimum over rounds of the ns per call (the sample least disturbed
-by other processes on a shared machine; the medians are in the JSON), and "+ns" the difference
-of the minimums.
+Every row is timed with the integration off and on, interleaved over rounds: each round forks
+one process per state (off / on, alternating order) that installs the integration or not once,
+as an application does, warms up, then times every row (``loops`` calls, best of 3, GC off);
+off / on are the minimum over rounds of the thread's CPU ns per call (the sample least disturbed
+by other processes on a shared machine), "+ns" the median over rounds of (on - off) of the two
+processes of a round; the JSON has the medians too.
 
 * ``makeRecord``: ``Logger.makeRecord(...).__dict__``, the step the integration changes (record
   creation) plus the record's ``__dict__``, which every Formatter reads (it is built on first
@@ -16,7 +17,9 @@ of the minimums.
   (nothing in the span path depends on it).
 
     python bench/bench_logging.py [--loops N] [--rounds R] [--json FILE]
-    python bench/bench_logging.py --callgrind    # instructions per record (valgrind), off vs on
+    python bench/bench_logging.py --callgrind [--n N] [--variants outside,inside,warning,trace]
+        # instructions per call under valgrind, off vs on: makeRecord + __dict__ outside a trace,
+        # inside a sampled span, a WARNING inside a span; a sampled @trace call
 """
 from __future__ import annotations
 
@@ -46,10 +49,12 @@ WARN_ARGS = ARGS[:1] + (logging.WARNING,) + ARGS[2:]
 
 
 def run_loop(fn, loops: int) -> float:
-    t0 = time.perf_counter_ns()
+    # CPU time of this thread: on a shared, loaded machine the time it spends descheduled is
+    # not the code's cost (wall time here drifts by several x; CPU time by a few percent)
+    t0 = time.thread_time_ns()
     for _ in range(loops):
         fn()
-    return (time.perf_counter_ns() - t0) / loops
+    return (time.thread_time_ns() - t0) / loops
 
 
 class InSpan:
@@ -100,28 +105,64 @@ def set_state(on: bool) -> None:
         logcorr.uninstall()
 
 
+def _sample_child(state: str, loops: int, wfd: int) -> None:
+    """In a forked child: set the state once (as an application would), warm up, time every row."""
+    set_state(state == "on")
+    out = {}
+    for name, ctx, fn in rows():
+        with ctx():
+            run_loop(fn, loops)  # warm-up: specialised bytecode, caches
+            gc.collect()
+            out[name] = min(run_loop(fn, loops) for _ in range(3))
+    os.write(wfd, json.dumps(out).encode())
+    os.close(wfd)
+
+
+def _sample(state: str, loops: int) -> dict:
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            os.close(rfd)
+            gc.disable()
+            _sample_child(state, loops, wfd)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    chunks = []
+    while True:
+        b = os.read(rfd, 65536)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(rfd)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise RuntimeError("benchmark child failed (%s)" % status)
+    return json.loads(b"".join(chunks))
+
+
 def measure(loops: int, rounds: int) -> dict:
+    """Each (round, state) in a fresh forked process that installs (or not) once: the
+    steady state of an application, without the re-specialisation churn of toggling."""
     bu_osprofiler.configure("bench", "memory://", max_queue_spans=10_000_000,
                             max_queue_bytes=4 << 30)
-    table = rows()
-    samples: dict = {(name, s): [] for name, _, _ in table for s in ("off", "on")}
-    gc.disable()
-    try:
-        for r in range(rounds):
-            for state in (("off", "on") if r % 2 == 0 else ("on", "off")):
-                set_state(state == "on")
-                for name, ctx, fn in table:
-                    with ctx():
-                        samples[(name, state)].append(run_loop(fn, loops))
-                    gc.collect()
-    finally:
-        gc.enable()
-        logcorr.uninstall()
+    names = [name for name, _, _ in rows()]
+    samples: dict = {(name, s): [] for name in names for s in ("off", "on")}
+    for r in range(rounds):
+        for state in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            got = _sample(state, loops)
+            for name in names:
+                samples[(name, state)].append(got[name])
     out = {}
-    for name, _, _ in table:
+    for name in names:
         off, on = samples[(name, "off")], samples[(name, "on")]
+        paired = [b - a for a, b in zip(off, on)]  # the two processes of one round
         out[name] = {"off_ns": round(min(off), 1), "on_ns": round(min(on), 1),
-                     "delta_ns": round(min(on) - min(off), 1),
+                     "delta_ns": round(statistics.median(paired), 1),
+                     "delta_of_min_ns": round(min(on) - min(off), 1),
                      "off_median_ns": round(statistics.median(off), 1),
                      "on_median_ns": round(statistics.median(on), 1)}
     return out
@@ -129,7 +170,7 @@ def measure(loops: int, rounds: int) -> dict:
 
 # ---------------------------------------------------------------- callgrind (instructions)
 
-CG_VARIANTS = ("outside", "inside", "warning")
+CG_VARIANTS = ("outside", "inside", "warning", "trace")
 
 
 def cg_child(variant: str, state: str, n: int) -> None:
@@ -139,6 +180,11 @@ def cg_child(variant: str, state: str, n: int) -> None:
     args = WARN_ARGS if variant == "warning" else ARGS
     if variant != "outside":
         InSpan().__enter__()
+    if variant == "trace":  # the span hot path: a sampled @trace call
+        traced = profiler.trace("bench", hide_args=True)(lambda: None)
+        for _ in range(n):
+            traced()
+        return
     for _ in range(n):
         LOG.makeRecord(*args).__dict__
 
@@ -154,9 +200,9 @@ def cg_count(variant: str, state: str, n: int) -> int:
     return int(m.group(1))
 
 
-def callgrind(n: int) -> dict:
+def callgrind(n: int, variants=CG_VARIANTS) -> dict:
     res = {}
-    for v in CG_VARIANTS:
+    for v in variants:
         per = {}
         for state in ("off", "on"):
             per[state] = (cg_count(v, state, n) - cg_count(v, state, 0)) / n
@@ -167,12 +213,14 @@ def callgrind(n: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--loops", type=int, default=20_000)
-    ap.add_argument("--rounds", type=int, default=11)
+    ap.add_argument("--loops", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=31)
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--callgrind", action="store_true",
                     help="instructions per makeRecord under valgrind instead of timings")
     ap.add_argument("--n", type=int, default=20_000, help="calls per callgrind run")
+    ap.add_argument("--variants", default=",".join(CG_VARIANTS),
+                    help="callgrind variants (%s)" % ",".join(CG_VARIANTS))
     ap.add_argument("--cg-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.cg_child:
@@ -180,8 +228,8 @@ def main(argv=None) -> int:
         return 0
     info = {"python": platform.python_version(), "machine": platform.machine()}
     if args.callgrind:
-        res = callgrind(args.n)
-        print("| makeRecord + __dict__ | off (instr) | on (instr) | + instr |\n|---|---:|---:|---:|")
+        res = callgrind(args.n, args.variants.split(","))
+        print("| per call | off (instr) | on (instr) | + instr |\n|---|---:|---:|---:|")
         for v, r in res.items():
             print("| %s | %d | %d | %+d |" % (v, r["off"], r["on"], r["delta"]))
     else:
