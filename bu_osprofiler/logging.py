@@ -1,7 +1,8 @@
 """Log correlation: the active trace's ids in every log record, log records in spans.
 
 ``install()`` (or ``configure(log_correlation=True)``, or ``[profiler] log_correlation = true``)
-puts a record factory written in C in front of :mod:`logging`'s. Every ``LogRecord`` then carries
+replaces ``Logger.makeRecord`` and puts a record factory in front of :mod:`logging`'s (for
+records made otherwise); the ids come from C (``_core.LogIds``). Every ``LogRecord`` carries
 
 * ``trace_id``: 32 lowercase hex digits, ``span_id``: 16, ``trace_sampled``: True / False,
 * ``base_id``: osprofiler's id of the trace (the UUID form of the trace id),
