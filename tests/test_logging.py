@@ -18,6 +18,8 @@ from bu_osprofiler import profiler
 
 from conftest import by_name
 from jaeger_wire import UdpReceiver, decode_message, tags_dict
+from test_export_otlp import attrs as otlp_attrs
+from test_export_otlp import receiver  # noqa: F401  (fixture: an OTLP/HTTP receiver)
 
 FMT = "%(levelname)s|%(trace_id)s|%(span_id)s|%(trace_sampled)s|%(base_id)s|%(message)s"
 
@@ -440,6 +442,28 @@ def test_span_logs_on_the_jaeger_wire():
     f = tags_dict(lg.fields)
     assert f["message"] == "failed: division" and f["level"] == "ERROR"
     assert f["exception.type"] == "ZeroDivisionError" and f["logger"] == "test.wire"
+
+
+def test_span_logs_as_otlp_events(receiver):
+    """OTLP/HTTP, decoded with opentelemetry-proto: a log record is a span event named "log"."""
+    bu_osprofiler.configure("otlp-logs", "otlp://127.0.0.1:%d" % receiver.server_address[1],
+                            flush_interval=60, log_correlation=True)
+    log = logging.getLogger("test.otlp")
+    log.propagate = False
+    log.handlers[:] = [logging.NullHandler()]
+    try:
+        with traced("otlp-op"):
+            log.warning("disk %s full", "/var")
+        assert bu_osprofiler.flush(5.0)
+    finally:
+        logcorr.uninstall()
+        bu_osprofiler.configure("test-service", "memory://")
+    [s] = [s for s in receiver.spans() if s.name == "otlp-op"]
+    [ev] = s.events
+    assert ev.name == "log"
+    assert otlp_attrs(ev.attributes) == {"level": "WARNING", "logger": "test.otlp",
+                                         "message": "disk /var full"}
+    assert s.start_time_unix_nano <= ev.time_unix_nano <= s.end_time_unix_nano
 
 
 # ---------------------------------------------------------------- oslo.config switch
