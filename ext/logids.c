@@ -220,7 +220,8 @@ count_dropped(LogIdsObject *f, SpanObject *s)
             return;
         }
     }
-    if (s->ntags < 0xFFFF && bu_tag_put_long(&s->tags, DROPPED_TAG, sizeof(DROPPED_TAG) - 1, 1) == 0) {
+    if (s->ntags < 0xFFFF &&
+        bu_tag_put_long(&s->tags, DROPPED_TAG, sizeof(DROPPED_TAG) - 1, 1) == 0) {
         s->ntags++;
     }
 }

@@ -473,9 +473,10 @@ def test_profiler_log_correlation_option(spans, tmp_path):
     from bu_osprofiler import initializer, opts
 
     conf = oslo_config.ConfigOpts()
-    opts.set_defaults(conf, enabled=True, connection_string="memory://")
+    opts._register(conf)  # (set_defaults would change the shared Opt objects' defaults)
     cfg_file = tmp_path / "nova.conf"
-    cfg_file.write_text("[profiler]\nlog_correlation = true\nlog_span_level = error\n")
+    cfg_file.write_text("[profiler]\nenabled = true\nconnection_string = memory://\n"
+                        "trace_rpc = false\nlog_correlation = true\nlog_span_level = error\n")
     conf(args=[], default_config_files=[str(cfg_file)])
     try:
         initializer.init_from_conf(conf, None, "nova", "compute", "host1")
