@@ -1,11 +1,11 @@
 /* logids.c -- log correlation: the active span's ids for log records, records into span logs.
  *
- * bu_osprofiler.logging.install() puts a small Python record factory in front of the logging
- * module's; it calls LogIds.ids(record, level) and stores the 4-tuple it returns as the record's
- * trace_id (32 hex), span_id (16 hex), trace_sampled (bool) and base_id (osprofiler's UUID of the
- * trace id), or "" for each outside a trace. The stores are done by specialised bytecode in
- * Python (STORE_ATTR on the record's inline values): four attribute stores through the C API
- * cost several times more. Records at or above `span_level` made inside a recording span also
+ * bu_osprofiler.logging.install() replaces Logger.makeRecord (and wraps the record factory for
+ * records made otherwise); both call LogIds.ids(record, level) and store the 4-tuple it returns
+ * as the record's trace_id (32 hex), span_id (16 hex), trace_sampled (bool) and base_id
+ * (osprofiler's UUID of the trace id), or "" for each outside a trace. The stores are done by
+ * specialised bytecode in Python (STORE_ATTR on the record's inline values): four attribute
+ * stores through the C API cost several times more. Records at or above `span_level` made inside a recording span also
  * become span logs, bounded per span (count and bytes; overflow counted in the span tag
  * log.dropped_records), never recursively and never for the tracer's own logger.
  *
