@@ -149,3 +149,22 @@ class Browser:
             self.proc.wait()
         self._w.close()
         self._r.close()
+
+
+def drag(b, x1, y1, x2, y2, steps=5):
+    """A real mouse drag (press, moves, release) at page coordinates."""
+    b.call("Input.dispatchMouseEvent", type="mousePressed", x=x1, y=y1, button="left",
+           clickCount=1)
+    for i in range(1, steps + 1):
+        b.call("Input.dispatchMouseEvent", type="mouseMoved", x=x1 + (x2 - x1) * i / steps,
+               y=y1 + (y2 - y1) * i / steps, button="left", buttons=1)
+    b.call("Input.dispatchMouseEvent", type="mouseReleased", x=x2, y=y2, button="left",
+           clickCount=1)
+
+
+def click_at(b, x, y):
+    drag(b, x, y, x, y, steps=1)
+
+
+def type_text(b, text):
+    b.call("Input.insertText", text=text)

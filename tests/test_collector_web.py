@@ -251,3 +251,159 @@ def test_browser_waterfall_label_rules(loaded, browser, tmp_path, width):
     assert browser.problems() == []
 
 
+def ids_of(b, selector, attr="data-span-id"):
+    return b.js(f"Array.from(document.querySelectorAll({json.dumps(selector)}))"
+                f".map(function (e) {{ return e.getAttribute({json.dumps(attr)}); }})")
+
+
+@needs_chromium
+def test_browser_collapse_search_zoom(loaded, browser, tmp_path):
+    from browser import drag, type_text
+    url = f"http://127.0.0.1:{loaded.ports['query']}/trace/{TRACE:x}"
+    open_full(browser, url, 1400)
+    visible = ".span-row:not([hidden])"
+    # collapse the fork that holds libvirt.spawn: its child disappears, and so does its line
+    browser.js("document.querySelector('[data-span-id=\"0000000000000004\"] .toggle').click()")
+    assert "0000000000000005" not in ids_of(browser, visible)
+    assert len(ids_of(browser, visible)) == 6
+    browser.js("document.getElementById('collapse-all').click()")
+    assert ids_of(browser, visible) == SPAN_IDS[:4] + SPAN_IDS[5:]  # only the root's children
+    browser.js("document.getElementById('expand-all').click()")
+    assert sorted(ids_of(browser, visible)) == SPAN_IDS
+    check_label_rules(browser)
+
+    # search in the trace: by name, tag value and log field; hidden matches are revealed
+    browser.js("document.querySelector('[data-span-id=\"0000000000000004\"] .toggle').click()")
+    browser.js("document.getElementById('find').focus()")
+    type_text(browser, "no host")  # a log field of libvirt.spawn
+    assert ids_of(browser, ".span-row.match") == ["0000000000000005"]
+    assert "0000000000000005" in ids_of(browser, visible)
+    assert browser.js("document.getElementById('find-count').textContent") == "1 match"
+    browser.js("var f = document.getElementById('find'); f.value = 'THREAD:';"
+               "f.dispatchEvent(new Event('input'))")
+    assert ids_of(browser, ".span-row.match") == ["0000000000000003", "0000000000000004"]
+    shot = browser.screenshot(tmp_path / "search-1400.png")
+    keep(shot)
+    browser.js("var f = document.getElementById('find'); f.value = '';"
+               "f.dispatchEvent(new Event('input'))")
+    assert ids_of(browser, ".span-row.match") == []
+
+    # zoom: drag across the middle of the minimap, with the mouse
+    r = browser.js("(function () { var r = document.getElementById('minimap')"
+                   ".getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()")
+    y = r[1] + r[3] / 2
+    drag(browser, r[0] + r[2] * 0.25, y, r[0] + r[2] * 0.5, y)
+    a, b = map(float, browser.js("document.body.getAttribute('data-zoom')").split("-"))
+    assert abs(a - 0.25) < 0.02 and abs(b - 0.5) < 0.02
+    ticks = browser.js("Array.from(document.querySelectorAll('.axis .tick'))"
+                       ".map(function (t) { return t.textContent; })")
+    assert ticks[0] == "12.5ms" and ticks[-1] == "25.0ms"
+    assert not browser.js("document.getElementById('reset-zoom').hidden")
+    check_label_rules(browser)
+    shot = browser.screenshot(tmp_path / "zoomed-1400.png")
+    keep(shot)
+    browser.js("document.getElementById('reset-zoom').click()")
+    assert browser.js("document.body.getAttribute('data-zoom')") == "0.0000-1.0000"
+    assert browser.problems() == []
+
+
+@needs_chromium
+@pytest.mark.parametrize("width", [700, 1400])
+def test_browser_graph_view(loaded, browser, tmp_path, width):
+    url = f"http://127.0.0.1:{loaded.ports['query']}/trace/{TRACE:x}#view=dag"
+    open_full(browser, url, width)
+    assert browser.js("document.body.getAttribute('data-view')") == "dag"
+    assert sorted(ids_of(browser, "#dag .node")) == SPAN_IDS
+    critical = ids_of(browser, "#dag .node.critical")
+    assert "0000000000000004" in critical and "0000000000000003" not in critical
+    # the join waits for both branches: two join edges into it, drawn from each branch
+    joins = browser.js("Array.from(document.querySelectorAll('#dag path.edge.join'))"
+                       ".map(function (e) { return [e.getAttribute('data-from'),"
+                       " e.getAttribute('data-to')]; })")
+    assert sorted(joins) == [["0000000000000003", "0000000000000006"],
+                             ["0000000000000004", "0000000000000006"]]
+    # the join edge on the critical path (from the branch that finished last) is marked
+    assert ids_of(browser, "#dag path.edge.cp", "data-from").count("0000000000000004") >= 1
+    # node texts stay inside their boxes; nodes do not overlap
+    bad = browser.js("""(function () {
+      var bad = [];
+      var boxes = [];
+      document.querySelectorAll('#dag .node').forEach(function (n) {
+        var r = n.querySelector('rect.box').getBoundingClientRect();
+        n.querySelectorAll('text').forEach(function (t) {
+          var b = t.getBoundingClientRect();
+          if (b.left < r.left || b.right > r.right || b.top < r.top || b.bottom > r.bottom) {
+            bad.push(n.getAttribute('data-span-id') + ': text outside its box'); }
+        });
+        boxes.forEach(function (o) {
+          if (r.left < o.right && o.left < r.right && r.top < o.bottom && o.top < r.bottom) {
+            bad.push(n.getAttribute('data-span-id') + ': overlaps another node'); }
+        });
+        boxes.push(r);
+      });
+      return bad; })()""")
+    assert bad == []
+    browser.js("document.querySelector('#dag .node[data-span-id=\"0000000000000006\"]')"
+               ".dispatchEvent(new MouseEvent('click', {bubbles: true}))")
+    assert "join" in browser.js("document.getElementById('details').textContent")
+    covered = browser.js("""(function () {
+      var d = document.getElementById('details').getBoundingClientRect();
+      return Array.from(document.querySelectorAll('#dag .node')).filter(function (n) {
+        var b = n.getBoundingClientRect();
+        return b.right > d.left && b.left < d.right && b.bottom > d.top && b.top < d.bottom;
+      }).length; })()""")
+    assert covered == 0
+    shot = browser.screenshot(tmp_path / f"graph-{width}.png")
+    keep(shot)
+    browser.js("document.getElementById('tab-waterfall').click()")
+    assert browser.js("document.body.getAttribute('data-view')") == "waterfall"
+    check_label_rules(browser)
+    assert browser.problems() == []
+
+
+@needs_chromium
+def test_browser_index_scatter_and_operations(loaded, browser, tmp_path):
+    base = f"http://127.0.0.1:{loaded.ports['query']}"
+    for width in (700, 1400):
+        open_full(browser, base + "/", width)
+        assert sorted(ids_of(browser, "#scatter a.dot", "data-trace")) == sorted(
+            ids_of(browser, "tr.trace-row", "data-trace-id"))
+        shot = browser.screenshot(tmp_path / f"index-{width}.png")
+        keep(shot)
+    # choosing a service fills the operation list at once (no submit)
+    browser.js("var s = document.querySelector('select[name=service]'); s.value = 'nova-compute';"
+               "s.dispatchEvent(new Event('change'))")
+    browser.js("new Promise(function (r) { (function w() { if (document.body.getAttribute("
+               "'data-ops') === 'nova-compute') { r(); } else { setTimeout(w, 20); } })(); })")
+    ops = browser.js("Array.from(document.querySelector('select[name=operation]').options)"
+                     ".map(function (o) { return o.value; })")
+    assert ops == ["", "join", "libvirt.spawn", "notify", "thread:big", "thread:small"]
+    assert browser.js("location.pathname + location.search") == "/"
+    # a dot opens its trace
+    from browser import click_at
+    r = browser.js(f"(function () {{ var r = document.querySelector('#scatter a.dot[data-trace="
+                   f"\"{TRACE:032x}\"] circle').getBoundingClientRect();"
+                   " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+    browser.events = [e for e in browser.events if e["method"] != "Page.loadEventFired"]
+    click_at(browser, *r)
+    browser.wait_event("Page.loadEventFired")
+    assert browser.js("location.pathname") == f"/trace/{TRACE:032x}"
+    assert browser.js("document.body.getAttribute('data-rendered')") == "7"
+    assert browser.problems() == []
+
+
+@needs_chromium
+def test_browser_renders_the_standalone_html_file(loaded, browser, tmp_path):
+    out = tmp_path / "trace.html"
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert cli_main(["trace", "show", f"{TRACE:x}", "--db", loaded.store.path,
+                         "--html", "--out", str(out)]) == 0
+    loaded.stop()  # no server: the file alone must do
+    for width in (700, 1400):
+        open_full(browser, out.as_uri(), width)
+        assert browser.js("document.body.getAttribute('data-rendered')") == "7"
+        check_label_rules(browser)
+        shot = browser.screenshot(tmp_path / f"standalone-{width}.png")
+        assert png_size(shot)[0] == width
+        keep(shot)
+    assert browser.problems() == []

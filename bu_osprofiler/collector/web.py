@@ -87,10 +87,10 @@ def csp(frame_ancestors: bool = False) -> str:
     return policy + ("; frame-ancestors 'none'" if frame_ancestors else "")
 
 
-def _header(title_html: str, standalone: bool = False) -> str:
+def _header(title_html: str, standalone: bool = False, home: bool = True) -> str:
     if standalone:
         return f'<header><h1 id="title">{title_html}</h1></header>'
-    return ('<header><a class="home" href="/">&larr; traces</a>'
+    return ('<header>' + ('<a class="home" href="/">&larr; traces</a>' if home else '') +
             f'<h1 id="title">{title_html}</h1>'
             '<form class="lookup" method="get" action="/lookup" role="search">'
             '<input name="id" size="18" placeholder="trace id or prefix" aria-label="trace id"'
@@ -189,8 +189,7 @@ def scatter(summaries: Sequence[Mapping[str, Any]]) -> str:
            ' width="100%" height="170">',
            '<line class="axis" x1="4%" y1="85%" x2="99%" y2="85%"></line>',
            '<line class="axis" x1="4%" y1="6%" x2="4%" y2="85%"></line>',
-           f'<text class="tick" x="3.4%" y="10%" text-anchor="end">{fmt_duration(dmax)}</text>',
-           '<text class="tick" x="3.4%" y="85%" text-anchor="end">0</text>',
+           f'<text class="tick" x="4.6%" y="10%">{fmt_duration(dmax)}</text>',
            f'<text class="tick" x="4%" y="97%">{html.escape(fmt_time(t0))}</text>',
            f'<text class="tick" x="99%" y="97%" text-anchor="end">{html.escape(fmt_time(t1))}</text>']
     for s in pts:
@@ -243,7 +242,7 @@ def render_index(summaries: Sequence[Mapping[str, Any]], services: Sequence[str]
     else:
         table = '<p class="empty">No traces match. Send spans to this collector and reload.</p>'
     shown = urlencode({k: v for k, v in q.items() if v})
-    body = (_header("bu-osprofiler traces") + "".join(form)
+    body = (_header("bu-osprofiler traces", home=False) + "".join(form)
             + f'<p class="count">{len(summaries)} trace{"s" if len(summaries) != 1 else ""}'
             + (f' for {html.escape(shown)}' if shown else '') + '</p>' + table)
     return _page("bu-osprofiler traces", body, f"<script>{_asset('index.js')}</script>")

@@ -722,11 +722,28 @@
     }
     var cols = [];
     order.forEach(function (id) { (cols[layer[id]] = cols[layer[id]] || []).push(id); });
+    /* within a column, order nodes by the mean position of their predecessors (fewer crossings),
+     * ties by the waterfall order */
+    var preds = {};
+    edges.forEach(function (e) { (preds[e[1]] = preds[e[1]] || []).push(e[0]); });
+    var slot = {};
+    var rank = {};
+    order.forEach(function (id, i) { rank[id] = i; });
     var pos = {};
     var maxRows = 0;
     cols.forEach(function (col, x) {
-      (col || []).forEach(function (id, y) { pos[id] = [x * (NODE_W + GAP_X) + 8, y * (NODE_H + GAP_Y) + 8]; });
-      maxRows = Math.max(maxRows, (col || []).length);
+      col = col || [];
+      var key = {};
+      col.forEach(function (id) {
+        var p = (preds[id] || []).filter(function (q) { return slot[q] !== undefined; });
+        key[id] = p.length ? p.reduce(function (a, q) { return a + slot[q]; }, 0) / p.length : rank[id];
+      });
+      col.sort(function (a, b) { return (key[a] - key[b]) || (rank[a] - rank[b]); });
+      col.forEach(function (id, y) {
+        slot[id] = y;
+        pos[id] = [x * (NODE_W + GAP_X) + 8, y * (NODE_H + GAP_Y) + 8];
+      });
+      maxRows = Math.max(maxRows, col.length);
     });
     var W = cols.length * (NODE_W + GAP_X) + 16;
     var H = maxRows * (NODE_H + GAP_Y) + 16;
@@ -735,7 +752,7 @@
     var defs = svgEl("defs");
     ["child_of", "fork", "join", "follows_from", "cp"].forEach(function (k) {
       var m = svgEl("marker", {id: "arrow-" + k, viewBox: "0 0 8 8", refX: 8, refY: 4,
-                               markerWidth: 7, markerHeight: 7, orient: "auto"});
+                               markerWidth: 8, markerHeight: 8, markerUnits: "userSpaceOnUse", orient: "auto"});
       m.appendChild(svgEl("path", {d: "M0,0 L8,4 L0,8 z", "class": "arrow " + k}));
       defs.appendChild(m);
     });
