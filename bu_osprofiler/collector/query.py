@@ -37,7 +37,9 @@ def parse_duration_us(text: str, what: str = "duration") -> int:
     """'1.5s', '300ms', '50us', '2m', '1h' or µs as a bare number -> µs, finite, 0..100 years."""
     try:
         v = _server.parse_duration_us(text)
-    except (ValueError, OverflowError):
+    except OverflowError:  # inf, 1e400
+        v = MAX_DURATION_US + 1
+    except ValueError:
         raise BadRequest(f"{what}: not a duration: {text!r} (e.g. 500us, 20ms, 1.5s, 10m, 2h)") \
             from None
     if not 0 <= v <= MAX_DURATION_US:
