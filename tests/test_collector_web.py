@@ -407,3 +407,49 @@ def test_browser_renders_the_standalone_html_file(loaded, browser, tmp_path):
         assert png_size(shot)[0] == width
         keep(shot)
     assert browser.problems() == []
+
+
+HOSTILE = ["<!--", "<!-- x -->", "</script><script>alert(1)</script>", "<\\!--", "\u2028|\u2029",
+           "'\"&amp;<>", "</SCRIPT >", "<![CDATA[", "\\u003c", "😀 é", "\x00\x1b[31m", "-->",
+           "<script>document.body.setAttribute('data-pwned','1')</script>", "]]>", "\\"]
+
+
+@needs_chromium
+def test_browser_hostile_strings_round_trip(collector, browser, tmp_path):
+    """Every string reaches the page's text as it was sent, and nothing in it runs."""
+    spans_ = [span(0x4444, i + 1, 0 if i == 0 else 1, name, T0 + i, 100 - i,
+                   tags={"v": name}) for i, name in enumerate(HOSTILE)]
+    collector.submit(emit_batch(batch("svc<!--</script>", spans_)),
+                     _core.THRIFT_COMPACT_MESSAGE, "test")
+    assert collector.flush()
+    stored = collector.store.get_trace("4444")
+    assert sorted(s["operationName"] for s in stored["spans"]) == sorted(HOSTILE)
+    status, _, page = get(collector, "/trace/0000000000004444")
+    assert status == 200
+    m = re.search(r'<script type="application/json" id="bu-data">(.*?)</script>', page, re.S)
+    assert json.loads(m.group(1))["trace"] == stored
+    out = tmp_path / "hostile.html"
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert cli_main(["trace", "show", "4444", "--db", collector.store.path, "--html",
+                         "--out", str(out)]) == 0
+    base = f"http://127.0.0.1:{collector.ports['query']}"
+    for url in (base + "/trace/0000000000004444", out.as_uri(), base + "/"):
+        browser.open(url, width=1400)
+        assert browser.js("document.body.getAttribute('data-pwned')") is None
+        assert not any(e["method"] == "Page.javascriptDialogOpening" for e in browser.events)
+        if url.endswith("/"):
+            assert HOSTILE[0] in browser.js("document.getElementById('traces').textContent")
+            continue
+        assert browser.js("document.body.getAttribute('data-rendered')") == str(len(HOSTILE))
+        ops = browser.js("Array.from(document.querySelectorAll('.span-row .op'))"
+                         ".map(function (e) { return e.textContent; })")
+        assert sorted(ops) == sorted(HOSTILE)
+        svcs = set(browser.js("Array.from(document.querySelectorAll('.span-row .svc'))"
+                              ".map(function (e) { return e.textContent; })"))
+        assert svcs == {"svc<!--</script>: "}
+        check_label_rules(browser)
+        # the search box takes hostile text too
+        browser.js("var f = document.getElementById('find'); f.value = '</script>';"
+                   "f.dispatchEvent(new Event('input'))")
+        assert len(ids_of(browser, ".span-row.match")) == len(HOSTILE)  # the service matches
+    assert browser.problems() == []
