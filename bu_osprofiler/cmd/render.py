@@ -24,6 +24,9 @@ def term_safe(text: Any) -> str:
 
 def _marks(g: analysis.TraceGraph, n: analysis.Node, joins: Dict[int, List[int]]) -> str:
     out = []
+    kind = n.tags.get("span.kind")
+    if kind in ("client", "server", "producer", "consumer"):
+        out.append(f"[{kind}]")
     if n.is_fork:
         out.append("[fork]")
     if n.span_id in joins:
