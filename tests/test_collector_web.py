@@ -210,6 +210,10 @@ def open_full(b, url, width):
     return b
 
 
+def open_trace(c, b, width, fragment=""):
+    return open_full(b, f"http://127.0.0.1:{c.ports['query']}/trace/{TRACE:x}{fragment}", width)
+
+
 def check_label_rules(b):
     full_height(b)
     got = b.js(LABEL_RULES)
@@ -220,8 +224,7 @@ def check_label_rules(b):
 @needs_chromium
 @pytest.mark.parametrize("width", [700, 1400])
 def test_browser_waterfall_label_rules(loaded, browser, tmp_path, width):
-    url = f"http://127.0.0.1:{loaded.ports['query']}/trace/{TRACE:x}"
-    open_full(browser, url, width)
+    open_trace(loaded, browser, width)
     assert browser.js("document.body.getAttribute('data-rendered')") == "7"
     assert browser.js("document.querySelectorAll('svg.edges line.join').length") == 2
     assert browser.js("document.querySelectorAll('svg.edges line.fork').length") == 2
@@ -259,8 +262,7 @@ def ids_of(b, selector, attr="data-span-id"):
 @needs_chromium
 def test_browser_collapse_search_zoom(loaded, browser, tmp_path):
     from browser import drag, type_text
-    url = f"http://127.0.0.1:{loaded.ports['query']}/trace/{TRACE:x}"
-    open_full(browser, url, 1400)
+    open_trace(loaded, browser, 1400)
     visible = ".span-row:not([hidden])"
     # collapse the fork that holds libvirt.spawn: its child disappears, and so does its line
     browser.js("document.querySelector('[data-span-id=\"0000000000000004\"] .toggle').click()")
@@ -310,8 +312,7 @@ def test_browser_collapse_search_zoom(loaded, browser, tmp_path):
 @needs_chromium
 @pytest.mark.parametrize("width", [700, 1400])
 def test_browser_graph_view(loaded, browser, tmp_path, width):
-    url = f"http://127.0.0.1:{loaded.ports['query']}/trace/{TRACE:x}#view=dag"
-    open_full(browser, url, width)
+    open_trace(loaded, browser, width, "#view=dag")
     assert browser.js("document.body.getAttribute('data-view')") == "dag"
     assert sorted(ids_of(browser, "#dag .node")) == SPAN_IDS
     critical = ids_of(browser, "#dag .node.critical")

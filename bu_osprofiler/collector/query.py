@@ -231,7 +231,7 @@ class QueryHandler(_server._BaseHandler):
         except Exception:  # noqa: BLE001 -- a malformed cookie is no token
             pass
         if TOKEN_COOKIE in cookie:
-            given.append(cookie[TOKEN_COOKIE].value)
+            given.append(unquote(cookie[TOKEN_COOKIE].value))
         from_query = (q.get("token") or [""])[0]
         if any(hmac.compare_digest(g.encode(), token.encode()) for g in given if g):
             return True
@@ -241,7 +241,8 @@ class QueryHandler(_server._BaseHandler):
             rest = urlencode([(k, v) for k, vs in q.items() if k != "token" for v in vs],
                              doseq=True)
             self._redirect(url.path + ("?" + rest if rest else ""), {
-                "Set-Cookie": f"{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"})
+                "Set-Cookie": f"{TOKEN_COOKIE}={quote(token, safe='')}; Path=/; HttpOnly;"
+                              " SameSite=Strict"})
             return False
         self._error(api, 401, "this collector's query port needs its token: open the link the"
                     " collector printed (…/?token=…) or send 'Authorization: Bearer TOKEN'")
