@@ -7,6 +7,7 @@ collect every console message, uncaught exception and CSP violation the page pro
 import base64
 import json
 import os
+import select
 import subprocess
 import time
 
@@ -51,8 +52,12 @@ class Browser:
 
     # ---------------------------------------------------------------- protocol
 
-    def _read_message(self):
+    def _read_message(self, deadline=None):
         while b"\0" not in self._buf:
+            left = (deadline if deadline is not None else time.monotonic() + self.timeout) \
+                - time.monotonic()
+            if left <= 0 or not select.select([self._r], [], [], left)[0]:
+                raise BrowserError("chromium did not answer in time")
             chunk = self._r.read(1 << 16)
             if not chunk:
                 raise BrowserError("chromium closed the pipe")
@@ -81,7 +86,7 @@ class Browser:
             if m["method"] == method:
                 return self.events.pop(i)
         while time.monotonic() < deadline:
-            m = self._read_message()
+            m = self._read_message(deadline)
             if m.get("method") == method:
                 return m
             if "method" in m:
@@ -94,8 +99,9 @@ class Browser:
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
                   deviceScaleFactor=1, mobile=False)
         self.events = [e for e in self.events if e["method"] != "Page.loadEventFired"]
-        self.call("Page.navigate", url=url)
-        self.wait_event("Page.loadEventFired")
+        nav = self.call("Page.navigate", url=url)
+        if nav.get("loaderId"):  # not a same-document (fragment-only) navigation
+            self.wait_event("Page.loadEventFired")
         return self
 
     def resize(self, width, height=900):

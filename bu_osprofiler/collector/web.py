@@ -187,13 +187,14 @@ def scatter(summaries: Sequence[Mapping[str, Any]]) -> str:
     span = (t1 - t0) or 1
     out = ['<figure id="scatter"><svg role="img" aria-label="trace durations over time"'
            ' width="100%" height="170">',
-           '<line class="axis" x1="4%" y1="85%" x2="99%" y2="85%"></line>',
-           '<line class="axis" x1="4%" y1="6%" x2="4%" y2="85%"></line>',
-           f'<text class="tick" x="4.6%" y="10%">{fmt_duration(dmax)}</text>',
-           f'<text class="tick" x="4%" y="97%">{html.escape(fmt_time(t0))}</text>',
+           '<line class="axis" x1="8%" y1="85%" x2="99%" y2="85%"></line>',
+           '<line class="axis" x1="8%" y1="6%" x2="8%" y2="85%"></line>',
+           f'<text class="tick" x="0.8%" y="10%">{fmt_duration(dmax)}</text>',
+           '<text class="tick" x="0.8%" y="85%">0</text>',
+           f'<text class="tick" x="8%" y="97%">{html.escape(fmt_time(t0))}</text>',
            f'<text class="tick" x="99%" y="97%" text-anchor="end">{html.escape(fmt_time(t1))}</text>']
     for s in pts:
-        x = 6 + 92 * ((s["start"] - t0) / span if t1 > t0 else 0.5)
+        x = 10 + 88 * ((s["start"] - t0) / span if t1 > t0 else 0.5)
         y = 85 - 77 * (s["duration"] / dmax)
         tip = (f'{s["service"]}: {s["operation"]} — {fmt_duration(s["duration"])}, '
                f'{s["spans"]} spans' + (f', {s["errors"]} errors' if s["errors"] else "")

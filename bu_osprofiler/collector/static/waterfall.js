@@ -695,12 +695,26 @@
   var dag = document.getElementById("dag");
   var NODE_W = 210;
   var NODE_H = 46;
-  var GAP_X = 56;
-  var GAP_Y = 14;
+  var GAP_X = 22;
+  var GAP_Y = 40;
 
-  function clip(text, n) {
-    text = String(text);
-    return text.length > n ? text.slice(0, n - 1) + "…" : text;
+  /* node texts that do not fit their box end in "…" (the tooltip has them whole); measured, so
+   * only while the graph is shown */
+  function fitDagTexts() {
+    if (dag.hidden) { return; }
+    dag.querySelectorAll(".node text").forEach(function (t) {
+      var room = NODE_W - 18;
+      var full = t.textContent;
+      if (t.getComputedTextLength() <= room) { return; }
+      var lo = 0;
+      var hi = full.length;
+      while (lo < hi) {  /* the longest prefix that fits with the ellipsis */
+        var mid = Math.ceil((lo + hi) / 2);
+        t.textContent = full.slice(0, mid) + "…";
+        if (t.getComputedTextLength() <= room) { lo = mid; } else { hi = mid - 1; }
+      }
+      t.textContent = full.slice(0, lo) + "…";
+    });
   }
 
   function drawDag() {
@@ -741,12 +755,12 @@
       col.sort(function (a, b) { return (key[a] - key[b]) || (rank[a] - rank[b]); });
       col.forEach(function (id, y) {
         slot[id] = y;
-        pos[id] = [x * (NODE_W + GAP_X) + 8, y * (NODE_H + GAP_Y) + 8];
+        pos[id] = [y * (NODE_W + GAP_X) + 8, x * (NODE_H + GAP_Y) + 8];  /* layers top down */
       });
       maxRows = Math.max(maxRows, col.length);
     });
-    var W = cols.length * (NODE_W + GAP_X) + 16;
-    var H = maxRows * (NODE_H + GAP_Y) + 16;
+    var W = maxRows * (NODE_W + GAP_X) + 16;
+    var H = cols.length * (NODE_H + GAP_Y) + 16;
     var svg = svgEl("svg", {width: W, height: H, "class": "dag", role: "img",
                             "aria-label": "spans as a graph: fork, join and follows-from edges"});
     var defs = svgEl("defs");
@@ -761,15 +775,15 @@
     edges.forEach(function (e) {
       var a = pos[e[0]];
       var b = pos[e[1]];
-      var x1 = a[0] + NODE_W;
-      var y1 = a[1] + NODE_H / 2;
-      var x2 = b[0];
-      var y2 = b[1] + NODE_H / 2;
-      var mid = (x1 + x2) / 2;
+      var x1 = a[0] + NODE_W / 2;
+      var y1 = a[1] + NODE_H;
+      var x2 = b[0] + NODE_W / 2;
+      var y2 = b[1];
+      var mid = (y1 + y2) / 2;
       var cp = showCp && critical[e[0]] && critical[e[1]] && e[2] !== "fork";
       var k = cp ? "cp" : e[2];
       svg.appendChild(svgEl("path", {
-        d: "M" + x1 + "," + y1 + " C" + mid + "," + y1 + " " + mid + "," + y2 + " " + x2 + "," + y2,
+        d: "M" + x1 + "," + y1 + " C" + x1 + "," + mid + " " + x2 + "," + mid + " " + x2 + "," + y2,
         "class": "edge " + e[2] + (cp ? " cp" : ""), "marker-end": "url(#arrow-" + k + ")",
         "data-from": e[0], "data-to": e[1]}));
     });
@@ -789,17 +803,19 @@
       g.appendChild(svgEl("rect", {"class": "stripe", width: 5, height: NODE_H, rx: 2,
                                    fill: colour[service(s)]}));
       var op = svgEl("text", {"class": "op", x: 12, y: 18});
-      op.textContent = clip(s.operationName, 28);
+      op.textContent = s.operationName;
+      op.setAttribute("data-full", s.operationName);
       g.appendChild(op);
       var sub = svgEl("text", {"class": "sub", x: 12, y: 36});
       var k = kindOf(s);
-      sub.textContent = clip(service(s), 16) + " · " + fmtDur(s.duration) + (k ? " · " + k : "") +
+      sub.textContent = service(s) + " · " + fmtDur(s.duration) + (k ? " · " + k : "") +
         (joins[id] ? " · join" : forks[id] ? " · fork" : "");
       g.appendChild(sub);
       g.addEventListener("click", function () { showDetails(id); });
       svg.appendChild(g);
     });
     dag.appendChild(svg);
+    fitDagTexts();
   }
 
   function showTab(which) {
@@ -813,7 +829,7 @@
     tabG.setAttribute("aria-selected", String(isDag));
     document.body.setAttribute("data-view", isDag ? "dag" : "waterfall");
     placeDetails();
-    if (!isDag) { layout(); }
+    if (!isDag) { layout(); } else { fitDagTexts(); }
   }
   tabW.addEventListener("click", function () { showTab("waterfall"); });
   tabG.addEventListener("click", function () { showTab("dag"); });
