@@ -10,17 +10,27 @@ import struct
 import subprocess
 
 import pytest
-from collector_helpers import batch, collector, emit_batch, http_request, span
+from collector_helpers import batch, emit_batch, http_request, span
 
 from bu_osprofiler import _core
 from bu_osprofiler.cmd.main import main as cli_main
 
-__all__ = ["collector"]
 
 CHROMIUM = "/usr/bin/chromium"
 TRACE = 0x3F1E2D4C5B6A79880112233445566778
 T0 = 1_700_000_000_000_000
 SPAN_IDS = [f"{i:016x}" for i in (1, 2, 3, 4, 5, 6, 7)]
+
+
+@pytest.fixture
+def collector(tmp_path):
+    """A collector without age retention: the traces here start in 2023, and a browser test can
+    outlast the writer's first retention pass."""
+    from bu_osprofiler.collector.server import Collector
+    c = Collector(os.path.join(str(tmp_path), "traces.db"), udp_port=0, udp_binary_port=0,
+                  http_port=0, query_port=0, max_age_s=None)
+    with c:
+        yield c
 
 
 @pytest.fixture
@@ -175,9 +185,9 @@ LABEL_RULES = r"""
     /* no line over any text: sample each text box; the topmost element must be the text */
     texts.forEach(function (t) {
       var r = t.getBoundingClientRect();
-      for (var i = 1; i < 8; i++) {
-        for (var j = 1; j < 4; j++) {
-          var x = r.left + r.width * i / 8, y = r.top + r.height * j / 4;
+      for (var i = 1; i < 6; i++) {
+        for (var j = 1; j < 3; j++) {
+          var x = r.left + r.width * i / 6, y = r.top + r.height * j / 3;
           var top = document.elementFromPoint(x, y);
           if (top && top.closest && top.closest("svg.edges")) {
             bad.push(id + ": a " + top.getAttribute("class") + " line crosses " + t.className + " '" + t.textContent + "'");
@@ -249,6 +259,14 @@ def test_browser_waterfall_label_rules(loaded, browser, tmp_path, width):
     assert "libvirt.spawn" in d["text"] and "no host" in d["text"] and "self time" in d["text"]
     assert d["covered"] == 0 and d["inline"] == (width < 900)
     check_label_rules(browser)
+    if width >= 900:  # the side panel is resizable: drag its divider 200 px to the left
+        from browser import drag
+        r = browser.js("(function () { var r = document.getElementById('splitter')"
+                       ".getBoundingClientRect(); return [r.left + r.width / 2, r.top + 40,"
+                       " document.getElementById('details').offsetWidth]; })()")
+        drag(browser, r[0], r[1], r[0] - 200, r[1])
+        assert abs(browser.js("document.getElementById('details').offsetWidth") - r[2] - 200) < 3
+        check_label_rules(browser)
     shot = browser.screenshot(tmp_path / f"waterfall-details-{width}.png")
     keep(shot)
     assert browser.problems() == []
@@ -453,4 +471,32 @@ def test_browser_hostile_strings_round_trip(collector, browser, tmp_path):
         browser.js("var f = document.getElementById('find'); f.value = '</script>';"
                    "f.dispatchEvent(new Event('input'))")
         assert len(ids_of(browser, ".span-row.match")) == len(HOSTILE)  # the service matches
+    assert browser.problems() == []
+
+
+@needs_chromium
+def test_browser_long_names_deep_trees_and_many_spans(collector, browser, tmp_path):
+    """A deep chain with a very long name, many siblings and spans ending at the right edge:
+    labels wrap rather than hide, durations stay readable at both widths."""
+    long = "nova.compute.manager.ComputeManager._build_and_run_instance." * 3
+    spans_ = [span(0x6666, 1, 0, "root", T0, 1_000_000)]
+    for d in range(2, 9):  # a chain 8 deep, the deepest with the long name
+        spans_.append(span(0x6666, d, d - 1, long if d == 8 else f"level{d}", T0 + d * 1000,
+                           1_000_000 - d * 2000, tags={"span.kind": "server"}))
+    for i in range(300):  # many short siblings, some at the very end of the trace
+        spans_.append(span(0x6666, 100 + i, 1, f"db.query {i}", T0 + 3000 * i + 50_000,
+                           40 + i, tags={"span.kind": "client", "error": i % 97 == 0}))
+    spans_.append(span(0x6666, 999, 1, "tail", T0 + 999_000, 1000))
+    collector.submit(emit_batch(batch("nova-compute", spans_)), _core.THRIFT_COMPACT_MESSAGE,
+                     "test")
+    assert collector.flush()
+    url = f"http://127.0.0.1:{collector.ports['query']}/trace/0000000000006666"
+    for width in (700, 1400):
+        open_full(browser, url, width)
+        assert browser.js("document.body.getAttribute('data-rendered')") == str(len(spans_))
+        check_label_rules(browser)
+        assert long in browser.js("document.querySelector('[data-span-id=\"0000000000000008\"]"
+                                  " .op').textContent")
+        shot = browser.screenshot(tmp_path / f"long-{width}.png")
+        keep(shot)
     assert browser.problems() == []

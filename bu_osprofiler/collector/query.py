@@ -308,6 +308,7 @@ class QueryHandler(_server._BaseHandler):
                 else:
                     self._html(200, web.render_trace(t))
                 return
+            ids = []
         if not ids:
             self._error(False, 404, f"trace {text.strip().lower()} not found (no stored trace id"
                         " is or starts with it)")

@@ -430,6 +430,7 @@
   function sizeLabels() {
     if (NARROW.matches || wf.hidden) { wf.style.removeProperty("--labelw"); return; }
     var need = 0;
+    wf.classList.add("measuring");  /* natural (one-line) widths; names wrap only past 60% */
     order.forEach(function (id) {
       var row = rowOf[id];
       if (row.hidden) { return; }
@@ -439,6 +440,7 @@
         label.querySelector(".marks").offsetWidth + 2;
       need = Math.max(need, n);
     });
+    wf.classList.remove("measuring");
     var W = wf.clientWidth;
     wf.style.setProperty("--labelw", Math.round(Math.min(W * 0.6, Math.max(W * 0.34, 280, need))) + "px");
   }
