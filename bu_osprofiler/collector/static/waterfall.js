@@ -682,11 +682,16 @@
   }
 
   var dragSplit = false;
-  splitter.addEventListener("mousedown", function (ev) { dragSplit = true; ev.preventDefault(); });
+  var grab = 0;  /* where on the divider it was grabbed: the panel edge follows that point */
+  splitter.addEventListener("mousedown", function (ev) {
+    dragSplit = true;
+    grab = main.getBoundingClientRect().right - ev.clientX - details.offsetWidth;
+    ev.preventDefault();
+  });
   window.addEventListener("mousemove", function (ev) {
     if (!dragSplit) { return; }
     var r = main.getBoundingClientRect();
-    var w = Math.max(240, Math.min(r.width * 0.7, r.right - ev.clientX));
+    var w = Math.max(240, Math.min(r.width * 0.7, r.right - ev.clientX - grab));
     main.style.setProperty("--details", w + "px");
   });
   window.addEventListener("mouseup", function () {
