@@ -24,6 +24,7 @@ from bu_osprofiler import _core
 from bu_osprofiler import profiler as _profiler
 from bu_osprofiler import propagation as _prop
 from bu_osprofiler._log import warn_limited
+from bu_osprofiler.adaptive import registry as _tracepoints
 
 __all__ = ["X_TRACE_INFO", "X_TRACE_HMAC", "get_trace_id_headers", "enable", "disable",
            "set_policy", "WsgiMiddleware"]
@@ -443,6 +444,7 @@ class WsgiMiddleware:
         if not inc.untraced:
             try:
                 span = self._start_span(environ, inc)
+                _tracepoints.wsgi_root(span, environ, inc.context is None)  # request type
             except Exception as exc:
                 warn_limited("web.span", "could not start the request span: %s", exc)
         if span is None:
