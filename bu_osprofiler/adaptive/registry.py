@@ -138,6 +138,7 @@ def at_root(span: Any, request_type: str, root: bool) -> None:
     if span is None or request_type_of(span) is not None:
         return
     _core.set_request_type(span, request_type)
+    span.set_tag("request.type", request_type)  # for analysis of stored traces
     rate = _state.sampling.get(request_type) if root else None
     if rate is not None:
         lo = span.context.trace_id & _MASK64

@@ -528,6 +528,13 @@ class _QueryHandler(_BaseHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
+    def do_POST(self) -> None:  # only the control plane takes writes (collector/control.py)
+        from bu_osprofiler.collector import control
+        control.handle(self, self.server.collector, self.command,
+                       [p for p in unquote(urlsplit(self.path).path).split("/") if p])
+
+    do_PUT = do_POST
+
     def do_GET(self) -> None:
         c = self.server.collector
         url = urlsplit(self.path)
@@ -580,6 +587,9 @@ class _QueryHandler(_BaseHandler):
             self.send_json(200, _envelope(store.recent(**search_criteria(q))))
         elif parts == ["api", "stats"]:
             self.send_json(200, c.stats())
+        elif parts[:2] == ["api", "tracepoints"]:  # adaptive instrumentation: collector/control.py
+            from bu_osprofiler.collector import control
+            control.handle(self, c, self.command, parts)
         elif not parts:
             crit = search_criteria(q)
             html = web.render_index(store.recent(**crit), store.services(), q,
