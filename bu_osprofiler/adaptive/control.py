@@ -94,7 +94,7 @@ class Controller(threading.Thread):
         self.source = source
         self.interval = interval
         self.report_every = report_every
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._reported: Optional[Dict[str, Any]] = None
         self._last_report = 0.0
 
@@ -125,13 +125,13 @@ class Controller(threading.Thread):
 
     def run(self) -> None:
         self.report_once(force=True)
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.poll_once()
             self.report_once()
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
+        self._halt.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout)
 
