@@ -194,3 +194,53 @@ def test_unreachable_collector_is_a_warning_not_a_failure(caplog):
 def test_parse_state_errors(doc, msg):
     with pytest.raises(ValueError, match=re.escape(msg)):
         parse_state(doc)
+
+
+def test_cli_edits_a_local_state_file_the_service_follows(tmp_path, capsys):
+    from bu_osprofiler.cmd.main import main as cli
+    path = str(tmp_path / "control.json")
+    control.start(path, "adaptive-test", interval=0.05)
+    assert cli(["tracepoints", "disable", "--file", path, "--prefix", "ad.mid",
+                "--request-type", "GET /x"]) == 0
+    deadline = time.monotonic() + 2
+    while "ad.mid" in run(rtype="GET /x"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert "ad.mid" in run(rtype="GET /y")
+    assert cli(["tracepoints", "list", "--file", path]) == 0
+    assert '"request_type": "GET /x"' in capsys.readouterr().out
+    assert cli(["tracepoints", "enable", "--file", path]) == 1
+    assert "name what to enable" in capsys.readouterr().err
+    with open(path, "w") as f:
+        f.write("[1, 2]")
+    assert cli(["tracepoints", "enable", "--file", path, "--prefix", "x"]) == 1
+    assert "JSON object" in capsys.readouterr().err
+
+
+def test_analyze_report_renders_text_and_html():
+    from bu_osprofiler.adaptive.analyze import analyze, render_html, render_text
+
+    def trace(i, slow):
+        base = 1_700_000_000_000_000 + i * 10_000_000
+        d = 50_000 if slow else 1_000
+        return {"traceID": "%032x" % (i + 1), "processes": {"p1": {"serviceName": "api"}},
+                "spans": [
+                    {"traceID": "%032x" % (i + 1), "spanID": "%016x" % 1, "references": [],
+                     "operationName": "wsgi", "startTime": base, "duration": d + 2_000,
+                     "processID": "p1", "tags": [{"key": "request.type", "value": "GET /a"}]},
+                    {"traceID": "%032x" % (i + 1), "spanID": "%016x" % 2,
+                     "references": [{"refType": "CHILD_OF", "spanID": "%016x" % 1}],
+                     "operationName": "work", "startTime": base + 1_000, "duration": d,
+                     "processID": "p1", "tags": [{"key": "name", "value": "app.mod.work"}]}]}
+    report = analyze([trace(i, i % 4 == 0) for i in range(20)],
+                     [{"id": "db@app.mod:q", "name": "db", "module": "app.mod",
+                       "enabled": False, "hits": 9, "service": "api"},
+                      {"id": "x@other:f", "name": "x", "module": "other", "enabled": False}])
+    (rt,) = report["request_types"]
+    assert rt["request_type"] == "GET /a" and rt["traces"] == 20
+    assert rt["latency_us"]["p50"] == 3_000 and rt["latency_us"]["max"] == 52_000
+    assert rt["spans"][0]["name"] == "work" and rt["spans"][0]["variance_explained"] > 0.99
+    assert [s["id"] for s in rt["suggest"]] == ["db@app.mod:q"]
+    assert "-> enable db@app.mod:q" in render_text(report)
+    page = render_html(report)
+    assert "<svg" in page and "GET /a" in page and sum(c for _, _, c in rt["histogram"]) == 20

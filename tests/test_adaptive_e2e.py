@@ -98,6 +98,9 @@ def test_cli_switches_a_point_in_both_processes(env, capsys):
     names = request(env, "/servers/%s" % uuid.uuid4())
     assert "step" in names["svc-a"] and "step" in names["svc-b"]
     wait_reported(env, capsys, "svc-b.work@__main__:work", "svc-a.work@__main__:work")
+    page = urllib.request.urlopen(env["control"] + "/tracepoints", timeout=10).read().decode()
+    assert "<code>svc-b.work@__main__:work</code>" in page and ">disable</button>" in page
+    assert " ms</td>" in page  # mean / p99 latency from the stored spans
 
     assert cli(["tracepoints", "disable", "--collector", env["control"], "--prefix", "step"]) == 0
     took = until(env, "/servers/1", lambda n: "step" not in n["svc-a"] and

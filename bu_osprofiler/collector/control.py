@@ -185,3 +185,66 @@ def handle(handler: Any, collector: Any, method: str, parts: List[str]) -> None:
             raise ControlError(405, "method not allowed")
     except ControlError as e:
         handler.send_json(e.status, {"error": str(e)})
+
+
+# ---------------------------------------------------------------- the web view's tracepoints page
+
+def latencies(store: Any, service: str, name: str, traces: int = 50) -> List[float]:
+    """Durations (µs) of the recent spans named ``name`` of ``service`` in the store."""
+    out: List[float] = []
+    for tid in store.find_trace_ids(service=service, operation=name, limit=traces):
+        t = store.get_trace(tid) or {}
+        procs = t.get("processes") or {}
+        out += [float(s.get("duration", 0)) for s in t.get("spans") or []
+                if s.get("operationName") == name and
+                (procs.get(s.get("processID")) or {}).get("serviceName") == service]
+    return out
+
+
+def render_page(collector: Any) -> str:
+    """Reported tracepoints with hits, mean / p99 latency of their spans, and on/off toggles."""
+    import html
+
+    from bu_osprofiler.adaptive.analyze import percentile
+
+    e = html.escape
+    data = plane_of(collector).listing()
+    rows = []
+    for tp in data["tracepoints"]:
+        lat = sorted(latencies(collector.store, tp["service"], tp.get("name") or tp["id"]))
+        mean = "%.2f ms" % (sum(lat) / len(lat) / 1000) if lat else "-"
+        p99 = "%.2f ms" % (percentile(lat, 99) / 1000) if lat else "-"
+        on = tp.get("enabled", True)
+        rule = json.dumps({"enabled": not on, "id": tp["id"], "service": tp["service"]})
+        rows.append(
+            "<tr><td>%s</td><td><code>%s</code></td><td>%s</td><td>%s</td><td>%d</td><td>%d</td>"
+            "<td>%s</td><td>%s</td><td><button data-rule='%s'>%s</button></td></tr>" % (
+                e(tp["service"]), e(tp["id"]), e(str(tp.get("kind", ""))),
+                e(str(tp.get("mode", "on" if on else "off"))), tp.get("hits", 0),
+                tp.get("sampled_hits", 0), mean, p99, e(rule, quote=True),
+                "disable" if on else "enable"))
+    rules = "".join("<li><code>%s</code></li>" % e(json.dumps(r, sort_keys=True))
+                    for r in data["state"]["rules"])
+    return """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Tracepoints - bu-osprofiler</title>
+<style>body{font:14px sans-serif;margin:1.5em}table{border-collapse:collapse}
+td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}</style></head><body>
+<p><a href="/">traces</a></p><h1>Tracepoints</h1>
+<p>Reported by the services polling this collector; state version %d. A change reaches every
+service within about a second.</p>
+<table><tr><th>service</th><th>id</th><th>kind</th><th>state</th><th>hits</th><th>sampled</th>
+<th>mean</th><th>p99</th><th></th></tr>%s</table>
+<h2>Rules (last match wins)</h2><ul>%s</ul>
+<script>
+for (const b of document.querySelectorAll("button[data-rule]")) {
+  b.addEventListener("click", async () => {
+    const r = await fetch("/api/tracepoints/rules", {method: "POST",
+      headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({rules: [JSON.parse(b.dataset.rule)]})});
+    if (!r.ok) { alert((await r.json()).error); return; }
+    setTimeout(() => location.reload(), 1200);
+  });
+}
+</script></body></html>
+""" % (data["state"]["version"], "".join(rows) or
+       "<tr><td colspan=9>no tracepoints reported yet</td></tr>", rules or "<li>none</li>")

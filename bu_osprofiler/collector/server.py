@@ -602,6 +602,9 @@ class _QueryHandler(_BaseHandler):
                     parts[1])).encode(), "text/html; charset=utf-8")
             else:
                 self.send_body(200, web.render_trace(t).encode(), "text/html; charset=utf-8")
+        elif parts == ["tracepoints"]:  # adaptive instrumentation page (collector/control.py)
+            from bu_osprofiler.collector import control
+            self.send_body(200, control.render_page(c).encode(), "text/html; charset=utf-8")
         elif parts == ["favicon.ico"]:
             self.send_body(204, b"", "image/x-icon")
         else:
