@@ -6,6 +6,7 @@
 
 #include "hooks.h"
 #include "structmember.h"
+#include "tail.h"
 
 /* ================================================================ the type */
 
@@ -53,10 +54,7 @@ int
 bu_tp_types_on(TracepointObject *tp, PyObject *cur)
 {
     int in = 0;
-    PyObject *bag = NULL;
-    if (cur != NULL && Py_TYPE(cur)->tp_basicsize == sizeof(SpanObject)) {
-        bag = _Span_CAST(cur)->baggage;
-    }
+    PyObject *bag = _Span_CAST(cur)->baggage; /* callers pass a Span */
     if (bag != NULL && tp->types != NULL) {
         /* baggage keys and values are exact str (span.c checks them): no Python code runs */
         PyObject *rt = PyDict_GetItemWithError(bag, tp->rtype_key);
@@ -356,6 +354,10 @@ set_span_sampled(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         }
         else {
             s->flags &= ~(uint32_t)BU_FLAG_SAMPLED;
+            if (!(s->flags & BU_FLAG_TAIL) && bu_tail_open(st, s)) {
+                s->flags |= BU_FLAG_TAIL; /* unsampled after all: held for tail keep */
+                s->state |= BU_SPAN_LOCALROOT;
+            }
             if (!(s->flags & BU_FLAG_TAIL)) {
                 s->state &= (uint16_t)~BU_SPAN_RECORDING;
             }

@@ -23,9 +23,11 @@ _state = State()
 
 
 def _service() -> str:
+    # read without config's lock: register() may run inside configure() (imports) on another
+    # thread while this thread holds ours
     from bu_osprofiler import config
 
-    return str(config.settings().get("service_name") or "unknown_service")
+    return str(config._settings.get("service_name") or "unknown_service")
 
 
 def _apply_one(info: Dict[str, Any], service: str) -> None:
