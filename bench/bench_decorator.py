@@ -65,7 +65,8 @@ def adaptive_variants(loops):
     apply_state(parse_state({"rules": [
         {"enabled": False, "prefix": "bench.off"},
         {"enabled": False, "prefix": "bench.types"},
-        {"enabled": True, "prefix": "bench.types", "request_type": "GET /bench"}]}))
+        {"enabled": True, "prefix": "bench.types", "request_type": "GET /bench"},
+        {"enabled": False, "id": "bench.off@trace"}]}))
 
     def in_sampled(fn, rtype=None):
         def run():
@@ -80,6 +81,19 @@ def adaptive_variants(loops):
             _core.take_records()
             return r
         return run
+
+    def with_off():
+        profiler.clean()
+        profiler.init("key")
+        trace_point = profiler.Trace
+        t0 = time.perf_counter_ns()
+        for _ in range(loops):
+            with trace_point("bench.off"):
+                pass
+        r = (time.perf_counter_ns() - t0) / loops
+        profiler.clean()
+        _core.take_records()
+        return r
 
     def no_trace(fn):
         def run():
@@ -113,6 +127,7 @@ def adaptive_variants(loops):
         "switch on, sampled": in_sampled(traced),
         "switch per-type (on), sampled": in_sampled(tp_types, "GET /bench"),
         "switch per-type (off), sampled": in_sampled(tp_types, "GET /other"),
+        "with Trace switched off, sampled": with_off,
         "tail keep: span held, trace freed": tail_held,
     }
 

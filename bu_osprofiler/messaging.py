@@ -210,6 +210,8 @@ def _send(self: Any, target: Any, ctxt: Any, message: Any, wait_for_reply: Any =
                 "rpc.method": str(method)}
         _target_tags(target, tags)
         if not _TP_CLIENT.on():  # switched off: the callee continues the caller's span
+            cur = _core.active_span()
+            ctxt = _add_context(ctxt, cur, kind) if cur is not None else ctxt
             return original(self, target, ctxt, message, wait_for_reply, timeout, *args, **kwargs)
         span = _core.start_span("rpc.%s:%s" % (kind, method), tags=tags)
         ctxt = _add_context(ctxt, span, kind)
