@@ -101,20 +101,26 @@ record_has_error(const bu_record *r)
 static int64_t
 threshold(bu_tail *t, SpanObject *s)
 {
+    int64_t res = t->slow_ns;
     if (t->slow_by_type != NULL && s->baggage != NULL) {
-        PyObject *rt = PyDict_GetItemWithError(s->baggage, s->st->str_rtype);
+        /* strong references across lookups that could run Python code (str subclass keys) */
+        PyObject *bag = Py_NewRef(s->baggage), *by_type = Py_NewRef(t->slow_by_type);
+        PyObject *rt = Py_XNewRef(PyDict_GetItemWithError(bag, s->st->str_rtype));
         if (rt != NULL && PyUnicode_CheckExact(rt)) {
-            PyObject *v = PyDict_GetItemWithError(t->slow_by_type, rt); /* str keys only */
+            PyObject *v = PyDict_GetItemWithError(by_type, rt); /* exact str / int entries */
             if (v != NULL) {
                 long long ns = PyLong_AsLongLong(v);
                 if (!(ns == -1 && PyErr_Occurred())) {
-                    return (int64_t)ns;
+                    res = (int64_t)ns;
                 }
             }
         }
         PyErr_Clear();
+        Py_XDECREF(rt);
+        Py_DECREF(bag);
+        Py_DECREF(by_type);
     }
-    return t->slow_ns;
+    return res;
 }
 
 void

@@ -54,21 +54,23 @@ int
 bu_tp_types_on(TracepointObject *tp, PyObject *cur)
 {
     int in = 0;
-    PyObject *bag = _Span_CAST(cur)->baggage; /* callers pass a Span */
-    if (bag != NULL && tp->types != NULL) {
-        /* baggage keys and values are exact str (span.c checks them): no Python code runs */
-        PyObject *rt = PyDict_GetItemWithError(bag, tp->rtype_key);
+    /* strong references: a str subclass key in the baggage could run Python code in the lookup
+     * (replacing the span's baggage); the value is used only when it is an exact str */
+    PyObject *bag = Py_XNewRef(_Span_CAST(cur)->baggage); /* callers pass a Span */
+    PyObject *types = Py_XNewRef(tp->types);
+    if (bag != NULL && types != NULL) {
+        PyObject *rt = Py_XNewRef(PyDict_GetItemWithError(bag, tp->rtype_key));
         if (rt != NULL && PyUnicode_CheckExact(rt)) {
-            in = PySet_Contains(tp->types, rt);
-            if (in < 0) {
-                PyErr_Clear();
-                in = 0;
-            }
+            in = PySet_Contains(types, rt);
         }
-        else if (rt == NULL) {
+        if (in < 0 || PyErr_Occurred()) {
             PyErr_Clear();
+            in = 0;
         }
+        Py_XDECREF(rt);
     }
+    Py_XDECREF(bag);
+    Py_XDECREF(types);
     return !tp->base_off ^ in;
 }
 
