@@ -244,3 +244,38 @@ def test_analyze_report_renders_text_and_html():
     assert "-> enable db@app.mod:q" in render_text(report)
     page = render_html(report)
     assert "<svg" in page and "GET /a" in page and sum(c for _, _, c in rt["histogram"]) == 20
+
+
+def test_collector_control_state_persists_and_rejects_bad_input(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    from bu_osprofiler.collector.server import Collector
+
+    def http(col, method, path, body=None, headers=None):
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (col.ports["query"], path),
+                                     data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    db = str(tmp_path / "t.db")
+    kw = dict(udp_port=None, udp_binary_port=None, http_port=None, query_port=0)
+    with Collector(db, **kw) as col:
+        doc = {"rules": [{"enabled": False, "prefix": "db"}], "tail": {"errors": True}}
+        code, state = http(col, "PUT", "/api/tracepoints/state", json.dumps(doc).encode())
+        assert code == 200 and state["version"] == 1
+        assert http(col, "PUT", "/api/tracepoints/state", b'{"rules": 3}')[0] == 400
+        assert http(col, "POST", "/api/tracepoints/rules", b"{",
+                    {"Content-Type": "application/json"})[0] == 400
+        code, err = http(col, "POST", "/api/tracepoints/rules",
+                         json.dumps({"rules": [{"enabled": True, "id": "nope@x"}]}).encode())
+        assert code == 404 and "unknown tracepoint id" in err["error"]
+        assert http(col, "POST", "/api/tracepoints/report", b'{"service": 1}')[0] == 400
+        assert http(col, "GET", "/api/tracepoints/nothing")[0] == 404
+    with Collector(db, **kw) as col:  # the desired state survives a restart
+        code, state = http(col, "GET", "/api/tracepoints/state?service=x")
+        assert code == 200 and state["version"] == 1 and state["tail"]["errors"] is True
+        assert state["rules"] == [{"enabled": False, "prefix": "db"}]

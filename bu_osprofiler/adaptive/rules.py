@@ -100,6 +100,10 @@ def parse_state(doc: Any) -> State:
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ValueError("version must be an integer >= 0")
     rules = []
+    if not isinstance(doc.get("rules") or [], list):
+        raise ValueError("rules must be a list")
+    if not isinstance(doc.get("sampling") or {}, Mapping):
+        raise ValueError("sampling must be an object {request type: rate}")
     for i, r in enumerate(doc.get("rules") or []):
         if not isinstance(r, Mapping):
             raise ValueError("rule %d must be an object" % i)

@@ -166,7 +166,10 @@ def handle(handler: Any, collector: Any, method: str, parts: List[str]) -> None:
             else:
                 raise ControlError(405, "use POST")
             return
-        n = int(handler.headers.get("Content-Length") or 0)
+        try:
+            n = int(handler.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise ControlError(400, "bad Content-Length") from None
         if n < 0 or n > MAX_BODY:
             raise ControlError(400, "body too large")
         raw = handler.rfile.read(n) if n else b""
@@ -185,6 +188,14 @@ def handle(handler: Any, collector: Any, method: str, parts: List[str]) -> None:
             raise ControlError(405, "method not allowed")
     except ControlError as e:
         handler.send_json(e.status, {"error": str(e)})
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    except Exception as e:  # noqa: BLE001 -- e.g. the state file unwritable: answer, keep serving
+        collector._warn.warn("control", "collector: %s %s failed: %s", method, "/".join(parts), e)
+        try:
+            handler.send_json(500, {"error": str(e)})
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------- the web view's tracepoints page
