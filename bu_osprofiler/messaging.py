@@ -32,6 +32,7 @@ from bu_osprofiler._log import warn_limited
 from bu_osprofiler.adaptive import registry as _tracepoints
 
 _TP_CLIENT = _tracepoints.register("rpc.client", "rpc")  # runtime switch of client spans
+_TP_SERVER = _tracepoints.register("rpc.server", "rpc")  # and of server spans continuing a trace
 
 __all__ = ["KEY", "ProfilerSerializer", "install", "uninstall", "installed", "inject_context",
            "extract_context"]
@@ -255,6 +256,8 @@ def _server_start(server: Any, message: Any) -> Any:
     name = "rpc.%s:%s" % (kind, method)
     if ctx is None:
         return _core.start_span(name, tags=tags, ignore_active_span=True)
+    if not _tracepoints.entry_on(_TP_SERVER, ctx):  # off: continue the caller's span
+        return _tracepoints.passthrough(ctx)
     if kind == "cast":
         tags["fork"] = True
         return _core.start_span(name, references=[("follows_from", ctx)], tags=tags)

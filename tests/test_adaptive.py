@@ -279,3 +279,36 @@ def test_collector_control_state_persists_and_rejects_bad_input(tmp_path):
         code, state = http(col, "GET", "/api/tracepoints/state?service=x")
         assert code == 200 and state["version"] == 1 and state["tail"]["errors"] is True
         assert state["rules"] == [{"enabled": False, "prefix": "db"}]
+
+
+def test_wsgi_entry_switch_and_request_type():
+    from bu_osprofiler import web
+
+    seen = {}
+
+    def app(environ, start_response):
+        seen["headers"] = web.get_trace_id_headers()
+        leaf()
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    mw = web.WsgiMiddleware(app, enabled=True, trust_incoming="always")
+    caller = _core.start_span("caller")
+
+    def request(path):
+        bu_osprofiler.clear_finished_spans()
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "wsgi.url_scheme": "http",
+                   "SERVER_NAME": "x", "SERVER_PORT": "80"}
+        from bu_osprofiler import propagation
+        environ.update(("HTTP_" + k.upper().replace("-", "_"), v)
+                       for k, v in propagation.inject(caller, {}).items())
+        b"".join(mw(environ, lambda s, h, e=None: None))
+        return {s.operation_name: s for s in bu_osprofiler.finished_spans()}
+
+    spans = request("/servers/123")
+    assert spans["wsgi"].tags["request.type"] == "GET /servers/{id}"
+    assert spans["ad.leaf"].parent_id == spans["wsgi"].span_id
+    apply_state(parse_state({"rules": [{"enabled": False, "id": "wsgi@wsgi"}]}))
+    spans = request("/servers/124")
+    assert "wsgi" not in spans and spans["ad.leaf"].parent_id == caller.span_id
+    assert "%x" % caller.span_id in seen["headers"]["uber-trace-id"]

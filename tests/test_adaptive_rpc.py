@@ -59,3 +59,18 @@ def test_rpc_client_switch(rpc_factory, installed):  # noqa: F811
     assert server.parent_id == root.span_id
     assert [s.tags.get("span.kind") for s in spans if s.operation_name == "rpc.call:ping"] == [
         "server"]
+
+
+def test_rpc_server_switch_continues_the_callers_span(rpc_factory, installed):  # noqa: F811
+    rpc = rpc_factory()
+    rpc.server()
+    apply_state(parse_state({"rules": [{"enabled": False, "id": "rpc.server@rpc",
+                                        "request_type": "GET /a"}]}))
+    call(rpc, "GET /a")
+    client = one("rpc.call:ping", "client")
+    handler = one("rpc")
+    assert handler.parent_id == client.span_id and handler.trace_id == client.trace_id
+    assert [s.tags.get("span.kind") for s in bu_osprofiler.finished_spans()
+            if s.operation_name == "rpc.call:ping"] == ["client"]
+    call(rpc, "GET /b")  # other request types keep the server span
+    assert one("rpc", None).parent_id == one("rpc.call:ping", "server").span_id

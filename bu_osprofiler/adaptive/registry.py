@@ -113,6 +113,25 @@ def apply_state(new: State) -> None:
             _apply_one(info, service)
 
 
+# ---------------------------------------------------------------- entry hooks (WSGI, RPC server)
+
+def entry_on(tp: Any, ctx: Any) -> bool:
+    """Whether an entry hook makes its span for a request continuing ``ctx`` (counts a hit);
+    per request type, the type is the caller's (from the incoming baggage)."""
+    on = bool(tp.on())
+    if tp.mode == 2:
+        rt = (getattr(ctx, "baggage", None) or {}).get(REQUEST_TYPE_KEY)
+        on = (not tp.base_off) != (rt in tp.types)
+    return on
+
+
+def passthrough(ctx: Any) -> Any:
+    """What an entry hook that is off activates: a placeholder continuing the caller's span
+    (children attach to it; nothing of its own is recorded)."""
+    return _core.base_span(ctx.trace_id, ctx.span_id, flags=ctx.flags,
+                           baggage=ctx.baggage or None, is_base=False)
+
+
 # ---------------------------------------------------------------- request types
 
 _ID_SEGMENT = re.compile(
