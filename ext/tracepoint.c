@@ -247,6 +247,9 @@ bu_tp_named(bu_state *st, PyObject *name)
         PyErr_Clear();
         return NULL;
     }
+    if (PyDict_GET_SIZE(st->tp_named) >= BU_TP_MAX_NAMED) {
+        return NULL; /* names made per call (e.g. with ids in them): unswitched, not registered */
+    }
     tp = (PyObject *)tp_alloc(st, name);
     if (tp == NULL || PyDict_SetItem(st->tp_named, name, tp) < 0) {
         PyErr_Clear();

@@ -12,6 +12,10 @@
 #define BU_TP_ON 1
 #define BU_TP_TYPES 2 /* on iff (trace's request type in `types`) XOR `base_off` */
 
+/* At most this many named Trace / start() points are registered (names built per call would
+ * grow the registry without bound); later names behave as on. */
+#define BU_TP_MAX_NAMED 4096
+
 /* Baggage key carrying a trace's request type (decided at its root). */
 #define BU_RTYPE_KEY "bu-request-type"
 

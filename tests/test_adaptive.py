@@ -312,3 +312,16 @@ def test_wsgi_entry_switch_and_request_type():
     spans = request("/servers/124")
     assert "wsgi" not in spans and spans["ad.leaf"].parent_id == caller.span_id
     assert "%x" % caller.span_id in seen["headers"]["uber-trace-id"]
+
+
+def test_named_points_registry_is_bounded():
+    profiler.init("k")
+    try:
+        for i in range(4200):
+            with profiler.Trace("ad.dyn.%d" % i):
+                pass
+    finally:
+        profiler.clean()
+    assert 4000 < len(_core.named_tracepoints()) <= 4096
+    assert len([s for s in bu_osprofiler.finished_spans()
+                if s.operation_name.startswith("ad.dyn.")]) == 4200
