@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import urllib.error
 import uuid
 
 import pytest
@@ -150,6 +151,47 @@ def test_analyze_finds_the_slow_step_and_suggests_its_point(env, capsys):
     assert "svc-a.inner@trace" in [s["id"] for s in images["suggest"]]
     # --apply enabled it for that request type
     until(env, "/images/77", lambda n: "svc-a.inner" in n["svc-a"], timeout=2)
+
+
+def test_tail_keep_exports_error_traces_at_sampling_rate_zero(env):
+    import json
+    url = env["control"] + "/api/tracepoints/state"
+    state = json.loads(urllib.request.urlopen(url, timeout=5).read())
+    state["sampling"] = {"GET /errors/{id}": 0.0}
+    state["tail"] = {"errors": True, "slow_ms": None}
+    req = urllib.request.Request(url, data=json.dumps(state).encode(), method="PUT")
+    urllib.request.urlopen(req, timeout=5).read()
+    time.sleep(1.0)  # every process has polled
+    store = env["collector"].store
+
+    def send(query):
+        with pytest.raises(urllib.error.HTTPError) if "fail" in query else _nothing():
+            urllib.request.urlopen("%s/errors/%s?%s" % (env["a"], uuid.uuid4(), query),
+                                   timeout=10).read()
+
+    ok, bad = "m=" + uuid.uuid4().hex, "fail&m=" + uuid.uuid4().hex
+    send(ok)
+    send(bad)
+    deadline = time.monotonic() + 10
+    while not store.find_trace_ids(tags={"http.query": bad}, limit=1):
+        assert time.monotonic() < deadline, "error trace not kept"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    t = store.get_trace(store.find_trace_ids(tags={"http.query": bad}, limit=1)[0])
+    services = {t["processes"][s["processID"]]["serviceName"] for s in t["spans"]}
+    names = {s["operationName"] for s in t["spans"]}
+    # A's local part is kept; B had decided "not sampled" and saw no error: its part is gone
+    assert services == {"svc-a"} and {"wsgi", "step", "svc-a.work"} <= names
+    assert all(s["flags"] & 1 for s in t["spans"])
+    assert not store.find_trace_ids(tags={"http.query": ok}, limit=1)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
 
 
 def test_bad_control_input_is_a_clear_cli_error(env, capsys):

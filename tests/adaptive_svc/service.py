@@ -38,6 +38,8 @@ def app(environ, start_response):
         req = urllib.request.Request(DOWN + environ.get("PATH_INFO", "/"),
                                      headers=web.get_trace_id_headers())
         urllib.request.urlopen(req, timeout=5).read()
+    if "fail" in environ.get("QUERY_STRING", ""):
+        raise RuntimeError("injected failure")
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok"]
 
