@@ -437,11 +437,15 @@ bu_span_finish(SpanObject *s, int64_t end_ns)
             }
             else if (tail) {
                 bu_tail_finish(st, s, r, dur);
+                s->state &= (uint16_t)~BU_SPAN_LOCALROOT;
             }
             else if (bu_buffer_push(&st->buffer, r) == 0 && st->mode == BU_MODE_REPORTER) {
                 bu_reporter_poke(st);
             }
         }
+    }
+    if (s->state & BU_SPAN_LOCALROOT) { /* not recorded after all: still ends its held trace */
+        bu_tail_finish(st, s, NULL, 0);
     }
     bu_buf_free(&s->tags);
     bu_buf_free(&s->logs);

@@ -130,25 +130,26 @@ bu_tail_finish(bu_state *st, SpanObject *s, bu_record *r, int64_t dur_ns)
     bu_tail_entry **pp = t ? find(t, s->trace_hi, s->trace_lo) : NULL;
     bu_tail_entry *e = pp ? *pp : NULL;
     if (e == NULL) { /* the local root has ended (and decided) already */
-        if (t != NULL) {
+        if (t != NULL && r != NULL) {
             t->late_spans++;
         }
-        bu_record_free(r);
+        if (r != NULL) {
+            bu_record_free(r);
+        }
         return;
     }
-    int err = record_has_error(r);
-    e->error |= (uint8_t)err;
-    if (e->keep) {
-        t->kept_spans++;
-        export(st, r);
-    }
-    else {
-        size_t sz = bu_record_bytes(r);
-        if (t->bytes + sz > t->max_bytes) {
+    if (r != NULL) { /* NULL: the local root made no record (sampling.priority 0, no memory) */
+        e->error |= (uint8_t)record_has_error(r);
+        if (e->keep) {
+            t->kept_spans++;
+            export(st, r);
+        }
+        else if (t->bytes + bu_record_bytes(r) > t->max_bytes) {
             t->overflow_spans++;
             bu_record_free(r);
         }
         else {
+            size_t sz = bu_record_bytes(r);
             r->next = NULL;
             if (e->tail) {
                 e->tail->next = r;

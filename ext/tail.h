@@ -9,7 +9,8 @@
 /* A local root of an unsampled trace starts: 1 when the trace is held (the span gets
  * BU_FLAG_TAIL), 0 when tail keep is off or the store is full. */
 int bu_tail_open(bu_state *st, SpanObject *s);
-/* A finished span of a held trace: takes `r` (a record of `s`, duration `dur_ns`). */
+/* A finished span of a held trace: takes `r` (a record of `s`, duration `dur_ns`; NULL when
+ * the span made none: a local root then only ends its trace). */
 void bu_tail_finish(bu_state *st, SpanObject *s, bu_record *r, int64_t dur_ns);
 /* In a forked child: the parent's held traces are the parent's. */
 void bu_tail_after_fork(bu_state *st);

@@ -325,3 +325,22 @@ def test_named_points_registry_is_bounded():
     assert 4000 < len(_core.named_tracepoints()) <= 4096
     assert len([s for s in bu_osprofiler.finished_spans()
                 if s.operation_name.startswith("ad.dyn.")]) == 4200
+
+
+def test_tail_local_root_that_stops_recording_still_ends_its_trace():
+    _core.set_sampler("const", 0)
+    try:
+        _core.set_tail(errors=True)
+        root = _core.start_span("root")
+        child = _core.start_span("child", child_of=root)
+        child.set_tag("error", True)
+        child.finish()
+        assert _core.tail_stats()["tail_held_traces"] >= 1
+        root.set_tag("sampling.priority", 0)  # the root stops recording
+        root.finish()
+        st = _core.tail_stats()
+        assert st["tail_held_traces"] == 0 and st["tail_held_bytes"] == 0
+        assert [s.operation_name for s in bu_osprofiler.finished_spans()] == ["child"]
+    finally:
+        _core.set_sampler("const", 1)
+        _core.set_tail(errors=False)
