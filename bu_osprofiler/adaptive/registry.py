@@ -185,4 +185,5 @@ def wsgi_root(span: Any, environ: Dict[str, Any], root: bool) -> None:
 def rpc_root(span: Any) -> None:
     """RPC server hook: request type = ``rpc METHOD`` unless the caller's trace has one."""
     name = getattr(span, "operation_name", "") or ""
-    at_root(span, "rpc " + name.split(":", 1)[-1], span.parent_id == 0)
+    if name:  # a pass-through placeholder (server switch off) has none: the caller's type holds
+        at_root(span, "rpc " + name.split(":", 1)[-1], span.parent_id == 0)
