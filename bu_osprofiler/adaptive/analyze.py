@@ -18,7 +18,7 @@ import math
 from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from bu_osprofiler.analysis import TraceGraph, from_jaeger
+from bu_osprofiler.analysis import from_jaeger
 
 REQUEST_TYPE_TAG = "request.type"
 
@@ -71,53 +71,58 @@ def _common_prefix(a: str, b: str) -> int:
     return n
 
 
+Key = Tuple[str, str]  # (service, span name)
+
+
 def analyze(traces: Iterable[Mapping[str, Any]], tracepoints: Optional[List[Dict[str, Any]]] = None,
             top: int = 5, suggest: int = 3) -> Dict[str, Any]:
-    """The report (a JSON-able dict) over Jaeger-JSON traces and reported tracepoints."""
-    by_type: Dict[str, List[Tuple[float, Dict[str, float], TraceGraph]]] = defaultdict(list)
-    # (parent name, child name) pairs seen, and the function behind each span name
-    beneath: Dict[str, set] = defaultdict(set)
-    funcs: Dict[str, str] = {}
+    """The report (a JSON-able dict) over Jaeger-JSON traces and reported tracepoints.
+
+    Span names are told apart per service (the same name in two services is two rows)."""
+    by_type: Dict[str, List[Tuple[float, Dict[Key, float], Key]]] = defaultdict(list)
+    beneath: Dict[Key, set] = defaultdict(set)  # (service, name) -> descendants' (service, name)
+    funcs: Dict[Key, str] = {}  # the function behind a span name (its ``name`` tag)
     for t in traces:
         g = from_jaeger(t)
         root = g.root()
         rt = request_type(g)
         if root is None or rt is None:
             continue
-        cp: Dict[str, float] = defaultdict(float)
+        cp: Dict[Key, float] = defaultdict(float)
         for seg in g.critical_path(root):
-            cp[g.nodes[seg.span_id].name] += seg.end - seg.start
-        by_type[rt].append((root.duration, dict(cp), g))
+            n = g.nodes[seg.span_id]
+            cp[(n.service, n.name)] += seg.end - seg.start
+        by_type[rt].append((root.duration, dict(cp), (root.service, root.name)))
         for n, _ in g.walk():
-            if "name" in n.tags and n.name not in funcs:
-                funcs[n.name] = str(n.tags["name"])
+            if "name" in n.tags:
+                funcs.setdefault((n.service, n.name), str(n.tags["name"]))
             p = g.parent(n.span_id)
             while p is not None:
-                beneath[p.name].add(n.name)
+                beneath[(p.service, p.name)].add((n.service, n.name))
                 p = g.parent(p.span_id)
     off = [tp for tp in (tracepoints or []) if not tp.get("enabled", True)]
     out: Dict[str, Any] = {"request_types": []}
     for rt, rows in sorted(by_type.items(), key=lambda kv: -len(kv[1])):
         lat = sorted(r[0] for r in rows)
-        names = sorted({k for r in rows for k in r[1]})
+        roots = {r[2] for r in rows}
         stats = []
-        for name in names:
-            xs = [r[1].get(name, 0.0) for r in rows]
-            on_cp = sum(1 for x in xs if x > 0)
-            stats.append({"name": name, "critical_share": on_cp / len(rows),
+        for key in sorted({k for r in rows for k in r[1]} - roots):
+            xs = [r[1].get(key, 0.0) for r in rows]
+            stats.append({"name": key[1], "service": key[0],
+                          "critical_share": sum(1 for x in xs if x > 0) / len(rows),
                           "mean_critical_us": sum(xs) / len(rows),
                           "variance_explained": _r2(xs, [r[0] for r in rows])})
-        root_names = {r[2].root().name for r in rows}
-        ranked = sorted((s for s in stats if s["name"] not in root_names),
-                        key=lambda s: (-s["variance_explained"] * max(s["mean_critical_us"], 1e-9),
-                                       s["name"]))
-        hot = ranked[:top]
-        suggestions = []
+        hot = sorted(stats, key=lambda s: (-s["variance_explained"] *
+                                           max(s["mean_critical_us"], 1e-9), s["name"]))[:top]
+        suggestions: List[Dict[str, Any]] = []
         for s in hot[:2]:
-            func = funcs.get(s["name"], "")
+            key = (s["service"], s["name"])
+            func = funcs.get(key, "")
             cands = []
             for tp in off:
-                seen = tp.get("name") in beneath.get(s["name"], ())
+                if tp.get("service") not in (None, s["service"]):
+                    continue
+                seen = (s["service"], tp.get("name")) in beneath.get(key, ())
                 prox = _common_prefix(tp.get("module") or "", _module_of(func))
                 if seen or prox > 0:
                     cands.append(((seen, prox, tp.get("hits", 0)), tp))
@@ -163,7 +168,7 @@ def render_text(report: Mapping[str, Any]) -> str:
             r["request_type"], r["traces"], _ms(lat["p50"]), _ms(lat["p90"]), _ms(lat["p99"])))
         for s in r["spans"]:
             lines.append("  %-40s on critical path %3.0f%%  mean %s  explains %3.0f%% of variance"
-                         % (s["name"][:40], 100 * s["critical_share"], _ms(s["mean_critical_us"]),
+                         % (("%s [%s]" % (s["name"], s["service"]))[:40], 100 * s["critical_share"], _ms(s["mean_critical_us"]),
                             100 * s["variance_explained"]))
         for sg in r["suggest"]:
             lines.append("  -> enable %s  (under %s: %s)" % (sg["id"], sg["under"], sg["why"]))
@@ -194,8 +199,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         parts.append("<table><tr><th>span</th><th>on critical path</th><th>mean critical time"
                      "</th><th>variance explained</th></tr>")
         for s in r["spans"]:
-            parts.append("<tr><td>%s</td><td>%.0f%%</td><td>%s</td><td>%.0f%%</td></tr>" % (
-                e(s["name"]), 100 * s["critical_share"], _ms(s["mean_critical_us"]),
+            parts.append("<tr><td>%s [%s]</td><td>%.0f%%</td><td>%s</td><td>%.0f%%</td></tr>" % (
+                e(s["name"]), e(s["service"]), 100 * s["critical_share"], _ms(s["mean_critical_us"]),
                 100 * s["variance_explained"]))
         parts.append("</table>")
         if r["suggest"]:
