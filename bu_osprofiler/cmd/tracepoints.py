@@ -117,8 +117,12 @@ def _print_list(rows: List[Dict[str, Any]], state: Dict[str, Any]) -> None:
     print("%-16s %-*s %-8s %10s %10s" % ("SERVICE", w, "ID", "STATE", "HITS", "SAMPLED"))
     for r in rows:
         st = r.get("mode", "on" if r.get("enabled", True) else "off")
-        print("%-16s %-*s %-8s %10d %10d" % (r.get("service", "-")[:16], w, r["id"], st,
-                                           r.get("hits", 0), r.get("sampled_hits", 0)))
+        types = ""
+        for k in ("types_on", "types_off"):
+            if r.get(k):
+                types = "  (%s for %s)" % (k[6:], ", ".join(r[k]))
+        print("%-16s %-*s %-8s %10d %10d%s" % (r.get("service", "-")[:16], w, r["id"], st,
+                                             r.get("hits", 0), r.get("sampled_hits", 0), types))
     if state.get("rules"):
         print("\nrules (version %d, last match wins):" % state.get("version", 0))
         for r in state["rules"]:
