@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="show the critical path: tree: starred and listed; json: a "
                          "'criticalPath' member; html: shown at first; dot: bold red")
     ts.add_argument("--out", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    from bu_osprofiler.cmd import analyze as _analyze, tracepoints as _tracepoints
+    _tracepoints.add_parser(sub)  # adaptive instrumentation (cmd/tracepoints.py)
+    _analyze.add_parser(sub, _add_source_args)  # where to look (cmd/analyze.py)
     return p
 
 
@@ -429,6 +432,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "collector":
             return cmd_collector(args)
+        if args.command in ("tracepoints", "analyze"):
+            from bu_osprofiler.cmd import analyze, tracepoints
+            return (tracepoints if args.command == "tracepoints" else analyze).run(args)
         if args.command == "demo":
             from bu_osprofiler import demo
             return demo.run_demo(args)
