@@ -11,14 +11,14 @@ import urllib.parse
 
 import pytest
 from collector_helpers import batch, collector, emit_batch, get_json, span_from_record
-from test_collector_web import chromium, needs_chromium
+from test_collector_web import browser, check_label_rules, ids_of, needs_chromium, open_full
 
 import bu_osprofiler
 from bu_osprofiler import _core, profiler
 from bu_osprofiler import logging as logcorr
 from bu_osprofiler.cmd.main import main as cli_main
 
-__all__ = ["collector"]
+__all__ = ["browser", "collector"]
 
 
 def run(*argv):
@@ -108,23 +108,29 @@ def test_trace_list_and_query_api_search_by_log_field(stored):
 
 
 @needs_chromium
-def test_web_view_marks_spans_and_shows_log_records(stored, tmp_path):
+def test_web_view_marks_spans_and_shows_log_records(stored, browser):
     c, spans = stored
     tid = "%032x" % spans["build_instance"].trace_id
     sid = "%016x" % spans["spawn"].span_id
-    base = f"http://127.0.0.1:{c.ports['query']}"
-    dom, console = chromium("--dump-dom", f"{base}/trace/{tid}#span={sid}", tmp_path=tmp_path)
-    assert console == []
-    body = re.search(r"<body[^>]*>", dom).group(0)
-    assert 'data-rendered="3"' in body and "data-errors" not in body
-    rows = dict(re.findall(r'class="span-row([^"]*)" data-span-id="([0-9a-f]{16})"', dom)[i][::-1]
-                for i in range(3))
-    assert "log-errors" in rows[sid]
-    assert "log-warnings" in rows["%016x" % spans["claim"].span_id]
-    assert "log-" not in rows["%016x" % spans["build_instance"].span_id]
-    assert dom.count('class="logtick sev2"') == 1 and dom.count('class="logtick sev1"') == 1
-    details = dom[dom.index('<aside id="details"'):]
+    claim = "%016x" % spans["claim"].span_id
+    b = open_full(browser, f"http://127.0.0.1:{c.ports['query']}/trace/{tid}#span={sid}", 1400)
+    assert b.js("document.body.getAttribute('data-rendered')") == "3"
+    assert ids_of(b, ".span-row.log-errors") == [sid]
+    assert ids_of(b, ".span-row.log-warnings") == [claim]
+    marks = b.js("Array.from(document.querySelectorAll('.mark.log-errors, .mark.log-warnings'))"
+                 ".map(function (m) { return m.textContent; })")
+    assert sorted(marks) == ["log error", "log warning"]
+    # a tick per log, on its span's bar
+    assert ids_of(b, ".logtick.sev2", "class") == ["logtick sev2"]
+    assert b.js("document.querySelector('.logtick.sev2').closest('.span-row')"
+                ".getAttribute('data-span-id')") == sid
+    assert b.js("document.querySelectorAll('.logtick.sev1').length") == 1
+    # the details panel of the span named in the link: one line per log, exception, stack
+    details = b.js("document.getElementById('details').innerHTML")
     assert '<span class="loglevel">ERROR</span>' in details
+    assert '<span class="loglogger">nova.compute.manager</span>' in details
     assert '<span class="logmsg">spawn failed</span>' in details
     assert "RuntimeError: hypervisor went away" in details
     assert '<pre class="logstack">Traceback (most recent call last):' in details
+    check_label_rules(b)  # the marks fit their label cells
+    assert b.problems() == []
