@@ -97,6 +97,8 @@ def _id_int(value: Any, bits: int) -> int:
     try:
         return _uuid_int(value)
     except (ValueError, TypeError, AttributeError):
+        if value == "":
+            raise ValueError("empty id") from None
         digest = hashlib.blake2b(str(value).encode("utf-8", "surrogatepass"),
                                  digest_size=16).digest()
         return int.from_bytes(digest, "big") >> (128 - bits) or 1

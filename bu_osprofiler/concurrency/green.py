@@ -58,12 +58,13 @@ def _make_ev_spawn(orig: Callable[..., Any], delayed: bool) -> Callable[..., Any
 
     def spawn(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         parent = _active()
-        if (parent is None or not parent.sampled or _is_branch_call(func, args)
-                    or serves_process(func)):
+        if parent is None or not parent.sampled or _is_branch_call(func, args):
             return orig(func, *args, **kwargs)
         carry = _carry_var.get()
         if carry is not None:
             return orig(_Carry(carry, func), *args, **kwargs)
+        if serves_process(func):
+            return orig(func, *args, **kwargs)
         branch = Branch(parent, "greenthread", func, None, _hmac_var.get())
         gt = orig(_BranchCall(branch, func), *args, **kwargs)
         _set_branch(gt, branch)
@@ -101,7 +102,7 @@ def _make_pool_spawn(orig: Callable[..., Any]) -> Callable[..., Any]:
     def spawn(self: Any, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         parent = _active()
         if (parent is None or not parent.sampled or type(function) is _BranchCall
-                or _explicit(function) or serves_process(function)):
+                or _explicit(function)):
             return orig(self, function, *args, **kwargs)
         branch = Branch(parent, "greenthread", function, None, _hmac_var.get())
         gt = orig(self, _BranchCall(branch, function), *args, **kwargs)

@@ -6,7 +6,7 @@ import functools
 from typing import Any, Callable
 
 from bu_osprofiler.concurrency.branches import (
-    Branch, _active, _hmac_var, _record_join, _time_ns, _traced, serves_process)
+    Branch, _active, _hmac_var, _record_join, _time_ns, _traced)
 from bu_osprofiler.concurrency.patching import _patch
 from bu_osprofiler._log import warn_limited
 
@@ -48,6 +48,17 @@ async def _task_main(branch: Branch, coro: Any) -> Any:
         return await coro
 
 
+def _housekeeping(coro: Any) -> bool:
+    """The event loop's own coroutines (``BaseEventLoop.shutdown_asyncgens``,
+    ``shutdown_default_executor``, ... scheduled by asyncio.run) serve the loop, not a request."""
+    try:
+        owner = coro.__qualname__.split(".", 1)[0]
+        return owner.endswith("EventLoop") and coro.cr_frame.f_globals.get(
+            "__name__", "").startswith("asyncio.")
+    except Exception:
+        return False
+
+
 def _make_create_task(orig: Callable[..., Any], asyncio: Any) -> Callable[..., Any]:
     iscoroutine = asyncio.iscoroutine
     branch_task = _BranchTask
@@ -56,7 +67,7 @@ def _make_create_task(orig: Callable[..., Any], asyncio: Any) -> Callable[..., A
                     **kwargs: Any) -> Any:
         parent = _active()
         if (parent is None or not parent.sampled or kwargs or self._task_factory is not None
-                or not iscoroutine(coro) or serves_process(coro)):
+                or not iscoroutine(coro) or _housekeeping(coro)):
             if kwargs or context is not None:
                 return orig(self, coro, name=name, context=context, **kwargs)
             return orig(self, coro, name=name)
