@@ -294,6 +294,18 @@ def _legacy_notify(kind: str, name: str, span: Any, info: Optional[Mapping[str, 
     })
 
 
+def notify_point(kind: str, span: Any, info: Optional[Mapping[str, Any]]) -> None:
+    """Tell an installed legacy notifier that trace point ``span`` started / stopped
+    (``kind`` "start" / "stop"), for trace points made without start() / stop() (WSGI,
+    SQL). No-op without a notifier; never raises."""
+    if _notifier._notifier is None or span is None:
+        return
+    try:
+        _legacy_notify(kind, span.operation_name, span, info)
+    except Exception:
+        warn_limited("notifier", "could not build a legacy notifier payload", exc_info=True)
+
+
 def start(name: str, info: Optional[Mapping[str, Any]] = None) -> None:
     """Start a trace point (a child span of the active one); no-op without a sampled trace."""
     _start(name, info_tags(info) if info and type(info) is not dict else info, info)

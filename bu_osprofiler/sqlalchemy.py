@@ -12,6 +12,7 @@ import contextlib
 from typing import Any, Iterator
 
 from bu_osprofiler import _core
+from bu_osprofiler import profiler as _profiler
 from bu_osprofiler._log import warn_limited
 
 __all__ = ["add_tracing", "wrap_session", "enable", "disable", "handle_error"]
@@ -74,6 +75,8 @@ def _before_cursor_execute(name: str, system: str) -> Any:
             if executemany:
                 span.set_tag("db.executemany", True)
             _push(conn, context, span)
+            _profiler.notify_point("start", span, {"db": {
+                "statement": str(statement), "params": params}})
         except Exception as exc:  # never break the application's query
             warn_limited("sqlalchemy", "could not trace a SQL statement: %s", exc)
 
@@ -97,6 +100,7 @@ def _after_cursor_execute(hide_result: bool) -> Any:
                     span.set_tag("db.result", str(rows))
         finally:
             span.finish()
+            _profiler.notify_point("stop", span, None)
 
     return handler
 
@@ -118,6 +122,7 @@ def handle_error(exception_context: Any) -> None:
         span.set_tag("db.chained_exception", str(cause) if cause else "")
     finally:
         span.__exit__(type(exc), exc, exc.__traceback__)
+        _profiler.notify_point("stop", span, {"etype": etype, "message": str(exc)})
 
 
 def add_tracing(sqlalchemy: Any, engine: Any, name: str, hide_result: bool = True) -> None:
