@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from typing import Any, Optional, Sequence
 
 from bu_osprofiler import profiler
@@ -53,6 +54,11 @@ def _transport(url: str) -> Any:
         for group, options in om_opts.list_opts():
             conf.register_opts(options, group=group)
         conf([], project="bu-osprofiler-demo")
+        # Our own exchange, unique per run, on a broker a real cloud may share: never the
+        # "openstack" exchange of other applications (redeclaring it with other settings fails
+        # with PRECONDITION_FAILED). Being ours, it and its queues go when the demo ends.
+        conf.set_override("control_exchange", os.environ.get(_EXCHANGE_ENV) or
+                          "bu-osprofiler-demo-%d" % os.getpid())
         conf.set_override("amqp_auto_delete", True, group="oslo_messaging_rabbit")
         _transport.configured = True  # type: ignore[attr-defined]
     return om.get_rpc_transport(conf, url=url)
@@ -189,6 +195,19 @@ def role_api(args: argparse.Namespace) -> int:
 
 # ================================================================ the demo itself
 
+_EXCHANGE_ENV = "BU_OSPROFILER_DEMO_EXCHANGE"
+
+
+def _log_tail(log: str, lines: int = 25) -> str:
+    """The end of the services' log: what a service that failed to start said."""
+    try:
+        with open(log, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
 def _start(role: str, extra: Sequence[str], ready: str, timeout: float, log: str) -> tuple:
     env = dict(os.environ, PYTHONWARNINGS="ignore")  # library deprecation chatter
     with open(log, "ab") as err:  # the services' own logs, kept out of the demo's output
@@ -204,8 +223,9 @@ def _start(role: str, extra: Sequence[str], ready: str, timeout: float, log: str
         if line.startswith(ready):
             return proc, line[len(ready):].strip()
     proc.kill()
-    raise RuntimeError("the %s process did not start (exit code %s); see %s"
-                       % (role, proc.poll(), log))
+    proc.wait()
+    raise RuntimeError("the %s process did not start (exit code %s); its log (%s) ends "
+                       "with:\n%s" % (role, proc.poll(), log, _log_tail(log)))
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -244,6 +264,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from bu_osprofiler.collector.web import render_trace
 
     t0 = time.monotonic()
+    os.environ.setdefault(_EXCHANGE_ENV, "bu-osprofiler-demo-%s" % uuid.uuid4().hex[:12])
     workdir = tempfile.mkdtemp(prefix="bu-osprofiler-demo-")
     db_path = args.db or os.path.join(workdir, "traces.db")
     app_db = os.path.join(workdir, "cloud.sqlite")

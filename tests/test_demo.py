@@ -50,3 +50,31 @@ def _rabbit_up():
 def test_demo_over_rabbitmq(tmp_path):
     out, html = _run_demo(tmp_path, "--transport-url", "rabbit://guest:guest@127.0.0.1:5672/")
     _check(out, html, ["nova-api", "nova-conductor", "novaclient"])
+
+
+def test_demo_uses_its_own_control_exchange(monkeypatch):
+    """A broker shared with a real OpenStack: the demo never declares the "openstack" exchange."""
+    pytest.importorskip("oslo_messaging")
+    from oslo_config import cfg
+
+    from bu_osprofiler import demo
+
+    monkeypatch.setenv("BU_OSPROFILER_DEMO_EXCHANGE", "bu-osprofiler-demo-test123")
+    monkeypatch.setattr(demo._transport, "configured", False, raising=False)
+    transport = demo._transport("fake://")
+    try:
+        assert cfg.CONF.control_exchange == "bu-osprofiler-demo-test123"
+    finally:
+        transport.cleanup()
+
+
+def test_a_service_that_fails_to_start_shows_its_error(tmp_path):
+    from bu_osprofiler import demo
+
+    log = str(tmp_path / "services.log")
+    with pytest.raises(RuntimeError) as ei:
+        # a role that exits at once with a usage error on stderr
+        demo._start("no-such-role", ["--bogus"], "READY", 30, log)
+    msg = str(ei.value)
+    assert "no-such-role" in msg and "exit code" in msg
+    assert "usage" in msg.lower() or "error" in msg.lower()
