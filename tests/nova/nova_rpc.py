@@ -8,7 +8,8 @@ The client starts REQUESTS traces at once, as novaclient --profile does (profile
 and calls the server's `build` (a TracedMeta endpoint, like Nova's managers) through
 nova.rpc.get_client (Nova's ProfilerRequestContextSerializer). `build` spawns STEPS tasks with
 nova.thread_pool_factory.spawn on a pool smaller than the load (workers are reused) and waits
-for them. `check` then reads every trace from the embedded collector and asserts: each
+for them; meanwhile the client casts heartbeats and the server runs a periodic spawn, both
+outside any trace. `check` then reads every trace from the embedded collector and asserts: each
 request's spans in its own trace (0 foreign), every parent / reference resolving, no idle
 traces, and the HMAC key in no message published on the bus.
 """
@@ -113,6 +114,11 @@ def role_main(role, mode, exchange, port):
                 # and a spawn made with no trace active runs untraced
                 return {"seen": seen}
 
+            def heartbeat(self, ctxt):
+                """Cast outside any trace (like report_state): must record nothing."""
+                with profiler.Trace("idle-step"):
+                    pass
+
             def stop(self, ctxt):
                 def bye():
                     import bu_osprofiler
@@ -124,8 +130,20 @@ def role_main(role, mode, exchange, port):
                 threading.Thread(target=bye, daemon=True).start()
                 return {"leaks": len(leaks)}
 
+        def periodic():
+            # a periodic task spawning through Nova's pool with no trace active: it runs on
+            # workers that served requests before, and must see none of their traces
+            def idle_step():
+                with profiler.Trace("idle-step"):
+                    pass
+
+            while True:
+                tpf.spawn(idle_step).result()
+                time.sleep(0.05)
+
         server = rpc.get_server(target, [BuildManager()])
         server.start()
+        threading.Thread(target=periodic, daemon=True).start()
         print("READY", flush=True)
         while True:
             time.sleep(1)
@@ -142,11 +160,22 @@ def role_main(role, mode, exchange, port):
         results[base] = reply["seen"]
         profiler.clean()
 
+    beating = [True]
+
+    def heartbeats():  # casts outside any trace, during the requests
+        while beating[0]:
+            client.cast(ctxt, "heartbeat")
+            time.sleep(0.05)
+
+    beat = threading.Thread(target=heartbeats)
+    beat.start()
     threads = [threading.Thread(target=request, args=(i,)) for i in range(REQUESTS)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    beating[0] = False
+    beat.join()
     stop = client.prepare(timeout=60).call(ctxt, "stop")
     import bu_osprofiler
 
@@ -211,6 +240,7 @@ def check(mode):
     traces = _traces(db)
     problems = []
     per_request = []
+    foreign = 0
     results = report["results"]
     wanted = {str(uuid.UUID(b)).replace("-", "")[-32:] for b in results}
     for base, seen in results.items():
@@ -229,10 +259,15 @@ def check(mode):
                     problems.append("%s: dangling %s" % (s["operationName"], r["refType"]))
         norm = tid.rjust(32, "0")
         if norm not in wanted:
+            foreign += len(spans)
             problems.append("idle / foreign trace %s: %s" % (
                 tid, sorted({s["operationName"] for s in spans})))
             continue
         names = [s["operationName"] for s in spans]
+        foreign += names.count("idle-step")
+        if "idle-step" in names:
+            problems.append("trace %s holds %d idle-step spans (untraced work)"
+                            % (tid, names.count("idle-step")))
         steps = names.count("build-step")
         if steps != STEPS:
             problems.append("trace %s has %d build-step spans (want %d)" % (tid, steps, STEPS))
@@ -242,10 +277,11 @@ def check(mode):
     if report["client_leaks"] or report["server_leaks"]:
         problems.append("HMAC key on the bus: %s" % report)
     services = sorted({n for _, svc in per_request for n in svc})
-    print("nova %s mode: %d requests, spans per request %s, services %s, foreign spans 0 "
-          "expected, problems %d, %.1f s" % (mode, len(per_request),
-                                             [n for n, _ in per_request], services,
-                                             len(problems), time.monotonic() - t0))
+    print("nova %s mode%s: %d requests, spans per request %s, services %s, foreign spans %d, "
+          "problems %d, %.1f s" % (mode, " (fork/join)" if os.environ.get(
+              "BU_OSPROFILER_FORK_JOIN") == "1" else "", len(per_request),
+              [n for n, _ in per_request], services, foreign, len(problems),
+              time.monotonic() - t0))
     for p in problems:
         print("  PROBLEM:", p)
     if services != ["nova-client", "nova-server"]:
