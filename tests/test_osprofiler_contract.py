@@ -261,3 +261,24 @@ def test_process_threads_are_never_branches_of_a_request():
     names = [s.operation_name for s in bu_osprofiler.finished_spans() if s.tags.get("fork")]
     assert len(names) == 1 and names[0].startswith("thread:"), names
     assert "ThreadWorker" not in names[0] and "Timer" not in names[0]
+
+
+def test_asyncio_run_housekeeping_is_not_a_branch():
+    import asyncio
+
+    from bu_osprofiler import concurrency
+
+    async def main():
+        await asyncio.sleep(0)
+        return 1
+
+    concurrency.install()
+    try:
+        profiler.init("k")
+        with profiler.Trace("request"):
+            assert asyncio.run(main()) == 1
+        profiler.clean()
+    finally:
+        concurrency.uninstall()
+    forks = [s.operation_name for s in bu_osprofiler.finished_spans() if s.tags.get("fork")]
+    assert forks == ["task:test_asyncio_run_housekeeping_is_not_a_branch.<locals>.main"], forks
