@@ -438,3 +438,63 @@ def test_uninstall_restores_oslo_messaging(rpc_factory):
     _in_span("request", lambda: rpc.client().call({}, "ping", x=1))
     rpc.stop()
     assert spans_named("rpc.call") == []
+
+
+def _rabbit_down():
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError as exc:
+        return "no RabbitMQ at 127.0.0.1:5672 (%s)" % exc
+    return None
+
+
+def test_rabbit_service_threads_are_never_branches(monkeypatch):
+    """oslo.messaging over RabbitMQ starts its reply waiter and heartbeat threads lazily,
+    inside the first traced call: with fork/join on they must not become branches of that
+    request (a branch that never ends is never exported and leaves dangling parents)."""
+    reason = _rabbit_down()
+    if reason:
+        pytest.skip(reason)
+    from oslo_messaging import opts as om_opts
+
+    from bu_osprofiler import concurrency
+
+    conf = make_conf()
+    for group, options in om_opts.list_opts():
+        conf.register_opts(options, group=group)
+    # our own exchange, unique per run (never the "openstack" exchange of a real cloud)
+    conf.set_override("control_exchange", "bu-test-%s" % uuid.uuid4().hex[:12])
+    conf.set_override("amqp_auto_delete", True, group="oslo_messaging_rabbit")
+    conf.set_override("heartbeat_timeout_threshold", 2, group="oslo_messaging_rabbit")
+    transport = om.get_rpc_transport(conf, url="rabbit://guest:guest@127.0.0.1:5672/")
+    target = om.Target(topic="bu-test", server="host1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = om.get_rpc_server(transport, target, [Manager()], executor="threading")
+    concurrency.install()
+    messaging.install()
+    server.start()
+    try:
+        profiler.init(KEY)
+        with profiler.Trace("request"):
+            client = om.get_rpc_client(transport, target, timeout=30)
+            assert client.call({}, "ping", x=1) == 2
+            assert client.call({}, "ping", x=2) == 3
+        trace_id = profiler.get().span.trace_id
+        profiler.clean()
+    finally:
+        server.stop()
+        server.wait()
+        concurrency.uninstall()
+        messaging.uninstall()
+        transport.cleanup()
+    spans = bu_osprofiler.finished_spans()
+    assert {s.trace_id for s in spans} == {trace_id}
+    forks = [s.operation_name for s in spans if s.tags.get("fork")]
+    assert forks == [], forks  # no reply waiter / heartbeat / executor worker branch
+    ids = {s.span_id for s in spans}
+    root = [s for s in spans if s.operation_name == "request"][0]
+    assert all(s.parent_id in ids for s in spans if s is not root and s.parent_id != 0)
+    assert len([s for s in spans if s.operation_name == "rpc"]) == 2
