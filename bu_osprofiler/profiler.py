@@ -260,15 +260,22 @@ def _isolate() -> tuple:
 def _restore(tokens: tuple) -> None:
     """Undo :func:`_isolate`, dropping whatever the task left active."""
     span_token, key_token, prof_token = tokens
+    reset_context(span_token, ((_hmac_key, key_token), (_prof, prof_token)))
+
+
+def reset_context(span_token: Any, var_tokens: Any) -> None:
+    """Put the active span and ``(ContextVar, token or None)`` pairs back as they were, whatever
+    the code in between did (a token from another context: the variable is cleared)."""
     try:
         _core.deactivate(span_token)
     except (ValueError, RuntimeError):
         _core.set_active(None)
-    for var, tok in ((_hmac_key, key_token), (_prof, prof_token)):
-        try:
-            var.reset(tok)
-        except (ValueError, RuntimeError):
-            var.set(None)
+    for var, tok in var_tokens:
+        if tok is not None:
+            try:
+                var.reset(tok)
+            except (ValueError, RuntimeError):
+                var.set(None)
 
 
 def set_hmac_key(key: Optional[str]) -> None:

@@ -314,16 +314,8 @@ def _enter(span: Any, key: Optional[str], ts: Optional[str]) -> tuple:
 def _leave(tokens: tuple) -> None:
     """Put the context back as it was before :func:`_enter`, whatever the application did."""
     span_token, key_token, ts_token = tokens
-    try:
-        _core.deactivate(span_token)
-    except (ValueError, RuntimeError):
-        _core.set_active(None)
-    for var, tok in ((_profiler._hmac_key, key_token), (_tracestate, ts_token)):
-        if tok is not None:
-            try:
-                var.reset(tok)
-            except (ValueError, RuntimeError):
-                var.set(None)
+    _profiler.reset_context(span_token, ((_profiler._hmac_key, key_token),
+                                         (_tracestate, ts_token)))
 
 
 class _TracedBody:
