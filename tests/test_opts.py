@@ -319,3 +319,36 @@ def test_init_from_conf_installs_rpc_hooks_only_when_enabled():
         assert messaging.installed() and messaging._settings["legacy_trace_info"]
     finally:
         messaging.uninstall()
+
+
+def test_default_sampler_is_rate_limited_and_profiled_requests_always_traced():
+    """With [profiler] enabled and the defaults, a burst of ordinary API requests yields at
+    most one trace per second, while every request a client asked to profile (a signed
+    X-Trace-Info, as novaclient --profile sends) is traced."""
+    import uuid as _uuid
+
+    from bu_osprofiler import propagation
+
+    c = _conf(enabled=True, connection_string="memory://", hmac_keys="k1", trace_rpc=False)
+    initializer.init_from_conf(c, context={}, project="nova", service="osapi_compute",
+                               host="h")
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(profiler.get() is not None)
+        start_response("200 OK", [])
+        return [b""]
+
+    mw = web.WsgiMiddleware(app)
+    for _ in range(20):
+        b"".join(mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/servers"}, lambda *a: None))
+    assert 1 <= sum(seen) <= 2  # a token bucket of one per second (plus a tick)
+    for _ in range(5):
+        base = str(_uuid.uuid4())
+        info, sig = propagation.legacy_pack({"base_id": base, "parent_id": base}, "k1")
+        b"".join(mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/servers",
+                     "HTTP_X_TRACE_INFO": info, "HTTP_X_TRACE_HMAC": sig}, lambda *a: None))
+    assert seen[-5:] == [True] * 5
+    spans = [s for s in bu_osprofiler.finished_spans() if s.operation_name == "wsgi"]
+    assert {s.service_name for s in spans} == {"nova-api"}
+    assert len(spans) == sum(seen)
