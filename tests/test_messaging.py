@@ -498,3 +498,53 @@ def test_rabbit_service_threads_are_never_branches(monkeypatch):
     root = [s for s in spans if s.operation_name == "request"][0]
     assert all(s.parent_id in ids for s in spans if s is not root and s.parent_id != 0)
     assert len([s for s in spans if s.operation_name == "rpc"]) == 2
+
+
+def _capture_sent(monkeypatch):
+    """The RPC context dicts as the driver gets them (what goes on the bus)."""
+    from oslo_messaging import transport as om_transport
+
+    sent = []
+    real = om_transport.Transport._send
+
+    def spy(self, target, ctxt, message, *args, **kwargs):
+        sent.append(ctxt)
+        return real(self, target, ctxt, message, *args, **kwargs)
+
+    # beneath our hook when it is installed (install() wraps what it finds)
+    monkeypatch.setattr(om_transport.Transport, "_send", spy)
+    return sent
+
+
+def test_no_hmac_key_on_the_bus_with_nova_serializer(rpc_factory, monkeypatch):
+    """Nova's serializer puts trace_info with the HMAC key into every traced message; with the
+    hooks (trace_rpc on or off) it never reaches the bus unless rpc_legacy_trace_info."""
+    sent = _capture_sent(monkeypatch)
+    for spans in (True, False):
+        messaging.install(spans=spans)
+        try:
+            rpc = rpc_factory(NovaLikeSerializer)
+            topic = "nokey-%s" % spans
+            manager = rpc.server(topic=topic)
+            profiler.init(KEY)
+            with profiler.Trace("api"):
+                rpc.client(topic=topic).call({}, "ping", x=1)
+            rpc.stop()
+            profiler.clean()
+        finally:
+            messaging.uninstall()
+        assert manager.seen[-1] is not None  # the handler still ran inside the trace
+    assert len(sent) == 2
+    assert all(KEY not in repr(c) for c in sent), sent
+
+
+def test_unsampled_request_is_not_recorded_downstream_without_hooks(rpc_factory):
+    """trace_rpc = False and no hooks at all: Nova's serializer alone must not turn a request
+    the sampler dropped into a trace on the receiver."""
+    rpc = rpc_factory(NovaLikeSerializer)
+    manager = rpc.server()
+    bu_osprofiler.configure("t", "memory://", sampler="const", sampler_param=0)
+    _in_span("request", lambda: rpc.client().call({}, "ping", x=1))
+    rpc.stop()
+    assert manager.seen == [None]
+    assert bu_osprofiler.finished_spans() == []
