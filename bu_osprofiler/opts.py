@@ -74,18 +74,20 @@ _filter_error_trace_opt = cfg.BoolOpt(
 # ---------------------------------------------------------------- this project's options
 
 _sampler_type_opt = cfg.StrOpt(
-    "sampler_type", default="ratelimiting",
+    "sampler_type", default="const",
     choices=["const", "probabilistic", "ratelimiting", "remote"],
-    help="Sampler deciding whether a new trace (a request arriving without a trace "
-         "context) is recorded: const (sampler_param 1 = all, 0 = none), probabilistic "
-         "(fraction 0..1), ratelimiting (traces per second), remote (Jaeger agent's "
-         "sampling strategy). The default, ratelimiting at sampler_param = 1, records at "
-         "most one new trace per second per process, cheap enough to leave on in a busy "
-         "cloud; a trusted incoming context (novaclient --profile, a signed X-Trace-Info, "
-         "an RPC from a traced service) is always continued whatever the sampler says.")
+    help="Sampler deciding whether a request arriving without a trusted trace context starts "
+         "a new trace: const (sampler_param 1 = all, 0 = none), probabilistic (fraction "
+         "0..1), ratelimiting (traces per second), remote (Jaeger agent's sampling "
+         "strategy). A trusted incoming context (nova --profile, a signed X-Trace-Info, an "
+         "RPC message from a traced service) is always continued, whatever the sampler says.")
 _sampler_param_opt = cfg.FloatOpt(
-    "sampler_param", default=1.0, min=0,
-    help="Parameter of sampler_type.")
+    "sampler_param", default=0.0, min=0,
+    help="Parameter of sampler_type. The default (const, 0) starts no trace on its own: only "
+         "requests a client asked to profile are traced, as with osprofiler, so an idle "
+         "or busy cloud records nothing else. E.g. sampler_type = ratelimiting, "
+         "sampler_param = 1 also records up to one unsolicited request per second and "
+         "process; set both together.")
 _propagation_opt = cfg.ListOpt(
     "propagation", default=["jaeger", "w3c", "osprofiler"],
     item_type=types.String(choices=["jaeger", "w3c", "b3", "osprofiler"]),

@@ -78,8 +78,9 @@ def test_our_options_and_defaults(conf):
     for name in OURS:
         assert name in o
     p = conf.profiler
-    # production-safe: at most one new trace per second per process; trusted contexts always
-    assert (p.sampler_type, p.sampler_param) == ("ratelimiting", 1.0)
+    # production-safe: no trace starts on its own (osprofiler's behaviour); trusted contexts
+    # (nova --profile, signed X-Trace-Info, RPC from a traced service) always continue
+    assert (p.sampler_type, p.sampler_param) == ("const", 0.0)
     assert p.rpc_start_traces is False
     assert p.trust_incoming == "signed"
     assert p.propagation == ["jaeger", "w3c", "osprofiler"]
@@ -321,17 +322,24 @@ def test_init_from_conf_installs_rpc_hooks_only_when_enabled():
         messaging.uninstall()
 
 
-def test_default_sampler_is_rate_limited_and_profiled_requests_always_traced():
-    """With [profiler] enabled and the defaults, a burst of ordinary API requests yields at
-    most one trace per second, while every request a client asked to profile (a signed
-    X-Trace-Info, as novaclient --profile sends) is traced."""
+def test_default_sampler_traces_only_profiled_requests():
+    """With [profiler] enabled and the defaults, ordinary API requests (and service-to-service
+    calls of periodic tasks) start no trace, while every request a client asked to profile (a
+    signed X-Trace-Info, as novaclient --profile sends) is traced. A rate limit is opt-in."""
     import uuid as _uuid
 
     from bu_osprofiler import propagation
 
-    c = _conf(enabled=True, connection_string="memory://", hmac_keys="k1", trace_rpc=False)
-    initializer.init_from_conf(c, context={}, project="nova", service="osapi_compute",
-                               host="h")
+    def burst(mw, seen):
+        for _ in range(20):
+            b"".join(mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/servers"}, lambda *a: None))
+        for _ in range(5):
+            base = str(_uuid.uuid4())
+            info, sig = propagation.legacy_pack({"base_id": base, "parent_id": base}, "k1")
+            b"".join(mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/servers",
+                         "HTTP_X_TRACE_INFO": info, "HTTP_X_TRACE_HMAC": sig},
+                        lambda *a: None))
+
     seen = []
 
     def app(environ, start_response):
@@ -340,15 +348,18 @@ def test_default_sampler_is_rate_limited_and_profiled_requests_always_traced():
         return [b""]
 
     mw = web.WsgiMiddleware(app)
-    for _ in range(20):
-        b"".join(mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/servers"}, lambda *a: None))
-    assert 1 <= sum(seen) <= 2  # a token bucket of one per second (plus a tick)
-    for _ in range(5):
-        base = str(_uuid.uuid4())
-        info, sig = propagation.legacy_pack({"base_id": base, "parent_id": base}, "k1")
-        b"".join(mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/servers",
-                     "HTTP_X_TRACE_INFO": info, "HTTP_X_TRACE_HMAC": sig}, lambda *a: None))
-    assert seen[-5:] == [True] * 5
+    c = _conf(enabled=True, connection_string="memory://", hmac_keys="k1", trace_rpc=False)
+    initializer.init_from_conf(c, context={}, project="nova", service="osapi_compute",
+                               host="h")
+    burst(mw, seen)
+    assert seen == [False] * 20 + [True] * 5
     spans = [s for s in bu_osprofiler.finished_spans() if s.operation_name == "wsgi"]
-    assert {s.service_name for s in spans} == {"nova-api"}
-    assert len(spans) == sum(seen)
+    assert len(spans) == 5 and {s.service_name for s in spans} == {"nova-api"}
+    # opting in to a rate limit: a burst gets about one unsolicited trace per second
+    del seen[:]
+    c = _conf(enabled=True, connection_string="memory://", hmac_keys="k1", trace_rpc=False,
+              sampler_type="ratelimiting", sampler_param=1.0)
+    initializer.init_from_conf(c, context={}, project="nova", service="osapi_compute",
+                               host="h")
+    burst(mw, seen)
+    assert 1 <= sum(seen[:20]) <= 2 and seen[20:] == [True] * 5
