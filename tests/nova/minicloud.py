@@ -25,7 +25,7 @@ KEY = "minicloud-hmac"
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/"
 RABBIT = "rabbit://guest:guest@127.0.0.1:5672/"
 IMAGE = "155d900f-4e14-4e4c-a73d-069cbf4541e6"
-BOOTS = int(os.environ.get("MINICLOUD_BOOTS", "4"))
+BOOTS = int(os.environ.get("MINICLOUD_BOOTS", "6"))
 MAX_BUILDS = 2  # max_concurrent_builds: fewer than the boots, so build workers are reused
 
 
@@ -264,8 +264,10 @@ def _check(db, boots):
 
     traces = _traces(db)
     wanted = {b.replace("-", "") for b in boots.values()}
+    server_of = {b.replace("-", ""): sid for sid, b in boots.items()}
     problems = []
     per_boot = []
+    foreign = 0
     for tid, t in traces.items():
         spans = t["spans"]
         ids = {s["spanID"] for s in spans}
@@ -276,15 +278,31 @@ def _check(db, boots):
             problems.append("idle / foreign trace %s (%d spans, %s)" % (tid, len(spans),
                                                                         services))
             continue
+        # a span naming another boot's server (in its args, instance, URL...) and not this
+        # trace's own server is that boot's work recorded in the wrong trace
+        # (the resource tracker's sweep over every allocation on the host, GET
+        # /allocations/<each instance>, is host-wide work the build does itself: not counted)
+        mine = server_of[tid.rjust(32, "0")]
+        for s in spans:
+            text = json.dumps(s.get("tags", []))
+            if '"/allocations/' in text and '"GET"' in text:
+                continue
+            others = [sid for sid in boots if sid != mine and sid in text]
+            if others and mine not in text:
+                foreign += 1
         if dangling:
             problems.append("trace %s: %d dangling parents (%s)" % (tid, len(dangling),
                                                                       dangling[:5]))
         per_boot.append((len(spans), services))
     if len(per_boot) != len(boots):
         problems.append("%d boot traces of %d" % (len(per_boot), len(boots)))
-    print("minicloud: %d boots, spans per boot %s, services %s, problems %d"
-          % (len(boots), [n for n, _ in per_boot],
-             sorted({x for _, s in per_boot for x in s}), len(problems)))
+    if foreign:
+        problems.append("%d spans of one boot recorded in another boot's trace" % foreign)
+    print("minicloud%s: %d boots (max_concurrent_builds %d), spans per boot %s, services %s, "
+          "foreign spans %d, problems %d"
+          % (" (fork/join)" if os.environ.get("BU_OSPROFILER_FORK_JOIN") == "1" else "",
+             len(boots), MAX_BUILDS, [n for n, _ in per_boot],
+             sorted({x for _, s in per_boot for x in s}), foreign, len(problems)))
     for p in problems:
         print("  PROBLEM:", p)
     return not problems

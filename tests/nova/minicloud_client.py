@@ -1,12 +1,11 @@
 """novaclient with --profile, as `nova --profile KEY boot` does, BOOTS boots at once (run by
-minicloud.py under bu-osprofiler-run). Prints {server name: trace base id} as JSON."""
+minicloud.py under bu-osprofiler-run). Prints {server id: trace base id} as JSON."""
 import json
 import sys
 import threading
 import time
 
 from keystoneauth1 import session
-from keystoneauth1.loading._plugins import admin_token  # noqa: F401  (plugin registration)
 from keystoneauth1 import token_endpoint
 from novaclient import client as nova_client
 
@@ -41,7 +40,7 @@ def main():
             if server.status != "ACTIVE":
                 errors.append("%s: %s %s" % (server.name, server.status,
                                              getattr(server, "fault", "")))
-            results[server.name] = base
+            results[server.id] = base
         except Exception as exc:  # reported below
             errors.append("boot %d: %r" % (i, exc))
 
