@@ -146,10 +146,6 @@ def _init_from_conf(conf: Any, project: str, service: str, host: str) -> None:
     except ImportError as exc:
         raise ValueError("[profiler] connection_string = %s: its exporter cannot be loaded "
                          "(%s)" % (_redact(connection_string), exc)) from exc
-    from bu_osprofiler.concurrency import isolation
-
-    isolation.install()
-
     from bu_osprofiler import web
 
     web.set_policy(trust_incoming=p.trust_incoming, propagation=p.propagation,
