@@ -489,6 +489,8 @@ def test_profiler_log_correlation_option(spans, tmp_path):
             log.error("recorded")
     finally:
         logcorr.uninstall()
+        from bu_osprofiler import messaging
+        messaging.uninstall()  # init_from_conf installed the RPC hooks with trace_rpc = false
     assert [f["message"] for _, f in by_name(spans(), "c").logs] == ["recorded"]
 
 
