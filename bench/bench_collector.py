@@ -131,7 +131,7 @@ class CollectorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bu_osprofiler.cmd.main", "collector", "--db", db,
              "--udp-port", "0", "--udp-binary-port", "off", "--http-port", "0",
-             "--query-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             "--query-port", "0", "--otlp-port", "off"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.ports = {}
         for line in self.proc.stdout:
             for key, marker in (("udp", "(UDP)"), ("http", "(HTTP)"), ("query", "web view")):

@@ -1,10 +1,12 @@
-"""The embedded collector: Jaeger agent (UDP) and collector (HTTP) endpoints, a writer thread into
-the SQLite store, and the query API / web view.
+"""The embedded collector: Jaeger agent (UDP) and collector (HTTP) endpoints, an OTLP/HTTP
+receiver, a writer thread into the SQLite store, and the query API / web view.
 
-Threads: one per UDP socket (receive + decode), an HTTP server for ``POST /api/traces``, an HTTP
-server for the query API and web view, and one writer that commits batches to SQLite. Receivers
-hand decoded batches to the writer through a bounded queue; when it is full, batches are dropped
-and counted (HTTP answers 503 so the sender knows its spans were not accepted).
+Threads: one per UDP socket (receive + decode), HTTP intake servers (``POST /api/traces`` and
+``POST /v1/traces``, see :mod:`.intake`), an HTTP server for the query API and web view, and one
+writer that commits batches to SQLite. Receivers hand decoded batches to the writer through a
+queue bounded in bytes: request bodies and decoded rows are charged to one memory budget
+(``max_queue_bytes``) before they are read or built; when it is spent, HTTP answers 503 with
+Retry-After (our exporters and OpenTelemetry's retry) and UDP datagrams are dropped and counted.
 
 Acknowledged data is never lost on a clean stop: :meth:`Collector.stop` closes the inputs, reads
 what is already waiting in the UDP socket buffers, and lets the writer drain the queue and commit
@@ -15,24 +17,28 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import queue
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from bu_osprofiler import _core
+from bu_osprofiler.collector import intake, otlp
+from bu_osprofiler.collector.intake import BaseHandler as _BaseHandler, Busy, TooLarge
 from bu_osprofiler.collector.store import Store, TraceIdError, normalize_trace_id
 
 LOG = logging.getLogger("bu_osprofiler.collector")
 
 MAX_DATAGRAM = 65535
 MAX_HTTP_BODY = 32 * 1024 * 1024
-THRIFT_BINARY_TYPES = ("application/x-thrift", "application/vnd.apache.thrift.binary")
-THRIFT_COMPACT_TYPES = ("application/vnd.apache.thrift.compact",)
 WARN_INTERVAL_S = 10.0
+DECODE_FACTOR = 64  # decoded rows take at most this many times their Thrift bytes (+ 4 KiB)
+FUTURE_SLACK_US = 24 * 3600 * 10**6  # a span may start at most a day ahead of our clock
+MAX_DURATION_US = 7 * 24 * 3600 * 10**6  # longer durations are clamped to this
 
 
 class _RateLimitedLog:
@@ -68,14 +74,22 @@ class Collector:
     def __init__(self, db_path: Optional[str] = None, host: str = "127.0.0.1",
                  udp_port: Optional[int] = 6831, udp_binary_port: Optional[int] = 6832,
                  http_port: Optional[int] = 14268, query_port: Optional[int] = 16686,
+                 otlp_port: Optional[int] = 4318,
                  max_age_s: Optional[float] = 7 * 24 * 3600,
                  max_bytes: Optional[int] = 1024 * 1024 * 1024,
                  max_queue_spans: int = 500_000, retention_interval_s: float = 60.0,
-                 commit_interval_s: float = 0.2):
+                 commit_interval_s: float = 0.2, max_queue_bytes: int = 256 * 1024 * 1024,
+                 max_body: int = MAX_HTTP_BODY, max_connections: int = 256,
+                 request_deadline_s: float = 30.0):
         self.store = Store(db_path)
         self.host = host
         self.requested = {"udp_compact": udp_port, "udp_binary": udp_binary_port,
-                          "http": http_port, "query": query_port}
+                          "http": http_port, "otlp": otlp_port, "query": query_port}
+        self.max_queue_bytes = int(max_queue_bytes)
+        self.max_body = min(int(max_body), self.max_queue_bytes // 2)
+        self.max_connections = int(max_connections)
+        self.request_deadline_s = float(request_deadline_s)
+        self._mem_used = 0  # bytes reserved: bodies being read / decoded + queued rows
         self.ports: Dict[str, int] = {}
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
@@ -106,24 +120,112 @@ class Collector:
         with self._lock:
             out = dict(self.counters)
             out["queued_spans"] = self._queued_spans
-        for k in ("udp_datagrams", "http_requests", "batches_received", "spans_received",
-                  "spans_stored", "malformed_datagrams", "malformed_http", "dropped_queue_full",
-                  "store_errors", "spans_expired"):
+            out["queued_bytes"] = self._mem_used
+        out["max_queue_bytes"] = self.max_queue_bytes
+        out["udp_kernel_drops"] = sum(_udp_kernel_drops(s) for s, _ in self._udp)
+        out["connections"] = sum(srv.connections() for srv in self._servers
+                                 if isinstance(srv, intake.IntakeServer))
+        for k in ("udp_datagrams", "http_requests", "otlp_requests", "batches_received",
+                  "spans_received", "spans_stored", "malformed_datagrams", "malformed_http",
+                  "malformed_otlp", "dropped_queue_full", "dropped_busy", "store_errors",
+                  "spans_expired", "spans_rejected_time", "spans_clamped_duration",
+                  "rejected_connections", "deadline_closed"):
             out.setdefault(k, 0)
         return out
 
+    def reserve(self, n: int) -> None:
+        """Charge ``n`` bytes to the memory budget; :class:`Busy` if it cannot take them."""
+        with self._lock:
+            if self._closing or self._mem_used + n > self.max_queue_bytes:
+                self.counters["dropped_busy"] += 1
+                raise Busy("collector busy: memory budget spent, retry later")
+            self._mem_used += n
+
+    def release(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self._mem_used -= n
+
     # ---------------------------------------------------------------- ingest
 
-    def submit(self, payload: bytes, kind: int, source: str) -> Optional[int]:
-        """Decode one payload and queue it for the writer. Returns the span count, or None if the
-        payload was malformed; raises queue.Full when the queue is over its limit."""
+    def submit(self, payload: Any, kind: int, source: str,
+               raise_malformed: bool = False) -> Optional[int]:
+        """Decode one Jaeger Thrift payload and queue it for the writer. Returns the span count,
+        or None if the payload was malformed (:class:`intake.BadRequest` with
+        ``raise_malformed``); raises :class:`Busy` (or queue.Full, a subclass's sibling for
+        callers of old) when the memory budget or the queue cannot take it, :class:`TooLarge`
+        when it could never fit."""
+        cap = self.max_queue_bytes // 2
+        est = min(len(payload) * DECODE_FACTOR + 4096, cap)
+        self.reserve(est)  # before decoding: what the rows may take
         try:
-            service, ptags, rows = _core.thrift_decode(payload, kind)
-        except ValueError as e:
-            self.count("malformed_datagrams" if source.startswith("udp") else "malformed_http")
-            self._warn.warn("malformed-" + source, "collector: dropped malformed %s payload "
-                            "(%d bytes): %s", source, len(payload), e)
-            return None
+            try:
+                service, ptags, rows, size = _core.thrift_decode(payload, kind, est)
+            except OverflowError:
+                raise TooLarge(f"batch would take over {cap} bytes decoded") from None
+            except ValueError as e:
+                if not raise_malformed:  # else the HTTP intake counts it, with framing errors
+                    self.count("malformed_datagrams" if source.startswith("udp")
+                               else "malformed_http")
+                self._warn.warn("malformed-" + source, "collector: dropped malformed %s payload "
+                                "(%d bytes): %s", source, len(payload), e)
+                if raise_malformed:
+                    raise intake.BadRequest(
+                        f"Unable to process request body: malformed Thrift batch: {e}") from None
+                return None
+            n = self._enqueue(service, ptags, rows, size)
+            est -= size  # now owned by the queued item
+            return n
+        finally:
+            self.release(est)
+
+    def submit_otlp(self, body: Any, json_body: bool, source: str = "otlp") -> int:
+        """Decode an OTLP ExportTraceServiceRequest and queue its spans (see :meth:`submit`)."""
+        cap = self.max_queue_bytes // 2
+        est = min(len(body) * (DECODE_FACTOR if not json_body else 16) + 4096, cap)
+        self.reserve(est)
+        try:
+            try:
+                batches = otlp.decode(body, json_body, est)
+            except OverflowError:
+                if est < cap:  # cannot happen for protobuf; JSON can expand more: say so
+                    raise Busy("collector busy: memory budget spent, retry later") from None
+                raise TooLarge(f"request would take over {cap} bytes decoded") from None
+            except otlp.OtlpError as e:  # counted by the intake (with framing errors)
+                self._warn.warn("malformed-otlp", "collector: rejected OTLP request (%d bytes): %s",
+                                len(body), e)
+                raise intake.BadRequest(str(e)) from None
+            n = 0
+            for service, ptags, rows, size in batches:
+                n += self._enqueue(service, ptags, rows, size)
+                est -= size
+            return n
+        finally:
+            self.release(est)
+
+    def _sane(self, rows: List[tuple]) -> List[tuple]:
+        """Spans starting before the epoch or over a day ahead of our clock are rejected;
+        negative or over-long durations clamped. Counted either way."""
+        hi = int(time.time() * 1e6) + FUTURE_SLACK_US
+        if all(0 <= r[5] <= hi and 0 <= r[6] <= MAX_DURATION_US for r in rows):
+            return rows
+        out = []
+        for r in rows:
+            if not 0 <= r[5] <= hi:
+                self.count("spans_rejected_time")
+                continue
+            if not 0 <= r[6] <= MAX_DURATION_US:
+                self.count("spans_clamped_duration")
+                r = r[:6] + (min(max(r[6], 0), MAX_DURATION_US),) + r[7:]
+            out.append(r)
+        if len(out) < len(rows):
+            self._warn.warn("time", "collector: rejected %d span(s) with a start time outside "
+                            "[1970, now + 1 day]", len(rows) - len(out))
+        return out
+
+    def _enqueue(self, service: str, ptags: str, rows: List[tuple], size: int) -> int:
+        """Queue decoded rows holding ``size`` bytes of the budget (already reserved)."""
+        rows = self._sane(rows)
         n = len(rows)
         with self._lock:
             if self._closing:
@@ -138,11 +240,11 @@ class Collector:
                 full = False
                 # put under the lock: stop() sets _closing and then queues _STOP under it too,
                 # so every accepted batch is ahead of _STOP and gets written
-                self._queue.put((service, ptags, rows))
+                self._queue.put((service, ptags, rows, size))
         if full:
             if not self._closing:
                 self._warn.warn("queue-full", "collector: write queue full, dropped %d spans", n)
-            raise queue.Full
+            raise Busy("collector queue is full")
         return n
 
     def flush(self, timeout: float = 30.0) -> bool:
@@ -202,8 +304,8 @@ class Collector:
             except Exception as e:  # noqa: BLE001 -- report, never hang the stop
                 LOG.error("collector: closing the store failed: %s", e)
 
-    def _write(self, w: Any, item: Tuple[str, str, list]) -> int:
-        service, ptags, rows = item
+    def _write(self, w: Any, item: Tuple[str, str, list, int]) -> int:
+        service, ptags, rows, size = item
         try:
             w.add(service, ptags, rows)
         except Exception as e:  # noqa: BLE001 -- e.g. disk full: count, keep serving
@@ -211,6 +313,7 @@ class Collector:
             self._warn.warn("store", "collector: could not store %d spans: %s", len(rows), e)
         with self._lock:
             self._queued_spans -= len(rows)
+            self._mem_used -= size
         return len(rows)
 
     def _commit(self, w: Any, pending: int) -> None:
@@ -258,7 +361,7 @@ class Collector:
             self.count("udp_datagrams")
             try:
                 self.submit(bytes(view[:n]), kind, source)
-            except queue.Full:
+            except (Busy, TooLarge):
                 pass
         sock.close()
 
@@ -285,11 +388,13 @@ class Collector:
                 self.ports[key] = s.getsockname()[1]
                 self._udp.append((s, kind))
                 self._spawn(self._udp_loop, s, kind, source, name="bu-collector-" + source)
-            if self.requested["http"] is not None:
-                srv = _make_server(self.host, self.requested["http"], _CollectorHandler, self)
-                self.ports["http"] = srv.server_address[1]
-                self._servers.append(srv)
-                self._spawn(srv.serve_forever, 0.2, name="bu-collector-http")
+            for key in ("http", "otlp"):
+                if self.requested[key] is not None:
+                    srv = intake.IntakeServer((self.host, self.requested[key]),
+                                              intake.IntakeHandler, self)
+                    self.ports[key] = srv.server_address[1]
+                    self._servers.append(srv)
+                    self._spawn(srv.serve_forever, 0.2, name="bu-collector-" + key)
             if self.requested["query"] is not None:
                 srv = _make_server(self.host, self.requested["query"], _QueryHandler, self)
                 self.ports["query"] = srv.server_address[1]
@@ -341,6 +446,8 @@ class Collector:
             out["udp_binary"] = f"udp://{h}:{self.ports['udp_binary']}"
         if "http" in self.ports:
             out["http"] = f"http://{h}:{self.ports['http']}/api/traces"
+        if "otlp" in self.ports:
+            out["otlp"] = f"http://{h}:{self.ports['otlp']}/v1/traces"
         if "query" in self.ports:
             out["query"] = f"http://{h}:{self.ports['query']}/"
         return out
@@ -365,99 +472,24 @@ def _make_server(host: str, port: int, handler: type, collector: Collector) -> _
     return srv
 
 
-class _BaseHandler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "bu-osprofiler-collector"
-    timeout = 30  # idle keep-alive connections do not hold a thread for ever
-
-    def log_message(self, fmt: str, *args: Any) -> None:  # quiet: requests are counted instead
-        LOG.debug("%s %s", self.address_string(), fmt % args)
-
-    def send_body(self, status: int, body: bytes, ctype: str = "application/json",
-                  extra: Optional[Dict[str, str]] = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def send_json(self, status: int, obj: Any) -> None:
-        self.send_body(status, json.dumps(obj, separators=(",", ":")).encode())
-
-
-class _CollectorHandler(_BaseHandler):
-    """Jaeger collector HTTP: POST /api/traces with a Binary-protocol Batch."""
-
-    def do_POST(self) -> None:
-        c = self.server.collector
-        c.count("http_requests")
-        if urlsplit(self.path).path.rstrip("/") != "/api/traces":
-            self.send_body(404, b"not found\n", "text/plain")
-            return
-        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if ctype in THRIFT_BINARY_TYPES:
-            kind = _core.THRIFT_BINARY_BATCH
-        elif ctype in THRIFT_COMPACT_TYPES:
-            kind = _core.THRIFT_COMPACT_BATCH
-        else:
-            c.count("malformed_http")
-            self.send_body(400, b"Unsupported content type: %s\n" % ctype.encode("latin-1"),
-                           "text/plain")
-            return
-        body = self._read_body()
-        if body is None:
-            return
+def _udp_kernel_drops(sock: socket.socket) -> int:
+    """Datagrams the kernel dropped for this socket (full receive buffer): the ``drops``
+    column of /proc/net/udp[6] for its inode (Linux; 0 elsewhere)."""
+    try:
+        inode = str(os.fstat(sock.fileno()).st_ino)
+    except OSError:
+        return 0
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
         try:
-            n = c.submit(body, kind, "http")
-        except queue.Full:
-            self.send_body(503, b"collector queue is full\n", "text/plain")
-            return
-        if n is None:
-            self.send_body(400, b"Unable to process request body: malformed Thrift batch\n",
-                           "text/plain")
-            return
-        self.send_body(202, b"", "text/plain")
-
-    def _read_body(self) -> Optional[bytes]:
-        te = (self.headers.get("Transfer-Encoding") or "").lower()
-        if "chunked" in te:
-            parts, total = [], 0
-            while True:
-                line = self.rfile.readline(1024)
-                try:
-                    size = int(line.split(b";")[0].strip(), 16)
-                except ValueError:
-                    self.send_body(400, b"bad chunked encoding\n", "text/plain")
-                    return None
-                if size == 0:
-                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(parts)
-                total += size
-                if total > MAX_HTTP_BODY:
-                    self.close_connection = True
-                    self.send_body(413, b"body too large\n", "text/plain")
-                    return None
-                parts.append(self.rfile.read(size))
-                self.rfile.readline(1024)
-        try:
-            length = int(self.headers.get("Content-Length") or "")
-        except ValueError:
-            self.send_body(411, b"Content-Length required\n", "text/plain")
-            return None
-        if length < 0 or length > MAX_HTTP_BODY:
-            self.close_connection = True
-            self.send_body(413, b"body too large\n", "text/plain")
-            return None
-        body = self.rfile.read(length)
-        if len(body) != length:
-            self.close_connection = True
-            return None
-        return body
+            with open(name) as f:
+                next(f, None)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) >= 13 and cols[9] == inode:
+                        return int(cols[12])
+        except (OSError, ValueError):
+            continue
+    return 0
 
 
 def _qs_int(q: Dict[str, List[str]], key: str) -> Optional[int]:
