@@ -244,9 +244,11 @@ class IntakeHandler(BaseHandler):
                 reserved = length
                 body = self._read_exact(length)
             encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
-            if encoding == "gzip":
-                body, extra = self._gunzip(c, body)
-                reserved += extra
+            if encoding in ("gzip", "deflate"):
+                body, extra = self._inflate(c, body, 16 + zlib.MAX_WBITS if encoding == "gzip"
+                                            else zlib.MAX_WBITS)
+                c.release(reserved)  # the compressed body is no longer needed
+                reserved = extra
             elif encoding not in ("identity", ""):
                 raise BadRequest(f"unsupported Content-Encoding: {encoding}")
             return body, reserved
@@ -289,8 +291,9 @@ class IntakeHandler(BaseHandler):
             got += k
         return buf
 
-    def _gunzip(self, c: "Collector", body: bytes) -> Tuple[bytes, int]:
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    def _inflate(self, c: "Collector", body: Any, wbits: int) -> Tuple[bytes, int]:
+        """Decompressed in slices, each reserved before it is produced."""
+        d = zlib.decompressobj(wbits)
         out, reserved = [], 0
         data = body
         try:
@@ -303,10 +306,10 @@ class IntakeHandler(BaseHandler):
                 if reserved > c.max_body:
                     raise TooLarge(f"decompressed body over {c.max_body} bytes")
             if not d.eof:
-                raise BadRequest("truncated gzip body")
+                raise BadRequest("truncated compressed body")
         except zlib.error as e:
             c.release(reserved)
-            raise BadRequest(f"bad gzip body: {e}") from None
+            raise BadRequest(f"bad compressed body: {e}") from None
         except BaseException:
             c.release(reserved)
             raise
