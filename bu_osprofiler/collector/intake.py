@@ -51,6 +51,7 @@ class IntakeServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128  # listen backlog: bursts of connections are accepted, not SYN-dropped
     collector: "Collector"
 
     def __init__(self, addr: Tuple[str, int], handler: type, collector: "Collector"):
@@ -109,6 +110,10 @@ class IntakeServer(ThreadingHTTPServer):
                     s.shutdown(socket.SHUT_RDWR)  # the blocked read returns; the thread ends
                 except OSError:
                     pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed mid-way (reset, closed by the reaper): count it, go on."""
+        self.collector.count("connection_errors")
 
     def server_close(self) -> None:
         self._closed.set()
@@ -226,7 +231,11 @@ class IntakeHandler(BaseHandler):
                         break
                     if reserved + size > c.max_body:
                         raise TooLarge(f"body over {c.max_body} bytes")
-                    c.reserve(size)
+                    try:
+                        c.reserve(size)
+                    except Busy:
+                        self.close_connection = True
+                        raise
                     reserved += size
                     parts.append(self._read_exact(size))
                     if self.rfile.readline(3) not in (b"\r\n", b"\n"):
@@ -240,7 +249,11 @@ class IntakeHandler(BaseHandler):
                 length = int(text)
                 if length > c.max_body:
                     raise TooLarge(f"body over {c.max_body} bytes")
-                c.reserve(length)
+                try:
+                    c.reserve(length)
+                except Busy:
+                    self._discard(length)  # so that the sender reads the 503 (keep-alive)
+                    raise
                 reserved = length
                 body = self._read_exact(length)
             encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
@@ -290,6 +303,22 @@ class IntakeHandler(BaseHandler):
                 raise ConnectionError("body cut short")
             got += k
         return buf
+
+    def _discard(self, n: int) -> None:
+        """Read and drop n bytes (under the deadline) without keeping them."""
+        deadline = time.monotonic() + self.server.collector.request_deadline_s
+        scratch = memoryview(bytearray(min(n, READ_CHUNK) or 1))
+        while n > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close_connection = True
+                return
+            self.connection.settimeout(left)
+            k = self.rfile.readinto(scratch[:min(n, READ_CHUNK)])
+            if not k:
+                self.close_connection = True
+                return
+            n -= k
 
     def _inflate(self, c: "Collector", body: Any, wbits: int) -> Tuple[bytes, int]:
         """Decompressed in slices, each reserved before it is produced."""

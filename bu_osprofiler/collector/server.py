@@ -36,7 +36,7 @@ LOG = logging.getLogger("bu_osprofiler.collector")
 MAX_DATAGRAM = 65535
 MAX_HTTP_BODY = 32 * 1024 * 1024
 WARN_INTERVAL_S = 10.0
-DECODE_FACTOR = 64  # decoded rows take at most this many times their Thrift bytes (+ 4 KiB)
+DECODE_GUESS = 12  # decoded rows usually take under 12x their wire bytes (typical spans: 6-8x)
 FUTURE_SLACK_US = 24 * 3600 * 10**6  # a span may start at most a day ahead of our clock
 MAX_DURATION_US = 7 * 24 * 3600 * 10**6  # longer durations are clamped to this
 
@@ -80,7 +80,7 @@ class Collector:
                  max_queue_spans: int = 500_000, retention_interval_s: float = 60.0,
                  commit_interval_s: float = 0.2, max_queue_bytes: int = 256 * 1024 * 1024,
                  max_body: int = MAX_HTTP_BODY, max_connections: int = 256,
-                 request_deadline_s: float = 30.0):
+                 request_deadline_s: float = 30.0, udp_rcvbuf: int = 8 * 1024 * 1024):
         self.store = Store(db_path)
         self.host = host
         self.requested = {"udp_compact": udp_port, "udp_binary": udp_binary_port,
@@ -90,6 +90,7 @@ class Collector:
         self.max_connections = int(max_connections)
         self.request_deadline_s = float(request_deadline_s)
         self._mem_used = 0  # bytes reserved: bodies being read / decoded + queued rows
+        self.udp_rcvbuf = int(udp_rcvbuf)
         self.ports: Dict[str, int] = {}
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
@@ -152,17 +153,11 @@ class Collector:
                raise_malformed: bool = False) -> Optional[int]:
         """Decode one Jaeger Thrift payload and queue it for the writer. Returns the span count,
         or None if the payload was malformed (:class:`intake.BadRequest` with
-        ``raise_malformed``); raises :class:`Busy` (or queue.Full, a subclass's sibling for
-        callers of old) when the memory budget or the queue cannot take it, :class:`TooLarge`
-        when it could never fit."""
-        cap = self.max_queue_bytes // 2
-        est = min(len(payload) * DECODE_FACTOR + 4096, cap)
-        self.reserve(est)  # before decoding: what the rows may take
-        try:
+        ``raise_malformed``); raises :class:`Busy` (a queue.Full) when the memory budget or the
+        queue cannot take it now, :class:`TooLarge` when it could never fit."""
+        def decode(budget: int) -> List[Tuple[str, str, list, int]]:
             try:
-                service, ptags, rows, size = _core.thrift_decode(payload, kind, est)
-            except OverflowError:
-                raise TooLarge(f"batch would take over {cap} bytes decoded") from None
+                return [_core.thrift_decode(payload, kind, budget)]
             except ValueError as e:
                 if not raise_malformed:  # else the HTTP intake counts it, with framing errors
                     self.count("malformed_datagrams" if source.startswith("udp")
@@ -172,33 +167,47 @@ class Collector:
                 if raise_malformed:
                     raise intake.BadRequest(
                         f"Unable to process request body: malformed Thrift batch: {e}") from None
-                return None
-            n = self._enqueue(service, ptags, rows, size)
-            est -= size  # now owned by the queued item
-            return n
-        finally:
-            self.release(est)
+                return []
+        return self._decode_and_queue(payload, decode, DECODE_GUESS)
 
     def submit_otlp(self, body: Any, json_body: bool, source: str = "otlp") -> int:
         """Decode an OTLP ExportTraceServiceRequest and queue its spans (see :meth:`submit`)."""
-        cap = self.max_queue_bytes // 2
-        est = min(len(body) * (DECODE_FACTOR if not json_body else 16) + 4096, cap)
-        self.reserve(est)
-        try:
+        def decode(budget: int) -> List[Tuple[str, str, list, int]]:
             try:
-                batches = otlp.decode(body, json_body, est)
-            except OverflowError:
-                if est < cap:  # cannot happen for protobuf; JSON can expand more: say so
-                    raise Busy("collector busy: memory budget spent, retry later") from None
-                raise TooLarge(f"request would take over {cap} bytes decoded") from None
+                return otlp.decode(body, json_body, budget)
             except otlp.OtlpError as e:  # counted by the intake (with framing errors)
                 self._warn.warn("malformed-otlp", "collector: rejected OTLP request (%d bytes): %s",
                                 len(body), e)
                 raise intake.BadRequest(str(e)) from None
+        return self._decode_and_queue(body, decode, DECODE_GUESS) or 0
+
+    def _decode_and_queue(self, payload: Any, decode: Callable[[int], list],
+                          factor: int) -> Optional[int]:
+        """Reserve what the decoded rows may take, decode within it, queue the batches.
+
+        The first reservation is a typical expansion of the payload; a payload that needs more
+        (tiny spans, escaped text) is decoded again within half the budget, if that is free."""
+        cap = self.max_queue_bytes // 2
+        est = min(len(payload) * factor + 4096, cap)
+        self.reserve(est)  # before decoding
+        try:
+            try:
+                batches = decode(est)
+            except OverflowError:
+                if est >= cap:
+                    raise TooLarge(f"batch would take over {cap} bytes decoded") from None
+                self.reserve(cap - est)
+                est = cap
+                try:
+                    batches = decode(est)
+                except OverflowError:
+                    raise TooLarge(f"batch would take over {cap} bytes decoded") from None
+            if not batches:
+                return None
             n = 0
             for service, ptags, rows, size in batches:
                 n += self._enqueue(service, ptags, rows, size)
-                est -= size
+                est -= size  # now owned by the queued item
             return n
         finally:
             self.release(est)
@@ -380,7 +389,7 @@ class Collector:
                 s = socket.socket(socket.AF_INET if ":" not in self.host else socket.AF_INET6,
                                   socket.SOCK_DGRAM)
                 try:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.udp_rcvbuf)
                 except OSError:
                     pass
                 s.bind((self.host, port))
