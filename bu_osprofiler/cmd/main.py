@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "past it senders get 503 + Retry-After (default 256)")
     c.add_argument("--max-connections", type=int, default=256, metavar="N",
                    help="concurrent intake connections (default 256)")
+    c.add_argument("--forward", metavar="URL",
+                   help="agent mode: relay every span received to an upstream Jaeger collector "
+                        "(jaeger+http://HOST:14268) or OpenTelemetry collector "
+                        "(otlp://HOST:4318); batched, bounded, retried, drops counted")
+    c.add_argument("--forward-only", action="store_true",
+                   help="with --forward: keep no local copy (the store stays empty)")
     c.add_argument("--request-deadline", type=float, default=30.0, metavar="SECONDS",
                    help="overall time limit of one intake request (default 30)")
     c.add_argument("--max-age", type=float, default=168.0, metavar="HOURS",
@@ -175,8 +181,12 @@ def cmd_collector(args: argparse.Namespace) -> int:
                         max_queue_bytes=int(args.max_queue_mb * 1024 * 1024),
                         max_connections=args.max_connections,
                         request_deadline_s=args.request_deadline,
+                        forward=args.forward, keep_local=not args.forward_only,
                         max_age_s=args.max_age * 3600 if args.max_age > 0 else None,
                         max_bytes=int(args.max_size * 1024 * 1024) if args.max_size > 0 else None)
+    except ValueError as e:  # a bad --forward URL
+        _err(str(e))
+        return EXIT_FAIL
     except Exception as e:  # unreadable store, bad schema, ...
         _err(f"cannot open the trace store {db}: {e}")
         return EXIT_FAIL
@@ -204,6 +214,9 @@ def cmd_collector(args: argparse.Namespace) -> int:
                   "query": "query API and web view"}
         for key, url in urls.items():
             print(f"  {labels[key]:<46} {url}", flush=True)
+        if col.forwarder is not None:
+            print(f"  {'relaying to':<46} {col.forwarder.endpoint.url}"
+                  + ("" if col.keep_local else " (no local copy)"), flush=True)
         print("  press Ctrl-C to stop", flush=True)
         last = col.stats()
         last_t = time.monotonic()

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from bu_osprofiler import _core
 from bu_osprofiler.collector import intake, otlp
+from bu_osprofiler.collector.forward import Forwarder
 from bu_osprofiler.collector.intake import BaseHandler as _BaseHandler, Busy, TooLarge
 from bu_osprofiler.collector.store import Store, TraceIdError, normalize_trace_id
 
@@ -80,7 +81,9 @@ class Collector:
                  max_queue_spans: int = 500_000, retention_interval_s: float = 60.0,
                  commit_interval_s: float = 0.2, max_queue_bytes: int = 256 * 1024 * 1024,
                  max_body: int = MAX_HTTP_BODY, max_connections: int = 256,
-                 request_deadline_s: float = 30.0, udp_rcvbuf: int = 8 * 1024 * 1024):
+                 request_deadline_s: float = 30.0, udp_rcvbuf: int = 8 * 1024 * 1024,
+                 forward: Optional[str] = None, keep_local: bool = True,
+                 forward_queue_bytes: int = 64 * 1024 * 1024):
         self.store = Store(db_path)
         self.host = host
         self.requested = {"udp_compact": udp_port, "udp_binary": udp_binary_port,
@@ -91,6 +94,10 @@ class Collector:
         self.request_deadline_s = float(request_deadline_s)
         self._mem_used = 0  # bytes reserved: bodies being read / decoded + queued rows
         self.udp_rcvbuf = int(udp_rcvbuf)
+        # agent mode: relay to an upstream collector, with or without a local copy
+        self.forwarder = (Forwarder(forward, max_queue_bytes=forward_queue_bytes)
+                          if forward else None)
+        self.keep_local = keep_local or self.forwarder is None
         self.ports: Dict[str, int] = {}
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
@@ -123,6 +130,8 @@ class Collector:
             out["queued_spans"] = self._queued_spans
             out["queued_bytes"] = self._mem_used
         out["max_queue_bytes"] = self.max_queue_bytes
+        if self.forwarder is not None:
+            out.update(self.forwarder.stats())
         out["udp_kernel_drops"] = sum(_udp_kernel_drops(s) for s, _ in self._udp)
         out["connections"] = sum(srv.connections() for srv in self._servers
                                  if isinstance(srv, intake.IntakeServer))
@@ -236,6 +245,16 @@ class Collector:
         """Queue decoded rows holding ``size`` bytes of the budget (already reserved)."""
         rows = self._sane(rows)
         n = len(rows)
+        if self.forwarder is not None:
+            relayed = self.forwarder.offer(service, ptags, rows, size)
+            if not self.keep_local:
+                if not relayed:  # back-pressure: HTTP senders retry, UDP drops are counted
+                    raise Busy("forward queue is full")
+                with self._lock:
+                    self._mem_used -= size  # the forwarder's own budget holds the rows
+                    self.counters["batches_received"] += 1
+                    self.counters["spans_received"] += n
+                return n
         with self._lock:
             if self._closing:
                 full = True
@@ -257,12 +276,17 @@ class Collector:
         return n
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until everything queued before this call is committed."""
+        """Wait until everything queued before this call is committed (and, in agent mode,
+        relayed or counted as dropped)."""
         if not self._started or self._stopped:
             return True
+        end = time.monotonic() + timeout
         ev = threading.Event()
         self._queue.put(ev)
-        return ev.wait(timeout)
+        ok = ev.wait(timeout)
+        if self.forwarder is not None:
+            ok = self.forwarder.flush(max(0.0, end - time.monotonic())) and ok
+        return ok
 
     def _writer_loop(self) -> None:
         w = self.store.writer()
@@ -415,6 +439,8 @@ class Collector:
         self._writer = threading.Thread(target=self._writer_loop, name="bu-collector-writer",
                                         daemon=True)
         self._writer.start()
+        if self.forwarder is not None:
+            self.forwarder.start()
         return self
 
     def _spawn(self, fn: Callable[..., Any], *args: Any, name: str) -> None:
@@ -439,6 +465,8 @@ class Collector:
             self._queue.put(_STOP)
         if writer is not None:
             writer.join(timeout)
+        if self.forwarder is not None:
+            self.forwarder.stop(min(timeout, 10.0))
 
     def __enter__(self) -> "Collector":
         return self.start()
