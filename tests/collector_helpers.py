@@ -127,7 +127,8 @@ def collector(tmp_path):
     """A collector on free ports with a fresh store; stopped after the test."""
     from bu_osprofiler.collector.server import Collector
     c = Collector(os.path.join(str(tmp_path), "traces.db"), udp_port=0, udp_binary_port=0,
-                  http_port=0, query_port=0, otlp_port=0)
+                  http_port=0, query_port=0, otlp_port=0,
+                  max_age_s=None)  # the sample traces are from 2023
     c.start()
     try:
         yield c

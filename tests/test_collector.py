@@ -332,7 +332,8 @@ def test_retention_by_age_and_size(tmp_path):
 def _start_collector_process(db):
     proc = subprocess.Popen(
         [sys.executable, "-m", "bu_osprofiler.cmd.main", "collector", "--db", db,
-         "--udp-port", "0", "--udp-binary-port", "0", "--http-port", "0", "--query-port", "0", "--otlp-port", "off"],
+         "--udp-port", "0", "--udp-binary-port", "0", "--http-port", "0", "--query-port", "0",
+         "--otlp-port", "off", "--max-age", "0"],  # the sample spans are from 2023
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ports = {}
     for line in proc.stdout:

@@ -290,10 +290,10 @@ class Collector:
 
     def _writer_loop(self) -> None:
         w = self.store.writer()
-        next_retention = time.monotonic() + min(5.0, self.retention_interval_s)
         stop_seen = False
+        self._ret_more, self._ret_next = True, 0.0
+        self._prune_at = time.monotonic() + 60.0
         try:
-            self._retention(w)
             while not stop_seen:
                 try:
                     item = self._queue.get(timeout=self.commit_interval_s)
@@ -318,9 +318,7 @@ class Collector:
                 self._commit(w, pending)
                 for ev in events:
                     ev.set()
-                if time.monotonic() >= next_retention:
-                    next_retention = time.monotonic() + self.retention_interval_s
-                    self._retention(w)
+                self._retention(w, pending)
             # stop: nothing can be queued any more (inputs closed before _STOP was sent)
             while True:
                 try:
@@ -359,12 +357,30 @@ class Collector:
             self._warn.warn("store", "collector: commit failed, %d spans lost: %s", pending, e)
             w.rollback()
 
-    def _retention(self, w: Any) -> None:
+    def _retention(self, w: Any, inserted: int) -> None:
+        """Retention in slices between commits: after each commit, delete about as many spans
+        as were just inserted (plus a little, to work off a backlog), whole traces, oldest
+        first; an idle store is looked at every few seconds."""
+        if not (self.max_age_s or self.max_bytes):
+            return
+        now = time.monotonic()
+        if not (self._ret_more or inserted or now >= self._ret_next):
+            return
+        self._ret_next = now + min(5.0, self.retention_interval_s)
+        budget = int(inserted * 1.2) + 2000
+        deleted = 0
         try:
-            n = w.enforce_retention(self.max_age_s, self.max_bytes)
-            if n:
-                self.count("spans_expired", n)
-                LOG.info("collector: retention removed %d spans", n)
+            while True:
+                n, more = w.retention_step(self.max_age_s, self.max_bytes, max_traces=200)
+                deleted += n
+                if not more or deleted >= budget:
+                    break
+            self._ret_more = more
+            if deleted:
+                self.count("spans_expired", deleted)
+                if now >= self._prune_at:
+                    self._prune_at = now + 60.0
+                    w.prune_names()
         except Exception as e:  # noqa: BLE001
             self._warn.warn("retention", "collector: retention failed: %s", e)
 

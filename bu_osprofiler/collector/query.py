@@ -1,0 +1,236 @@
+"""Trace search over the store: Jaeger's semantics (the traces with a span matching every
+criterion, most recent first), driven by an index whatever the criteria.
+
+Each criterion becomes a :class:`Term`: a SQL condition on a span row (``s``), and, when an
+index can list the spans it matches, a *source* over that index. The planner counts what each
+source would list (stopping at :data:`SMALL`), then
+
+* if one lists few spans, reads just those (with every other condition applied in SQL) and
+  sorts them by start time;
+* else walks the best ordered source newest first and stops at ``limit`` traces (a dense
+  match is found quickly; at most :data:`MAX_WALK` spans are looked at).
+
+A new kind of criterion (say, a log field) is a new Term: a condition, and optionally an
+index to list its spans from.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from bu_osprofiler.collector.store import compact_tags_match, format_trace_id, tag_hash
+
+SMALL = 5000  # a source listing fewer spans than this is read whole
+MAX_WALK = 300_000  # spans an ordered walk looks at, at most
+
+
+@dataclass
+class Criteria:
+    service: Optional[str] = None
+    operation: Optional[str] = None
+    start_us: Optional[int] = None
+    end_us: Optional[int] = None
+    min_duration_us: Optional[int] = None
+    max_duration_us: Optional[int] = None
+    tags: Dict[str, str] = field(default_factory=dict)
+    limit: int = 20
+    errors_only: bool = False
+
+
+@dataclass
+class Term:
+    """One criterion: ``where`` (SQL on spans ``s``, with ``args``) must hold for a matching
+    span. ``source``: SQL listing candidate span rowids as ``rid`` from an index (None: no
+    index of its own); ``ordered``: that SQL can list them newest first with ``start``;
+    ``check``: an extra test in Python on (tags, process) of a candidate row."""
+
+    where: str
+    args: List[Any]
+    source: Optional[str] = None
+    source_args: List[Any] = field(default_factory=list)
+    ordered: bool = False
+    check: Optional[Callable[[Optional[str], int], bool]] = None
+
+
+class NoMatch(Exception):
+    """A criterion that nothing in the store can match (an unknown service, say)."""
+
+
+def _time_cond(c: Criteria) -> Tuple[str, List[Any]]:
+    conds, args = [], []
+    if c.start_us is not None:
+        conds.append("s.start_us >= ?")
+        args.append(int(c.start_us))
+    if c.end_us is not None:
+        conds.append("s.start_us <= ?")
+        args.append(int(c.end_us))
+    return (" AND ".join(conds), args)
+
+
+def terms(conn: sqlite3.Connection, c: Criteria) -> List[Term]:
+    """The criteria as Terms; raises NoMatch when one cannot match anything."""
+    out: List[Term] = []
+    tcond, targs = _time_cond(c)
+    trange = (" AND " + tcond.replace("s.", "")) if tcond else ""
+    sid = None
+    if c.service:
+        row = conn.execute("SELECT id FROM services WHERE name = ?", (c.service,)).fetchone()
+        if row is None:
+            raise NoMatch
+        sid = row[0]
+    if c.operation:
+        sql, args = "SELECT id FROM operations WHERE name = ?", [c.operation]
+        if sid is not None:
+            sql += " AND service_id = ?"
+            args.append(sid)
+        ops = [r[0] for r in conn.execute(sql, args)]
+        if not ops:
+            raise NoMatch
+        marks = ",".join("?" * len(ops))
+        out.append(Term(f"s.op IN ({marks})", ops,
+                        f"SELECT rowid AS rid, start_us AS start FROM spans INDEXED BY spans_op"
+                        f" WHERE op IN ({marks}){trange}", ops + targs, ordered=len(ops) == 1))
+    elif sid is not None:
+        out.append(Term("s.service = ?", [sid],
+                        "SELECT rowid AS rid, start_us AS start FROM spans INDEXED BY"
+                        f" spans_service WHERE service = ?{trange}", [sid] + targs, ordered=True))
+    if tcond:
+        out.append(Term(tcond, targs))
+    if c.min_duration_us or c.max_duration_us:
+        conds, args = [], []
+        if c.min_duration_us:
+            conds.append("duration_us >= ?")
+            args.append(int(c.min_duration_us))
+        if c.max_duration_us:
+            conds.append("duration_us <= ?")
+            args.append(int(c.max_duration_us))
+        w = " AND ".join(conds)
+        out.append(Term(w.replace("duration_us", "s.duration_us"), args,
+                        f"SELECT rowid AS rid FROM spans INDEXED BY spans_duration WHERE {w}",
+                        args))
+    tags = dict(c.tags)
+    if c.errors_only or str(tags.get("error", "")).lower() == "true":
+        tags.pop("error", None)
+        out.append(Term("s.error = 1", [],
+                        "SELECT rowid AS rid, start_us AS start FROM spans INDEXED BY spans_error"
+                        f" WHERE error = 1{trange}", list(targs), ordered=True))
+    for k, v in tags.items():
+        out.append(_tag_term(conn, str(k), str(v)))
+    return out
+
+
+def _tag_term(conn: sqlite3.Connection, key: str, value: str) -> Term:
+    """A span tag (through span_tags) or a process tag (processes are few: matched here)."""
+    h = tag_hash(key, value)
+    procs = [pid for pid, ptags in conn.execute("SELECT id, tags FROM processes")
+             if _jaeger_tags_match(ptags, key, value)]
+    where = "(s.rowid IN (SELECT span FROM span_tags WHERE h = ?)"
+    args: List[Any] = [h]
+    if procs:
+        where += f" OR s.process IN ({','.join('?' * len(procs))})"
+        args += procs
+    where += ")"
+    pset = set(procs)
+    check = lambda tags, pid: pid in pset or compact_tags_match(tags, key, value)  # noqa: E731
+    if procs:  # no index lists a process's spans: this term only filters
+        return Term(where, args, check=check)
+    return Term(where, args, "SELECT span AS rid FROM span_tags WHERE h = ?", [h], check=check)
+
+
+def _jaeger_tags_match(tags_json: str, key: str, value: str) -> bool:
+    from bu_osprofiler.collector.store import tag_text
+    try:
+        return any(t.get("key") == key and tag_text(t.get("value")) == value
+                   for t in json.loads(tags_json or "[]"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def find(conn: sqlite3.Connection, c: Criteria) -> List[str]:
+    """Trace ids (hex) matching ``c``, most recent first."""
+    limit = max(1, min(int(c.limit or 20), 10000))
+    try:
+        ts = terms(conn, c)
+    except NoMatch:
+        return []
+    where = " AND ".join(t.where for t in ts) or "1"
+    args = [a for t in ts for a in t.args]
+    checks = [t.check for t in ts if t.check is not None]
+    sources = [t for t in ts if t.source]
+    if not sources:  # no criterion with an index: the most recent traces (in the time window)
+        return _latest_traces(conn, c, where, args, checks, limit)
+    sizes = [(_count(conn, t), i, t) for i, t in enumerate(sources)]
+    n, _, best = min(sizes, key=lambda x: (x[0], x[1]))
+    if n < SMALL:
+        rows = conn.execute(
+            f"SELECT s.trace, s.start_us, s.tags, s.process FROM ({best.source}) src"
+            f" JOIN spans s ON s.rowid = src.rid WHERE {where}",
+            best.source_args + args).fetchall()
+        rows.sort(key=lambda r: r[1], reverse=True)
+        return _distinct_traces(conn, rows, checks, limit)
+    ordered = [t for t in sources if t.ordered]
+    if ordered:  # the smallest ordered source, newest first
+        src = min((x for x in sizes if x[2].ordered), key=lambda x: (x[0], x[1]))[2]
+        sql = (f"SELECT s.trace, s.start_us, s.tags, s.process FROM ({src.source}"
+               f" ORDER BY start DESC LIMIT {MAX_WALK}) src JOIN spans s ON s.rowid = src.rid"
+               f" WHERE {where}")
+        return _distinct_traces(conn, conn.execute(sql, src.source_args + args), checks, limit)
+    # only unordered sources (tags, durations), all dense: walk the newest spans
+    sql = (f"SELECT s.trace, s.start_us, s.tags, s.process FROM ({best.source}"
+           f" ORDER BY rid DESC LIMIT {MAX_WALK}) src JOIN spans s ON s.rowid = src.rid"
+           f" WHERE {where}")
+    return _distinct_traces(conn, conn.execute(sql, best.source_args + args), checks, limit)
+
+
+def _count(conn: sqlite3.Connection, t: Term) -> int:
+    return conn.execute(f"SELECT COUNT(*) FROM ({t.source} LIMIT {SMALL})",
+                        t.source_args).fetchone()[0]
+
+
+def _distinct_traces(conn: sqlite3.Connection, rows: Any, checks: Sequence[Callable], limit: int
+                     ) -> List[str]:
+    seen: Dict[int, None] = {}
+    for tr, _start, tags, pid in rows:
+        if tr in seen or not all(ch(tags, pid) for ch in checks):
+            continue
+        seen[tr] = None
+        if len(seen) >= limit:
+            break
+    return _hex_ids(conn, list(seen))
+
+
+def _latest_traces(conn: sqlite3.Connection, c: Criteria, where: str, args: List[Any],
+                   checks: Sequence[Callable], limit: int) -> List[str]:
+    conds, targs = [], []
+    if c.start_us is not None:
+        conds.append("end_us >= ?")
+        targs.append(int(c.start_us))
+    if c.end_us is not None:
+        conds.append("start_us <= ?")
+        targs.append(int(c.end_us))
+    sql = "SELECT id FROM traces" + (" WHERE " + " AND ".join(conds) if conds else "")
+    sql += f" ORDER BY start_us DESC LIMIT {MAX_WALK}"
+    out: List[int] = []
+    for (tr,) in conn.execute(sql, targs):
+        if not checks and where == "1":
+            out.append(tr)
+        else:
+            hit = conn.execute(f"SELECT s.tags, s.process FROM spans s WHERE s.trace = ? AND"
+                               f" {where}", [tr] + args).fetchall()
+            if not any(all(ch(tg, p) for ch in checks) for tg, p in hit):
+                continue
+            out.append(tr)
+        if len(out) >= limit:
+            break
+    return _hex_ids(conn, out)
+
+
+def _hex_ids(conn: sqlite3.Connection, trace_rowids: List[int]) -> List[str]:
+    if not trace_rowids:
+        return []
+    marks = ",".join("?" * len(trace_rowids))
+    names = {r[0]: format_trace_id(int.from_bytes(r[1], "big")) for r in conn.execute(
+        f"SELECT id, tid FROM traces WHERE id IN ({marks})", trace_rowids)}
+    return [names[t] for t in trace_rowids if t in names]
