@@ -295,6 +295,9 @@ def budgets(med: dict, detail: dict) -> list:
     return out
 
 
+KEEP_MARKER = "<!-- sections below are written by other benchmarks: kept by run.py -->"
+
+
 def render(doc: dict, command: str) -> str:
     peers = doc["peers_run"]
     med = doc["medians"]
@@ -443,8 +446,15 @@ def main() -> int:
         json.dump(doc, f, indent=1, sort_keys=True)
     text = render(doc, command)
     if not args.no_doc:
-        with open(os.path.join(ROOT, "doc", "benchmarks.md"), "w") as f:
-            f.write(text)
+        doc_path = os.path.join(ROOT, "doc", "benchmarks.md")
+        try:  # sections other benchmarks own (from their marker on) are kept
+            with open(doc_path) as f:
+                old = f.read()
+        except OSError:
+            old = ""
+        keep = old.find(KEEP_MARKER)
+        with open(doc_path, "w") as f:
+            f.write(text + ("\n" + old[keep:] if keep >= 0 else ""))
     print(text)
     print(f"results: {os.path.relpath(path, ROOT)}", file=sys.stderr)
     return 0

@@ -101,15 +101,18 @@ def terms(conn: sqlite3.Connection, c: Criteria) -> List[Term]:
     if c.min_duration_us or c.max_duration_us:
         conds, args = [], []
         if c.min_duration_us:
-            conds.append("duration_us >= ?")
+            conds.append("s.duration_us >= ?")
             args.append(int(c.min_duration_us))
         if c.max_duration_us:
-            conds.append("duration_us <= ?")
+            conds.append("s.duration_us <= ?")
             args.append(int(c.max_duration_us))
         w = " AND ".join(conds)
-        out.append(Term(w.replace("duration_us", "s.duration_us"), args,
-                        f"SELECT rowid AS rid FROM spans INDEXED BY spans_duration WHERE {w}",
-                        args))
+        if c.min_duration_us:  # the traces with a span that long, then their spans
+            out.append(Term(w, args, "SELECT s.rowid AS rid FROM traces t INDEXED BY"
+                            " traces_max_dur JOIN spans s ON s.trace = t.id WHERE t.max_dur >= ?"
+                            f" AND {w}", [int(c.min_duration_us)] + args))
+        else:  # an upper bound alone matches most spans: a filter
+            out.append(Term(w, args))
     tags = dict(c.tags)
     if c.errors_only or str(tags.get("error", "")).lower() == "true":
         tags.pop("error", None)

@@ -5,13 +5,14 @@ One writer (the collector's writer thread, through :class:`StoreWriter`) and any
 
 Layout (schema 2), sized for millions of spans at ~250 bytes each:
 
-* ``traces``: one row per trace (16-byte id, first start, last end), indexed by id and start;
-  retention removes whole traces, oldest first, through it.
+* ``traces``: one row per trace (16-byte id, first start, last end, longest span), indexed by
+  id, start and longest span; retention removes whole traces, oldest first, through it.
 * ``spans``: one row per span, pointing at its trace, service, operation and process by integer
   id. Tags are a compact JSON array (``[key, value]`` pairs, the JSON type giving the Jaeger
   type; ``[key, value, "b"|"f"]`` for binary and non-finite floats); the plain parent reference
   is not stored (it is ``parent_id``); logs and other references are Jaeger JSON.
-  Indexed by (trace, span), (service, start), (operation, start), duration and errors.
+  Indexed by (trace, span), (service, start), (operation, start) and errors; a duration
+  search starts from the traces whose longest span is long enough.
 * ``span_tags``: (hash of key and value text, span) for every span tag: a tag search is an
   index lookup, confirmed on the rows it finds.
 
@@ -43,8 +44,10 @@ CREATE TABLE IF NOT EXISTS operations(
 CREATE TABLE IF NOT EXISTS traces(
     id INTEGER PRIMARY KEY,
     tid BLOB NOT NULL UNIQUE,      -- the trace id, 16 bytes big-endian
-    start_us INTEGER NOT NULL, end_us INTEGER NOT NULL);
+    start_us INTEGER NOT NULL, end_us INTEGER NOT NULL,
+    max_dur INTEGER NOT NULL);     -- its longest span (µs): duration searches start here
 CREATE INDEX IF NOT EXISTS traces_start ON traces(start_us);
+CREATE INDEX IF NOT EXISTS traces_max_dur ON traces(max_dur);
 CREATE TABLE IF NOT EXISTS spans(
     trace INTEGER NOT NULL,        -- traces.id
     span_id INTEGER NOT NULL,      -- unsigned 64-bit id stored as signed
@@ -60,7 +63,6 @@ CREATE TABLE IF NOT EXISTS spans(
 CREATE UNIQUE INDEX IF NOT EXISTS spans_trace ON spans(trace, span_id, process);
 CREATE INDEX IF NOT EXISTS spans_service ON spans(service, start_us);
 CREATE INDEX IF NOT EXISTS spans_op ON spans(op, start_us);
-CREATE INDEX IF NOT EXISTS spans_duration ON spans(duration_us);
 CREATE INDEX IF NOT EXISTS spans_error ON spans(start_us) WHERE error = 1;
 CREATE TABLE IF NOT EXISTS span_tags(
     h INTEGER NOT NULL, span INTEGER NOT NULL, PRIMARY KEY(h, span)) WITHOUT ROWID;
@@ -139,10 +141,24 @@ def tag_hash(key: str, text: str) -> int:
     return int.from_bytes(d, "big", signed=True)
 
 
-def compact_tags(tags_json: Optional[str]) -> Tuple[Optional[str], List[int]]:
-    """Jaeger JSON tags -> (the compact stored form, the tag hashes)."""
+_COMPACT_CACHE: Dict[str, Tuple[Optional[str], Tuple[int, ...]]] = {}
+
+
+def compact_tags(tags_json: Optional[str]) -> Tuple[Optional[str], Tuple[int, ...]]:
+    """Jaeger JSON tags -> (the compact stored form, the tag hashes). Spans mostly repeat the
+    same tag sets: recent answers are kept (a bounded cache)."""
     if not tags_json:
-        return None, []
+        return None, ()
+    got = _COMPACT_CACHE.get(tags_json)
+    if got is not None:
+        return got
+    if len(_COMPACT_CACHE) >= 8192:
+        _COMPACT_CACHE.clear()
+    got = _COMPACT_CACHE[tags_json] = _compact_tags(tags_json)
+    return got
+
+
+def _compact_tags(tags_json: str) -> Tuple[Optional[str], Tuple[int, ...]]:
     out: List[list] = []
     hashes: List[int] = []
     for t in json.loads(tags_json):
@@ -158,7 +174,7 @@ def compact_tags(tags_json: Optional[str]) -> Tuple[Optional[str], List[int]]:
         else:
             out.append([k, v])
         hashes.append(tag_hash(k, tag_text(v)))
-    return (_dumps(out) if out else None), hashes
+    return (_dumps(out) if out else None), tuple(hashes)
 
 
 def expand_tags(compact: Optional[str]) -> List[Dict[str, Any]]:
@@ -422,25 +438,26 @@ class StoreWriter:
                 (sid, name)).fetchone()[0]
         return got
 
-    def _trace(self, tid: bytes, start: int, end: int) -> int:
+    def _trace(self, tid: bytes, start: int, end: int, dur: int) -> int:
+        """traces.id of ``tid`` (created or widened to cover start..end and a span of dur)."""
         got = self._traces.get(tid)
         c = self.conn
         if got is None:
-            row = c.execute("SELECT id, start_us, end_us FROM traces WHERE tid = ?",
+            row = c.execute("SELECT id, start_us, end_us, max_dur FROM traces WHERE tid = ?",
                             (tid,)).fetchone()
             if row is None:
-                cur = c.execute("INSERT INTO traces(tid, start_us, end_us) VALUES (?, ?, ?)",
-                                (tid, start, end))
-                got = [cur.lastrowid, start, end]
+                cur = c.execute("INSERT INTO traces(tid, start_us, end_us, max_dur)"
+                                " VALUES (?, ?, ?, ?)", (tid, start, end, dur))
+                got = [cur.lastrowid, start, end, dur]
             else:
                 got = list(row)
             if len(self._traces) >= self.TRACE_CACHE:
                 self._traces.clear()
             self._traces[tid] = got
-        if start < got[1] or end > got[2]:
-            got[1], got[2] = min(start, got[1]), max(end, got[2])
-            c.execute("UPDATE traces SET start_us = ?, end_us = ? WHERE id = ?",
-                      (got[1], got[2], got[0]))
+        if start < got[1] or end > got[2] or dur > got[3]:
+            got[1], got[2], got[3] = min(start, got[1]), max(end, got[2]), max(dur, got[3])
+            c.execute("UPDATE traces SET start_us = ?, end_us = ?, max_dur = ? WHERE id = ?",
+                      (got[1], got[2], got[3], got[0]))
         return got[0]
 
     def add(self, service: str, ptags: str, rows: List[tuple]) -> None:
@@ -450,22 +467,27 @@ class StoreWriter:
             return
         self._begin()
         pid, sid = self._process(service, ptags)
-        spans: Dict[bytes, Tuple[int, int]] = {}
-        for r in rows:  # the batch's traces and their extent
-            tb = tid_bytes(r[0])
-            s, e = r[5], r[5] + r[6]
-            got = spans.get(tb)
-            spans[tb] = (min(s, got[0]), max(e, got[1])) if got else (s, e)
-        trace_ids = {tb: self._trace(tb, s, e) for tb, (s, e) in spans.items()}
+        extent: Dict[str, List[int]] = {}  # per trace of the batch: start, end, longest span
+        for r in rows:
+            s, d = r[5], r[6]
+            got = extent.get(r[0])
+            if got is None:
+                extent[r[0]] = [s, s + d, d]
+            else:
+                got[0], got[1], got[2] = min(s, got[0]), max(s + d, got[1]), max(d, got[2])
+        trace_ids = {t: self._trace(tid_bytes(t), *e) for t, e in extent.items()}
+        ops = self._ops
         out, tag_rows = [], []
         rowid = self._next_rowid
         for tid, span_id, parent, op, flags, start, dur, error, refs, tags, logs in rows:
             if refs is not None and parent and refs == _parent_ref(tid, parent):
                 refs = None  # the plain parent reference: rebuilt from parent_id when read
-            ctags, hashes = compact_tags(tags)
-            out.append((rowid, trace_ids[tid_bytes(tid)], span_id, pid, parent, self._op(sid, op),
-                        sid, flags, start, dur, error, refs, ctags, logs))
-            tag_rows.extend((h, rowid) for h in hashes)
+            ctags, hashes = compact_tags(tags) if tags else (None, ())
+            opid = ops.get((sid, op)) or self._op(sid, op)
+            out.append((rowid, trace_ids[tid], span_id, pid, parent, opid, sid, flags, start,
+                        dur, error, refs, ctags, logs))
+            for h in hashes:
+                tag_rows.append((h, rowid))
             rowid += 1
         cur = self.conn.executemany(
             "INSERT OR IGNORE INTO spans(rowid, trace, span_id, process, parent_id, op, service,"
@@ -537,8 +559,8 @@ class StoreWriter:
     def retention_step(self, max_age_s: Optional[float] = None, max_bytes: Optional[int] = None,
                        now: Optional[float] = None, max_traces: int = 500) -> Tuple[int, bool]:
         """Delete at most ``max_traces`` of the oldest traces that are past ``max_age_s`` or,
-        while the store uses more than ``max_bytes``, the oldest ones; then give up to 4 MB of
-        free pages back to the file system. One short transaction: call it between commits.
+        while the store uses more than ``max_bytes``, the oldest ones; then give some of its
+        free pages back to the file system (16 MB). One short transaction: call it between commits.
         Returns (spans deleted, whether more remains to be done)."""
         self.commit()
         c = self.conn
@@ -563,8 +585,9 @@ class StoreWriter:
             self.commit()
         free = c.execute("PRAGMA freelist_count").fetchone()[0]
         if free:
-            c.execute("PRAGMA incremental_vacuum(1024)")
-        more = len(ids) >= max_traces or (over and bool(ids)) or free > 1024
+            # through sqlite3_exec: a plain execute() steps once, which frees one page
+            c.executescript("PRAGMA incremental_vacuum(4096);")
+        more = len(ids) >= max_traces or (over and bool(ids)) or free > 4096
         return deleted, more
 
     def enforce_retention(self, max_age_s: Optional[float] = None,
@@ -593,9 +616,18 @@ def compact_tags_match(compact: Optional[str], key: str, text: str) -> bool:
                                  for item in json.loads(compact))  # type: ignore[arg-type]
 
 
-def compact_hashes(compact: str) -> List[int]:
-    """The tag hashes of a stored (compact) tags value."""
-    return [tag_hash(item[0], tag_text(item[1])) for item in json.loads(compact)]
+_HASH_CACHE: Dict[str, Tuple[int, ...]] = {}
+
+
+def compact_hashes(compact: str) -> Tuple[int, ...]:
+    """The tag hashes of a stored (compact) tags value (recent answers cached)."""
+    got = _HASH_CACHE.get(compact)
+    if got is None:
+        if len(_HASH_CACHE) >= 8192:
+            _HASH_CACHE.clear()
+        got = _HASH_CACHE[compact] = tuple(tag_hash(item[0], tag_text(item[1]))
+                                           for item in json.loads(compact))
+    return got
 
 
 def _migrate_v1(conn: sqlite3.Connection) -> None:
