@@ -42,15 +42,18 @@ class Criteria:
 @dataclass
 class Term:
     """One criterion: ``where`` (SQL on spans ``s``, with ``args``) must hold for a matching
-    span. ``source``: SQL listing candidate span rowids as ``rid`` from an index (None: no
-    index of its own); ``ordered``: that SQL can list them newest first with ``start``;
-    ``check``: an extra test in Python on (tags, process) of a candidate row."""
+    span. ``driver``: ``FROM ... WHERE ...`` SQL that lists candidate spans as ``s`` from an
+    index (None: the term only filters), with ``driver_args``; ``order``: the newest-first
+    ORDER BY that index gives (None: unordered); ``count``: cheaper ``FROM ... WHERE`` SQL
+    counting the same candidates (default: the driver); ``check``: an extra test in Python on
+    (tags, process) of a candidate row."""
 
     where: str
     args: List[Any]
-    source: Optional[str] = None
-    source_args: List[Any] = field(default_factory=list)
-    ordered: bool = False
+    driver: Optional[str] = None
+    driver_args: List[Any] = field(default_factory=list)
+    order: Optional[str] = None
+    count: Optional[str] = None
     check: Optional[Callable[[Optional[str], int], bool]] = None
 
 
@@ -73,7 +76,7 @@ def terms(conn: sqlite3.Connection, c: Criteria) -> List[Term]:
     """The criteria as Terms; raises NoMatch when one cannot match anything."""
     out: List[Term] = []
     tcond, targs = _time_cond(c)
-    trange = (" AND " + tcond.replace("s.", "")) if tcond else ""
+    trange = " AND " + tcond if tcond else ""
     sid = None
     if c.service:
         row = conn.execute("SELECT id FROM services WHERE name = ?", (c.service,)).fetchone()
@@ -90,12 +93,12 @@ def terms(conn: sqlite3.Connection, c: Criteria) -> List[Term]:
             raise NoMatch
         marks = ",".join("?" * len(ops))
         out.append(Term(f"s.op IN ({marks})", ops,
-                        f"SELECT rowid AS rid, start_us AS start FROM spans INDEXED BY spans_op"
-                        f" WHERE op IN ({marks}){trange}", ops + targs, ordered=len(ops) == 1))
+                        f"FROM spans s INDEXED BY spans_op WHERE s.op IN ({marks}){trange}",
+                        ops + targs, "s.start_us DESC" if len(ops) == 1 else None))
     elif sid is not None:
         out.append(Term("s.service = ?", [sid],
-                        "SELECT rowid AS rid, start_us AS start FROM spans INDEXED BY"
-                        f" spans_service WHERE service = ?{trange}", [sid] + targs, ordered=True))
+                        f"FROM spans s INDEXED BY spans_service WHERE s.service = ?{trange}",
+                        [sid] + targs, "s.start_us DESC"))
     if tcond:
         out.append(Term(tcond, targs))
     if c.min_duration_us or c.max_duration_us:
@@ -108,17 +111,18 @@ def terms(conn: sqlite3.Connection, c: Criteria) -> List[Term]:
             args.append(int(c.max_duration_us))
         w = " AND ".join(conds)
         if c.min_duration_us:  # the traces with a span that long, then their spans
-            out.append(Term(w, args, "SELECT s.rowid AS rid FROM traces t INDEXED BY"
-                            " traces_max_dur JOIN spans s ON s.trace = t.id WHERE t.max_dur >= ?"
-                            f" AND {w}", [int(c.min_duration_us)] + args))
+            out.append(Term(w, args, "FROM traces t INDEXED BY traces_max_dur CROSS JOIN spans s"
+                            f" ON s.trace = t.id WHERE t.max_dur >= ? AND {w}",
+                            [int(c.min_duration_us)] + args,
+                            count="FROM traces t INDEXED BY traces_max_dur WHERE t.max_dur >= ?"))
         else:  # an upper bound alone matches most spans: a filter
             out.append(Term(w, args))
     tags = dict(c.tags)
     if c.errors_only or str(tags.get("error", "")).lower() == "true":
         tags.pop("error", None)
         out.append(Term("s.error = 1", [],
-                        "SELECT rowid AS rid, start_us AS start FROM spans INDEXED BY spans_error"
-                        f" WHERE error = 1{trange}", list(targs), ordered=True))
+                        f"FROM spans s INDEXED BY spans_error WHERE s.error = 1{trange}",
+                        list(targs), "s.start_us DESC"))
     for k, v in tags.items():
         out.append(_tag_term(conn, str(k), str(v)))
     return out
@@ -137,9 +141,21 @@ def _tag_term(conn: sqlite3.Connection, key: str, value: str) -> Term:
     where += ")"
     pset = set(procs)
     check = lambda tags, pid: pid in pset or compact_tags_match(tags, key, value)  # noqa: E731
-    if procs:  # no index lists a process's spans: this term only filters
-        return Term(where, args, check=check)
-    return Term(where, args, "SELECT span AS rid FROM span_tags WHERE h = ?", [h], check=check)
+    if procs:
+        if conn.execute("SELECT 1 FROM span_tags WHERE h = ? LIMIT 1", (h,)).fetchone():
+            return Term(where, args, check=check)  # on spans and processes: a filter only
+        # a process tag only: the spans of those processes, through their services' index
+        svcs = sorted({r[0] for r in conn.execute(
+            f"SELECT service_id FROM processes WHERE id IN ({','.join('?' * len(procs))})",
+            procs)})
+        pm = ",".join("?" * len(procs))
+        return Term(f"s.process IN ({pm})", list(procs),
+                    f"FROM spans s INDEXED BY spans_service WHERE s.service IN"
+                    f" ({','.join('?' * len(svcs))}) AND s.process IN ({pm})", svcs + procs,
+                    "s.start_us DESC" if len(svcs) == 1 else None)
+    return Term(where, args, "FROM span_tags t CROSS JOIN spans s ON s.rowid = t.span"
+                " WHERE t.h = ?", [h], "t.span DESC", "FROM span_tags t WHERE t.h = ?",
+                check=check)
 
 
 def _jaeger_tags_match(tags_json: str, key: str, value: str) -> bool:
@@ -158,44 +174,44 @@ def find(conn: sqlite3.Connection, c: Criteria) -> List[str]:
         ts = terms(conn, c)
     except NoMatch:
         return []
-    where = " AND ".join(t.where for t in ts) or "1"
-    args = [a for t in ts for a in t.args]
     checks = [t.check for t in ts if t.check is not None]
-    sources = [t for t in ts if t.source]
-    if not sources:  # no criterion with an index: the most recent traces (in the time window)
-        return _latest_traces(conn, c, where, args, checks, limit)
-    sizes = [(_count(conn, t), i, t) for i, t in enumerate(sources)]
-    n, _, best = min(sizes, key=lambda x: (x[0], x[1]))
-    if n < SMALL:
-        rows = conn.execute(
-            f"SELECT s.trace, s.start_us, s.tags, s.process FROM ({best.source}) src"
-            f" JOIN spans s ON s.rowid = src.rid WHERE {where}",
-            best.source_args + args).fetchall()
+    drivers = [t for t in ts if t.driver]
+    if not drivers:  # no criterion with an index: the most recent traces (in the time window)
+        return _latest_traces(conn, c, *_where(ts), checks, limit)
+    sizes = sorted(((_count(conn, t), i, t) for i, t in enumerate(drivers)),
+                   key=lambda x: (x[0], x[1]))
+    cols = "SELECT s.trace, s.start_us, s.tags, s.process "
+    n, _, best = sizes[0]
+    if n < SMALL:  # few candidates: read them all, newest first
+        where, args = _where(ts, best)
+        rows = conn.execute(f"{cols}{best.driver} AND {where}",
+                            best.driver_args + args).fetchall()
         rows.sort(key=lambda r: r[1], reverse=True)
         return _distinct_traces(conn, rows, checks, limit)
-    ordered = [t for t in sources if t.ordered]
-    if ordered:  # the smallest ordered source, newest first
-        src = min((x for x in sizes if x[2].ordered), key=lambda x: (x[0], x[1]))[2]
-        sql = (f"SELECT s.trace, s.start_us, s.tags, s.process FROM ({src.source}"
-               f" ORDER BY start DESC LIMIT {MAX_WALK}) src JOIN spans s ON s.rowid = src.rid"
-               f" WHERE {where}")
-        return _distinct_traces(conn, conn.execute(sql, src.source_args + args), checks, limit)
-    # only unordered sources (tags, durations), all dense: walk the newest spans
-    sql = (f"SELECT s.trace, s.start_us, s.tags, s.process FROM ({best.source}"
-           f" ORDER BY rid DESC LIMIT {MAX_WALK}) src JOIN spans s ON s.rowid = src.rid"
-           f" WHERE {where}")
-    return _distinct_traces(conn, conn.execute(sql, best.source_args + args), checks, limit)
+    # dense: walk the smallest source that lists spans newest first, stop at `limit` traces
+    walk = next((t for _, _, t in sizes if t.order), best)
+    where, args = _where(ts, walk)
+    sql = f"{cols}{walk.driver} AND {where}" + (f" ORDER BY {walk.order}" if walk.order else "")
+    return _distinct_traces(conn, conn.execute(sql, walk.driver_args + args), checks, limit)
+
+
+def _where(ts: Sequence[Term], driver: Optional[Term] = None) -> Tuple[str, List[Any]]:
+    """The conditions of every term but the driver's (its index already applies it)."""
+    rest = [t for t in ts if t is not driver]
+    return " AND ".join(t.where for t in rest) or "1", [a for t in rest for a in t.args]
 
 
 def _count(conn: sqlite3.Connection, t: Term) -> int:
-    return conn.execute(f"SELECT COUNT(*) FROM ({t.source} LIMIT {SMALL})",
-                        t.source_args).fetchone()[0]
+    return conn.execute(f"SELECT COUNT(*) FROM (SELECT 1 {t.count or t.driver} LIMIT {SMALL})",
+                        t.driver_args[:(t.count or t.driver or "").count("?")]).fetchone()[0]
 
 
 def _distinct_traces(conn: sqlite3.Connection, rows: Any, checks: Sequence[Callable], limit: int
                      ) -> List[str]:
     seen: Dict[int, None] = {}
-    for tr, _start, tags, pid in rows:
+    for i, (tr, _start, tags, pid) in enumerate(rows):
+        if i >= MAX_WALK:
+            break
         if tr in seen or not all(ch(tags, pid) for ch in checks):
             continue
         seen[tr] = None
