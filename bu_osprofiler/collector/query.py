@@ -111,7 +111,7 @@ def terms(conn: sqlite3.Connection, c: Criteria) -> List[Term]:
             args.append(int(c.max_duration_us))
         w = " AND ".join(conds)
         if c.min_duration_us:  # the traces with a span that long, then their spans
-            out.append(Term(w, args, "FROM traces t INDEXED BY traces_max_dur CROSS JOIN spans s"
+            out.append(Term(w, args, "FROM traces t INDEXED BY traces_max_dur CROSS JOIN spans s INDEXED BY spans_trace"
                             f" ON s.trace = t.id WHERE t.max_dur >= ? AND {w}",
                             [int(c.min_duration_us)] + args,
                             count="FROM traces t INDEXED BY traces_max_dur WHERE t.max_dur >= ?"))
@@ -133,7 +133,7 @@ def _tag_term(conn: sqlite3.Connection, key: str, value: str) -> Term:
     h = tag_hash(key, value)
     procs = [pid for pid, ptags in conn.execute("SELECT id, tags FROM processes")
              if _jaeger_tags_match(ptags, key, value)]
-    where = "(s.rowid IN (SELECT span FROM span_tags WHERE h = ?)"
+    where = "(EXISTS (SELECT 1 FROM span_tags WHERE h = ? AND span = s.rowid)"
     args: List[Any] = [h]
     if procs:
         where += f" OR s.process IN ({','.join('?' * len(procs))})"
@@ -153,7 +153,7 @@ def _tag_term(conn: sqlite3.Connection, key: str, value: str) -> Term:
                     f"FROM spans s INDEXED BY spans_service WHERE s.service IN"
                     f" ({','.join('?' * len(svcs))}) AND s.process IN ({pm})", svcs + procs,
                     "s.start_us DESC" if len(svcs) == 1 else None)
-    return Term(where, args, "FROM span_tags t CROSS JOIN spans s ON s.rowid = t.span"
+    return Term(where, args, "FROM span_tags t CROSS JOIN spans s NOT INDEXED ON s.rowid = t.span"
                 " WHERE t.h = ?", [h], "t.span DESC", "FROM span_tags t WHERE t.h = ?",
                 check=check)
 
