@@ -120,3 +120,41 @@ def test_shutdown_interrupts_a_long_retry_wait(server):
     t0 = time.monotonic()
     exp.shutdown(2.0)
     assert time.monotonic() - t0 < 2.5
+
+
+def test_overloaded_collector_pushes_back_and_nothing_is_lost(tmp_path):
+    """Our jaeger+http exporter against the embedded collector with a tiny memory budget and a
+    slow writer: the collector answers 503 + Retry-After instead of taking more than it can
+    hold, the exporter waits and resends, and every span ends up stored."""
+    from bu_osprofiler.collector.server import Collector
+    c = Collector(str(tmp_path / "o.db"), udp_port=None, udp_binary_port=None, http_port=0,
+                  otlp_port=None, query_port=None, max_age_s=None,
+                  max_queue_bytes=600_000)
+    slow = c._write
+
+    def write(w, item):  # a writer that keeps up with about 1/10 of the offered load
+        time.sleep(0.03)
+        return slow(w, item)
+    c._write = write
+    c.start()
+    try:
+        one_process("pushed-back")
+        before = counters()
+        exp = start("jaeger+http://127.0.0.1:%d" % c.ports["http"], flush_interval=0.01,
+                    http_max_body=20_000, http_retry_time=60)
+        n = 3000
+        for i in range(n):
+            _core._push_record(0xA000 + i // 10, i + 1, 0, 1, "op", START_NS + i * 1000, 1000,
+                               tags={"i": i})
+            if i % 100 == 99:
+                time.sleep(0.005)
+        assert exp.flush(60.0) is True
+        assert c.flush(30)
+        st = c.stats()
+        assert st["dropped_busy"] > 0 and exp.retries > 0  # it did push back
+        assert c.store.count_spans() == n  # ... and nothing was lost
+        assert delta(before, "dropped_send_failed") == 0
+        assert delta(before, "dropped_queue_full") == 0
+    finally:
+        reset_core(exporters)
+        c.stop()
