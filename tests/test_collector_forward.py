@@ -1,9 +1,7 @@
 """Agent mode (--forward): what one collector receives, from Jaeger and OTLP senders, reaches
 an upstream: a second collector instance (Jaeger Thrift and OTLP), OpenTelemetry's protobuf
 classes, jaeger-client's Thrift classes; retried on overload, drops counted."""
-import http.server
 import os
-import threading
 import time
 
 import pytest
@@ -11,7 +9,7 @@ import pytest
 from bu_osprofiler.collector.server import Collector
 
 from collector_helpers import (
-    batch, batch_body, emit_batch, http_request, send_udp, span, wait_for)
+    ScriptedServer, batch, batch_body, emit_batch, http_request, send_udp, span, wait_for)
 from jaeger_wire import decode_batch
 
 pb = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
@@ -88,46 +86,16 @@ def test_agent_relays_jaeger_and_otlp_input_to_a_second_collector(tmp_path, sche
         upstream.stop()
 
 
-class Upstream(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _UpHandler)
-        self.script = []
-        self.bodies = []
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-
-
-class _UpHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        status = self.server.script.pop(0) if self.server.script else 200
-        if status < 300:
-            self.server.bodies.append((self.path, self.headers["Content-Type"], body))
-        self.send_response(status)
-        if status == 503:
-            self.send_header("Retry-After", "0.2")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-
 @pytest.fixture
 def upstream():
-    u = Upstream()
+    u = ScriptedServer()
     yield u
-    u.shutdown()
-    u.server_close()
+    u.close()
 
 
 def test_otlp_relay_decodes_with_opentelemetry_proto_after_retries(tmp_path, upstream):
-    upstream.script = [503, 429]
-    agent = make(tmp_path, "agent", forward=f"otlp://127.0.0.1:{upstream.server_address[1]}",
+    upstream.script = [(503, "0.2"), (429, None)]
+    agent = make(tmp_path, "agent", forward=f"otlp://127.0.0.1:{upstream.port}",
                  keep_local=False)
     try:
         a, b = sample_batches()
@@ -139,7 +107,7 @@ def test_otlp_relay_decodes_with_opentelemetry_proto_after_retries(tmp_path, ups
         assert st["forward_sent_spans"] == 2 and st["forward_retries"] >= 2
         assert agent.store.count_spans() == 0  # --forward-only keeps no copy
         spans = {}
-        for path, ctype, body in upstream.bodies:
+        for path, ctype, body in upstream.accepted():
             assert (path, ctype) == ("/v1/traces", "application/x-protobuf")
             req = pb.ExportTraceServiceRequest()
             req.ParseFromString(body)
@@ -165,13 +133,13 @@ def test_otlp_relay_decodes_with_opentelemetry_proto_after_retries(tmp_path, ups
 
 def test_jaeger_relay_decodes_with_jaeger_client_thrift(tmp_path, upstream):
     agent = make(tmp_path, "agent",
-                 forward=f"jaeger+http://127.0.0.1:{upstream.server_address[1]}")
+                 forward=f"jaeger+http://127.0.0.1:{upstream.port}")
     try:
         a, _ = sample_batches()
         send_udp(agent.ports["udp_compact"], emit_batch(a))
         wait_for(lambda: agent.flush(5) and agent.stats()["forward_sent_spans"] == 1, 10,
                  "the span relayed")
-        [(path, ctype, body)] = upstream.bodies
+        [(path, ctype, body)] = upstream.accepted()
         assert (path, ctype) == ("/api/traces", "application/x-thrift")
         got, _ = decode_batch(body)
         assert got.process.serviceName == "front"

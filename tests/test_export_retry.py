@@ -1,85 +1,40 @@
 """HTTP exporters (jaeger+http, otlp) retry 429 / 502 / 503 / 504 with back-off, honouring
 Retry-After, within a bounded time; other errors are never retried."""
 import email.utils
-import http.server
-import threading
 import time
 
 import pytest
 
 from bu_osprofiler import _core, exporters
 
+from collector_helpers import ScriptedServer
+from test_export_http import clean_core, start  # noqa: F401 (an autouse fixture)
 from jaeger_wire import counters, decode_batch, delta, one_process, reset_core
 
 START_NS = 1_700_000_000_123_456_789
 
 
-@pytest.fixture(autouse=True)
-def clean():
-    reset_core(exporters)
-    yield
-    reset_core(exporters)
-
-
-class Scripted(http.server.ThreadingHTTPServer):
-    """Answers from a script of (status, Retry-After or None), then 202/200; records when."""
-
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.script = []
-        self.seen = []  # (monotonic time, status answered, body)
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        status, after = self.server.script.pop(0) if self.server.script else (202, None)
-        self.server.seen.append((time.monotonic(), status, body))
-        self.send_response(status)
-        if after is not None:
-            self.send_header("Retry-After", after)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-
 @pytest.fixture
 def server():
-    s = Scripted()
+    s = ScriptedServer(default=202)
     yield s
     reset_core(exporters)
-    s.shutdown()
-    s.server_close()
-
-
-def start(url, **options):
-    options.setdefault("flush_interval", 60.0)
-    exp = exporters.create(url, options)
-    exp.start()
-    return exp
+    s.close()
 
 
 def test_jaeger_http_retries_overload_honouring_retry_after(server):
     one_process("retry-svc")
     before = counters()
-    exp = start("jaeger+http://127.0.0.1:%d" % server.server_address[1])
+    exp = start("jaeger+http://127.0.0.1:%d" % server.port)
     date = email.utils.formatdate(time.time() + 2.5, usegmt=True)  # HTTP-date form, ~2 s
     server.script = [(503, "0.4"), (429, date), (502, None)]
     _core._push_record(1, 7, 0, 1, "kept", START_NS, 1)
     assert exp.flush(15.0) is True
-    times = [t for t, _, _ in server.seen]
-    assert [s for _, s, _ in server.seen] == [503, 429, 502, 202]
+    times = [x[0] for x in server.seen]
+    assert [x[1] for x in server.seen] == [503, 429, 502, 202]
     assert times[1] - times[0] >= 0.35  # waited as told (seconds form)
     assert times[2] - times[1] >= 0.9  # waited for the date (HTTP dates have 1 s resolution)
-    batch, _ = decode_batch(server.seen[-1][2])
+    batch, _ = decode_batch(server.seen[-1][4])
     assert [s.operationName for s in batch.spans] == ["kept"]
     assert delta(before, "spans_exported") == 1
     assert delta(before, "dropped_send_failed") == 0
@@ -90,18 +45,18 @@ def test_jaeger_http_retries_overload_honouring_retry_after(server):
 def test_other_errors_are_not_retried(server, status):
     one_process("retry-svc")
     before = counters()
-    exp = start("jaeger+http://127.0.0.1:%d" % server.server_address[1])
+    exp = start("jaeger+http://127.0.0.1:%d" % server.port)
     server.script = [(status, "0")]
     _core._push_record(1, 8, 0, 1, "lost", START_NS, 1)
     assert exp.flush(10.0) is False
-    assert [s for _, s, _ in server.seen] == [status]
+    assert [x[1] for x in server.seen] == [status]
     assert delta(before, "dropped_send_failed") == 1
 
 
 def test_retry_gives_up_past_its_time_budget(server):
     one_process("retry-svc")
     before = counters()
-    exp = start("otlp://127.0.0.1:%d" % server.server_address[1], http_retry_time=0.5)
+    exp = start("otlp://127.0.0.1:%d" % server.port, http_retry_time=0.5)
     server.script = [(503, "0.2"), (503, "0.2"), (503, "0.2"), (503, "0.2"), (503, "0.2")]
     _core._push_record(1, 9, 0, 1, "dropped", START_NS, 1)
     t0 = time.monotonic()
@@ -113,7 +68,7 @@ def test_retry_gives_up_past_its_time_budget(server):
 
 def test_shutdown_interrupts_a_long_retry_wait(server):
     one_process("retry-svc")
-    exp = start("jaeger+http://127.0.0.1:%d" % server.server_address[1])
+    exp = start("jaeger+http://127.0.0.1:%d" % server.port)
     server.script = [(503, "25")]
     _core._push_record(1, 10, 0, 1, "x", START_NS, 1)
     exp.flush(0.3)

@@ -61,13 +61,15 @@ class NoMatch(Exception):
     """A criterion that nothing in the store can match (an unknown service, say)."""
 
 
-def _time_cond(c: Criteria) -> Tuple[str, List[Any]]:
+def _window(c: Criteria, lo_col: str = "s.start_us", hi_col: str = "s.start_us"
+            ) -> Tuple[str, List[Any]]:
+    """The time window as SQL: ``lo_col >= start`` and ``hi_col <= end``."""
     conds, args = [], []
     if c.start_us is not None:
-        conds.append("s.start_us >= ?")
+        conds.append(f"{lo_col} >= ?")
         args.append(int(c.start_us))
     if c.end_us is not None:
-        conds.append("s.start_us <= ?")
+        conds.append(f"{hi_col} <= ?")
         args.append(int(c.end_us))
     return (" AND ".join(conds), args)
 
@@ -75,7 +77,7 @@ def _time_cond(c: Criteria) -> Tuple[str, List[Any]]:
 def terms(conn: sqlite3.Connection, c: Criteria) -> List[Term]:
     """The criteria as Terms; raises NoMatch when one cannot match anything."""
     out: List[Term] = []
-    tcond, targs = _time_cond(c)
+    tcond, targs = _window(c)
     trange = " AND " + tcond if tcond else ""
     sid = None
     if c.service:
@@ -222,14 +224,8 @@ def _distinct_traces(conn: sqlite3.Connection, rows: Any, checks: Sequence[Calla
 
 def _latest_traces(conn: sqlite3.Connection, c: Criteria, where: str, args: List[Any],
                    checks: Sequence[Callable], limit: int) -> List[str]:
-    conds, targs = [], []
-    if c.start_us is not None:
-        conds.append("end_us >= ?")
-        targs.append(int(c.start_us))
-    if c.end_us is not None:
-        conds.append("start_us <= ?")
-        targs.append(int(c.end_us))
-    sql = "SELECT id FROM traces" + (" WHERE " + " AND ".join(conds) if conds else "")
+    cond, targs = _window(c, "end_us", "start_us")  # traces overlapping the window
+    sql = "SELECT id FROM traces" + (" WHERE " + cond if cond else "")
     sql += f" ORDER BY start_us DESC LIMIT {MAX_WALK}"
     out: List[int] = []
     for (tr,) in conn.execute(sql, targs):
