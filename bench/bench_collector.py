@@ -291,19 +291,24 @@ def bench_scale(n, workdir):
     path = os.path.join(workdir, f"scale-{n}.db")
     store = Store(path)
     w = store.writer()
-    t0, c0 = time.perf_counter(), time.process_time()
+    wall = cpu = 0.0  # the writer's time only (not the generation of the rows)
     pending, trace_ids = 0, []
     for svc, ptags, rows in realistic_batches(ntraces):
+        t0, c0 = time.perf_counter(), time.process_time()
         w.add(svc, ptags, rows)
-        if svc == SERVICES[0] and len(trace_ids) < 2000:
-            trace_ids.append(rows[0][0])
-            host = json.loads(ptags)[0]["value"]
         pending += len(rows)
         if pending >= 5000:
             w.commit()
             pending = 0
+        wall += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        if svc == SERVICES[0] and len(trace_ids) < 2000:
+            trace_ids.append(rows[0][0])
+            host = json.loads(ptags)[0]["value"]
+    t0, c0 = time.perf_counter(), time.process_time()
     w.commit()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    wall += time.perf_counter() - t0
+    cpu += time.process_time() - c0
     w.close()
     size = os.path.getsize(path)
     res = {"spans": n, "traces": ntraces, "ingest_spans_per_s": n / wall,
@@ -369,9 +374,9 @@ def bench_retention(n, workdir):
                     query_port=None, max_bytes=limit, max_age_s=None)
     w = col.store.writer()
     col._ret_more, col._ret_next, col._prune_at = True, 0.0, time.monotonic() + 60
-    worst_ratio, worst_pause, pending = 0.0, 0.0, 0
-    t0 = time.perf_counter()
+    worst_ratio, worst_pause, pending, cpu = 0.0, 0.0, 0, 0.0
     for svc, ptags, rows in realistic_batches(n // 20):
+        c0 = time.process_time()
         w.add(svc, ptags, rows)
         pending += len(rows)
         if pending >= 5000:
@@ -382,14 +387,14 @@ def bench_retention(n, workdir):
             pending = 0
             size = os.path.getsize(path)
             worst_ratio = max(worst_ratio, size / limit)
-    wall = time.perf_counter() - t0
+        cpu += time.process_time() - c0
     w.close()
     final = os.path.getsize(path)
     os.remove(path)
     return {"spans": n, "limit_bytes": limit, "final_bytes": final,
             "final_ratio": final / limit, "worst_ratio": worst_ratio,
             "worst_retention_pause_ms": worst_pause * 1000,
-            "ingest_with_retention_spans_per_s": n / wall,
+            "ingest_with_retention_spans_per_cpu_s": n / cpu,
             "expired": col.counters.get("spans_expired", 0)}
 
 
@@ -405,7 +410,7 @@ def scale_markdown(results, retention, command):
              "is what the query costs).",
              "", "| | " + " | ".join(f"{r['spans']:,} spans" for r in results) + " |",
              "|---|" + "---|" * len(results),
-             "| store ingest, spans/s (wall) | " + " | ".join(
+             "| store ingest, spans/s (wall, writer time) | " + " | ".join(
                  f"{r['ingest_spans_per_s']:,.0f}" for r in results) + " |",
              "| store ingest, spans per CPU-second | " + " | ".join(
                  f"{r['ingest_spans_per_cpu_s']:,.0f}" for r in results) + " |",
@@ -417,12 +422,13 @@ def scale_markdown(results, retention, command):
     if retention:
         lines += ["", "Retention (`--max-size` at half of what the spans take, ingest going on):",
                   "", "| spans ingested | limit | largest file seen | final file | longest "
-                  "retention pause per commit | ingest with retention |", "|---|---|---|---|---|---|"]
+                  "retention pause per commit | ingest + retention, spans per CPU-second |",
+                  "|---|---|---|---|---|---|"]
         for r in retention:
             lines.append(f"| {r['spans']:,} | {r['limit_bytes'] / 2**20:.0f} MiB | "
                          f"{r['worst_ratio']:.2f}x | {r['final_ratio']:.2f}x | "
                          f"{r['worst_retention_pause_ms']:.0f} ms | "
-                         f"{r['ingest_with_retention_spans_per_s']:,.0f} spans/s |")
+                         f"{r['ingest_with_retention_spans_per_cpu_s']:,.0f} |")
     return "\n".join(lines) + "\n"
 
 

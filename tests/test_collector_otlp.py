@@ -161,3 +161,42 @@ def test_bad_otlp_bodies_are_400_with_a_status_message(collector, body, ctype, w
     ok = http_request(collector.ports["otlp"], "POST", "/v1/traces",
                       json.dumps(otlp_json()).encode(), {"Content-Type": "application/json"})
     assert ok[0] == 200
+
+
+# ---------------------------------------------------------------- OTLP/gRPC (optional extra)
+
+def test_opentelemetry_grpc_exporter_reaches_the_grpc_receiver(tmp_path):
+    grpc_exporter = pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc.trace_exporter")
+    import grpc
+    from bu_osprofiler.collector.server import Collector
+    c = Collector(str(tmp_path / "g.db"), udp_port=None, udp_binary_port=None, http_port=None,
+                  otlp_port=None, otlp_grpc_port=0, query_port=None).start()
+    try:
+        exp = grpc_exporter.OTLPSpanExporter(endpoint=f"127.0.0.1:{c.ports['otlp_grpc']}",
+                                             insecure=True, timeout=10)
+        provider = TracerProvider(resource=Resource.create({"service.name": "grpc-svc"}))
+        provider.add_span_processor(SimpleSpanProcessor(exp))
+        tracer = provider.get_tracer("grpc.test")
+        with tracer.start_as_current_span("outer", kind=SpanKind.SERVER) as outer:
+            with tracer.start_as_current_span("inner"):
+                pass
+        provider.shutdown()
+        t = stored_trace(c, f"{outer.get_span_context().trace_id:032x}", 2)
+        by = spans_by_name(t)
+        assert by["inner"]["references"][0]["spanID"] == by["outer"]["spanID"]
+        assert tags(by["outer"])["span.kind"] == "server"
+        assert t["processes"][by["outer"]["processID"]]["serviceName"] == "grpc-svc"
+        assert c.stats()["otlp_grpc_requests"] == 2
+        # a malformed request is INVALID_ARGUMENT, and the receiver goes on
+        with grpc.insecure_channel(f"127.0.0.1:{c.ports['otlp_grpc']}") as ch:
+            call = ch.unary_unary(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            with pytest.raises(grpc.RpcError) as err:
+                call(b"\x0a\x05\x12\x03\x12\x01", timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "length past the end" in err.value.details()
+            assert call(b"", timeout=10) == b""  # an empty request is fine
+        assert c.stats()["malformed_otlp"] == 1
+    finally:
+        c.stop()

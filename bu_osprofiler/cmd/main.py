@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--otlp-port", type=_port, default=4318, metavar="PORT",
                    help="OTLP/HTTP POST /v1/traces, protobuf or JSON (default 4318; the Jaeger "
                         "HTTP port takes /v1/traces too)")
+    c.add_argument("--otlp-grpc-port", type=_port, default=None, metavar="PORT",
+                   help="OTLP/gRPC TraceService/Export, usually 4317 (default off; needs "
+                        "grpcio: pip install 'bu_osprofiler[otlp-grpc]')")
     c.add_argument("--max-queue-mb", type=float, default=256.0, metavar="MB",
                    help="memory for request bodies and decoded spans waiting to be stored; "
                         "past it senders get 503 + Retry-After (default 256)")
@@ -178,6 +181,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
         col = Collector(db, host=args.host, udp_port=args.udp_port,
                         udp_binary_port=args.udp_binary_port, http_port=args.http_port,
                         query_port=args.query_port, otlp_port=args.otlp_port,
+                        otlp_grpc_port=args.otlp_grpc_port,
                         max_queue_bytes=int(args.max_queue_mb * 1024 * 1024),
                         max_connections=args.max_connections,
                         request_deadline_s=args.request_deadline,
@@ -201,6 +205,9 @@ def cmd_collector(args: argparse.Namespace) -> int:
     try:
         try:
             col.start()
+        except ImportError as e:
+            _err(str(e))
+            return EXIT_FAIL
         except OSError as e:
             _err(f"cannot listen on {args.host}: {e} (is another collector or Jaeger running? "
                  "choose other ports, 0 for any free port, or 'off')")
@@ -211,6 +218,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
                   "udp_binary": "Jaeger agent, Thrift Binary (UDP)",
                   "http": "Jaeger collector, POST Thrift Binary (HTTP)",
                   "otlp": "OTLP/HTTP, POST /v1/traces",
+                  "otlp_grpc": "OTLP/gRPC, TraceService/Export",
                   "query": "query API and web view"}
         for key, url in urls.items():
             print(f"  {labels[key]:<46} {url}", flush=True)

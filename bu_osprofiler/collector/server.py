@@ -75,7 +75,7 @@ class Collector:
     def __init__(self, db_path: Optional[str] = None, host: str = "127.0.0.1",
                  udp_port: Optional[int] = 6831, udp_binary_port: Optional[int] = 6832,
                  http_port: Optional[int] = 14268, query_port: Optional[int] = 16686,
-                 otlp_port: Optional[int] = 4318,
+                 otlp_port: Optional[int] = 4318, otlp_grpc_port: Optional[int] = None,
                  max_age_s: Optional[float] = 7 * 24 * 3600,
                  max_bytes: Optional[int] = 1024 * 1024 * 1024,
                  max_queue_spans: int = 500_000, retention_interval_s: float = 60.0,
@@ -87,7 +87,9 @@ class Collector:
         self.store = Store(db_path)
         self.host = host
         self.requested = {"udp_compact": udp_port, "udp_binary": udp_binary_port,
-                          "http": http_port, "otlp": otlp_port, "query": query_port}
+                          "http": http_port, "otlp": otlp_port, "otlp_grpc": otlp_grpc_port,
+                          "query": query_port}
+        self._grpc: Any = None
         self.max_queue_bytes = int(max_queue_bytes)
         self.max_body = min(int(max_body), self.max_queue_bytes // 2)
         self.max_connections = int(max_connections)
@@ -135,7 +137,8 @@ class Collector:
         out["udp_kernel_drops"] = sum(_udp_kernel_drops(s) for s, _ in self._udp)
         out["connections"] = sum(srv.connections() for srv in self._servers
                                  if isinstance(srv, intake.IntakeServer))
-        for k in ("udp_datagrams", "http_requests", "otlp_requests", "batches_received",
+        for k in ("udp_datagrams", "http_requests", "otlp_requests", "otlp_grpc_requests",
+                  "batches_received",
                   "spans_received", "spans_stored", "malformed_datagrams", "malformed_http",
                   "malformed_otlp", "dropped_queue_full", "dropped_busy", "store_errors",
                   "spans_expired", "spans_rejected_time", "spans_clamped_duration",
@@ -444,6 +447,10 @@ class Collector:
                     self.ports[key] = srv.server_address[1]
                     self._servers.append(srv)
                     self._spawn(srv.serve_forever, 0.2, name="bu-collector-" + key)
+            if self.requested["otlp_grpc"] is not None:
+                from bu_osprofiler.collector import otlp_grpc
+                self._grpc, self.ports["otlp_grpc"] = otlp_grpc.start(
+                    self, self.host, self.requested["otlp_grpc"])
             if self.requested["query"] is not None:
                 srv = _make_server(self.host, self.requested["query"], _QueryHandler, self)
                 self.ports["query"] = srv.server_address[1]
@@ -473,6 +480,8 @@ class Collector:
         for srv in self._servers:
             srv.shutdown()  # waits for serve_forever; handlers in flight finish (daemon threads)
             srv.server_close()
+        if self._grpc is not None:
+            self._grpc.stop(grace=min(timeout, 5.0)).wait()
         for t in self._threads:
             t.join(timeout)
         writer = getattr(self, "_writer", None)
@@ -501,6 +510,8 @@ class Collector:
             out["http"] = f"http://{h}:{self.ports['http']}/api/traces"
         if "otlp" in self.ports:
             out["otlp"] = f"http://{h}:{self.ports['otlp']}/v1/traces"
+        if "otlp_grpc" in self.ports:
+            out["otlp_grpc"] = f"grpc://{h}:{self.ports['otlp_grpc']}"
         if "query" in self.ports:
             out["query"] = f"http://{h}:{self.ports['query']}/"
         return out
