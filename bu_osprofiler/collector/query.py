@@ -55,6 +55,7 @@ class Term:
     order: Optional[str] = None
     count: Optional[str] = None
     check: Optional[Callable[[Optional[str], int], bool]] = None
+    traces: Optional[str] = None  # SELECT (trace id, start) of the candidate traces, if cheaper
 
 
 class NoMatch(Exception):
@@ -184,7 +185,16 @@ def find(conn: sqlite3.Connection, c: Criteria) -> List[str]:
                    key=lambda x: (x[0], x[1]))
     cols = "SELECT s.trace, s.start_us, s.tags, s.process "
     n, _, best = sizes[0]
-    if n < SMALL:  # few candidates: read them all, newest first
+    if best.order:  # the most selective index lists spans newest first: walk it
+        where, args = _where(ts, best)
+        return _distinct_traces(conn, conn.execute(
+            f"{cols}{best.driver} AND {where} ORDER BY {best.order}",
+            best.driver_args + args), checks, limit)
+    if n < SMALL and best.traces:  # few candidate traces: newest first, each checked
+        cands = conn.execute(best.traces, best.driver_args[:1]).fetchall()
+        cands.sort(key=lambda r: r[1], reverse=True)
+        return _check_traces(conn, [r[0] for r in cands], *_where(ts), checks, limit)
+    if n < SMALL:  # few candidate spans: read them all, newest first
         where, args = _where(ts, best)
         rows = conn.execute(f"{cols}{best.driver} AND {where}",
                             best.driver_args + args).fetchall()
@@ -227,16 +237,21 @@ def _latest_traces(conn: sqlite3.Connection, c: Criteria, where: str, args: List
     cond, targs = _window(c, "end_us", "start_us")  # traces overlapping the window
     sql = "SELECT id FROM traces" + (" WHERE " + cond if cond else "")
     sql += f" ORDER BY start_us DESC LIMIT {MAX_WALK}"
+    return _check_traces(conn, (r[0] for r in conn.execute(sql, targs)), where, args, checks,
+                         limit)
+
+
+def _check_traces(conn: sqlite3.Connection, traces: Any, where: str, args: List[Any],
+                  checks: Sequence[Callable], limit: int) -> List[str]:
+    """The first ``limit`` of ``traces`` (trace rowids, in order) with a matching span."""
     out: List[int] = []
-    for (tr,) in conn.execute(sql, targs):
-        if not checks and where == "1":
-            out.append(tr)
-        else:
-            hit = conn.execute(f"SELECT s.tags, s.process FROM spans s WHERE s.trace = ? AND"
-                               f" {where}", [tr] + args).fetchall()
+    for tr in traces:
+        if where != "1" or checks:
+            hit = conn.execute(f"SELECT s.tags, s.process FROM spans s INDEXED BY spans_trace"
+                               f" WHERE s.trace = ? AND {where}", [tr] + args).fetchall()
             if not any(all(ch(tg, p) for ch in checks) for tg, p in hit):
                 continue
-            out.append(tr)
+        out.append(tr)
         if len(out) >= limit:
             break
     return _hex_ids(conn, out)

@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS traces(
     start_us INTEGER NOT NULL, end_us INTEGER NOT NULL,
     max_dur INTEGER NOT NULL);     -- its longest span (µs): duration searches start here
 CREATE INDEX IF NOT EXISTS traces_start ON traces(start_us);
-CREATE INDEX IF NOT EXISTS traces_max_dur ON traces(max_dur);
+CREATE INDEX IF NOT EXISTS traces_max_dur ON traces(max_dur, start_us);
 CREATE TABLE IF NOT EXISTS spans(
     trace INTEGER NOT NULL,        -- traces.id
     span_id INTEGER NOT NULL,      -- unsigned 64-bit id stored as signed
@@ -402,6 +402,7 @@ class StoreWriter:
         self.conn = store.connect()
         self.conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoint, safe
         self.conn.execute("PRAGMA journal_size_limit = 67108864")  # the WAL shrinks back
+        self.conn.execute("PRAGMA cache_size = -65536")  # 64 MB: the indexes' upper levels stay
         self._processes: Dict[Tuple[str, str], Tuple[int, int]] = {}
         self._ops: Dict[Tuple[int, str], int] = {}
         self._traces: Dict[bytes, List[int]] = {}
