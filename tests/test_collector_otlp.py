@@ -15,7 +15,6 @@ from jaeger_wire import reset_core
 
 otlp_http = pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
 from google.rpc import status_pb2  # noqa: E402  (comes with the OTLP exporter)
-from opentelemetry import trace as otel_trace  # noqa: E402
 from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: E402
 from opentelemetry.sdk.resources import Resource  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402

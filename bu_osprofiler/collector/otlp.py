@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 from bu_osprofiler.collector.store import format_trace_id
 

@@ -24,7 +24,7 @@ SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
 def available() -> bool:
     try:
-        import grpc  # noqa: F401
+        import grpc  # noqa: F401 -- only whether it imports
     except ImportError:
         return False
     return True

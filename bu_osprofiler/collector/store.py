@@ -27,7 +27,7 @@ import os
 import sqlite3
 import time
 import uuid
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 SCHEMA_VERSION = 2
 U64 = (1 << 64) - 1
