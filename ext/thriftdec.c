@@ -1171,8 +1171,11 @@ dec_batch(td_reader *r)
         if (type == T_STOP) {
             break;
         }
-        if (fid == 1 && type == T_STRUCT) {
+        if (fid == 1 && type == T_STRUCT && service == NULL) {
             st = dec_process(r, &sc, &service, &ptags);
+            if (st == 0 && service != NULL && ptags != NULL) {
+                st = td_charge(r, PyUnicode_GET_LENGTH(service) + PyUnicode_GET_LENGTH(ptags));
+            }
         } else if (fid == 2 && type == T_LIST && rows == NULL) {
             int et;
             uint32_t n;
@@ -1362,7 +1365,7 @@ thrift_decode(PyObject *Py_UNUSED(m), PyObject *args)
         }
     }
     if (res != NULL && budget >= 0) { /* (service, ptags, rows, decoded bytes) */
-        PyObject *used = PyLong_FromSsize_t(r.used + PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(res, 1)));
+        PyObject *used = PyLong_FromSsize_t(r.used);
         PyObject *out = used ? PyTuple_Pack(4, PyTuple_GET_ITEM(res, 0), PyTuple_GET_ITEM(res, 1),
                                             PyTuple_GET_ITEM(res, 2), used)
                              : NULL;

@@ -204,3 +204,19 @@ def test_retention_slices_keep_the_store_near_its_size_and_shrink_the_file(tmp_p
     assert dangling == 0
     assert os.path.getsize(store.path) <= full
     w.close()
+
+
+def test_thrift_decode_budget_is_checked_before_rows_are_built():
+    from bu_osprofiler import _core
+    from collector_helpers import batch, batch_body, span
+    body = batch_body(batch("svc", [span(0x1, i + 1, 0, "op", tags={"k": "v" * 100})
+                                    for i in range(100)]))
+    service, ptags, rows = _core.thrift_decode(body, _core.THRIFT_BINARY_BATCH)
+    *same, size = _core.thrift_decode(body, _core.THRIFT_BINARY_BATCH, 10 ** 9)
+    assert same == [service, ptags, rows]
+    assert 100 * 520 < size < 100 * 800  # rows' fixed cost + their text
+    with pytest.raises(OverflowError):
+        _core.thrift_decode(body, _core.THRIFT_BINARY_BATCH, 100 * 520 - 1)  # the list itself
+    with pytest.raises(OverflowError):
+        _core.thrift_decode(body, _core.THRIFT_BINARY_BATCH, size - 1)
+    assert _core.thrift_decode(body, _core.THRIFT_BINARY_BATCH, size)[3] == size
