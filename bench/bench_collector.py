@@ -419,6 +419,17 @@ def scale_markdown(results, retention, command):
     for q in results[0]["queries_ms"]:
         lines.append(f"| {q} | " + " | ".join(
             "%.1f / %.1f / %.1f" % tuple(r["queries_ms"][q]) for r in results) + " |")
+    big = results[-1]
+    worst = max(big["queries_ms"].items(), key=lambda kv: kv[1][1])
+    worst_wall = max(big["queries_ms"].items(), key=lambda kv: kv[1][0])
+    ingest = min(r["ingest_spans_per_cpu_s"] for r in results)
+    lines += ["", f"Budgets at {big['spans']:,} spans: <= 300 bytes per span: "
+              f"{big['bytes_per_span']:.0f} ({'met' if big['bytes_per_span'] <= 300 else 'NOT met'}); "
+              f"every query <= 100 ms: slowest median {worst[1][1]:.0f} ms CPU ({worst[0]}), "
+              f"{worst_wall[1][0]:.0f} ms wall ({worst_wall[0]}) on this loaded machine "
+              f"({'met' if worst[1][1] <= 100 else 'NOT met'} in CPU time); writer >= 50,000 "
+              f"spans per CPU-second: {ingest:,.0f} at worst "
+              f"({'met' if ingest >= BUDGET else 'NOT met'})."]
     if retention:
         lines += ["", "Retention (`--max-size` at half of what the spans take, ingest going on):",
                   "", "| spans ingested | limit | largest file seen | final file | longest "
