@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from bu_osprofiler.collector import query
+from bu_osprofiler.collector import search
 from bu_osprofiler.collector.store import Store, compact_tags, expand_tags
 
 T0 = 1_700_000_000_000_000
@@ -128,7 +128,7 @@ def test_dense_and_sparse_paths_agree(big, monkeypatch):
     store, expected = big
     crit = {"service": "compute", "tags": {"n": "5"}, "limit": 30}
     walked = store.find_trace_ids(**crit)
-    monkeypatch.setattr(query, "SMALL", 10 ** 9)  # force "read every candidate, sort"
+    monkeypatch.setattr(search, "SMALL", 10 ** 9)  # force "read every candidate, sort"
     assert store.find_trace_ids(**crit) == walked == scan(expected, **crit)
 
 

@@ -16,7 +16,7 @@ Layout (schema 2), sized for millions of spans at ~250 bytes each:
 * ``span_tags``: (hash of key and value text, span) for every span tag: a tag search is an
   index lookup, confirmed on the rows it finds.
 
-Searches go through :mod:`.query`, which picks the most selective index for the criteria given.
+Searches go through :mod:`.search`, which picks the most selective index for the criteria given.
 """
 from __future__ import annotations
 
@@ -287,13 +287,13 @@ class Store:
                        errors_only: bool = False) -> List[str]:
         """Ids of the traces with a span matching every criterion, most recent first
         (Jaeger's search semantics; tags match span tags and process tags)."""
-        from bu_osprofiler.collector import query
-        crit = query.Criteria(service=service, operation=operation, start_us=start_us,
+        from bu_osprofiler.collector import search
+        crit = search.Criteria(service=service, operation=operation, start_us=start_us,
                               end_us=end_us, min_duration_us=min_duration_us,
                               max_duration_us=max_duration_us, tags=dict(tags or {}),
                               limit=limit, errors_only=errors_only)
         with _closing(self.connect()) as c:
-            return query.find(c, crit)
+            return search.find(c, crit)
 
     def find_traces(self, **criteria: Any) -> List[Dict[str, Any]]:
         """Full traces (Jaeger JSON) matching :meth:`find_trace_ids` criteria."""
