@@ -447,12 +447,12 @@ def write_doc_section(text):
     from importlib import util
     here = os.path.dirname(os.path.abspath(__file__))
     spec = util.spec_from_file_location("bench_run", os.path.join(here, "run.py"))
-    marker = "<!-- sections below are written by other benchmarks: kept by run.py -->"
+    marker = "<!-- sections below are kept by bench/run.py -->"
     if spec is not None and spec.loader is not None:
         mod = util.module_from_spec(spec)
         try:
             spec.loader.exec_module(mod)
-            marker = mod.KEEP_MARKER
+            marker = mod.KEEP_MARK
         except Exception:  # noqa: BLE001 -- the marker text is the fallback
             pass
     path = os.path.join(here, os.pardir, "doc", "benchmarks.md")

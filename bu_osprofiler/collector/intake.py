@@ -163,45 +163,57 @@ class IntakeHandler(BaseHandler):
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         is_otlp = path == "/v1/traces"
         json_body = ctype in OTLP_JSON_TYPES
-        c.count("otlp_requests" if is_otlp else "http_requests")
-        reserved = 0
-        try:
-            if path == "/api/traces":
-                if ctype in THRIFT_BINARY_TYPES:
-                    kind = _core.THRIFT_BINARY_BATCH
-                elif ctype in THRIFT_COMPACT_TYPES:
-                    kind = _core.THRIFT_COMPACT_BATCH
-                else:
-                    raise BadRequest(f"Unsupported content type: {ctype}")
-            elif is_otlp:
-                if ctype not in OTLP_PROTOBUF_TYPES + OTLP_JSON_TYPES:
-                    raise BadRequest(f"Unsupported content type: {ctype} (OTLP/HTTP takes "
-                                     "application/x-protobuf or application/json)")
-            else:
-                self.close_connection = True
-                self.send_body(404, b"not found\n", "text/plain")
-                return
-            body, reserved = self._read_body(c)
-            if is_otlp:
-                c.submit_otlp(body, json_body, "otlp")
-            else:
-                c.submit(body, kind, "http", raise_malformed=True)
-        except Busy as e:
-            self._fail(503, str(e), is_otlp, json_body, {"Retry-After": "1"})
-        except TooLarge as e:
+        if path not in ("/api/traces", "/v1/traces"):
             self.close_connection = True
-            self._fail(413, str(e), is_otlp, json_body)
-        except BadRequest as e:
-            c.count("malformed_otlp" if is_otlp else "malformed_http")
-            self._fail(400, str(e), is_otlp, json_body)
+            self.send_body(404, b"not found\n", "text/plain")
+            return
+        c.count("otlp_requests" if is_otlp else "http_requests")
+        try:
+            answer = self._take(c, is_otlp, ctype, json_body)
         except (TimeoutError, socket.timeout, ConnectionError):
             self.close_connection = True
-        else:
+            return
+        if answer is None:  # accepted
             if is_otlp:  # an empty ExportTraceServiceResponse: everything accepted
                 self.send_body(200, b"{}" if json_body else b"",
                                "application/json" if json_body else "application/x-protobuf")
             else:
                 self.send_body(202, b"", "text/plain")
+        else:
+            self._fail(*answer, is_otlp, json_body,
+                       {"Retry-After": "1"} if answer[0] == 503 else None)
+
+    def _take(self, c: "Collector", is_otlp: bool, ctype: str,
+              json_body: bool) -> Optional[Tuple[int, str]]:
+        """Read, decode and queue the body; None when accepted, else (status, message). What was
+        reserved for it is given back before the sender hears the answer."""
+        reserved = 0
+        try:
+            kind = 0
+            if is_otlp:
+                if ctype not in OTLP_PROTOBUF_TYPES + OTLP_JSON_TYPES:
+                    raise BadRequest(f"Unsupported content type: {ctype} (OTLP/HTTP takes "
+                                     "application/x-protobuf or application/json)")
+            elif ctype in THRIFT_BINARY_TYPES:
+                kind = _core.THRIFT_BINARY_BATCH
+            elif ctype in THRIFT_COMPACT_TYPES:
+                kind = _core.THRIFT_COMPACT_BATCH
+            else:
+                raise BadRequest(f"Unsupported content type: {ctype}")
+            body, reserved = self._read_body(c)
+            if is_otlp:
+                c.submit_otlp(body, json_body, "otlp")
+            else:
+                c.submit(body, kind, "http", raise_malformed=True)
+            return None
+        except Busy as e:
+            return 503, str(e)
+        except TooLarge as e:
+            self.close_connection = True
+            return 413, str(e)
+        except BadRequest as e:
+            c.count("malformed_otlp" if is_otlp else "malformed_http")
+            return 400, str(e)
         finally:
             c.release(reserved)
 

@@ -679,3 +679,28 @@ class _closing:
 
     def __exit__(self, *exc: Any) -> None:
         self.conn.close()
+
+
+def trace_ids_with_prefix(store: Store, prefix: str, limit: int = 20) -> List[str]:
+    """Stored trace ids whose hex form (16 digits for 64-bit ids, else 32) starts with the hex
+    ``prefix``: index ranges on traces.tid."""
+    p = prefix.strip().lower()
+    if not p or len(p) > 32 or any(ch not in "0123456789abcdef" for ch in p):
+        return []
+    v = int(p, 16)
+    ranges = []
+    shift = 4 * (32 - len(p))  # 32-digit ids: the high 64 bits are not zero
+    lo, hi = max(v << shift, 1 << 64), (v + 1) << shift
+    if lo < hi:
+        ranges.append((lo.to_bytes(16, "big"),
+                       hi.to_bytes(16, "big") if hi < 1 << 128 else b"\xff" * 17))
+    if len(p) <= 16:  # 16-digit ids
+        shift = 4 * (16 - len(p))
+        ranges.append(((v << shift).to_bytes(16, "big"), ((v + 1) << shift).to_bytes(16, "big")))
+    out: List[str] = []
+    with _closing(store.connect()) as c:
+        for lo_b, hi_b in ranges:
+            out += [tid_hex(r[0]) for r in c.execute(
+                "SELECT tid FROM traces WHERE tid >= ? AND tid < ? ORDER BY tid LIMIT ?",
+                (lo_b, hi_b, int(limit)))]
+    return out[:int(limit)]
