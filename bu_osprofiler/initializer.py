@@ -104,7 +104,8 @@ def init_from_conf(conf: Any, context: Any, project: str, service: str, host: st
             sampler=p.sampler_type, sampler_param=p.sampler_param, tags=tags,
             trace_id_128bit=p.trace_id_128bit, max_queue_spans=p.max_queue_spans,
             max_queue_bytes=p.max_queue_bytes, tail_errors=p.filter_error_trace,
-            control=p.control)
+            control=p.control,
+            log_correlation=True if p.log_correlation else None, log_span_level=p.log_span_level)
     except ImportError as exc:
         raise ValueError("[profiler] connection_string = %s: its exporter cannot be loaded "
                          "(%s)" % (_redact(connection_string), exc)) from exc

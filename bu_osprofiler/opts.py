@@ -130,6 +130,17 @@ _service_name_opt = cfg.StrOpt(
     "service_name",
     help="Service name of this process's spans (default: <project>-<service>, as "
          "osprofiler's Jaeger driver names it).")
+_log_correlation_opt = cfg.BoolOpt(
+    "log_correlation", default=False,
+    help="Add trace_id, span_id, trace_sampled and base_id to every log record (usable in "
+         "logging_context_format_string and the other oslo.log format strings; empty outside "
+         "a trace) and record log records at or above log_span_level inside sampled spans as "
+         "span logs.")
+_log_span_level_opt = cfg.StrOpt(
+    "log_span_level", default="WARNING", ignore_case=True,
+    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "OFF"],
+    help="With log_correlation: the lowest level (DEBUG, INFO, WARNING, ERROR, CRITICAL or "
+         "OFF) of the log records recorded as span logs.")
 
 _PROFILER_OPTS = [
     _enabled_opt,
@@ -155,6 +166,8 @@ _PROFILER_OPTS = [
     _trace_rpc_opt,
     _rpc_legacy_trace_info_opt,
     _service_name_opt,
+    _log_correlation_opt,
+    _log_span_level_opt,
 ]
 
 # Groups upstream defines for its Jaeger and OTLP drivers; honoured here (name prefix, tags).

@@ -37,6 +37,7 @@ class Criteria:
     tags: Dict[str, str] = field(default_factory=dict)
     limit: int = 20
     errors_only: bool = False
+    logs: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,6 +129,10 @@ def terms(conn: sqlite3.Connection, c: Criteria) -> List[Term]:
                         list(targs), "s.start_us DESC"))
     for k, v in tags.items():
         out.append(_tag_term(conn, str(k), str(v)))
+    if c.logs:  # a filter on the spans the other criteria (or the newest traces) give
+        from bu_osprofiler.collector.logsearch import log_condition
+        cond, cargs = log_condition(c.logs)
+        out.append(Term(cond.replace("spans.logs", "s.logs"), list(cargs)))
     return out
 
 

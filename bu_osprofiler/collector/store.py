@@ -284,14 +284,16 @@ class Store:
                        min_duration_us: Optional[int] = None,
                        max_duration_us: Optional[int] = None,
                        tags: Optional[Dict[str, str]] = None, limit: int = 20,
-                       errors_only: bool = False) -> List[str]:
+                       errors_only: bool = False,
+                       logs: Optional[Dict[str, str]] = None) -> List[str]:
         """Ids of the traces with a span matching every criterion, most recent first
-        (Jaeger's search semantics; tags match span tags and process tags)."""
+        (Jaeger's search semantics; tags match span tags and process tags; logs: one of the
+        span's logs has these fields, see collector/logsearch.py)."""
         from bu_osprofiler.collector import search
         crit = search.Criteria(service=service, operation=operation, start_us=start_us,
-                              end_us=end_us, min_duration_us=min_duration_us,
-                              max_duration_us=max_duration_us, tags=dict(tags or {}),
-                              limit=limit, errors_only=errors_only)
+                               end_us=end_us, min_duration_us=min_duration_us,
+                               max_duration_us=max_duration_us, tags=dict(tags or {}),
+                               limit=limit, errors_only=errors_only, logs=dict(logs or {}))
         with _closing(self.connect()) as c:
             return search.find(c, crit)
 
