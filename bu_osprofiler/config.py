@@ -142,6 +142,9 @@ def configure(
             _core.set_mode(_core.MODE_REPORTER)
             _exporter = new_exporter
             _exporter.start()
+    from bu_osprofiler.concurrency import isolation
+
+    isolation.install()  # reused pool workers never see a previous task's trace
     if tail or control:
         _configure_adaptive(service_name, control, control_interval, tail)
     if fork_join is not None:
