@@ -13,9 +13,18 @@ traces of 10 spans. Measured:
                (spans the kernel dropped for a full socket buffer are reported, not hidden), then
                paced at --udp-rate spans/s (default: the budget) as many real clients would send.
 
-    python bench/bench_collector.py [--spans N] [--batch N] [--json FILE] [--check]
+5. scale       (--scale N[,N...]) a store filled with N spans of realistic traces (20 spans over
+               4 services, 3-6 tags each, a unique request id per trace, 1% errors with logs,
+               a rare tag value and rare long spans): ingest rate, bytes per stored span, and
+               the latency of every kind of Jaeger API query on it; then retention with
+               --max-size at half of that: the file size relative to the limit while ingest
+               goes on, and the longest retention slice.
 
---check exits 1 when the one-core ingest rate is under the budget.
+    python bench/bench_collector.py [--spans N] [--batch N] [--json FILE] [--check]
+    python bench/bench_collector.py --scale 100000,1000000 [--doc]
+
+--check exits 1 when the one-core ingest rate is under the budget. --doc writes the scale
+results into doc/benchmarks.md (its collector section).
 """
 from __future__ import annotations
 
@@ -131,7 +140,7 @@ class CollectorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bu_osprofiler.cmd.main", "collector", "--db", db,
              "--udp-port", "0", "--udp-binary-port", "off", "--http-port", "0",
-             "--query-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             "--query-port", "0", "--otlp-port", "off"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.ports = {}
         for line in self.proc.stdout:
             for key, marker in (("udp", "(UDP)"), ("http", "(HTTP)"), ("query", "web view")):
@@ -208,6 +217,283 @@ def bench_udp(datagrams, nspans, rate=None):
             c.stop()
 
 
+# ---------------------------------------------------------------- scale
+
+SERVICES = ("nova-api", "nova-conductor", "nova-scheduler", "nova-compute")
+
+
+def _jt(k, v):
+    t = ("bool" if isinstance(v, bool) else "int64" if isinstance(v, int)
+         else "float64" if isinstance(v, float) else "string")
+    return {"key": k, "type": t, "value": v}
+
+
+def realistic_batches(ntraces, seed=11, t_end=None):
+    """Per trace: 20 spans over 4 services as the decoder's rows, one batch per service (what
+    4 reporters send). Traces spread over the 24 hours before t_end."""
+    rng = random.Random(seed)
+    t_end = t_end or int(time.time() * 1e6)
+    span_of_time = 24 * 3600 * 10**6
+    ptags = {svc: json.dumps([_jt("hostname", f"{svc}-{rng.randint(1, 8)}"),
+                              _jt("jaeger.version", "Python-bu_osprofiler-0.1")],
+                             separators=(",", ":")) for svc in SERVICES}
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    for t in range(ntraces):
+        tid = f"{rng.getrandbits(128) | 1:032x}"
+        t0 = t_end - span_of_time + t * span_of_time // max(1, ntraces)
+        root = rng.getrandbits(63) | 1
+        err_trace = rng.random() < 0.01
+        by_svc = {s: [] for s in SERVICES}
+        ids = [root] + [rng.getrandbits(63) | 1 for _ in range(19)]
+        for j in range(20):
+            svc = SERVICES[j * 4 // 20]
+            parent = 0 if j == 0 else ids[(j - 1) // 3]
+            dur = rng.randint(50, 20_000) if rng.random() > 0.0005 else rng.randint(5 * 10**6,
+                                                                                   10**7)
+            tags = [_jt("component", "nova"), _jt("span.kind", "server" if j % 5 == 0
+                                                   else "internal")]
+            if j == 0:
+                tags += [_jt("http.method", "POST"), _jt("http.status_code", 202),
+                         _jt("request_id", f"req-{rng.getrandbits(64):016x}")]
+            if j % 7 == 3:
+                tags.append(_jt("db.statement", "SELECT * FROM instances WHERE uuid = ?"))
+            if t % 10_000 == 17 and j == 5:
+                tags.append(_jt("rare", "needle"))
+            err = err_trace and j == 9
+            logs = None
+            if err:
+                tags.append(_jt("error", True))
+                logs = dumps([{"timestamp": t0 + j * 100 + 5, "fields": [
+                    _jt("event", "error"), _jt("message", "No valid host was found")]}])
+            refs = (None if not parent else
+                    f'[{{"refType":"CHILD_OF","traceID":"{tid}","spanID":"{parent:016x}"}}]')
+            by_svc[svc].append((tid, ids[j], parent, f"{svc}.op{j % 5}", 1, t0 + j * 100, dur,
+                                int(err), refs, dumps(tags), logs))
+        for svc in SERVICES:
+            yield svc, ptags[svc], by_svc[svc]
+
+
+def _ms(fn, rounds=5):
+    """(median wall ms, median CPU ms, max wall ms): on a shared machine the CPU time is what
+    the query costs; the wall time also counts waiting for a core."""
+    wall, cpu = [], []
+    for _ in range(rounds):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
+    return statistics.median(wall), statistics.median(cpu), max(wall)
+
+
+def bench_scale(n, workdir):
+    """Fill a store with n spans, then time every kind of query. Returns a result dict."""
+    ntraces = n // 20
+    path = os.path.join(workdir, f"scale-{n}.db")
+    store = Store(path)
+    w = store.writer()
+    wall = cpu = 0.0  # the writer's time only (not the generation of the rows)
+    pending, trace_ids = 0, []
+    for svc, ptags, rows in realistic_batches(ntraces):
+        t0, c0 = time.perf_counter(), time.process_time()
+        w.add(svc, ptags, rows)
+        pending += len(rows)
+        if pending >= 5000:
+            w.commit()
+            pending = 0
+        wall += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        if svc == SERVICES[0] and len(trace_ids) < 2000:
+            trace_ids.append(rows[0][0])
+            host = json.loads(ptags)[0]["value"]
+    t0, c0 = time.perf_counter(), time.process_time()
+    w.commit()
+    wall += time.perf_counter() - t0
+    cpu += time.process_time() - c0
+    w.close()
+    size = os.path.getsize(path)
+    res = {"spans": n, "traces": ntraces, "ingest_spans_per_s": n / wall,
+           "ingest_spans_per_cpu_s": n / cpu, "bytes_per_span": size / n, "file_bytes": size}
+    now = int(time.time() * 1e6)
+    hour = 3600 * 10**6
+    rng = random.Random(3)
+    queries = [
+        ("get trace by id", lambda: store.get_trace(rng.choice(trace_ids))),
+        ("services", store.services),
+        ("operations of a service", lambda: store.operations("nova-compute")),
+        ("service, last 20", lambda: store.find_traces(service="nova-compute")),
+        ("service + operation", lambda: store.find_traces(service="nova-api",
+                                                          operation="nova-api.op0")),
+        ("service, lookback 1h", lambda: store.find_traces(service="nova-api",
+                                                           start_us=now - hour)),
+        ("service, window 2h a day ago", lambda: store.find_traces(
+            service="nova-conductor", start_us=now - 22 * hour, end_us=now - 20 * hour)),
+        ("rare tag value", lambda: store.find_traces(tags={"rare": "needle"})),
+        ("rare tag + service", lambda: store.find_traces(service="nova-conductor",
+                                                         tags={"rare": "needle"})),
+        ("unique tag (request id)", lambda: store.find_traces(
+            tags={"request_id": "req-0000000000000000"})),
+        ("common tag", lambda: store.find_traces(tags={"component": "nova"})),
+        ("tag, no match", lambda: store.find_traces(service="nova-api",
+                                                    tags={"http.status_code": "500"})),
+        ("minDuration, no match", lambda: store.find_traces(service="nova-api",
+                                                            min_duration_us=60 * 10**6)),
+        ("minDuration, rare match", lambda: store.find_traces(service="nova-compute",
+                                                              min_duration_us=5 * 10**6)),
+        ("maxDuration, dense", lambda: store.find_traces(service="nova-compute",
+                                                         max_duration_us=10_000)),
+        ("errors only", lambda: store.find_traces(errors_only=True)),
+        ("process tag (hostname)", lambda: store.find_traces(tags={"hostname": host})),
+        ("no criteria, last 20", lambda: store.find_traces()),
+        ("list view summaries (20)", lambda: store.recent(service="nova-api")),
+    ]
+    res["queries_ms"] = {}
+    for name, fn in queries:
+        res["queries_ms"][name] = _ms(fn)
+    os.remove(path)
+    for ext in ("-wal", "-shm"):
+        if os.path.exists(path + ext):
+            os.remove(path + ext)
+    return res
+
+
+def bench_retention(n, workdir):
+    """Ingest n spans into a store limited to half of what they take, with the collector's
+    retention policy (after each commit, delete about what was inserted, in slices). Reports
+    the largest file size seen relative to the limit, and the longest retention pause."""
+    from bu_osprofiler.collector.server import Collector
+    path = os.path.join(workdir, f"ret-{n}.db")
+    probe = os.path.join(workdir, "probe.db")
+    w = Store(probe).writer()
+    for svc, ptags, rows in realistic_batches(1000, seed=5):
+        w.add(svc, ptags, rows)
+    w.commit()
+    per_span = w.file_bytes() / 20000
+    w.close()
+    limit = int(per_span * n / 2)
+    col = Collector(path, udp_port=None, udp_binary_port=None, http_port=None, otlp_port=None,
+                    query_port=None, max_bytes=limit, max_age_s=None)
+    w = col.store.writer()
+    col._ret_more, col._ret_next, col._prune_at = True, 0.0, time.monotonic() + 60
+    worst_ratio, worst_pause, pending, cpu = 0.0, 0.0, 0, 0.0
+    for svc, ptags, rows in realistic_batches(n // 20):
+        c0 = time.process_time()
+        w.add(svc, ptags, rows)
+        pending += len(rows)
+        if pending >= 5000:
+            w.commit()
+            p0 = time.perf_counter()
+            col._retention(w, pending)
+            worst_pause = max(worst_pause, time.perf_counter() - p0)
+            pending = 0
+            size = os.path.getsize(path)
+            worst_ratio = max(worst_ratio, size / limit)
+        cpu += time.process_time() - c0
+    w.close()
+    final = os.path.getsize(path)
+    os.remove(path)
+    return {"spans": n, "limit_bytes": limit, "final_bytes": final,
+            "final_ratio": final / limit, "worst_ratio": worst_ratio,
+            "worst_retention_pause_ms": worst_pause * 1000,
+            "ingest_with_retention_spans_per_cpu_s": n / cpu,
+            "expired": col.counters.get("spans_expired", 0)}
+
+
+def scale_markdown(results, retention, command):
+    lines = ["## Collector at scale", "",
+             "Produced with:", "", f"    {command}", "",
+             f"Python {platform.python_version()}, {os.cpu_count()} cores, load average "
+             f"{os.getloadavg()[0]:.1f}. Realistic traces: 20 spans over 4 services, 3-6 tags "
+             "each (a unique request id per trace), 1% with an error and a log. Store ingest "
+             "is the writer's work (rows in, committed every 5000 spans); queries go through "
+             "the store API the query service calls (HTTP adds ~1 ms); each cell is median "
+             "wall / median CPU / max wall of 5 runs, in ms (the machine is shared: CPU time "
+             "is what the query costs).",
+             "", "| | " + " | ".join(f"{r['spans']:,} spans" for r in results) + " |",
+             "|---|" + "---|" * len(results),
+             "| store ingest, spans/s (wall, writer time) | " + " | ".join(
+                 f"{r['ingest_spans_per_s']:,.0f}" for r in results) + " |",
+             "| store ingest, spans per CPU-second | " + " | ".join(
+                 f"{r['ingest_spans_per_cpu_s']:,.0f}" for r in results) + " |",
+             "| bytes per stored span (file size / spans) | " + " | ".join(
+                 f"{r['bytes_per_span']:.0f}" for r in results) + " |"]
+    for q in results[0]["queries_ms"]:
+        lines.append(f"| {q} | " + " | ".join(
+            "%.1f / %.1f / %.1f" % tuple(r["queries_ms"][q]) for r in results) + " |")
+    big = results[-1]
+    worst = max(big["queries_ms"].items(), key=lambda kv: kv[1][1])
+    worst_wall = max(big["queries_ms"].items(), key=lambda kv: kv[1][0])
+    ingest = min(r["ingest_spans_per_cpu_s"] for r in results)
+    lines += ["", f"Budgets at {big['spans']:,} spans: <= 300 bytes per span: "
+              f"{big['bytes_per_span']:.0f} ({'met' if big['bytes_per_span'] <= 300 else 'NOT met'}); "
+              f"every query <= 100 ms: slowest median {worst[1][1]:.0f} ms CPU ({worst[0]}), "
+              f"{worst_wall[1][0]:.0f} ms wall ({worst_wall[0]}) on this loaded machine "
+              f"({'met' if worst[1][1] <= 100 else 'NOT met'} in CPU time); writer >= 50,000 "
+              f"spans per CPU-second: {ingest:,.0f} at worst "
+              f"({'met' if ingest >= BUDGET else 'NOT met'})."]
+    if retention:
+        lines += ["", "Retention (`--max-size` at half of what the spans take, ingest going on):",
+                  "", "| spans ingested | limit | largest file seen | final file | longest "
+                  "retention pause per commit | ingest + retention, spans per CPU-second |",
+                  "|---|---|---|---|---|---|"]
+        for r in retention:
+            lines.append(f"| {r['spans']:,} | {r['limit_bytes'] / 2**20:.0f} MiB | "
+                         f"{r['worst_ratio']:.2f}x | {r['final_ratio']:.2f}x | "
+                         f"{r['worst_retention_pause_ms']:.0f} ms | "
+                         f"{r['ingest_with_retention_spans_per_cpu_s']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_doc_section(text):
+    from importlib import util
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = util.spec_from_file_location("bench_run", os.path.join(here, "run.py"))
+    marker = "<!-- sections below are kept by bench/run.py -->"
+    if spec is not None and spec.loader is not None:
+        mod = util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(mod)
+            marker = mod.KEEP_MARK
+        except Exception:  # noqa: BLE001 -- the marker text is the fallback
+            pass
+    path = os.path.join(here, os.pardir, "doc", "benchmarks.md")
+    with open(path) as f:
+        doc = f.read()
+    head = doc.split(marker)[0].rstrip("\n")
+    rest = doc.split(marker)[1] if marker in doc else ""
+    # replace our own section, keep any other kept section
+    start = rest.find("## Collector at scale")
+    if start >= 0:
+        end = rest.find("\n## ", start + 1)
+        rest = rest[:start] + (rest[end + 1:] if end >= 0 else "")
+    with open(path, "w") as f:
+        f.write(head + "\n\n" + marker + "\n\n" + text + rest.strip("\n")
+                + ("\n" if rest.strip() else ""))
+
+
+def main_scale(args):
+    sizes = [int(x) for x in args.scale.split(",") if x]
+    results, retention = [], []
+    with tempfile.TemporaryDirectory(dir=args.workdir) as d:
+        for n in sizes:
+            print(f"scale: {n:,} spans...", file=sys.stderr, flush=True)
+            results.append(bench_scale(n, d))
+            print(json.dumps(results[-1], indent=1), file=sys.stderr, flush=True)
+        for n in sizes[:2]:
+            print(f"retention: {n:,} spans...", file=sys.stderr, flush=True)
+            retention.append(bench_retention(n, d))
+            print(json.dumps(retention[-1], indent=1), file=sys.stderr, flush=True)
+    command = "python bench/bench_collector.py --scale " + args.scale + (" --doc" if args.doc
+                                                                          else "")
+    text = scale_markdown(results, retention, command)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"scale": results, "retention": retention}, f, indent=2)
+    if args.doc:
+        write_doc_section(text)
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--spans", type=int, default=200_000)
@@ -216,7 +502,13 @@ def main():
                     help="spans/s of the paced UDP run (default: the budget)")
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--scale", metavar="N[,N...]",
+                    help="the scale benchmark at these store sizes (spans) instead")
+    ap.add_argument("--doc", action="store_true", help="--scale: write doc/benchmarks.md")
+    ap.add_argument("--workdir", help="where the scale stores go (default: the temp dir)")
     args = ap.parse_args()
+    if args.scale:
+        return main_scale(args)
 
     n = args.spans
     print(f"building {n} spans as Jaeger Thrift (thrift package)...", file=sys.stderr)

@@ -289,7 +289,7 @@ def run_demo(args: argparse.Namespace) -> int:
     html_path = args.html or os.path.join(workdir, "trace.html")
     log = os.path.join(workdir, "services.log")
     collector = Collector(db_path=db_path, udp_port=0, udp_binary_port=None, http_port=0,
-                          query_port=args.query_port).start()
+                          otlp_port=None, query_port=args.query_port).start()
     procs = []
     try:
         agent = "jaeger://127.0.0.1:%d" % collector.ports["udp_compact"]

@@ -20,7 +20,9 @@ import base64
 import http.client
 import json
 import logging
+import email.utils
 import os
+import random
 import socket
 import threading
 import time
@@ -39,13 +41,15 @@ DEFAULT_PORTS = {"jaeger": 6831, "jaeger+binary": 6832, "jaeger+http": 14268,
                  "jaeger+https": 14268, "otlp": 4318, "otlp+https": 4318}
 DEFAULT_HTTP_PATH = "/api/traces"
 DEFAULT_OTLP_PATH = "/v1/traces"
-OTLP_RETRY_STATUSES = (429, 502, 503, 504)  # the only ones OTLP/HTTP allows retrying
+RETRY_STATUSES = (429, 502, 503, 504)  # overload / gateway answers: the only ones retried
+OTLP_RETRY_STATUSES = RETRY_STATUSES  # (OTLP/HTTP allows retrying exactly these)
 MAX_UDP_PACKET = 65000  # the Jaeger agent's default maximum datagram
 DEFAULTS: Dict[str, Any] = {
     "flush_interval": 1.0,          # seconds between flushes (sooner when a datagram is full)
     "max_packet_size": MAX_UDP_PACKET,
     "http_timeout": 5.0,            # seconds per HTTP request (connect + send + answer)
     "http_max_body": 4 * 1024 * 1024,
+    "http_retry_time": 30.0,        # seconds one batch may spend waiting between retries
     "shutdown_timeout": 2.0,        # bound of the flush at interpreter exit / shutdown()
     "error_log_interval": 60.0,     # at most one warning per kind of failure per interval
     "error_check_interval": 2.0,    # how often UDP send errors (counted in C) are looked at
@@ -149,6 +153,7 @@ def resolve_options(ep: Endpoint, options: Optional[Mapping[str, Any]]) -> Dict[
     opts["max_packet_size"] = int(_number("max_packet_size", opts["max_packet_size"], 512,
                                           65507))
     opts["http_timeout"] = _number("http_timeout", opts["http_timeout"], 0.001, 3600)
+    opts["http_retry_time"] = _number("http_retry_time", opts["http_retry_time"], 0, 3600)
     opts["http_max_body"] = int(_number("http_max_body", opts["http_max_body"], 512, 1 << 30))
     opts["shutdown_timeout"] = _number("shutdown_timeout", opts["shutdown_timeout"], 0, 3600)
     opts["error_log_interval"] = _number("error_log_interval", opts["error_log_interval"], 0,
@@ -535,6 +540,22 @@ class UdpExporter(Exporter):
                              self.options["flush_interval"], self.options["max_packet_size"])
 
 
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time()) if when is not None else None
+
+
 class HttpExporter(Exporter):
     """Jaeger collector (binary Thrift Batches) or OTLP/HTTP receiver (protobuf requests) over
     HTTP(S): bodies from the C encoder, POSTed from one Python thread on a keep-alive
@@ -544,6 +565,8 @@ class HttpExporter(Exporter):
         super().__init__(endpoint, options)
         self._thread: Optional[threading.Thread] = None
         self._conn: Optional[http.client.HTTPConnection] = None
+        self._retry_stop = threading.Event()  # set on stop: no more waiting between retries
+        self.retries = 0  # requests repeated after a 429 / 502 / 503 / 504
         self.otlp = endpoint.protocol == "otlp"
         headers = {"Content-Type": ("application/x-protobuf" if self.otlp
                                     else "application/x-thrift"),
@@ -558,11 +581,13 @@ class HttpExporter(Exporter):
         max_body = self.options["http_max_body"]
         _core.reporter_start_external(min(max_body, 1024 * 1024))
         self._conn = None
+        self._retry_stop.clear()
         self._thread = threading.Thread(target=self._run, name="bu_osprofiler-http-sender",
                                         daemon=True)
         self._thread.start()
 
     def _stop_reporter(self, deadline: float) -> None:
+        self._retry_stop.set()
         _core.reporter_stop(0.0)  # the sender does one last cycle, then exits
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
@@ -613,20 +638,23 @@ class HttpExporter(Exporter):
             return http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout)
         return http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
 
-    def _retry_delay(self, resp: http.client.HTTPResponse, attempt: int) -> Optional[float]:
-        """Seconds to wait before retrying an OTLP answer, or None (no retry)."""
-        if not self.otlp or resp.status not in OTLP_RETRY_STATUSES or attempt >= 2:
+    def _retry_delay(self, resp: http.client.HTTPResponse, attempt: int,
+                     budget: float) -> Optional[float]:
+        """Seconds to wait before retrying after ``resp``, or None (give up): 429 / 502 / 503 /
+        504 only, after ``Retry-After`` (seconds or an HTTP date) when the receiver sent one,
+        else exponential back-off with jitter; never past ``budget`` seconds."""
+        if resp.status not in RETRY_STATUSES or self._retry_stop.is_set():
             return None
-        try:
-            delay = float(resp.getheader("Retry-After") or 0.5 * (attempt + 1))
-        except ValueError:  # an HTTP date: not worth parsing for a bounded wait
-            delay = 1.0
-        return min(max(delay, 0.0), 5.0)
+        delay = _retry_after(resp.getheader("Retry-After"))
+        if delay is None:
+            delay = min(0.1 * (2 ** attempt), 5.0) * random.uniform(0.5, 1.0)
+        return delay if delay <= budget else None
 
     def _post(self, body: bytes, nspans: int) -> bool:
         error = None
         stale_retry = True
-        for attempt in range(4):
+        give_up = time.monotonic() + self.options["http_retry_time"]
+        for attempt in range(64):
             reused = self._conn is not None
             try:
                 if self._conn is None:
@@ -642,10 +670,12 @@ class HttpExporter(Exporter):
                     _core.count_stat("bytes_sent", len(body))
                     return True
                 error = "HTTP %d %s" % (resp.status, resp.reason)
-                delay = self._retry_delay(resp, attempt)
+                delay = self._retry_delay(resp, attempt, give_up - time.monotonic())
                 if delay is None:
                     break
-                time.sleep(delay)
+                self.retries += 1
+                if self._retry_stop.wait(delay):
+                    break
             except (http.client.RemoteDisconnected, ConnectionResetError,
                     BrokenPipeError) as exc:
                 self._close()
@@ -688,7 +718,8 @@ def create(connection_string: str, options: Optional[Mapping[str, Any]] = None) 
     """An exporter for ``connection_string`` (not started); ValueError if it is invalid.
 
     ``options``: flush_interval, max_packet_size, max_queue_spans, max_queue_bytes,
-    http_timeout, http_max_body, http_headers, shutdown_timeout, error_log_interval, and for
+    http_timeout, http_max_body, http_headers, http_retry_time (seconds a batch may wait between
+    retries of a 429 / 502 / 503 / 504), shutdown_timeout, error_log_interval, and for
     ``sampler="remote"``: service_name, sampler_param (initial probability), sampling_server
     (``host:port`` or URL of the agent's sampling endpoint), sampling_refresh_interval.
     """

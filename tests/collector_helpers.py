@@ -4,7 +4,9 @@ Payloads are built with the ``thrift`` package's protocols and jaeger-client's g
 classes: an encoder independent of this project's, exactly what a Jaeger agent would decode.
 """
 import http.client
+import http.server
 import json
+import threading
 import os
 import socket
 import time
@@ -127,7 +129,8 @@ def collector(tmp_path):
     """A collector on free ports with a fresh store; stopped after the test."""
     from bu_osprofiler.collector.server import Collector
     c = Collector(os.path.join(str(tmp_path), "traces.db"), udp_port=0, udp_binary_port=0,
-                  http_port=0, query_port=0)
+                  http_port=0, query_port=0, otlp_port=0,
+                  max_age_s=None)  # the sample traces are from 2023
     c.start()
     try:
         yield c
@@ -142,3 +145,49 @@ def stored_trace(c, trace_id_hex, nspans, timeout=15.0):
         t = c.store.get_trace(trace_id_hex)
         return t if t and len(t["spans"]) >= nspans else None
     return wait_for(ready, timeout, f"{nspans} spans of trace {trace_id_hex}")
+
+
+class ScriptedServer(http.server.ThreadingHTTPServer):
+    """An HTTP receiver on 127.0.0.1 that answers POSTs from a script of (status, Retry-After
+    or None), then ``default``; records (time, status, path, content type, body) of each."""
+
+    daemon_threads = True
+
+    def __init__(self, default=200):
+        super().__init__(("127.0.0.1", 0), _ScriptedHandler)
+        self.default = default
+        self.script = []
+        self.seen = []
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+
+    @property
+    def port(self):
+        return self.server_address[1]
+
+    def accepted(self):
+        """(path, content type, body) of the requests answered 2xx."""
+        return [(p, ct, b) for _, st, p, ct, b in self.seen if st < 300]
+
+    def close(self):
+        self.shutdown()
+        self.server_close()
+
+
+class _ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        status, after = self.server.script.pop(0) if self.server.script else (
+            self.server.default, None)
+        self.server.seen.append((time.monotonic(), status, self.path,
+                                 self.headers["Content-Type"], body))
+        self.send_response(status)
+        if after is not None:
+            self.send_header("Retry-After", after)
+        self.send_header("Content-Length", "0")
+        self.end_headers()

@@ -263,6 +263,10 @@ def test_out_of_range_times_are_shown_as_such(collector):
     b = batch("future", [span(0x88, 1, 0, "far", 2**62, 10)])
     collector.submit(emit_batch(b), _core.THRIFT_COMPACT_MESSAGE, "test")
     assert collector.flush()
+    assert collector.stats()["spans_rejected_time"] == 1  # the intake refuses it ...
+    w = collector.store.writer()  # ... so it can only come from elsewhere (an older store)
+    w.add("future", "[]", [("0000000000000088", 1, 0, "far", 1, 2**62, 10, 0, None, None, None)])
+    w.close()
     rc, out, err = run("trace", "list", "--db", collector.store.path)
     assert rc == 0 and "out of range (4611686018427387904 µs)" in out and err == ""
     rc, out, _ = run("trace", "show", "88", "--db", collector.store.path)

@@ -332,7 +332,8 @@ def test_retention_by_age_and_size(tmp_path):
 def _start_collector_process(db):
     proc = subprocess.Popen(
         [sys.executable, "-m", "bu_osprofiler.cmd.main", "collector", "--db", db,
-         "--udp-port", "0", "--udp-binary-port", "0", "--http-port", "0", "--query-port", "0"],
+         "--udp-port", "0", "--udp-binary-port", "0", "--http-port", "0", "--query-port", "0",
+         "--otlp-port", "off", "--max-age", "0"],  # the sample spans are from 2023
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ports = {}
     for line in proc.stdout:
@@ -373,7 +374,7 @@ def test_stop_on_signal_keeps_acknowledged_spans(tmp_path, sig):
 
 def test_port_in_use_is_a_clear_error(tmp_path, collector):
     rc, out, err = run_cli("collector", "--db", str(tmp_path / "x.db"), "--udp-port", "0",
-                           "--udp-binary-port", "off", "--http-port", "off", "--query-port",
+                           "--udp-binary-port", "off", "--http-port", "off", "--otlp-port", "off", "--query-port",
                            collector.ports["query"])
     assert rc == 1
     assert "cannot listen" in err

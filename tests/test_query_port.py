@@ -25,8 +25,12 @@ def loaded(collector):
     collector.max_age_s = None  # the traces start in 2023: keep them for the whole test
     load(collector,
          batch("a/b service", [span(0xABCD000000000001, 1, 0, "GET /x", T0, 100),
-                               span(0xABCD000000000002, 1, 0, "GET /y", T0 + 10, 100)]),
-         batch("future", [span(0x5151, 1, 0, "far", 2**62, 10)]))
+                               span(0xABCD000000000002, 1, 0, "GET /y", T0 + 10, 100)]))
+    # the intake rejects a span starting in 2**62 µs (counted): such a row can only come from
+    # elsewhere (an older store, another writer); written straight into the store here
+    w = collector.store.writer()
+    w.add("future", "[]", [("0000000000005151", 1, 0, "far", 1, 2**62, 10, 0, None, None, None)])
+    w.close()
     return collector
 
 

@@ -106,6 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTTP POST /api/traces, Thrift Binary batch (default 14268)")
     c.add_argument("--query-port", type=_port, default=16686, metavar="PORT",
                    help="Jaeger query API and web view (default 16686)")
+    c.add_argument("--otlp-port", type=_port, default=4318, metavar="PORT",
+                   help="OTLP/HTTP POST /v1/traces, protobuf or JSON (default 4318; the Jaeger "
+                        "HTTP port takes /v1/traces too)")
+    c.add_argument("--otlp-grpc-port", type=_port, default=None, metavar="PORT",
+                   help="OTLP/gRPC TraceService/Export, usually 4317 (default off; needs "
+                        "grpcio: pip install 'bu_osprofiler[otlp-grpc]')")
+    c.add_argument("--max-queue-mb", type=float, default=256.0, metavar="MB",
+                   help="memory for request bodies and decoded spans waiting to be stored; "
+                        "past it senders get 503 + Retry-After (default 256)")
+    c.add_argument("--max-connections", type=int, default=256, metavar="N",
+                   help="concurrent intake connections (default 256)")
+    c.add_argument("--forward", metavar="URL",
+                   help="agent mode: relay every span received to an upstream Jaeger collector "
+                        "(jaeger+http://HOST:14268) or OpenTelemetry collector "
+                        "(otlp://HOST:4318); batched, bounded, retried, drops counted")
+    c.add_argument("--forward-only", action="store_true",
+                   help="with --forward: keep no local copy (the store stays empty)")
+    c.add_argument("--request-deadline", type=float, default=30.0, metavar="SECONDS",
+                   help="overall time limit of one intake request (default 30)")
     c.add_argument("--max-age", type=float, default=168.0, metavar="HOURS",
                    help="delete traces older than this (default 168 = one week; 0 = keep)")
     c.add_argument("--max-size", type=float, default=1024.0, metavar="MB",
@@ -189,9 +208,17 @@ def cmd_collector(args: argparse.Namespace) -> int:
     try:
         col = Collector(db, host=args.host, udp_port=args.udp_port,
                         udp_binary_port=args.udp_binary_port, http_port=args.http_port,
-                        query_port=args.query_port,
+                        query_port=args.query_port, otlp_port=args.otlp_port,
+                        otlp_grpc_port=args.otlp_grpc_port,
+                        max_queue_bytes=int(args.max_queue_mb * 1024 * 1024),
+                        max_connections=args.max_connections,
+                        request_deadline_s=args.request_deadline,
+                        forward=args.forward, keep_local=not args.forward_only,
                         max_age_s=args.max_age * 3600 if args.max_age > 0 else None,
                         max_bytes=int(args.max_size * 1024 * 1024) if args.max_size > 0 else None)
+    except ValueError as e:  # a bad --forward URL
+        _err(str(e))
+        return EXIT_FAIL
     except Exception as e:  # unreadable store, bad schema, ...
         _err(f"cannot open the trace store {db}: {e}")
         return EXIT_FAIL
@@ -209,6 +236,9 @@ def cmd_collector(args: argparse.Namespace) -> int:
     try:
         try:
             col.start()
+        except ImportError as e:
+            _err(str(e))
+            return EXIT_FAIL
         except OSError as e:
             _err(f"cannot listen on {args.host}: {e} (is another collector or Jaeger running? "
                  "choose other ports, 0 for any free port, or 'off')")
@@ -226,9 +256,14 @@ def cmd_collector(args: argparse.Namespace) -> int:
         labels = {"udp_compact": "Jaeger agent, Thrift Compact (UDP)",
                   "udp_binary": "Jaeger agent, Thrift Binary (UDP)",
                   "http": "Jaeger collector, POST Thrift Binary (HTTP)",
+                  "otlp": "OTLP/HTTP, POST /v1/traces",
+                  "otlp_grpc": "OTLP/gRPC, TraceService/Export",
                   "query": "query API and web view"}
         for key, url in urls.items():
             print(f"  {labels[key]:<46} {url}", flush=True)
+        if col.forwarder is not None:
+            print(f"  {'relaying to':<46} {col.forwarder.endpoint.url}"
+                  + ("" if col.keep_local else " (no local copy)"), flush=True)
         print("  press Ctrl-C to stop", flush=True)
         last = col.stats()
         last_t = time.monotonic()

@@ -1,10 +1,12 @@
-"""The embedded collector: Jaeger agent (UDP) and collector (HTTP) endpoints, a writer thread into
-the SQLite store, and the query API / web view.
+"""The embedded collector: Jaeger agent (UDP) and collector (HTTP) endpoints, an OTLP/HTTP
+receiver, a writer thread into the SQLite store, and the query API / web view.
 
-Threads: one per UDP socket (receive + decode), an HTTP server for ``POST /api/traces``, an HTTP
-server for the query API and web view, and one writer that commits batches to SQLite. Receivers
-hand decoded batches to the writer through a bounded queue; when it is full, batches are dropped
-and counted (HTTP answers 503 so the sender knows its spans were not accepted).
+Threads: one per UDP socket (receive + decode), HTTP intake servers (``POST /api/traces`` and
+``POST /v1/traces``, see :mod:`.intake`), an HTTP server for the query API and web view, and one
+writer that commits batches to SQLite. Receivers hand decoded batches to the writer through a
+queue bounded in bytes: request bodies and decoded rows are charged to one memory budget
+(``max_queue_bytes``) before they are read or built; when it is spent, HTTP answers 503 with
+Retry-After (our exporters and OpenTelemetry's retry) and UDP datagrams are dropped and counted.
 
 Acknowledged data is never lost on a clean stop: :meth:`Collector.stop` closes the inputs, reads
 what is already waiting in the UDP socket buffers, and lets the writer drain the queue and commit
@@ -15,24 +17,29 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import queue
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from bu_osprofiler import _core
+from bu_osprofiler.collector import intake, otlp
+from bu_osprofiler.collector.forward import Forwarder
+from bu_osprofiler.collector.intake import BaseHandler as _BaseHandler, Busy, TooLarge  # noqa: F401
 from bu_osprofiler.collector.store import Store
 
 LOG = logging.getLogger("bu_osprofiler.collector")
 
 MAX_DATAGRAM = 65535
 MAX_HTTP_BODY = 32 * 1024 * 1024
-THRIFT_BINARY_TYPES = ("application/x-thrift", "application/vnd.apache.thrift.binary")
-THRIFT_COMPACT_TYPES = ("application/vnd.apache.thrift.compact",)
 WARN_INTERVAL_S = 10.0
+DECODE_GUESS = 12  # decoded rows usually take under 12x their wire bytes (typical spans: 6-8x)
+FUTURE_SLACK_US = 24 * 3600 * 10**6  # a span may start at most a day ahead of our clock
+MAX_DURATION_US = 7 * 24 * 3600 * 10**6  # longer durations are clamped to this
 
 
 class _RateLimitedLog:
@@ -68,14 +75,31 @@ class Collector:
     def __init__(self, db_path: Optional[str] = None, host: str = "127.0.0.1",
                  udp_port: Optional[int] = 6831, udp_binary_port: Optional[int] = 6832,
                  http_port: Optional[int] = 14268, query_port: Optional[int] = 16686,
+                 otlp_port: Optional[int] = 4318, otlp_grpc_port: Optional[int] = None,
                  max_age_s: Optional[float] = 7 * 24 * 3600,
                  max_bytes: Optional[int] = 1024 * 1024 * 1024,
                  max_queue_spans: int = 500_000, retention_interval_s: float = 60.0,
-                 commit_interval_s: float = 0.2):
+                 commit_interval_s: float = 0.2, max_queue_bytes: int = 256 * 1024 * 1024,
+                 max_body: int = MAX_HTTP_BODY, max_connections: int = 256,
+                 request_deadline_s: float = 30.0, udp_rcvbuf: int = 8 * 1024 * 1024,
+                 forward: Optional[str] = None, keep_local: bool = True,
+                 forward_queue_bytes: int = 64 * 1024 * 1024):
         self.store = Store(db_path)
         self.host = host
         self.requested = {"udp_compact": udp_port, "udp_binary": udp_binary_port,
-                          "http": http_port, "query": query_port}
+                          "http": http_port, "otlp": otlp_port, "otlp_grpc": otlp_grpc_port,
+                          "query": query_port}
+        self._grpc: Any = None
+        self.max_queue_bytes = int(max_queue_bytes)
+        self.max_body = min(int(max_body), self.max_queue_bytes // 2)
+        self.max_connections = int(max_connections)
+        self.request_deadline_s = float(request_deadline_s)
+        self._mem_used = 0  # bytes reserved: bodies being read / decoded + queued rows
+        self.udp_rcvbuf = int(udp_rcvbuf)
+        # agent mode: relay to an upstream collector, with or without a local copy
+        self.forwarder = (Forwarder(forward, max_queue_bytes=forward_queue_bytes)
+                          if forward else None)
+        self.keep_local = keep_local or self.forwarder is None
         self.ports: Dict[str, int] = {}
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
@@ -106,25 +130,134 @@ class Collector:
         with self._lock:
             out = dict(self.counters)
             out["queued_spans"] = self._queued_spans
-        for k in ("udp_datagrams", "http_requests", "batches_received", "spans_received",
-                  "spans_stored", "malformed_datagrams", "malformed_http", "dropped_queue_full",
-                  "store_errors", "spans_expired"):
+            out["queued_bytes"] = self._mem_used
+        out["max_queue_bytes"] = self.max_queue_bytes
+        if self.forwarder is not None:
+            out.update(self.forwarder.stats())
+        out["udp_kernel_drops"] = sum(_udp_kernel_drops(s) for s, _ in self._udp)
+        out["connections"] = sum(srv.connections() for srv in self._servers
+                                 if isinstance(srv, intake.IntakeServer))
+        for k in ("udp_datagrams", "http_requests", "otlp_requests", "otlp_grpc_requests",
+                  "batches_received",
+                  "spans_received", "spans_stored", "malformed_datagrams", "malformed_http",
+                  "malformed_otlp", "dropped_queue_full", "dropped_busy", "store_errors",
+                  "spans_expired", "spans_rejected_time", "spans_clamped_duration",
+                  "rejected_connections", "deadline_closed"):
             out.setdefault(k, 0)
         return out
 
+    def reserve(self, n: int) -> None:
+        """Charge ``n`` bytes to the memory budget; :class:`Busy` if it cannot take them."""
+        with self._lock:
+            if self._closing or self._mem_used + n > self.max_queue_bytes:
+                self.counters["dropped_busy"] += 1
+                raise Busy("collector busy: memory budget spent, retry later")
+            self._mem_used += n
+
+    def release(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self._mem_used -= n
+
     # ---------------------------------------------------------------- ingest
 
-    def submit(self, payload: bytes, kind: int, source: str) -> Optional[int]:
-        """Decode one payload and queue it for the writer. Returns the span count, or None if the
-        payload was malformed; raises queue.Full when the queue is over its limit."""
+    def submit(self, payload: Any, kind: int, source: str,
+               raise_malformed: bool = False) -> Optional[int]:
+        """Decode one Jaeger Thrift payload and queue it for the writer. Returns the span count,
+        or None if the payload was malformed (:class:`intake.BadRequest` with
+        ``raise_malformed``); raises :class:`Busy` (a queue.Full) when the memory budget or the
+        queue cannot take it now, :class:`TooLarge` when it could never fit."""
+        def decode(budget: int) -> List[Tuple[str, str, list, int]]:
+            try:
+                return [_core.thrift_decode(payload, kind, budget)]
+            except ValueError as e:
+                if not raise_malformed:  # else the HTTP intake counts it, with framing errors
+                    self.count("malformed_datagrams" if source.startswith("udp")
+                               else "malformed_http")
+                self._warn.warn("malformed-" + source, "collector: dropped malformed %s payload "
+                                "(%d bytes): %s", source, len(payload), e)
+                if raise_malformed:
+                    raise intake.BadRequest(
+                        f"Unable to process request body: malformed Thrift batch: {e}") from None
+                return []
+        return self._decode_and_queue(payload, decode, DECODE_GUESS)
+
+    def submit_otlp(self, body: Any, json_body: bool, source: str = "otlp") -> int:
+        """Decode an OTLP ExportTraceServiceRequest and queue its spans (see :meth:`submit`)."""
+        def decode(budget: int) -> List[Tuple[str, str, list, int]]:
+            try:
+                return otlp.decode(body, json_body, budget)
+            except otlp.OtlpError as e:  # counted by the intake (with framing errors)
+                self._warn.warn("malformed-otlp", "collector: rejected OTLP request (%d bytes): %s",
+                                len(body), e)
+                raise intake.BadRequest(str(e)) from None
+        return self._decode_and_queue(body, decode, DECODE_GUESS) or 0
+
+    def _decode_and_queue(self, payload: Any, decode: Callable[[int], list],
+                          factor: int) -> Optional[int]:
+        """Reserve what the decoded rows may take, decode within it, queue the batches.
+
+        The first reservation is a typical expansion of the payload; a payload that needs more
+        (tiny spans, escaped text) is decoded again within half the budget, if that is free."""
+        cap = self.max_queue_bytes // 2
+        est = min(len(payload) * factor + 4096, cap)
+        self.reserve(est)  # before decoding
         try:
-            service, ptags, rows = _core.thrift_decode(payload, kind)
-        except ValueError as e:
-            self.count("malformed_datagrams" if source.startswith("udp") else "malformed_http")
-            self._warn.warn("malformed-" + source, "collector: dropped malformed %s payload "
-                            "(%d bytes): %s", source, len(payload), e)
-            return None
+            try:
+                batches = decode(est)
+            except OverflowError:
+                if est >= cap:
+                    raise TooLarge(f"batch would take over {cap} bytes decoded") from None
+                self.reserve(cap - est)
+                est = cap
+                try:
+                    batches = decode(est)
+                except OverflowError:
+                    raise TooLarge(f"batch would take over {cap} bytes decoded") from None
+            if not batches:
+                return None
+            n = 0
+            for service, ptags, rows, size in batches:
+                n += self._enqueue(service, ptags, rows, size)
+                est -= size  # now owned by the queued item
+            return n
+        finally:
+            self.release(est)
+
+    def _sane(self, rows: List[tuple]) -> List[tuple]:
+        """Spans starting before the epoch or over a day ahead of our clock are rejected;
+        negative or over-long durations clamped. Counted either way."""
+        hi = int(time.time() * 1e6) + FUTURE_SLACK_US
+        if all(0 <= r[5] <= hi and 0 <= r[6] <= MAX_DURATION_US for r in rows):
+            return rows
+        out = []
+        for r in rows:
+            if not 0 <= r[5] <= hi:
+                self.count("spans_rejected_time")
+                continue
+            if not 0 <= r[6] <= MAX_DURATION_US:
+                self.count("spans_clamped_duration")
+                r = r[:6] + (min(max(r[6], 0), MAX_DURATION_US),) + r[7:]
+            out.append(r)
+        if len(out) < len(rows):
+            self._warn.warn("time", "collector: rejected %d span(s) with a start time outside "
+                            "[1970, now + 1 day]", len(rows) - len(out))
+        return out
+
+    def _enqueue(self, service: str, ptags: str, rows: List[tuple], size: int) -> int:
+        """Queue decoded rows holding ``size`` bytes of the budget (already reserved)."""
+        rows = self._sane(rows)
         n = len(rows)
+        if self.forwarder is not None:
+            relayed = self.forwarder.offer(service, ptags, rows, size)
+            if not self.keep_local:
+                if not relayed:  # back-pressure: HTTP senders retry, UDP drops are counted
+                    raise Busy("forward queue is full")
+                with self._lock:
+                    self._mem_used -= size  # the forwarder's own budget holds the rows
+                    self.counters["batches_received"] += 1
+                    self.counters["spans_received"] += n
+                return n
         with self._lock:
             if self._closing:
                 full = True
@@ -138,27 +271,32 @@ class Collector:
                 full = False
                 # put under the lock: stop() sets _closing and then queues _STOP under it too,
                 # so every accepted batch is ahead of _STOP and gets written
-                self._queue.put((service, ptags, rows))
+                self._queue.put((service, ptags, rows, size))
         if full:
             if not self._closing:
                 self._warn.warn("queue-full", "collector: write queue full, dropped %d spans", n)
-            raise queue.Full
+            raise Busy("collector queue is full")
         return n
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until everything queued before this call is committed."""
+        """Wait until everything queued before this call is committed (and, in agent mode,
+        relayed or counted as dropped)."""
         if not self._started or self._stopped:
             return True
+        end = time.monotonic() + timeout
         ev = threading.Event()
         self._queue.put(ev)
-        return ev.wait(timeout)
+        ok = ev.wait(timeout)
+        if self.forwarder is not None:
+            ok = self.forwarder.flush(max(0.0, end - time.monotonic())) and ok
+        return ok
 
     def _writer_loop(self) -> None:
         w = self.store.writer()
-        next_retention = time.monotonic() + min(5.0, self.retention_interval_s)
         stop_seen = False
+        self._ret_more, self._ret_next = True, 0.0
+        self._prune_at = time.monotonic() + 60.0
         try:
-            self._retention(w)
             while not stop_seen:
                 try:
                     item = self._queue.get(timeout=self.commit_interval_s)
@@ -183,9 +321,7 @@ class Collector:
                 self._commit(w, pending)
                 for ev in events:
                     ev.set()
-                if time.monotonic() >= next_retention:
-                    next_retention = time.monotonic() + self.retention_interval_s
-                    self._retention(w)
+                self._retention(w, pending)
             # stop: nothing can be queued any more (inputs closed before _STOP was sent)
             while True:
                 try:
@@ -202,8 +338,8 @@ class Collector:
             except Exception as e:  # noqa: BLE001 -- report, never hang the stop
                 LOG.error("collector: closing the store failed: %s", e)
 
-    def _write(self, w: Any, item: Tuple[str, str, list]) -> int:
-        service, ptags, rows = item
+    def _write(self, w: Any, item: Tuple[str, str, list, int]) -> int:
+        service, ptags, rows, size = item
         try:
             w.add(service, ptags, rows)
         except Exception as e:  # noqa: BLE001 -- e.g. disk full: count, keep serving
@@ -211,6 +347,7 @@ class Collector:
             self._warn.warn("store", "collector: could not store %d spans: %s", len(rows), e)
         with self._lock:
             self._queued_spans -= len(rows)
+            self._mem_used -= size
         return len(rows)
 
     def _commit(self, w: Any, pending: int) -> None:
@@ -223,12 +360,30 @@ class Collector:
             self._warn.warn("store", "collector: commit failed, %d spans lost: %s", pending, e)
             w.rollback()
 
-    def _retention(self, w: Any) -> None:
+    def _retention(self, w: Any, inserted: int) -> None:
+        """Retention in slices between commits: after each commit, delete about as many spans
+        as were just inserted (plus a little, to work off a backlog), whole traces, oldest
+        first; an idle store is looked at every few seconds."""
+        if not (self.max_age_s or self.max_bytes):
+            return
+        now = time.monotonic()
+        if not (self._ret_more or inserted or now >= self._ret_next):
+            return
+        self._ret_next = now + min(5.0, self.retention_interval_s)
+        budget = int(inserted * 1.2) + 2000
+        deleted = 0
         try:
-            n = w.enforce_retention(self.max_age_s, self.max_bytes)
-            if n:
-                self.count("spans_expired", n)
-                LOG.info("collector: retention removed %d spans", n)
+            while True:
+                n, more = w.retention_step(self.max_age_s, self.max_bytes, max_traces=200)
+                deleted += n
+                if not more or deleted >= budget:
+                    break
+            self._ret_more = more
+            if deleted:
+                self.count("spans_expired", deleted)
+                if now >= self._prune_at:
+                    self._prune_at = now + 60.0
+                    w.prune_names()
         except Exception as e:  # noqa: BLE001
             self._warn.warn("retention", "collector: retention failed: %s", e)
 
@@ -258,7 +413,7 @@ class Collector:
             self.count("udp_datagrams")
             try:
                 self.submit(bytes(view[:n]), kind, source)
-            except queue.Full:
+            except (Busy, TooLarge):
                 pass
         sock.close()
 
@@ -277,7 +432,7 @@ class Collector:
                 s = socket.socket(socket.AF_INET if ":" not in self.host else socket.AF_INET6,
                                   socket.SOCK_DGRAM)
                 try:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.udp_rcvbuf)
                 except OSError:
                     pass
                 s.bind((self.host, port))
@@ -285,11 +440,17 @@ class Collector:
                 self.ports[key] = s.getsockname()[1]
                 self._udp.append((s, kind))
                 self._spawn(self._udp_loop, s, kind, source, name="bu-collector-" + source)
-            if self.requested["http"] is not None:
-                srv = _make_server(self.host, self.requested["http"], _CollectorHandler, self)
-                self.ports["http"] = srv.server_address[1]
-                self._servers.append(srv)
-                self._spawn(srv.serve_forever, 0.2, name="bu-collector-http")
+            for key in ("http", "otlp"):
+                if self.requested[key] is not None:
+                    srv = intake.IntakeServer((self.host, self.requested[key]),
+                                              intake.IntakeHandler, self)
+                    self.ports[key] = srv.server_address[1]
+                    self._servers.append(srv)
+                    self._spawn(srv.serve_forever, 0.2, name="bu-collector-" + key)
+            if self.requested["otlp_grpc"] is not None:
+                from bu_osprofiler.collector import otlp_grpc
+                self._grpc, self.ports["otlp_grpc"] = otlp_grpc.start(
+                    self, self.host, self.requested["otlp_grpc"])
             if self.requested["query"] is not None:
                 from bu_osprofiler.collector.query import QueryHandler
                 srv = _make_server(self.host, self.requested["query"], QueryHandler, self)
@@ -302,6 +463,8 @@ class Collector:
         self._writer = threading.Thread(target=self._writer_loop, name="bu-collector-writer",
                                         daemon=True)
         self._writer.start()
+        if self.forwarder is not None:
+            self.forwarder.start()
         return self
 
     def _spawn(self, fn: Callable[..., Any], *args: Any, name: str) -> None:
@@ -318,6 +481,8 @@ class Collector:
         for srv in self._servers:
             srv.shutdown()  # waits for serve_forever; handlers in flight finish (daemon threads)
             srv.server_close()
+        if self._grpc is not None:
+            self._grpc.stop(grace=min(timeout, 5.0)).wait()
         for t in self._threads:
             t.join(timeout)
         writer = getattr(self, "_writer", None)
@@ -326,6 +491,8 @@ class Collector:
             self._queue.put(_STOP)
         if writer is not None:
             writer.join(timeout)
+        if self.forwarder is not None:
+            self.forwarder.stop(min(timeout, 10.0))
 
     def __enter__(self) -> "Collector":
         return self.start()
@@ -342,6 +509,10 @@ class Collector:
             out["udp_binary"] = f"udp://{h}:{self.ports['udp_binary']}"
         if "http" in self.ports:
             out["http"] = f"http://{h}:{self.ports['http']}/api/traces"
+        if "otlp" in self.ports:
+            out["otlp"] = f"http://{h}:{self.ports['otlp']}/v1/traces"
+        if "otlp_grpc" in self.ports:
+            out["otlp_grpc"] = f"grpc://{h}:{self.ports['otlp_grpc']}"
         if "query" in self.ports:
             out["query"] = f"http://{h}:{self.ports['query']}/"
         return out
@@ -366,99 +537,24 @@ def _make_server(host: str, port: int, handler: type, collector: Collector) -> _
     return srv
 
 
-class _BaseHandler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "bu-osprofiler-collector"
-    timeout = 30  # idle keep-alive connections do not hold a thread for ever
-
-    def log_message(self, fmt: str, *args: Any) -> None:  # quiet: requests are counted instead
-        LOG.debug("%s %s", self.address_string(), fmt % args)
-
-    def send_body(self, status: int, body: bytes, ctype: str = "application/json",
-                  extra: Optional[Dict[str, str]] = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def send_json(self, status: int, obj: Any) -> None:
-        self.send_body(status, json.dumps(obj, separators=(",", ":")).encode())
-
-
-class _CollectorHandler(_BaseHandler):
-    """Jaeger collector HTTP: POST /api/traces with a Binary-protocol Batch."""
-
-    def do_POST(self) -> None:
-        c = self.server.collector
-        c.count("http_requests")
-        if urlsplit(self.path).path.rstrip("/") != "/api/traces":
-            self.send_body(404, b"not found\n", "text/plain")
-            return
-        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if ctype in THRIFT_BINARY_TYPES:
-            kind = _core.THRIFT_BINARY_BATCH
-        elif ctype in THRIFT_COMPACT_TYPES:
-            kind = _core.THRIFT_COMPACT_BATCH
-        else:
-            c.count("malformed_http")
-            self.send_body(400, b"Unsupported content type: %s\n" % ctype.encode("latin-1"),
-                           "text/plain")
-            return
-        body = self._read_body()
-        if body is None:
-            return
+def _udp_kernel_drops(sock: socket.socket) -> int:
+    """Datagrams the kernel dropped for this socket (full receive buffer): the ``drops``
+    column of /proc/net/udp[6] for its inode (Linux; 0 elsewhere)."""
+    try:
+        inode = str(os.fstat(sock.fileno()).st_ino)
+    except OSError:
+        return 0
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
         try:
-            n = c.submit(body, kind, "http")
-        except queue.Full:
-            self.send_body(503, b"collector queue is full\n", "text/plain")
-            return
-        if n is None:
-            self.send_body(400, b"Unable to process request body: malformed Thrift batch\n",
-                           "text/plain")
-            return
-        self.send_body(202, b"", "text/plain")
-
-    def _read_body(self) -> Optional[bytes]:
-        te = (self.headers.get("Transfer-Encoding") or "").lower()
-        if "chunked" in te:
-            parts, total = [], 0
-            while True:
-                line = self.rfile.readline(1024)
-                try:
-                    size = int(line.split(b";")[0].strip(), 16)
-                except ValueError:
-                    self.send_body(400, b"bad chunked encoding\n", "text/plain")
-                    return None
-                if size == 0:
-                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(parts)
-                total += size
-                if total > MAX_HTTP_BODY:
-                    self.close_connection = True
-                    self.send_body(413, b"body too large\n", "text/plain")
-                    return None
-                parts.append(self.rfile.read(size))
-                self.rfile.readline(1024)
-        try:
-            length = int(self.headers.get("Content-Length") or "")
-        except ValueError:
-            self.send_body(411, b"Content-Length required\n", "text/plain")
-            return None
-        if length < 0 or length > MAX_HTTP_BODY:
-            self.close_connection = True
-            self.send_body(413, b"body too large\n", "text/plain")
-            return None
-        body = self.rfile.read(length)
-        if len(body) != length:
-            self.close_connection = True
-            return None
-        return body
+            with open(name) as f:
+                next(f, None)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) >= 13 and cols[9] == inode:
+                        return int(cols[12])
+        except (OSError, ValueError):
+            continue
+    return 0
 
 
 def _qs_int(q: Dict[str, List[str]], key: str) -> Optional[int]:

@@ -2,19 +2,34 @@
 
 One writer (the collector's writer thread, through :class:`StoreWriter`) and any number of readers
 (query API, CLI), each with its own connection; WAL mode lets readers run while the writer commits.
-Tags, logs and references are stored as the JSON fragments the Jaeger query API returns (the C
-decoder renders them), so serving a trace is mostly string assembly.
+
+Layout (schema 2), sized for millions of spans at ~250 bytes each:
+
+* ``traces``: one row per trace (16-byte id, first start, last end, longest span), indexed by
+  id, start and longest span; retention removes whole traces, oldest first, through it.
+* ``spans``: one row per span, pointing at its trace, service, operation and process by integer
+  id. Tags are a compact JSON array (``[key, value]`` pairs, the JSON type giving the Jaeger
+  type; ``[key, value, "b"|"f"]`` for binary and non-finite floats); the plain parent reference
+  is not stored (it is ``parent_id``); logs and other references are Jaeger JSON.
+  Indexed by (trace, span), (service, start), (operation, start) and errors; a duration
+  search starts from the traces whose longest span is long enough.
+* ``span_tags``: (hash of key and value text, span) for every span tag: a tag search is an
+  index lookup, confirmed on the rows it finds.
+
+Searches go through :mod:`.search`, which picks the most selective index for the criteria given.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import sqlite3
 import time
 import uuid
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 U64 = (1 << 64) - 1
 
 _SCHEMA = """
@@ -24,25 +39,35 @@ CREATE TABLE IF NOT EXISTS processes(
     id INTEGER PRIMARY KEY, service_id INTEGER NOT NULL, tags TEXT NOT NULL,
     UNIQUE(service_id, tags));
 CREATE TABLE IF NOT EXISTS operations(
-    service_id INTEGER NOT NULL, name TEXT NOT NULL, PRIMARY KEY(service_id, name)) WITHOUT ROWID;
+    id INTEGER PRIMARY KEY, service_id INTEGER NOT NULL, name TEXT NOT NULL,
+    UNIQUE(service_id, name));
+CREATE TABLE IF NOT EXISTS traces(
+    id INTEGER PRIMARY KEY,
+    tid BLOB NOT NULL UNIQUE,      -- the trace id, 16 bytes big-endian
+    start_us INTEGER NOT NULL, end_us INTEGER NOT NULL,
+    max_dur INTEGER NOT NULL);     -- its longest span (µs): duration searches start here
+CREATE INDEX IF NOT EXISTS traces_start ON traces(start_us);
+CREATE INDEX IF NOT EXISTS traces_max_dur ON traces(max_dur, start_us);
 CREATE TABLE IF NOT EXISTS spans(
-    trace_id TEXT NOT NULL,        -- lowercase hex, 16 digits for 64-bit ids, else 32
+    trace INTEGER NOT NULL,        -- traces.id
     span_id INTEGER NOT NULL,      -- unsigned 64-bit id stored as signed
+    process INTEGER NOT NULL,
     parent_id INTEGER NOT NULL,
-    operation TEXT NOT NULL,
+    op INTEGER NOT NULL,           -- operations.id
+    service INTEGER NOT NULL,
     flags INTEGER NOT NULL,
     start_us INTEGER NOT NULL,
     duration_us INTEGER NOT NULL,
     error INTEGER NOT NULL,
-    refs TEXT, tags TEXT, logs TEXT,  -- Jaeger JSON arrays, NULL when empty
-    process_id INTEGER NOT NULL,
-    service_id INTEGER NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS spans_trace ON spans(trace_id, span_id, process_id);
-CREATE INDEX IF NOT EXISTS spans_start ON spans(start_us);
-CREATE INDEX IF NOT EXISTS spans_service ON spans(service_id, start_us);
-CREATE INDEX IF NOT EXISTS spans_operation ON spans(service_id, operation, start_us);
+    refs TEXT, tags TEXT, logs TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS spans_trace ON spans(trace, span_id, process);
+CREATE INDEX IF NOT EXISTS spans_service ON spans(service, start_us);
+CREATE INDEX IF NOT EXISTS spans_op ON spans(op, start_us);
 CREATE INDEX IF NOT EXISTS spans_error ON spans(start_us) WHERE error = 1;
+CREATE TABLE IF NOT EXISTS span_tags(
+    h INTEGER NOT NULL, span INTEGER NOT NULL, PRIMARY KEY(h, span)) WITHOUT ROWID;
 """
+_TABLES = ("span_tags", "spans", "traces", "operations", "processes", "services")
 
 
 def default_db_path() -> str:
@@ -90,11 +115,107 @@ def _connect(path: str, readonly: bool) -> sqlite3.Connection:
     else:
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA mmap_size = 268435456")  # pages read from the OS cache, no copies
     return conn
 
 
+class SchemaError(RuntimeError):
+    """The store was written by another version of this software."""
+
+
+# ---------------------------------------------------------------- tags: compact form and hashes
+
+_NONFINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def tag_text(value: Any) -> str:
+    """A tag value as a search matches it: true / false, decimal numbers, the string itself."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def tag_hash(key: str, text: str) -> int:
+    """Signed 64-bit hash of a tag's key and value text (the span_tags key)."""
+    d = hashlib.blake2b(f"{key}\0{text}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(d, "big", signed=True)
+
+
+_COMPACT_CACHE: Dict[str, Tuple[Optional[str], Tuple[int, ...]]] = {}
+
+
+def compact_tags(tags_json: Optional[str]) -> Tuple[Optional[str], Tuple[int, ...]]:
+    """Jaeger JSON tags -> (the compact stored form, the tag hashes). Spans mostly repeat the
+    same tag sets: recent answers are kept (a bounded cache)."""
+    if not tags_json:
+        return None, ()
+    got = _COMPACT_CACHE.get(tags_json)
+    if got is not None:
+        return got
+    if len(_COMPACT_CACHE) >= 8192:
+        _COMPACT_CACHE.clear()
+    got = _COMPACT_CACHE[tags_json] = _compact_tags(tags_json)
+    return got
+
+
+def _compact_tags(tags_json: str) -> Tuple[Optional[str], Tuple[int, ...]]:
+    out: List[list] = []
+    hashes: List[int] = []
+    for t in json.loads(tags_json):
+        k, typ, v = t.get("key", ""), t.get("type"), t.get("value")
+        if typ == "binary":
+            out.append([k, v, "b"])
+        elif typ == "float64" and (not isinstance(v, float) or not math.isfinite(v)):
+            v = "NaN" if isinstance(v, float) and v != v else _NONFINITE.get(v, v)
+            out.append([k, v, "f"])
+        elif typ == "string" and not isinstance(v, str):
+            v = "" if v is None else str(v)
+            out.append([k, v])
+        else:
+            out.append([k, v])
+        hashes.append(tag_hash(k, tag_text(v)))
+    return (_dumps(out) if out else None), tuple(hashes)
+
+
+def expand_tags(compact: Optional[str]) -> List[Dict[str, Any]]:
+    """The stored form -> Jaeger JSON tags."""
+    if not compact:
+        return []
+    out = []
+    for item in json.loads(compact):
+        k, v = item[0], item[1]
+        if len(item) > 2:
+            typ = "binary" if item[2] == "b" else "float64"
+        elif isinstance(v, bool):
+            typ = "bool"
+        elif isinstance(v, int):
+            typ = "int64"
+        elif isinstance(v, float):
+            typ = "float64"
+        else:
+            typ = "string"
+        out.append({"key": k, "type": typ, "value": v})
+    return out
+
+
+def tid_bytes(tid_hex: str) -> bytes:
+    return int(tid_hex, 16).to_bytes(16, "big")
+
+
+def tid_hex(b: bytes) -> str:
+    return format_trace_id(int.from_bytes(b, "big"))
+
+
+def _parent_ref(tid: str, parent: int) -> str:
+    return f'[{{"refType":"CHILD_OF","traceID":"{tid}","spanID":"{parent & U64:016x}"}}]'
+
+
+# ---------------------------------------------------------------- the store
+
 class Store:
-    """The span database at ``path`` (created with its schema unless ``readonly``)."""
+    """The span database at ``path`` (created with its schema unless ``readonly``; a schema 1
+    store is converted the first time it is opened for writing)."""
 
     def __init__(self, path: Optional[str] = None, readonly: bool = False):
         self.path = path or default_db_path()
@@ -102,16 +223,27 @@ class Store:
         if readonly:
             if not os.path.exists(self.path):
                 raise FileNotFoundError(f"no trace store at {self.path}")
+            with _closing(self.connect()) as c:
+                version = c.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise SchemaError(f"{self.path}: trace store schema {version}, this version reads "
+                                  f"{SCHEMA_VERSION} (start `bu-osprofiler collector` on it once "
+                                  "to convert it)")
             return
         d = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(d, exist_ok=True)
         conn = _connect(self.path, False)
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise RuntimeError(
+            if version not in (0, 1, SCHEMA_VERSION):
+                raise SchemaError(
                     f"{self.path}: trace store schema {version}, this version reads {SCHEMA_VERSION}")
+            if version == 0:
+                # before any table exists: lets retention give pages back to the file system
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("PRAGMA journal_mode = WAL")
+            if version == 1:
+                _migrate_v1(conn)
             conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         finally:
@@ -131,13 +263,14 @@ class Store:
         with _closing(self.connect()) as c:
             return [r[0] for r in c.execute(
                 "SELECT name FROM services s WHERE EXISTS"
-                " (SELECT 1 FROM spans WHERE service_id = s.id) ORDER BY name")]
+                " (SELECT 1 FROM spans WHERE service = s.id) ORDER BY name")]
 
     def operations(self, service: str) -> List[str]:
         with _closing(self.connect()) as c:
             return [r[0] for r in c.execute(
                 "SELECT o.name FROM operations o JOIN services s ON s.id = o.service_id"
-                " WHERE s.name = ? ORDER BY o.name", (service,))]
+                " WHERE s.name = ? AND EXISTS (SELECT 1 FROM spans WHERE op = o.id)"
+                " ORDER BY o.name", (service,))]
 
     def get_trace(self, trace_id: str) -> Optional[Dict[str, Any]]:
         """The trace in Jaeger's JSON shape, or None. ``trace_id``: hex or UUID."""
@@ -156,63 +289,13 @@ class Store:
         """Ids of the traces with a span matching every criterion, most recent first
         (Jaeger's search semantics; tags match span tags and process tags; logs: one of the
         span's logs has these fields, see collector/logsearch.py)."""
-        where, args = [], []
+        from bu_osprofiler.collector import search
+        crit = search.Criteria(service=service, operation=operation, start_us=start_us,
+                               end_us=end_us, min_duration_us=min_duration_us,
+                               max_duration_us=max_duration_us, tags=dict(tags or {}),
+                               limit=limit, errors_only=errors_only, logs=dict(logs or {}))
         with _closing(self.connect()) as c:
-            if service:
-                row = c.execute("SELECT id FROM services WHERE name = ?", (service,)).fetchone()
-                if row is None:
-                    return []
-                where.append("service_id = ?")
-                args.append(row[0])
-            if operation:
-                where.append("operation = ?")
-                args.append(operation)
-            if start_us is not None:
-                where.append("start_us >= ?")
-                args.append(int(start_us))
-            if end_us is not None:
-                where.append("start_us <= ?")
-                args.append(int(end_us))
-            if min_duration_us:
-                where.append("duration_us >= ?")
-                args.append(int(min_duration_us))
-            if max_duration_us:
-                where.append("duration_us <= ?")
-                args.append(int(max_duration_us))
-            tags = dict(tags or {})
-            if errors_only or str(tags.get("error", "")).lower() == "true":
-                tags.pop("error", None)
-                where.append("error = 1")
-            for k, v in tags.items():
-                match = ("EXISTS (SELECT 1 FROM json_each({src}) j WHERE"
-                         " json_extract(j.value, '$.key') = ? AND"
-                         " (CASE json_type(j.value, '$.value') WHEN 'true' THEN 'true'"
-                         " WHEN 'false' THEN 'false'"
-                         " ELSE CAST(json_extract(j.value, '$.value') AS TEXT) END) = ?)")
-                where.append("(" + match.format(src="spans.tags") + " OR " + match.format(
-                    src="(SELECT tags FROM processes WHERE id = spans.process_id)") + ")")
-                args += [str(k), str(v), str(k), str(v)]
-            if logs:
-                from bu_osprofiler.collector.logsearch import log_condition
-                cond, cond_args = log_condition(logs)
-                where.append(cond)
-                args += cond_args
-            # Walk matching spans newest first (an index gives that order) and stop at `limit`
-            # distinct traces: a trace's first appearance is its latest matching span.
-            sql = "SELECT trace_id FROM spans"
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            sql += " ORDER BY start_us DESC"
-            limit = max(1, min(int(limit), 10000))
-            out: List[str] = []
-            seen = set()
-            for (tid,) in c.execute(sql, args):
-                if tid not in seen:
-                    seen.add(tid)
-                    out.append(tid)
-                    if len(out) >= limit:
-                        break
-            return out
+            return search.find(c, crit)
 
     def find_traces(self, **criteria: Any) -> List[Dict[str, Any]]:
         """Full traces (Jaeger JSON) matching :meth:`find_trace_ids` criteria."""
@@ -228,23 +311,27 @@ class Store:
             return []
         out: Dict[str, Dict[str, Any]] = {}
         with _closing(self.connect()) as c:
-            marks = ",".join("?" * len(trace_ids))
-            for tid, start, end, n, nerr in c.execute(
-                    "SELECT trace_id, MIN(start_us), MAX(start_us + duration_us), COUNT(*),"
-                    f" SUM(error) FROM spans WHERE trace_id IN ({marks}) GROUP BY trace_id",
-                    list(trace_ids)):
-                out[tid] = {"traceID": tid, "start": start, "duration": end - start, "spans": n,
-                            "errors": nerr or 0, "services": [], "service": "", "operation": ""}
-            for tid, svc in c.execute(
-                    "SELECT DISTINCT sp.trace_id, s.name FROM spans sp JOIN services s"
-                    f" ON s.id = sp.service_id WHERE sp.trace_id IN ({marks})", list(trace_ids)):
-                out[tid]["services"].append(svc)
+            rowids = self._trace_rowids(c, trace_ids)
+            if not rowids:
+                return []
+            marks = ",".join("?" * len(rowids))
+            names = {v: k for k, v in rowids.items()}
+            for tr, n, nerr, start, end in c.execute(
+                    "SELECT trace, COUNT(*), SUM(error), MIN(start_us), MAX(start_us + duration_us)"
+                    f" FROM spans WHERE trace IN ({marks}) GROUP BY trace", list(names)):
+                out[names[tr]] = {"traceID": names[tr], "start": start, "duration": end - start,
+                                  "spans": n, "errors": nerr or 0, "services": [], "service": "",
+                                  "operation": ""}
+            for tr, svc in c.execute(
+                    "SELECT DISTINCT sp.trace, s.name FROM spans sp JOIN services s"
+                    f" ON s.id = sp.service WHERE sp.trace IN ({marks})", list(names)):
+                out[names[tr]]["services"].append(svc)
             # the root: a span without parent, else the earliest one
-            for tid, op, svc in c.execute(
-                    "SELECT sp.trace_id, sp.operation, s.name FROM spans sp JOIN services s"
-                    f" ON s.id = sp.service_id WHERE sp.trace_id IN ({marks})"
-                    " ORDER BY sp.parent_id = 0, sp.start_us DESC", list(trace_ids)):
-                out[tid]["operation"], out[tid]["service"] = op, svc
+            for tr, op, svc in c.execute(
+                    "SELECT sp.trace, o.name, s.name FROM spans sp JOIN operations o ON o.id = sp.op"
+                    f" JOIN services s ON s.id = sp.service WHERE sp.trace IN ({marks})"
+                    " ORDER BY sp.parent_id = 0, sp.start_us DESC", list(names)):
+                out[names[tr]]["operation"], out[names[tr]]["service"] = op, svc
         for s in out.values():
             s["services"].sort()
         return [out[t] for t in trace_ids if t in out]
@@ -256,15 +343,26 @@ class Store:
         with _closing(self.connect()) as c:
             return c.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
 
+    @staticmethod
+    def _trace_rowids(c: sqlite3.Connection, trace_ids: Sequence[str]) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        for t in trace_ids:
+            row = c.execute("SELECT id FROM traces WHERE tid = ?", (tid_bytes(t),)).fetchone()
+            if row is not None:
+                out[t] = row[0]
+        return out
+
     def _load(self, c: sqlite3.Connection, trace_ids: Sequence[str]) -> List[Dict[str, Any]]:
-        if not trace_ids:
+        rowids = self._trace_rowids(c, trace_ids)
+        if not rowids:
             return []
-        marks = ",".join("?" * len(trace_ids))
+        names = {v: k for k, v in rowids.items()}
+        marks = ",".join("?" * len(names))
         rows = c.execute(
-            "SELECT trace_id, span_id, operation, flags, start_us, duration_us, refs, tags, logs,"
-            f" process_id FROM spans WHERE trace_id IN ({marks}) ORDER BY trace_id, start_us",
-            list(trace_ids)).fetchall()
-        pids = sorted({r[9] for r in rows})
+            "SELECT s.trace, s.span_id, s.parent_id, o.name, s.flags, s.start_us, s.duration_us,"
+            " s.refs, s.tags, s.logs, s.process FROM spans s JOIN operations o ON o.id = s.op"
+            f" WHERE s.trace IN ({marks}) ORDER BY s.trace, s.start_us", list(names)).fetchall()
+        pids = sorted({r[10] for r in rows})
         procs: Dict[int, Tuple[str, str]] = {}
         if pids:
             pm = ",".join("?" * len(pids))
@@ -274,7 +372,8 @@ class Store:
                 procs[pid] = (name, ptags)
         traces: Dict[str, Dict[str, Any]] = {}
         keys: Dict[str, Dict[int, str]] = {}
-        for tid, sid, op, flags, start, dur, refs, tags, logs, pid in rows:
+        for tr, sid, parent, op, flags, start, dur, refs, tags, logs, pid in rows:
+            tid = names[tr]
             t = traces.get(tid)
             if t is None:
                 t = traces[tid] = {"traceID": tid, "spans": [], "processes": {}, "warnings": None}
@@ -284,25 +383,39 @@ class Store:
                 pk = keys[tid][pid] = f"p{len(keys[tid]) + 1}"
                 name, ptags = procs.get(pid, ("unknown_service", "[]"))
                 t["processes"][pk] = {"serviceName": name, "tags": json.loads(ptags)}
+            if refs is None and parent:
+                refs = _parent_ref(tid, parent)
             t["spans"].append({
                 "traceID": tid, "spanID": span_hex(sid), "flags": flags, "operationName": op,
                 "references": json.loads(refs) if refs else [], "startTime": start,
-                "duration": dur, "tags": json.loads(tags) if tags else [],
+                "duration": dur, "tags": expand_tags(tags),
                 "logs": json.loads(logs) if logs else [], "processID": pk, "warnings": None})
         return [traces[t] for t in trace_ids if t in traces]
 
 
 class StoreWriter:
-    """Inserts decoded batches; used by one thread at a time. Call :meth:`commit` to persist."""
+    """Inserts decoded batches and enforces retention; used by one thread at a time. Call
+    :meth:`commit` to persist."""
+
+    TRACE_CACHE = 200_000  # recently seen traces: id, start, end (saves a lookup per batch)
 
     def __init__(self, store: Store):
         self.store = store
         self.conn = store.connect()
         self.conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoint, safe
+        self.conn.execute("PRAGMA journal_size_limit = 67108864")  # the WAL shrinks back
+        self.conn.execute("PRAGMA cache_size = -65536")  # 64 MB: the indexes' upper levels stay
         self._processes: Dict[Tuple[str, str], Tuple[int, int]] = {}
-        self._insert_sql: Dict[int, str] = {}
-        self._ops: Dict[int, set] = {}
+        self._ops: Dict[Tuple[int, str], int] = {}
+        self._traces: Dict[bytes, List[int]] = {}
         self._in_tx = False
+        row = self.conn.execute("SELECT MAX(rowid) FROM spans").fetchone()
+        self._next_rowid = (row[0] or 0) + 1
+
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self.conn.execute("BEGIN")
+            self._in_tx = True
 
     def _process(self, service: str, ptags: str) -> Tuple[int, int]:
         key = (service, ptags)
@@ -315,32 +428,84 @@ class StoreWriter:
                       (sid, ptags))
             pid = c.execute("SELECT id FROM processes WHERE service_id = ? AND tags = ?",
                             (sid, ptags)).fetchone()[0]
-            if sid not in self._ops:
-                self._ops[sid] = {r[0] for r in c.execute(
-                    "SELECT name FROM operations WHERE service_id = ?", (sid,))}
             got = self._processes[key] = (pid, sid)
         return got
 
+    def _op(self, sid: int, name: str) -> int:
+        got = self._ops.get((sid, name))
+        if got is None:
+            c = self.conn
+            c.execute("INSERT OR IGNORE INTO operations(service_id, name) VALUES (?, ?)",
+                      (sid, name))
+            got = self._ops[(sid, name)] = c.execute(
+                "SELECT id FROM operations WHERE service_id = ? AND name = ?",
+                (sid, name)).fetchone()[0]
+        return got
+
+    def _trace(self, tid: bytes, start: int, end: int, dur: int) -> int:
+        """traces.id of ``tid`` (created or widened to cover start..end and a span of dur)."""
+        got = self._traces.get(tid)
+        c = self.conn
+        if got is None:
+            row = c.execute("SELECT id, start_us, end_us, max_dur FROM traces WHERE tid = ?",
+                            (tid,)).fetchone()
+            if row is None:
+                cur = c.execute("INSERT INTO traces(tid, start_us, end_us, max_dur)"
+                                " VALUES (?, ?, ?, ?)", (tid, start, end, dur))
+                got = [cur.lastrowid, start, end, dur]
+            else:
+                got = list(row)
+            if len(self._traces) >= self.TRACE_CACHE:
+                self._traces.clear()
+            self._traces[tid] = got
+        if start < got[1] or end > got[2] or dur > got[3]:
+            got[1], got[2], got[3] = min(start, got[1]), max(end, got[2]), max(dur, got[3])
+            c.execute("UPDATE traces SET start_us = ?, end_us = ?, max_dur = ? WHERE id = ?",
+                      (got[1], got[2], got[3], got[0]))
+        return got[0]
+
     def add(self, service: str, ptags: str, rows: List[tuple]) -> None:
-        """Queue the rows of one decoded batch into the current transaction."""
-        if not self._in_tx:
-            self.conn.execute("BEGIN")
-            self._in_tx = True
+        """Queue the rows of one decoded batch (``_core.thrift_decode``'s shape) into the current
+        transaction."""
+        if not rows:
+            return
+        self._begin()
         pid, sid = self._process(service, ptags)
-        sql = self._insert_sql.get(pid)
-        if sql is None:
-            # ids are ints from our own tables: safe to inline, and it saves a column per row
-            sql = self._insert_sql[pid] = (
-                "INSERT OR IGNORE INTO spans(trace_id, span_id, parent_id, operation, flags,"
-                " start_us, duration_us, error, refs, tags, logs, process_id, service_id)"
-                f" VALUES (?,?,?,?,?,?,?,?,?,?,?,{int(pid)},{int(sid)})")
-        self.conn.executemany(sql, rows)
-        known = self._ops[sid]
-        new = {r[3] for r in rows} - known
-        if new:
-            self.conn.executemany("INSERT OR IGNORE INTO operations(service_id, name) VALUES (?, ?)",
-                                  [(sid, op) for op in new])
-            known |= new
+        extent: Dict[str, List[int]] = {}  # per trace of the batch: start, end, longest span
+        for r in rows:
+            s, d = r[5], r[6]
+            got = extent.get(r[0])
+            if got is None:
+                extent[r[0]] = [s, s + d, d]
+            else:
+                got[0], got[1], got[2] = min(s, got[0]), max(s + d, got[1]), max(d, got[2])
+        trace_ids = {t: self._trace(tid_bytes(t), *e) for t, e in extent.items()}
+        ops = self._ops
+        out, tag_rows = [], []
+        rowid = self._next_rowid
+        for tid, span_id, parent, op, flags, start, dur, error, refs, tags, logs in rows:
+            if refs is not None and parent and refs == _parent_ref(tid, parent):
+                refs = None  # the plain parent reference: rebuilt from parent_id when read
+            ctags, hashes = compact_tags(tags) if tags else (None, ())
+            opid = ops.get((sid, op)) or self._op(sid, op)
+            out.append((rowid, trace_ids[tid], span_id, pid, parent, opid, sid, flags, start,
+                        dur, error, refs, ctags, logs))
+            for h in hashes:
+                tag_rows.append((h, rowid))
+            rowid += 1
+        cur = self.conn.executemany(
+            "INSERT OR IGNORE INTO spans(rowid, trace, span_id, process, parent_id, op, service,"
+            " flags, start_us, duration_us, error, refs, tags, logs)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", out)
+        if cur.rowcount != len(out) and tag_rows:  # duplicates (a re-sent batch): skip theirs
+            have = {r[0] for r in self.conn.execute(
+                "SELECT rowid FROM spans WHERE rowid BETWEEN ? AND ?",
+                (self._next_rowid, rowid - 1))}
+            tag_rows = [t for t in tag_rows if t[1] in have]
+        self._next_rowid = rowid
+        if tag_rows:
+            self.conn.executemany("INSERT OR IGNORE INTO span_tags(h, span) VALUES (?, ?)",
+                                  tag_rows)
 
     def commit(self) -> None:
         if self._in_tx:
@@ -350,10 +515,13 @@ class StoreWriter:
     def rollback(self) -> None:
         """Drop the current transaction (after a failed commit)."""
         self._in_tx = False
+        self._traces.clear()  # may name rows that were rolled back
         try:
             self.conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # no transaction was open any more
+        row = self.conn.execute("SELECT MAX(rowid) FROM spans").fetchone()
+        self._next_rowid = (row[0] or 0) + 1
 
     def close(self) -> None:
         try:
@@ -365,61 +533,143 @@ class StoreWriter:
     # ---------------------------------------------------------------- retention
 
     def used_bytes(self) -> int:
+        """Bytes of the database in use (pages minus the free list)."""
         c = self.conn
         pages = c.execute("PRAGMA page_count").fetchone()[0]
         free = c.execute("PRAGMA freelist_count").fetchone()[0]
         return (pages - free) * c.execute("PRAGMA page_size").fetchone()[0]
 
-    def _delete_traces(self, ids: Iterable[str]) -> int:
-        ids = list(ids)
-        n = 0
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            n += self.conn.execute(
-                f"DELETE FROM spans WHERE trace_id IN ({','.join('?' * len(chunk))})",
-                chunk).rowcount
+    def file_bytes(self) -> int:
+        c = self.conn
+        return (c.execute("PRAGMA page_count").fetchone()[0]
+                * c.execute("PRAGMA page_size").fetchone()[0])
+
+    def _delete_traces(self, ids: Sequence[int]) -> int:
+        """Delete whole traces (by traces.id) with their spans and tag index entries."""
+        if not ids:
+            return 0
+        c = self.conn
+        marks = ",".join("?" * len(ids))
+        rows = c.execute(f"SELECT rowid, tags FROM spans WHERE trace IN ({marks})",
+                         list(ids)).fetchall()
+        pairs = [(h, rowid) for rowid, tags in rows if tags for h in compact_hashes(tags)]
+        if pairs:
+            c.executemany("DELETE FROM span_tags WHERE h = ? AND span = ?", pairs)
+        n = c.execute(f"DELETE FROM spans WHERE trace IN ({marks})", list(ids)).rowcount
+        c.execute(f"DELETE FROM traces WHERE id IN ({marks})", list(ids))
+        self._traces.clear()  # may name deleted traces
         return n
+
+    def retention_step(self, max_age_s: Optional[float] = None, max_bytes: Optional[int] = None,
+                       now: Optional[float] = None, max_traces: int = 500) -> Tuple[int, bool]:
+        """Delete at most ``max_traces`` of the oldest traces that are past ``max_age_s`` or,
+        while the store uses more than ``max_bytes``, the oldest ones; then give some of its
+        free pages back to the file system (16 MB). One short transaction: call it between commits.
+        Returns (spans deleted, whether more remains to be done)."""
+        self.commit()
+        c = self.conn
+        ids: List[int] = []
+        if max_age_s:
+            cutoff = int(((now or time.time()) - max_age_s) * 1e6)
+            ids = [r[0] for r in c.execute(
+                "SELECT id FROM traces WHERE start_us < ? ORDER BY start_us LIMIT ?",
+                (cutoff, max_traces))]
+        used = self.used_bytes() if max_bytes and not ids else 0
+        over = bool(max_bytes) and used > max_bytes  # type: ignore[operator]
+        if over:
+            # about the share of traces that is over the limit, oldest first
+            total = c.execute("SELECT COUNT(*) FROM traces").fetchone()[0]
+            n = min(max_traces, int(total * (used - max_bytes) / used * 1.05) + 1)
+            ids = [r[0] for r in c.execute(
+                "SELECT id FROM traces ORDER BY start_us LIMIT ?", (n,))]
+        deleted = 0
+        if ids:
+            self._begin()
+            deleted = self._delete_traces(ids)
+            self.commit()
+        free = c.execute("PRAGMA freelist_count").fetchone()[0]
+        if free:
+            # through sqlite3_exec: a plain execute() steps once, which frees one page
+            c.executescript("PRAGMA incremental_vacuum(4096);")
+        more = len(ids) >= max_traces or (over and bool(ids)) or free > 4096
+        return deleted, more
 
     def enforce_retention(self, max_age_s: Optional[float] = None,
                           max_bytes: Optional[int] = None, now: Optional[float] = None) -> int:
-        """Delete whole traces that started longer than ``max_age_s`` ago, then the oldest traces
-        while the store uses more than ``max_bytes``. Returns the number of spans deleted."""
-        self.commit()
-        deleted = 0
-        if max_age_s:
-            cutoff = int(((now or time.time()) - max_age_s) * 1e6)
-            while True:
-                ids = [r[0] for r in self.conn.execute(
-                    "SELECT DISTINCT trace_id FROM spans WHERE start_us < ? LIMIT 2000", (cutoff,))]
-                if not ids:
-                    break
-                self.conn.execute("BEGIN")
-                deleted += self._delete_traces(ids)
-                self.conn.execute("COMMIT")
-        if max_bytes:
-            while True:
-                used = self.used_bytes()
-                if used <= max_bytes:
-                    break
-                # delete about the share of spans that is over the limit (oldest first)
-                total = self.conn.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
-                n = min(20000, max(20, int(total * (used - max_bytes) / used * 1.05) + 1))
-                ids = [r[0] for r in self.conn.execute(
-                    "SELECT DISTINCT trace_id FROM"
-                    " (SELECT trace_id FROM spans ORDER BY start_us LIMIT ?)", (n,))]
-                if not ids:
-                    break
-                self.conn.execute("BEGIN")
-                deleted += self._delete_traces(ids)
-                self.conn.execute("COMMIT")
-        if deleted:
-            self.conn.execute(
-                "DELETE FROM operations WHERE NOT EXISTS (SELECT 1 FROM spans WHERE"
-                " spans.service_id = operations.service_id AND spans.operation = operations.name)")
-            for sid in self._ops:
-                self._ops[sid] = {r[0] for r in self.conn.execute(
-                    "SELECT name FROM operations WHERE service_id = ?", (sid,))}
-        return deleted
+        """Apply retention fully (in slices). Returns the number of spans deleted."""
+        total = 0
+        while True:
+            n, more = self.retention_step(max_age_s, max_bytes, now)
+            total += n
+            if not more:
+                break
+        if total:
+            self.prune_names()
+        return total
+
+    def prune_names(self) -> None:
+        """Forget operations that no span uses any more."""
+        self.conn.execute("DELETE FROM operations WHERE NOT EXISTS"
+                          " (SELECT 1 FROM spans WHERE op = operations.id)")
+        self._ops.clear()
+
+
+def compact_tags_match(compact: Optional[str], key: str, text: str) -> bool:
+    """Whether stored (compact) tags hold ``key`` with a value whose text is ``text``."""
+    return bool(compact) and any(item[0] == key and tag_text(item[1]) == text
+                                 for item in json.loads(compact))  # type: ignore[arg-type]
+
+
+_HASH_CACHE: Dict[str, Tuple[int, ...]] = {}
+
+
+def compact_hashes(compact: str) -> Tuple[int, ...]:
+    """The tag hashes of a stored (compact) tags value (recent answers cached)."""
+    got = _HASH_CACHE.get(compact)
+    if got is None:
+        if len(_HASH_CACHE) >= 8192:
+            _HASH_CACHE.clear()
+        got = _HASH_CACHE[compact] = tuple(tag_hash(item[0], tag_text(item[1]))
+                                           for item in json.loads(compact))
+    return got
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Convert a schema 1 store (a row per span with its trace id and Jaeger JSON inline) to
+    schema 2, in place (logged: it takes about as long as receiving those spans again)."""
+    import logging
+    log = logging.getLogger("bu_osprofiler.collector")
+    log.warning("collector: converting the trace store to schema %d...", SCHEMA_VERSION)
+    conn.execute("ALTER TABLE spans RENAME TO spans_v1")
+    conn.execute("ALTER TABLE operations RENAME TO operations_v1")
+    for idx in ("spans_trace", "spans_start", "spans_service", "spans_operation", "spans_error"):
+        conn.execute(f"DROP INDEX IF EXISTS {idx}")
+    conn.executescript(_SCHEMA)
+    w = StoreWriter.__new__(StoreWriter)
+    w.conn = conn
+    w._processes, w._ops, w._traces, w._in_tx, w._next_rowid = {}, {}, {}, False, 1
+    last = 0
+    while True:
+        rows = conn.execute(
+            "SELECT s.rowid, s.trace_id, s.span_id, s.parent_id, s.operation, s.flags, s.start_us,"
+            " s.duration_us, s.error, s.refs, s.tags, s.logs, v.name, p.tags FROM spans_v1 s"
+            " JOIN processes p ON p.id = s.process_id JOIN services v ON v.id = s.service_id"
+            " WHERE s.rowid > ? ORDER BY s.rowid LIMIT 20000", (last,)).fetchall()
+        if not rows:
+            break
+        last = rows[-1][0]
+        groups: Dict[Tuple[str, str], List[tuple]] = {}
+        for r in rows:
+            groups.setdefault((r[12], r[13]), []).append(tuple(r[1:12]))
+        for (service, ptags), batch in groups.items():
+            w.add(service, ptags, batch)
+        w.commit()
+    conn.execute("DROP TABLE spans_v1")
+    conn.execute("DROP TABLE operations_v1")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    conn.execute("VACUUM")  # shrinks the file and turns incremental vacuum on
+    log.warning("collector: trace store converted")
 
 
 class _closing:
@@ -434,11 +684,25 @@ class _closing:
 
 
 def trace_ids_with_prefix(store: Store, prefix: str, limit: int = 20) -> List[str]:
-    """Stored trace ids starting with the hex ``prefix`` (an index range on spans.trace_id)."""
+    """Stored trace ids whose hex form (16 digits for 64-bit ids, else 32) starts with the hex
+    ``prefix``: index ranges on traces.tid."""
     p = prefix.strip().lower()
-    if not p or any(ch not in "0123456789abcdef" for ch in p):
+    if not p or len(p) > 32 or any(ch not in "0123456789abcdef" for ch in p):
         return []
+    v = int(p, 16)
+    ranges = []
+    shift = 4 * (32 - len(p))  # 32-digit ids: the high 64 bits are not zero
+    lo, hi = max(v << shift, 1 << 64), (v + 1) << shift
+    if lo < hi:
+        ranges.append((lo.to_bytes(16, "big"),
+                       hi.to_bytes(16, "big") if hi < 1 << 128 else b"\xff" * 17))
+    if len(p) <= 16:  # 16-digit ids
+        shift = 4 * (16 - len(p))
+        ranges.append(((v << shift).to_bytes(16, "big"), ((v + 1) << shift).to_bytes(16, "big")))
+    out: List[str] = []
     with _closing(store.connect()) as c:
-        return [r[0] for r in c.execute(
-            "SELECT DISTINCT trace_id FROM spans WHERE trace_id >= ? AND trace_id < ? LIMIT ?",
-            (p, p + "g", int(limit)))]
+        for lo_b, hi_b in ranges:
+            out += [tid_hex(r[0]) for r in c.execute(
+                "SELECT tid FROM traces WHERE tid >= ? AND tid < ? ORDER BY tid LIMIT ?",
+                (lo_b, hi_b, int(limit)))]
+    return out[:int(limit)]

@@ -1,0 +1,222 @@
+"""The store's schema 2: searches through the planner (small and dense matches give the same
+answers as a plain scan), tag round trips, schema 1 conversion, retention in slices."""
+import json
+import os
+import random
+import sqlite3
+
+import pytest
+
+from bu_osprofiler.collector import search
+from bu_osprofiler.collector.store import Store, compact_tags, expand_tags
+
+T0 = 1_700_000_000_000_000
+
+
+def jtags(**kv):
+    out = []
+    for k, v in kv.items():
+        typ = ("bool" if isinstance(v, bool) else "int64" if isinstance(v, int)
+               else "float64" if isinstance(v, float) else "string")
+        out.append({"key": k, "type": typ, "value": v})
+    return json.dumps(out)
+
+
+def test_tags_round_trip_through_the_compact_form():
+    tags = [{"key": "s", "type": "string", "value": "x\u00e9\x01"},
+            {"key": "b", "type": "bool", "value": False},
+            {"key": "i", "type": "int64", "value": -(2 ** 63)},
+            {"key": "f", "type": "float64", "value": 1.0},
+            {"key": "g", "type": "float64", "value": "NaN"},
+            {"key": "bin", "type": "binary", "value": "AAE="},
+            {"key": "s2", "type": "string", "value": "200"}]
+    compact, hashes = compact_tags(json.dumps(tags))
+    assert expand_tags(compact) == tags
+    assert len(compact) < len(json.dumps(tags, separators=(",", ":"))) * 0.6
+    assert len(set(hashes)) == len(tags)
+
+
+@pytest.fixture
+def big(tmp_path):
+    """2000 traces x 10 spans over 3 services; a few rare tags, errors and long spans."""
+    store = Store(str(tmp_path / "s.db"))
+    w = store.writer()
+    rng = random.Random(5)
+    expected = []  # (trace hex, service, op, start, dur, tags dict, error)
+    for t in range(2000):
+        tid = f"{t + 1:032x}"
+        by_svc = {}
+        for j in range(10):
+            svc = ("api", "conductor", "compute")[j % 3]
+            op = f"op{j % 4}"
+            start = T0 + t * 1000 + j
+            dur = 5_000_000 if (t % 500 == 7 and j == 3) else rng.randint(1, 1000)
+            tags = {"component": "nova", "n": j}
+            if t % 400 == 3:
+                tags["rare"] = "needle"
+            err = t % 300 == 1 and j == 2
+            if err:
+                tags["error"] = True
+            by_svc.setdefault(svc, []).append(
+                (tid, j + 1, 0 if j == 0 else 1, op, 1, start, dur, int(err), None,
+                 jtags(**tags), None))
+            expected.append((tid, svc, op, start, dur, tags, err))
+        for svc, rows in by_svc.items():
+            w.add(svc, json.dumps([{"key": "host", "type": "string", "value": svc + "-1"}]),
+                  rows)
+    w.commit()
+    yield store, expected
+    w.close()
+
+
+def scan(expected, limit=20, service=None, operation=None, start_us=None, end_us=None,
+         min_duration_us=None, max_duration_us=None, tags=None, errors_only=False):
+    """The answer by brute force: traces of the matching spans, latest matching span first."""
+    best = {}
+    for tid, svc, op, start, dur, tg, err in expected:
+        if service and svc != service or operation and op != operation:
+            continue
+        if start_us is not None and start < start_us or end_us is not None and start > end_us:
+            continue
+        if min_duration_us and dur < min_duration_us or max_duration_us and dur > max_duration_us:
+            continue
+        if errors_only and not err:
+            continue
+        ok = True
+        for k, v in (tags or {}).items():
+            if k == "host":
+                ok = ok and v == svc + "-1"
+            else:
+                have = tg.get(k)
+                text = ("true" if have else "false") if isinstance(have, bool) else str(have)
+                ok = ok and k in tg and text == v
+        if ok:
+            best[tid] = max(best.get(tid, 0), start)
+    order = sorted(best, key=lambda t: best[t], reverse=True)
+    return [t.lstrip("0").rjust(16, "0") if len(t.lstrip("0")) <= 16 else t
+            for t in order[:limit]]
+
+
+@pytest.mark.parametrize("crit", [
+    {},
+    {"service": "compute"},
+    {"service": "compute", "operation": "op1"},
+    {"operation": "op2"},
+    {"service": "api", "start_us": T0 + 500_000, "end_us": T0 + 900_000},
+    {"tags": {"rare": "needle"}},
+    {"service": "conductor", "tags": {"rare": "needle"}},
+    {"tags": {"component": "nova"}},
+    {"tags": {"component": "nova", "n": "4"}},
+    {"tags": {"host": "api-1"}},
+    {"service": "compute", "tags": {"host": "api-1"}},
+    {"min_duration_us": 1_000_000},
+    {"service": "api", "min_duration_us": 1_000_000},
+    {"service": "api", "min_duration_us": 10_000_000},
+    {"max_duration_us": 10, "limit": 50},
+    {"errors_only": True},
+    {"tags": {"error": "true"}, "service": "compute"},
+    {"service": "nobody"},
+    {"tags": {"rare": "absent"}},
+    {"limit": 3, "service": "api"},
+])
+def test_search_matches_a_brute_force_scan(big, crit):
+    store, expected = big
+    assert store.find_trace_ids(**crit) == scan(expected, **crit)
+
+
+def test_dense_and_sparse_paths_agree(big, monkeypatch):
+    store, expected = big
+    crit = {"service": "compute", "tags": {"n": "5"}, "limit": 30}
+    walked = store.find_trace_ids(**crit)
+    monkeypatch.setattr(search, "SMALL", 10 ** 9)  # force "read every candidate, sort"
+    assert store.find_trace_ids(**crit) == walked == scan(expected, **crit)
+
+
+V1_SCHEMA = """
+CREATE TABLE services(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE processes(id INTEGER PRIMARY KEY, service_id INTEGER NOT NULL, tags TEXT NOT NULL,
+    UNIQUE(service_id, tags));
+CREATE TABLE operations(service_id INTEGER NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY(service_id, name)) WITHOUT ROWID;
+CREATE TABLE spans(trace_id TEXT NOT NULL, span_id INTEGER NOT NULL, parent_id INTEGER NOT NULL,
+    operation TEXT NOT NULL, flags INTEGER NOT NULL, start_us INTEGER NOT NULL,
+    duration_us INTEGER NOT NULL, error INTEGER NOT NULL, refs TEXT, tags TEXT, logs TEXT,
+    process_id INTEGER NOT NULL, service_id INTEGER NOT NULL);
+CREATE UNIQUE INDEX spans_trace ON spans(trace_id, span_id, process_id);
+CREATE INDEX spans_start ON spans(start_us);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_schema_1_store_is_converted(tmp_path):
+    path = str(tmp_path / "old.db")
+    c = sqlite3.connect(path)
+    c.executescript(V1_SCHEMA)
+    c.execute("INSERT INTO services VALUES (1, 'old-svc')")
+    c.execute("INSERT INTO processes VALUES (1, 1, ?)", (jtags(host="h"),))
+    refs = json.dumps([{"refType": "CHILD_OF", "traceID": "00000000000000ab",
+                        "spanID": "0000000000000001"}], separators=(",", ":"))
+    c.execute("INSERT INTO spans VALUES ('00000000000000ab', 1, 0, 'root', 1, ?, 10, 0, NULL, ?,"
+              " NULL, 1, 1)", (T0, jtags(k="v")))
+    c.execute("INSERT INTO spans VALUES ('00000000000000ab', 2, 1, 'child', 1, ?, 5, 1, ?, ?,"
+              " NULL, 1, 1)", (T0 + 1, refs, jtags(error=True)))
+    c.commit()
+    c.close()
+    with pytest.raises(RuntimeError, match="schema 1"):
+        Store(path, readonly=True)
+    store = Store(path)  # converts
+    t = store.get_trace("ab")
+    by = {s["operationName"]: s for s in t["spans"]}
+    assert by["child"]["references"] == json.loads(refs)
+    assert by["root"]["tags"] == [{"key": "k", "type": "string", "value": "v"}]
+    assert store.find_trace_ids(errors_only=True) == ["00000000000000ab"]
+    assert store.find_trace_ids(tags={"k": "v"}) == ["00000000000000ab"]
+    assert Store(path, readonly=True).count_spans() == 2
+
+
+def test_retention_slices_keep_the_store_near_its_size_and_shrink_the_file(tmp_path):
+    store = Store(str(tmp_path / "r.db"))
+    w = store.writer()
+    pad = jtags(pad="x" * 500)
+    for t in range(3000):
+        w.add("svc", "[]", [(f"{t + 1:016x}", j + 1, 0, "op", 1, T0 + t * 100 + j, 5, 0, None,
+                             pad, None) for j in range(5)])
+    w.commit()
+    full = w.file_bytes()
+    limit = full // 3
+    steps = 0
+    while True:
+        _, more = w.retention_step(max_bytes=limit, max_traces=200)
+        steps += 1
+        if not more:
+            break
+    assert steps > 3  # in slices, not one long transaction
+    assert w.used_bytes() <= limit
+    assert w.file_bytes() <= limit * 1.1  # pages given back (incremental vacuum)
+    kept = sorted(int(x, 16) for x in store.find_trace_ids(limit=10000))
+    assert kept == list(range(kept[0], 3001))  # the newest traces, whole
+    spans = {len(store.get_trace(f"{k:x}")["spans"]) for k in kept[:50]}
+    assert spans == {5}
+    # no tag index entry is left pointing at a deleted span
+    with sqlite3.connect(store.path) as c:
+        dangling = c.execute("SELECT COUNT(*) FROM span_tags WHERE span NOT IN"
+                             " (SELECT rowid FROM spans)").fetchone()[0]
+    assert dangling == 0
+    assert os.path.getsize(store.path) <= full
+    w.close()
+
+
+def test_thrift_decode_budget_is_checked_before_rows_are_built():
+    from bu_osprofiler import _core
+    from collector_helpers import batch, batch_body, span
+    body = batch_body(batch("svc", [span(0x1, i + 1, 0, "op", tags={"k": "v" * 100})
+                                    for i in range(100)]))
+    service, ptags, rows = _core.thrift_decode(body, _core.THRIFT_BINARY_BATCH)
+    *same, size = _core.thrift_decode(body, _core.THRIFT_BINARY_BATCH, 10 ** 9)
+    assert same == [service, ptags, rows]
+    assert 100 * 520 < size < 100 * 800  # rows' fixed cost + their text
+    with pytest.raises(OverflowError):
+        _core.thrift_decode(body, _core.THRIFT_BINARY_BATCH, 100 * 520 - 1)  # the list itself
+    with pytest.raises(OverflowError):
+        _core.thrift_decode(body, _core.THRIFT_BINARY_BATCH, size - 1)
+    assert _core.thrift_decode(body, _core.THRIFT_BINARY_BATCH, size)[3] == size
