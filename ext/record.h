@@ -29,6 +29,9 @@
 #define BU_FLAG_SAMPLED 0x01
 #define BU_FLAG_DEBUG 0x02
 
+/* The tag a span's W3C tracestate is exported as (OTLP: moved to Span.trace_state). */
+#define BU_TRACESTATE_TAG "w3c.tracestate"
+
 #define BU_MAX_KEY 1024            /* longer tag keys are truncated */
 #define BU_MAX_VALUE (64 * 1024)   /* longer tag / log values are truncated */
 
