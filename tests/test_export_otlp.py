@@ -194,3 +194,24 @@ def test_otlp_connection_strings():
     ep = exporters.parse_connection_string("otlp://collector")
     assert (ep.transport, ep.protocol, ep.port, ep.path) == ("http", "otlp", 4318, "/v1/traces")
     assert exporters.parse_connection_string("otlp+https://c:443/x").url == "https://c:443/x"
+
+
+def test_tracestate_is_exported_as_otlp_trace_state(receiver):
+    from bu_osprofiler import propagation
+
+    bu_osprofiler.configure("otlp-ts", "otlp://127.0.0.1:%d" % receiver.server_address[1],
+                            flush_interval=60)
+    ctx = propagation.extract({
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "rojo=00f067aa0ba902b7, congo=t61rcWkgMzE"})
+    with bu_osprofiler.start_span("server", child_of=ctx) as server:
+        with bu_osprofiler.start_span("child", child_of=server):
+            pass
+    with bu_osprofiler.start_span("plain"):
+        pass
+    assert bu_osprofiler.flush(5.0)
+    spans = {s.name: s for s in receiver.spans()}
+    for name in ("server", "child"):  # children inherit it
+        assert spans[name].trace_state == "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+        assert "w3c.tracestate" not in attrs(spans[name].attributes)
+    assert spans["plain"].trace_state == ""

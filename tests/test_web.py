@@ -550,3 +550,48 @@ def test_a_64bit_jaeger_client_root_is_a_real_parent():
     _call(web.WsgiMiddleware(_app([]), enabled=True), {"uber-trace-id": "abc:abc:0:1"})
     (span,) = _wsgi_spans()
     assert (span.trace_id, span.parent_id) == (0xabc, 0xabc)
+
+
+@pytest.mark.parametrize("policy", ["signed", "always"])
+def test_replayed_signed_header_is_rate_limited(policy):
+    # One captured signed header replayed: forced sampling is limited under every policy.
+    bu_osprofiler.configure("test-service", "memory://", sampler="const", sampler_param=0)
+    web.set_policy(trust_incoming=policy, max_forced_traces_per_second=0.001)
+    rec = []
+    mw = web.WsgiMiddleware(_app(rec), hmac_keys=KEY, enabled=True)
+    base = uuid.uuid4()
+    captured = legacy_headers({"base_id": str(base), "parent_id": str(uuid.uuid4())})
+    for _ in range(200):
+        _call(mw, captured)
+    spans = _wsgi_spans()
+    assert len(spans) == 1 and spans[0].trace_id == base.int
+    # The excess still continues the signed trace, unsampled (so downstream follows).
+    assert {r["span"].trace_id for r in rec} == {base.int}
+    assert sum(r["span"].sampled for r in rec) == 1
+
+
+def test_ignored_headers_do_not_consume_the_sampler_budget():
+    # A rate-limiting sampler with one credit: a baggage-only header under `signed` is ignored,
+    # so the request's own root still gets the credit.
+    bu_osprofiler.configure("test-service", "memory://", sampler="ratelimiting",
+                            sampler_param=0.001)
+    rec = []
+    mw = web.WsgiMiddleware(_app(rec), hmac_keys=KEY, enabled=True)
+    _call(mw, {"baggage": "user=alice", "uberctx-tenant": "t1"})
+    assert rec[0]["span"].sampled and len(_wsgi_spans()) == 1
+    assert rec[0]["span"].get_baggage_item("user") is None  # untrusted: not taken
+
+
+@pytest.mark.parametrize("policy", web.TRUST_POLICIES)
+def test_invalid_context_is_one_sampler_decision_under_every_policy(policy):
+    bu_osprofiler.configure("test-service", "memory://", sampler="ratelimiting",
+                            sampler_param=0.001)
+    web.set_policy(trust_incoming=policy)
+    rec = []
+    mw = web.WsgiMiddleware(_app(rec), hmac_keys=KEY, enabled=True)
+    _call(mw, {"traceparent": "00-00000000000000000000000000000000-0000000000000001-01",
+               "tracestate": "a=1"})
+    _call(mw, {"traceparent": "00-00000000000000000000000000000000-0000000000000001-01"})
+    # Two new traces chosen by the sampler: the first gets the one credit, the second none.
+    assert [r["span"].sampled for r in rec] == [True, False]
+    assert all(r["span"].parent_id == 0 and r["span"].tracestate is None for r in rec)
