@@ -11,7 +11,7 @@ on stock osprofiler keep joining the trace.
 sent. The caller's context is continued according to the trust policy (``trust_incoming``:
 ``always``, ``signed`` or ``never``); without one the root sampler decides. Invalid, duplicated,
 partial or forged headers start a new trace chosen by the sampler (and a rate-limited warning),
-under every policy; sampling forced from outside is rate-limited under every policy.
+and sampling forced from outside is rate-limited, under every policy.
 """
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ _policy: dict[str, Any] = {
     "propagation": ("jaeger", "w3c", "osprofiler"),
     "max_forced_traces_per_second": 100.0,
 }
-# W3C tracestate of the request being served, passed on unchanged with traceparent.
+# No longer set (the span context carries the W3C tracestate); the response wrapper still saves
+# and restores it around the application.
 _tracestate: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
     "bu_osprofiler.tracestate", default=None)
 
