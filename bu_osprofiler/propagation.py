@@ -478,16 +478,24 @@ def _extract_found(found: tuple, formats: tuple, hmac_keys: Any, url_decode: boo
         baggage = _collect_baggage(found, formats, url_decode)
     if ids is not None:
         trace_id = ids[0]
+        flags = ids[3]
         tracestate = random = None
-        if W3C in formats and found[_S_TRACEPARENT] is not None:
-            tracestate, random = _w3c_extras(found, trace_id, ids if source == W3C else None)
-        flags = ids[3] & 1 if source == W3C else ids[3]
+        if source == W3C:
+            random = flags & 2
+            flags &= 1
+            if found[_S_TRACESTATE] is not None:
+                tracestate = _tracestate(found[_S_TRACESTATE])
+        elif found[_S_TRACEPARENT] is not None and W3C in formats:
+            tracestate, random = _w3c_extras(found, trace_id)
         if not trust_flags:
             # The caller's sampled/debug bits are not honoured: our sampler decides.
             flags = 1 if _core.sample(trace_id & _MASK64) else 0
-        if source == JAEGER and _is_base_marker(trace_id, ids[1], ids[2]):
-            # An osprofiler base (profiler.init() with no trace point yet): children are roots.
+        if ids[2] == ids[1] and source == JAEGER and ids[1] == trace_id & _MASK64:
+            # _is_base_marker inlined (hot path): an osprofiler base (profiler.init() with no
+            # trace point yet) whose children are roots.
             ctx = _base_context(trace_id, flags, baggage, tracestate, random)
+        elif tracestate is None and not random:
+            ctx = SpanContext(trace_id, ids[1], ids[2], flags, baggage)
         else:
             ctx = SpanContext(trace_id, ids[1], ids[2], flags, baggage, tracestate, bool(random))
         return _tuple_new(Extracted, (ctx, source, None, tracestate))
@@ -504,34 +512,33 @@ def _extract_found(found: tuple, formats: tuple, hmac_keys: Any, url_decode: boo
     return _NOTHING
 
 
-def _w3c_extras(found: tuple, trace_id: int, w3c: Optional[tuple]) -> tuple:
-    """``(tracestate, random)`` of a valid traceparent naming trace ``trace_id`` (``w3c``: its
-    parse when it is the winning header): both belong to that traceparent, so they are dropped
-    with it (a lone tracestate included). A tracestate that does not parse is dropped whole."""
-    if w3c is None:
-        tp = found[_S_TRACEPARENT]
-        w3c = _core.traceparent_parse(tp) if isinstance(tp, str) else None
+def _w3c_extras(found: tuple, trace_id: int) -> tuple:
+    """``(tracestate, random)`` of a valid traceparent naming trace ``trace_id`` when another
+    format won: both belong to that traceparent, so they are dropped with it."""
+    tp = found[_S_TRACEPARENT]
+    w3c = _core.traceparent_parse(tp) if isinstance(tp, str) else None
     if w3c is None or w3c[0] != trace_id:
         return None, None
-    random = bool(w3c[-1] & 2)
     ts = found[_S_TRACESTATE]
-    if ts is None:
-        return None, random
-    norm = _core.tracestate_parse(ts) if isinstance(ts, str) else None
+    return (None if ts is None else _tracestate(ts)), w3c[2] & 2
+
+
+def _tracestate(value: Any) -> Optional[str]:
+    """A received tracestate, normalised; a list that does not parse is dropped whole."""
+    norm = _core.tracestate_parse(value) if isinstance(value, str) else None
     if norm is None:
-        _warn("tracestate", "ignored invalid tracestate %.80r", ts)
-    return norm or None, random
+        _warn("tracestate", "ignored invalid tracestate %.80r", value)
+    return norm or None
 
 
 def with_tracestate(context: Any, tracestate: Any) -> Any:
     """``context`` (a SpanContext) carrying ``tracestate`` (a header value from a carrier that is
     not HTTP, such as an RPC context). An invalid value is dropped with a warning."""
-    norm = _core.tracestate_parse(tracestate) if isinstance(tracestate, str) else None
-    if norm is None:
-        _warn("tracestate", "ignored invalid tracestate %.80r", tracestate)
+    norm = _tracestate(tracestate)
+    if norm is None and tracestate:
         return context
     return SpanContext(context.trace_id, context.span_id, context.parent_id, context.flags,
-                       context.baggage or None, norm or None, context.random, context.is_base)
+                       context.baggage or None, norm, context.random, context.is_base)
 
 
 def extract_context(carrier: Any, formats: Union[str, Iterable[str], None] = None,
