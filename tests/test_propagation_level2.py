@@ -236,19 +236,27 @@ def _otel_root_headers():
     return carrier
 
 
+def _serve(headers):
+    """The finished server span of one request through the middleware (trust_incoming=always)."""
+    web.set_policy(trust_incoming="always")
+    try:
+        mw = web.WsgiMiddleware(lambda e, sr: sr("200 OK", []) or [b""], enabled=True)
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+        environ.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()})
+        b"".join(mw(environ, lambda *a: None))
+    finally:
+        web._reset()
+    (server,) = [s for s in bu_osprofiler.finished_spans() if s.operation_name == "wsgi"]
+    return server
+
+
 @pytest.mark.parametrize("make", [_jaeger_client_root_headers, _otel_root_headers])
 def test_foreign_root_with_span_id_equal_to_low_trace_bits_is_our_parent(make):
     headers = make()
     ctx = propagation.extract(headers)
     assert not ctx.is_base and (ctx.trace_id, ctx.span_id) == (T128, LOW)
-    web.set_policy(trust_incoming="always")
-    mw = web.WsgiMiddleware(lambda e, sr: sr("200 OK", []) or [b""], enabled=True)
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
-    environ.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()})
-    b"".join(mw(environ, lambda *a: None))
-    (server,) = [s for s in bu_osprofiler.finished_spans() if s.operation_name == "wsgi"]
+    server = _serve(headers)
     assert (server.trace_id, server.parent_id) == (T128, LOW)  # a child, not a second root
-    web._reset()
 
 
 def test_base_marker_on_the_wire_and_through_every_carrier():
@@ -275,11 +283,5 @@ def test_base_marker_through_the_wsgi_middleware_without_hmac_keys():
     headers = web.get_trace_id_headers()
     trace_id = profiler.get().span.trace_id
     profiler.clean()
-    web.set_policy(trust_incoming="always")
-    mw = web.WsgiMiddleware(lambda e, sr: sr("200 OK", []) or [b""], enabled=True)
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
-    environ.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()})
-    b"".join(mw(environ, lambda *a: None))
-    (server,) = [s for s in bu_osprofiler.finished_spans() if s.operation_name == "wsgi"]
+    server = _serve(headers)
     assert (server.trace_id, server.parent_id) == (trace_id, 0)  # a root of that trace
-    web._reset()
