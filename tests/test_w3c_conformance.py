@@ -31,10 +31,9 @@ def _free_port() -> int:
 def service(request):
     if not os.path.exists(os.path.join(SUITE, "test.py")):
         pytest.skip("W3C Trace Context harness not found in %s" % SUITE)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
-        os.path.dirname(HERE), os.environ.get("PYTHONPATH")])))
+    # The service imports bu_osprofiler as this interpreter does (installed, or the ASan build).
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, "w3c_service.py"),
-                             request.param], stdout=subprocess.PIPE, env=env, text=True)
+                             request.param], stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
         yield "http://127.0.0.1:%d/test" % port
