@@ -285,3 +285,23 @@ def test_base_marker_through_the_wsgi_middleware_without_hmac_keys():
     profiler.clean()
     server = _serve(headers)
     assert (server.trace_id, server.parent_id) == (trace_id, 0)  # a root of that trace
+
+
+def test_round_trip_with_opentelemetry_trace_context_propagator():
+    # OpenTelemetry's own propagator encodes and decodes both ends (an independent oracle).
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    prop = TraceContextTextMapPropagator()
+    state = trace.TraceState([("rojo", "00f067aa0ba902b7"), ("congo", "t61rcWkgMzE")])
+    sc = trace.SpanContext(T128, 0x00F067AA0BA902B7, is_remote=False,
+                           trace_flags=trace.TraceFlags(0x03), trace_state=state)
+    carrier = {}
+    prop.inject(carrier, context=trace.set_span_in_context(trace.NonRecordingSpan(sc)))
+    ours = propagation.extract(carrier)
+    child = bu_osprofiler.start_span("server", child_of=ours)
+    back = trace.get_current_span(prop.extract(propagation.inject(child, {}))).get_span_context()
+    assert back.trace_id == T128 and back.span_id == child.span_id
+    assert int(back.trace_flags) == 0x03
+    assert list(back.trace_state.items()) == list(state.items())
+    child.finish()
