@@ -1092,6 +1092,8 @@ py_inject_headers(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     bu_state *st = bu_state_of_module(m);
     bu_ctx_ids c;
+    /* `tracestate` is borrowed: it is set when the span / context is made and never replaced,
+     * and args[0] keeps that object alive for the whole call. */
     PyObject *baggage, *tracestate, *list = NULL, *bag = NULL;
     unsigned w3c_flags;
     int base;
