@@ -85,7 +85,7 @@ def test_repeated_tracestate_fields_are_combined_in_order(carrier):
     assert propagation.extract(carrier).tracestate == "a=1,b=2,c=3"
 
 
-def test_http_message_and_multidict_carriers_combine_repeated_fields():
+def test_http_message_multidict_and_requests_carriers_combine_repeated_fields():
     import email.parser
     import http.client
 
@@ -96,6 +96,10 @@ def test_http_message_and_multidict_carriers_combine_repeated_fields():
     md = multidict.CIMultiDict([("traceparent", TP % (T128, 1)), ("tracestate", "a=1"),
                                 ("tracestate", "b=2")])
     assert propagation.extract(md).tracestate == "a=1,b=2"
+    requests = pytest.importorskip("requests")
+    cid = requests.structures.CaseInsensitiveDict({"TraceParent": TP % (T128, 1),
+                                                   "TRACESTATE": "a=1, b=2"})
+    assert propagation.extract(cid).tracestate == "a=1,b=2"
 
 
 @pytest.mark.parametrize("carrier", [
