@@ -290,8 +290,10 @@ otlp_put_span(unsigned char *p, const bu_pack_opts *o, const bu_record *r)
         p = pb_tag(p, 3, WT_VARINT);
         *p++ = 2; /* STATUS_CODE_ERROR */
     }
-    if (r->flags & BU_FLAG_SAMPLED) { /* W3C trace flags; proto3 leaves out zero */
-        p = pb_fixed(p, 16, BU_FLAG_SAMPLED, 4);
+    /* Span.flags bits 0-7: W3C trace flags (sampled, random); proto3 leaves out zero. */
+    uint32_t w3c = (r->flags & BU_FLAG_SAMPLED) | ((r->flags & BU_RECORD_W3C_RANDOM) ? 0x02 : 0);
+    if (w3c) {
+        p = pb_fixed(p, 16, w3c, 4);
     }
     return pb_close(span_mark, p);
 }

@@ -28,6 +28,9 @@
 
 #define BU_FLAG_SAMPLED 0x01
 #define BU_FLAG_DEBUG 0x02
+/* Record flags above the Jaeger byte: the W3C Level 2 random-trace-id flag (OTLP Span.flags).
+ * Jaeger encoders and Python views keep only the low byte. */
+#define BU_RECORD_W3C_RANDOM 0x100
 
 /* The tag a span's W3C tracestate is exported as (OTLP: moved to Span.trace_state). */
 #define BU_TRACESTATE_TAG "w3c.tracestate"

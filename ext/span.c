@@ -531,8 +531,10 @@ bu_span_finish(SpanObject *s, int64_t end_ns)
             if (s->tracestate != NULL && span_put_tracestate(s) < 0) {
                 PyErr_Clear(); /* out of memory: the span goes without it */
             }
+            uint32_t rflags =
+                s->flags | ((s->w3c_flags & BU_W3C_RANDOM) ? BU_RECORD_W3C_RANDOM : 0);
             bu_record *r = bu_record_new(s->trace_hi, s->trace_lo, s->span_id, s->parent_id,
-                                         s->flags, s->start_ns, dur, s->service, name,
+                                         rflags, s->start_ns, dur, s->service, name,
                                          (size_t)nlen, &s->refs, s->nrefs, &s->tags, s->ntags,
                                          &s->logs, s->nlogs);
             if (r == NULL) {
