@@ -291,7 +291,7 @@ otlp_put_span(unsigned char *p, const bu_pack_opts *o, const bu_record *r)
         *p++ = 2; /* STATUS_CODE_ERROR */
     }
     /* Span.flags bits 0-7: W3C trace flags (sampled, random); proto3 leaves out zero. */
-    uint32_t w3c = (r->flags & BU_FLAG_SAMPLED) | ((r->flags & BU_RECORD_W3C_RANDOM) ? 0x02 : 0);
+    uint32_t w3c = (r->flags & BU_FLAG_SAMPLED) | (r->w3c_flags & 0x02);
     if (w3c) {
         p = pb_fixed(p, 16, w3c, 4);
     }

@@ -440,7 +440,7 @@ bu_record_to_py(bu_state *st, const bu_record *r)
         goto done;
     }
     res = Py_BuildValue("(OKKIOLLOOOO)", trace, (unsigned long long)r->span_id,
-                        (unsigned long long)r->parent_id, (unsigned int)(r->flags & 0xFF), name,
+                        (unsigned long long)r->parent_id, (unsigned int)r->flags, name,
                         (long long)r->start_ns, (long long)(r->start_ns + r->duration_ns), tags,
                         logs, refs, svc);
 done:

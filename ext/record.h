@@ -28,9 +28,6 @@
 
 #define BU_FLAG_SAMPLED 0x01
 #define BU_FLAG_DEBUG 0x02
-/* Record flags above the Jaeger byte: the W3C Level 2 random-trace-id flag (OTLP Span.flags).
- * Jaeger encoders and Python views keep only the low byte. */
-#define BU_RECORD_W3C_RANDOM 0x100
 
 /* The tag a span's W3C tracestate is exported as (OTLP: moved to Span.trace_state). */
 #define BU_TRACESTATE_TAG "w3c.tracestate"
@@ -48,6 +45,7 @@ typedef struct bu_record {
     uint32_t tags_off, logs_off;
     uint16_t name_len, nrefs, ntags, nlogs;
     uint16_t service; /* index into the module's process table */
+    uint8_t w3c_flags; /* W3C trace flags besides sampled (0x02 random), for OTLP; 0 by default */
     unsigned char data[];
 } bu_record;
 

@@ -531,17 +531,18 @@ bu_span_finish(SpanObject *s, int64_t end_ns)
             if (s->tracestate != NULL && span_put_tracestate(s) < 0) {
                 PyErr_Clear(); /* out of memory: the span goes without it */
             }
-            uint32_t rflags =
-                s->flags | ((s->w3c_flags & BU_W3C_RANDOM) ? BU_RECORD_W3C_RANDOM : 0);
             bu_record *r = bu_record_new(s->trace_hi, s->trace_lo, s->span_id, s->parent_id,
-                                         rflags, s->start_ns, dur, s->service, name,
+                                         s->flags, s->start_ns, dur, s->service, name,
                                          (size_t)nlen, &s->refs, s->nrefs, &s->tags, s->ntags,
                                          &s->logs, s->nlogs);
             if (r == NULL) {
                 atomic_fetch_add_explicit(&st->stats.dropped_queue_full, 1, memory_order_relaxed);
             }
-            else if (bu_buffer_push(&st->buffer, r) == 0 && st->mode == BU_MODE_REPORTER) {
-                bu_reporter_poke(st);
+            else {
+                r->w3c_flags = (uint8_t)s->w3c_flags; /* OTLP Span.flags: random */
+                if (bu_buffer_push(&st->buffer, r) == 0 && st->mode == BU_MODE_REPORTER) {
+                    bu_reporter_poke(st);
+                }
             }
         }
     }

@@ -258,7 +258,7 @@ w_span(W *w, const bu_record *r)
         }
     }
     w_field(w, &last, 7, T_I32);
-    w_i32(w, (int32_t)(r->flags & 0xFF)); /* Jaeger flags only (see BU_RECORD_W3C_RANDOM) */
+    w_i32(w, (int32_t)r->flags);
     w_field(w, &last, 8, T_I64);
     w_i64(w, ns_to_us(r->start_ns));
     w_field(w, &last, 9, T_I64);
