@@ -250,7 +250,7 @@ def _fmt(v, unit):
 
 
 def budgets(med: dict, detail: dict) -> list:
-    """DESIGN §6 budgets: (what, budget, measured, met: True/False/None)."""
+    """The performance budgets: (what, budget, measured, met: True/False/None)."""
     g = lambda row, peer="ours": med.get(row, {}).get(peer)  # noqa: E731
     out = []
     s = g("decorated_sampled")
@@ -295,6 +295,20 @@ def budgets(med: dict, detail: dict) -> list:
     return out
 
 
+KEEP_MARK = "<!-- sections below are kept by bench/run.py -->"
+
+
+def kept_sections(path: str) -> str:
+    """Sections of the current doc that other benchmark scripts maintain (after KEEP_MARK)."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except OSError:
+        return ""
+    i = old.find(KEEP_MARK)
+    return "\n" + old[i:] if i >= 0 else ""
+
+
 def render(doc: dict, command: str) -> str:
     peers = doc["peers_run"]
     med = doc["medians"]
@@ -319,7 +333,7 @@ def render(doc: dict, command: str) -> str:
         conns = sorted({r["connection"] for r in detail.get(p, {}).values() if "connection" in r})
         cs = f" (connection strings used: {', '.join(conns)})" if conns else ""
         lines.append(f"* **{p}**: {PEERS[p][1]}{cs}; Python {doc['pythons'].get(p, '?')}; {vs}")
-    lines += ["", "## DESIGN §6 budgets", "", "| what | budget | measured (ours) | met |",
+    lines += ["", "## Performance budgets", "", "| what | budget | measured (ours) | met |",
               "|---|---|---|---|"]
     for what, budget, meas, met in doc["budgets"]:
         mark = "n/a (not measurable yet)" if met is None else ("**yes**" if met else "**NO**")
@@ -443,6 +457,7 @@ def main() -> int:
         json.dump(doc, f, indent=1, sort_keys=True)
     text = render(doc, command)
     if not args.no_doc:
+        text += kept_sections(os.path.join(ROOT, "doc", "benchmarks.md"))
         with open(os.path.join(ROOT, "doc", "benchmarks.md"), "w") as f:
             f.write(text)
     print(text)

@@ -81,6 +81,9 @@ def configure(
     """
     global _exporter
     fork_join = options.pop("fork_join", None)
+    control = options.pop("control", None) or os.environ.get("BU_OSPROFILER_CONTROL") or None
+    control_interval = float(options.pop("control_interval", 0.5))
+    tail = {k: options.pop(k) for k in ("tail_errors", "tail_slow_ms") if k in options}
     if fork_join is None:
         env_fj = os.environ.get("BU_OSPROFILER_FORK_JOIN", "").strip().lower()
         fork_join = (env_fj in ("1", "true", "yes", "on")) if env_fj else None
@@ -135,6 +138,8 @@ def configure(
             _core.set_mode(_core.MODE_REPORTER)
             _exporter = new_exporter
             _exporter.start()
+    if tail or control:
+        _configure_adaptive(service_name, control, control_interval, tail)
     if fork_join is not None:
         from bu_osprofiler import concurrency
 
@@ -142,6 +147,26 @@ def configure(
             concurrency.install()
         else:
             concurrency.uninstall()
+
+
+def _configure_adaptive(service: str, control: Optional[str], interval: float,
+                        tail: dict[str, Any]) -> None:
+    """Tail keep from arguments, then the control state source (adaptive instrumentation)."""
+    from bu_osprofiler.adaptive import control as _control, registry
+    from bu_osprofiler.adaptive.rules import parse_state
+
+    if tail:
+        doc = registry.state().to_json()
+        doc["tail"].update({"errors": bool(tail.get("tail_errors", doc["tail"]["errors"])),
+                            "slow_ms": tail.get("tail_slow_ms", doc["tail"]["slow_ms"])})
+        registry.apply_state(parse_state(doc))
+    if control:
+        try:
+            _control.start(control, service, interval)
+        except ValueError as e:  # a bad control setting never stops the service
+            from bu_osprofiler._log import warn_limited
+
+            warn_limited("control", "bu_osprofiler: control source ignored: %s", e)
 
 
 def settings() -> dict[str, Any]:
@@ -207,4 +232,6 @@ def shutdown(timeout: float = 5.0) -> None:
 
 def stats() -> dict[str, int]:
     """Counters: spans started / finished / sampled / exported, drops by reason, batches, bytes."""
-    return _core.stats()
+    out = _core.stats()
+    out.update(_core.tail_stats())
+    return out

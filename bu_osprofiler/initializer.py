@@ -103,7 +103,8 @@ def init_from_conf(conf: Any, context: Any, project: str, service: str, host: st
             service_name=service_name, connection_string=connection_string,
             sampler=p.sampler_type, sampler_param=p.sampler_param, tags=tags,
             trace_id_128bit=p.trace_id_128bit, max_queue_spans=p.max_queue_spans,
-            max_queue_bytes=p.max_queue_bytes)
+            max_queue_bytes=p.max_queue_bytes, tail_errors=p.filter_error_trace,
+            control=p.control)
     except ImportError as exc:
         raise ValueError("[profiler] connection_string = %s: its exporter cannot be loaded "
                          "(%s)" % (_redact(connection_string), exc)) from exc

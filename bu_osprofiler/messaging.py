@@ -29,6 +29,10 @@ from bu_osprofiler import _core
 from bu_osprofiler import profiler as _profiler
 from bu_osprofiler import propagation as _prop
 from bu_osprofiler._log import warn_limited
+from bu_osprofiler.adaptive import registry as _tracepoints
+
+_TP_CLIENT = _tracepoints.register("rpc.client", "rpc")  # runtime switch of client spans
+_TP_SERVER = _tracepoints.register("rpc.server", "rpc")  # and of server spans continuing a trace
 
 __all__ = ["KEY", "ProfilerSerializer", "install", "uninstall", "installed", "inject_context",
            "extract_context"]
@@ -132,14 +136,7 @@ def _add_context(ctxt: Any, span: Any, kind: Optional[str]) -> Any:
     return out
 
 
-def _placeholder(ctx: Any) -> Any:
-    """A span continuing ``ctx`` without being one (what ``profiler.init`` activates)."""
-    if getattr(ctx, "is_base", False):
-        return _core.base_span(ctx.trace_id, flags=ctx.flags, baggage=ctx.baggage or None,
-                               tracestate=ctx.tracestate, random=ctx.random)
-    return _core.base_span(ctx.trace_id, ctx.span_id, flags=ctx.flags,
-                           baggage=ctx.baggage or None, is_base=False,
-                           tracestate=ctx.tracestate, random=ctx.random)
+_placeholder = _tracepoints.passthrough  # a span continuing ctx without being one
 
 
 # ---------------------------------------------------------------- the serializer wrapper
@@ -214,6 +211,10 @@ def _send(self: Any, target: Any, ctxt: Any, message: Any, wait_for_reply: Any =
                 "component": "oslo.messaging", "messaging.system": _driver_name(self),
                 "rpc.method": str(method)}
         _target_tags(target, tags)
+        if not _TP_CLIENT.on():  # switched off: the callee continues the caller's span
+            cur = _core.active_span()
+            ctxt = _add_context(ctxt, cur, kind) if cur is not None else ctxt
+            return original(self, target, ctxt, message, wait_for_reply, timeout, *args, **kwargs)
         span = _core.start_span("rpc.%s:%s" % (kind, method), tags=tags)
         ctxt = _add_context(ctxt, span, kind)
     except Exception as exc:
@@ -256,6 +257,8 @@ def _server_start(server: Any, message: Any) -> Any:
     name = "rpc.%s:%s" % (kind, method)
     if ctx is None:
         return _core.start_span(name, tags=tags, ignore_active_span=True)
+    if not _tracepoints.entry_on(_TP_SERVER, ctx):  # off: continue the caller's span
+        return _tracepoints.passthrough(ctx)
     if kind == "cast":
         tags["fork"] = True
         return _core.start_span(name, references=[("follows_from", ctx)], tags=tags)
@@ -280,6 +283,7 @@ def _dispatch(self: Any, incoming: Any) -> Any:
     original = _orig["dispatch"]
     try:
         span = _server_start(_rpc_server.get(), incoming)
+        _tracepoints.rpc_root(span)  # request type
     except Exception as exc:
         warn_limited("rpc.serve", "could not trace an incoming RPC message: %s", exc)
         return original(self, incoming)

@@ -68,8 +68,14 @@ _sentinel_service_name_opt = cfg.StrOpt(
     help="Accepted for compatibility (osprofiler's Redis sentinel driver); unused.")
 _filter_error_trace_opt = cfg.BoolOpt(
     "filter_error_trace", default=False,
-    help="Accepted for compatibility (osprofiler's Redis driver); unused: spans with "
-         "errors carry the error=true tag and can be searched for in Jaeger.")
+    help="Keep traces with an error even when the head sampler said no: unsampled spans are "
+         "held in a bounded buffer until their local root ends, then exported if the trace "
+         "had an error span (tail keep, see doc/adaptive.md).")
+_control_opt = cfg.StrOpt(
+    "control", default=None,
+    help="Where this service reads its tracepoint control state (adaptive instrumentation): "
+         "the collector's query URL (http://HOST:16686) or a local JSON file. Unset: every "
+         "trace point on.")
 
 # ---------------------------------------------------------------- this project's options
 
@@ -138,6 +144,7 @@ _PROFILER_OPTS = [
     _socket_timeout_opt,
     _sentinel_service_name_opt,
     _filter_error_trace_opt,
+    _control_opt,
     _sampler_type_opt,
     _sampler_param_opt,
     _propagation_opt,

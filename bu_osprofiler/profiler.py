@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 from bu_osprofiler import _core
 from bu_osprofiler._log import warn_limited
 from bu_osprofiler import notifier as _notifier
+from bu_osprofiler.adaptive import registry as _tracepoints
 
 __all__ = ["init", "get", "clean", "start", "stop", "trace", "trace_cls", "TracedMeta", "Trace",
            "_Profiler"]  # plus fork / join / joining, forwarded lazily (see __getattr__)
@@ -230,10 +231,10 @@ def _callable_name(f: Any) -> str:
 
 
 def _async_traced(f: Callable[..., Any], name: str, static: dict[str, Any], hide_args: bool,
-                  hide_result: bool) -> Callable[..., Any]:
+                  hide_result: bool, tp: Any) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         parent = _core.active_span()
-        if parent is None or not parent.sampled:
+        if not tp.on() or parent is None or not parent.sampled:
             return await f(*args, **kwargs)
         span = _core.start_span(name, child_of=parent, tags=static)
         if not hide_args:
@@ -279,10 +280,11 @@ def trace(name: str, info: Optional[Mapping[str, Any]] = None, hide_args: bool =
             raise ValueError("Function '%s' has already been traced %d times" % (f, times))
         static = {"name": _callable_name(f)}
         static.update(base_tags)
+        tp = _tracepoints.for_function(name, f)  # the point's runtime switch (adaptive/)
         if inspect.iscoroutinefunction(f):
-            wrapper: Any = _async_traced(f, name, static, hide_args, hide_result)
+            wrapper: Any = _async_traced(f, name, static, hide_args, hide_result, tp)
         else:
-            wrapper = _core.Traced(f, name, static, hide_args, hide_result)
+            wrapper = _core.Traced(f, name, static, hide_args, hide_result, tp)
         functools.update_wrapper(wrapper, f)
         wrapper.__traced__ = times + 1
         try:

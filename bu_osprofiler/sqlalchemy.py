@@ -13,6 +13,9 @@ from typing import Any, Iterator
 
 from bu_osprofiler import _core
 from bu_osprofiler._log import warn_limited
+from bu_osprofiler.adaptive import registry as _tracepoints
+
+_TP = _tracepoints.register("db", "sqlalchemy")  # runtime switch of statement spans
 
 __all__ = ["add_tracing", "wrap_session", "enable", "disable", "handle_error"]
 
@@ -64,7 +67,7 @@ def _before_cursor_execute(name: str, system: str) -> Any:
         if _DISABLED:
             return
         parent = _core.active_span()
-        if parent is None or not parent.sampled:
+        if parent is None or not parent.sampled or not _TP.on():
             return
         try:
             span = _core.start_span(name, child_of=parent, tags={

@@ -25,6 +25,9 @@ from bu_osprofiler import _core
 from bu_osprofiler import profiler as _profiler
 from bu_osprofiler import propagation as _prop
 from bu_osprofiler._log import warn_limited
+from bu_osprofiler.adaptive import registry as _tracepoints
+
+_TP_WSGI = _tracepoints.register("wsgi", "wsgi")  # runtime switch of continuing spans
 
 __all__ = ["X_TRACE_INFO", "X_TRACE_HMAC", "get_trace_id_headers", "enable", "disable",
            "set_policy", "WsgiMiddleware"]
@@ -451,6 +454,7 @@ class WsgiMiddleware:
         if not inc.untraced:
             try:
                 span = self._start_span(environ, inc)
+                _tracepoints.wsgi_root(span, environ, inc.context is None)  # request type
             except Exception as exc:
                 warn_limited("web.span", "could not start the request span: %s", exc)
         if span is None:
@@ -501,4 +505,6 @@ class WsgiMiddleware:
             tags["jaeger-debug-id"] = inc.debug_id
         if inc.context is None:
             return _core.start_span(self.name, tags=tags, ignore_active_span=True)
+        if not _tracepoints.entry_on(_TP_WSGI, inc.context):  # off: continue the caller's span
+            return _tracepoints.passthrough(inc.context)
         return _core.start_span(self.name, child_of=inc.context, tags=tags)

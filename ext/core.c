@@ -6,6 +6,7 @@
 #include "pyrecord.h"
 #include "sampler.h"
 #include "state.h"
+#include "tail.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -384,6 +385,7 @@ after_fork_child(PyObject *m, PyObject *Py_UNUSED(arg))
     st->fork_gen++;
     /* Spans queued before the fork belong to the parent, which still sends them. */
     bu_buffer_clear(&st->buffer);
+    bu_tail_after_fork(st);
     bu_reporter_after_fork_child(st);
     /* The child is a new reporting process: its counters (and Jaeger ClientStats) start at 0. */
     bu_stats *c = &st->stats;
@@ -468,7 +470,7 @@ core_exec(PyObject *m)
     Py_DECREF(r);
     if (bu_span_init(m, st) < 0 || bu_trace_init(m, st) < 0 || bu_propagation_init(m, st) < 0 ||
         bu_thrift_init(m, st) < 0 || bu_thriftdec_init(m, st) < 0 ||
-        bu_otlp_init(m, st) < 0 || bu_reporter_init(m, st) < 0) {
+        bu_otlp_init(m, st) < 0 || bu_reporter_init(m, st) < 0 || bu_tracepoint_init(m, st) < 0) {
         return -1;
     }
     if (PyModule_AddIntConstant(m, "MODE_DISCARD", BU_MODE_DISCARD) < 0 ||
@@ -492,7 +494,7 @@ core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->active);
     Py_VISIT(st->format_exc);
     Py_VISIT(st->trace_slow);
-    return 0;
+    return bu_adaptive_traverse(st, visit, arg);
 }
 
 static int
@@ -513,6 +515,7 @@ core_clear(PyObject *m)
     Py_CLEAR(st->empty_tuple);
     Py_CLEAR(st->format_exc);
     Py_CLEAR(st->trace_slow);
+    bu_adaptive_clear(st);
     return 0;
 }
 

@@ -28,6 +28,7 @@
 
 #define BU_FLAG_SAMPLED 0x01
 #define BU_FLAG_DEBUG 0x02
+#define BU_FLAG_TAIL 0x100 /* local only (never on the wire): recorded for tail keep (tail.c) */
 
 /* The tag a span's W3C tracestate is exported as (OTLP: moved to Span.trace_state). */
 #define BU_TRACESTATE_TAG "w3c.tracestate"

@@ -5,6 +5,7 @@
 #include "pyrecord.h"
 #include "span.h"
 #include "structmember.h"
+#include "tracepoint.h"
 
 #include <string.h>
 
@@ -16,6 +17,7 @@ typedef struct {
     PyObject *name;   /* operation name */
     PyObject *dict;   /* __dict__ (functools.update_wrapper fills it) */
     PyObject *weakrefs;
+    TracepointObject *tp; /* runtime switch (tracepoint.c), or NULL */
     bu_buf static_tags; /* pre-encoded: name=<qualified function name> and the info items */
     uint16_t nstatic;
     char hide_args, hide_result;
@@ -80,13 +82,17 @@ traced_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
     TracedObject *t = _Traced_CAST(op);
     bu_state *st = t->st;
     PyObject *cur = NULL, *tok = NULL, *res;
+    if (t->tp != NULL && (t->tp->hits++, t->tp->mode == BU_TP_OFF)) { /* switched off */
+        return PyObject_Vectorcall(t->func, args, nargsf, kwnames);
+    }
     if (PyContextVar_Get(st->active, NULL, &cur) < 0) {
         PyErr_Clear();
         cur = NULL;
     }
     /* Fast path: no trace, or an unsampled one (its context still propagates untouched). */
     if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
-        !(_Span_CAST(cur)->flags & BU_FLAG_SAMPLED)) {
+        !(_Span_CAST(cur)->flags & (BU_FLAG_SAMPLED | BU_FLAG_TAIL)) ||
+        (t->tp != NULL && !bu_tp_take(t->tp, cur))) {
         Py_XDECREF(cur);
         return PyObject_Vectorcall(t->func, args, nargsf, kwnames);
     }
@@ -161,11 +167,12 @@ untraced:
 static PyObject *
 traced_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"func", "name", "static_tags", "hide_args", "hide_result", NULL};
-    PyObject *func, *name, *tags = Py_None;
+    static char *kwlist[] = {"func",        "name",       "static_tags", "hide_args",
+                             "hide_result", "tracepoint", NULL};
+    PyObject *func, *name, *tags = Py_None, *tpo = Py_None;
     int hide_args = 0, hide_result = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OU|Opp:Traced", kwlist, &func, &name, &tags,
-                                     &hide_args, &hide_result)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OU|OppO:Traced", kwlist, &func, &name, &tags,
+                                     &hide_args, &hide_result, &tpo)) {
         return NULL;
     }
     if (!PyCallable_Check(func)) {
@@ -186,6 +193,14 @@ traced_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     t->name = Py_NewRef(name);
     t->hide_args = (char)hide_args;
     t->hide_result = (char)hide_result;
+    if (tpo != Py_None) {
+        if (!Py_IS_TYPE(tpo, st->TracepointType)) {
+            PyErr_SetString(PyExc_TypeError, "Traced: tracepoint must be a Tracepoint or None");
+            Py_DECREF(t);
+            return NULL;
+        }
+        t->tp = (TracepointObject *)Py_NewRef(tpo);
+    }
     Py_ssize_t n = bu_tags_put_items(&t->static_tags, tags);
     if (n < 0 || n > 0xFF00) {
         if (n >= 0) {
@@ -228,6 +243,7 @@ traced_dealloc(PyObject *op)
     }
     traced_clear(op);
     Py_CLEAR(t->name);
+    Py_CLEAR(t->tp);
     bu_buf_free(&t->static_tags);
     tp->tp_free(op);
     Py_DECREF(tp);
@@ -255,6 +271,7 @@ static PyMemberDef traced_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(TracedObject, weakrefs), READONLY, NULL},
     {"__trace_name__", T_OBJECT, offsetof(TracedObject, name), READONLY, "operation name"},
     {"__trace_func__", T_OBJECT, offsetof(TracedObject, func), READONLY, "the traced callable"},
+    {"__tracepoint__", T_OBJECT, offsetof(TracedObject, tp), READONLY, "runtime switch or None"},
     {NULL, 0, 0, 0, NULL},
 };
 

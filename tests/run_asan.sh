@@ -69,6 +69,7 @@ else
             [ -e "$f" ] && ARGS+=("$f")
         done
     done
+    ARGS+=("$ROOT/tests/test_adaptive.py")  # tracepoint switches and the tail store (C)
 fi
 echo "[asan] pytest ${ARGS[*]##*/}"
 timeout --signal=INT --kill-after=30 "$TIMEOUT" \

@@ -309,3 +309,28 @@ def test_round_trip_with_opentelemetry_trace_context_propagator():
     assert int(back.trace_flags) == 0x03
     assert list(back.trace_state.items()) == list(state.items())
     child.finish()
+
+
+def test_switched_off_wsgi_entry_still_passes_tracestate_and_random_on():
+    from bu_osprofiler.adaptive import apply_state, parse_state
+    from bu_osprofiler.adaptive.rules import State
+
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(web.get_trace_id_headers())
+        start_response("200 OK", [])
+        return [b""]
+
+    web.set_policy(trust_incoming="always")
+    apply_state(parse_state({"rules": [{"enabled": False, "id": "wsgi@wsgi"}]}))
+    try:
+        mw = web.WsgiMiddleware(app, enabled=True)
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http",
+                   "HTTP_TRACEPARENT": TP % (T128, 3), "HTTP_TRACESTATE": "rojo=1"}
+        b"".join(mw(environ, lambda *a: None))
+    finally:
+        apply_state(State())
+        web._reset()
+    # No span of ours: the caller's span is continued as it came.
+    assert seen[0]["traceparent"] == TP % (T128, 3) and seen[0]["tracestate"] == "rojo=1"
