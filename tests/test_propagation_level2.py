@@ -334,3 +334,27 @@ def test_switched_off_wsgi_entry_still_passes_tracestate_and_random_on():
         web._reset()
     # No span of ours: the caller's span is continued as it came.
     assert seen[0]["traceparent"] == TP % (T128, 3) and seen[0]["tracestate"] == "rojo=1"
+
+
+@profiler.trace("l2.switched")
+def _switched_point():
+    return propagation.inject(bu_osprofiler.active_span(), {})
+
+
+def test_switched_off_trace_point_keeps_tracestate_for_its_body():
+    from bu_osprofiler.adaptive import apply_state, parse_state
+    from bu_osprofiler.adaptive.rules import State
+
+    ctx = propagation.extract(_w3c(3, "rojo=1"))
+    apply_state(parse_state({"rules": [{"enabled": False, "prefix": "l2.switched"}]}))
+    try:
+        with bu_osprofiler.start_span("server", child_of=ctx) as server:
+            token = _core.activate(server)
+            try:
+                out = _switched_point()
+            finally:
+                _core.deactivate(token)
+    finally:
+        apply_state(State())
+    assert out["tracestate"] == "rojo=1" and out["traceparent"].endswith("-03")
+    assert "l2.switched" not in [s.operation_name for s in bu_osprofiler.finished_spans()]
