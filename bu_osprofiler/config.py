@@ -77,6 +77,9 @@ def configure(
     root spans; defaults come from ``$JAEGER_SAMPLER_TYPE`` / ``$JAEGER_SAMPLER_PARAM`` and
     otherwise sample everything. ``fork_join=True`` (or ``$BU_OSPROFILER_FORK_JOIN=1``) installs
     the automatic fork/join integration (:mod:`bu_osprofiler.concurrency`), ``False`` removes it.
+    ``log_correlation=True`` (or ``$BU_OSPROFILER_LOG_CORRELATION=1``) puts the trace ids in every
+    log record and WARNING+ records into spans (:mod:`bu_osprofiler.logging`; ``log_span_level``
+    changes the level), ``False`` removes it.
     Raises ValueError for invalid values. May be called again.
     """
     global _exporter
@@ -87,6 +90,7 @@ def configure(
     if fork_join is None:
         env_fj = os.environ.get("BU_OSPROFILER_FORK_JOIN", "").strip().lower()
         fork_join = (env_fj in ("1", "true", "yes", "on")) if env_fj else None
+    log_corr = _log_correlation_options(options)
     from bu_osprofiler import exporters
 
     env = exporters.env_config()  # JAEGER_* conventions; explicit arguments win
@@ -138,6 +142,9 @@ def configure(
             _core.set_mode(_core.MODE_REPORTER)
             _exporter = new_exporter
             _exporter.start()
+    from bu_osprofiler.concurrency import isolation
+
+    isolation.install()  # reused pool workers never see a previous task's trace
     if tail or control:
         _configure_adaptive(service_name, control, control_interval, tail)
     if fork_join is not None:
@@ -147,6 +154,27 @@ def configure(
             concurrency.install()
         else:
             concurrency.uninstall()
+    if log_corr is not None:
+        from bu_osprofiler import logging as _logcorr
+
+        if log_corr[0]:
+            _logcorr.install(log_corr[1])
+        else:
+            _logcorr.uninstall()
+
+
+def _log_correlation_options(options: dict[str, Any]) -> Optional[tuple[bool, Any]]:
+    """Pop ``log_correlation`` / ``log_span_level`` (env: BU_OSPROFILER_LOG_CORRELATION)."""
+    enabled = options.pop("log_correlation", None)
+    level = options.pop("log_span_level", "WARNING")
+    if enabled is None:
+        env = os.environ.get("BU_OSPROFILER_LOG_CORRELATION", "").strip().lower()
+        enabled = (env in ("1", "true", "yes", "on")) if env else None
+    if enabled:
+        from bu_osprofiler import logging as _logcorr
+
+        _logcorr._span_level(level)  # ValueError before anything changes
+    return None if enabled is None else (bool(enabled), level)
 
 
 def _configure_adaptive(service: str, control: Optional[str], interval: float,

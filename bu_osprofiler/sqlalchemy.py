@@ -12,6 +12,7 @@ import contextlib
 from typing import Any, Iterator
 
 from bu_osprofiler import _core
+from bu_osprofiler import profiler as _profiler
 from bu_osprofiler._log import warn_limited
 from bu_osprofiler.adaptive import registry as _tracepoints
 
@@ -77,6 +78,8 @@ def _before_cursor_execute(name: str, system: str) -> Any:
             if executemany:
                 span.set_tag("db.executemany", True)
             _push(conn, context, span)
+            _profiler.notify_point("start", span, {"db": {
+                "statement": str(statement), "params": params}})
         except Exception as exc:  # never break the application's query
             warn_limited("sqlalchemy", "could not trace a SQL statement: %s", exc)
 
@@ -100,6 +103,7 @@ def _after_cursor_execute(hide_result: bool) -> Any:
                     span.set_tag("db.result", str(rows))
         finally:
             span.finish()
+            _profiler.notify_point("stop", span, None)
 
     return handler
 
@@ -121,6 +125,7 @@ def handle_error(exception_context: Any) -> None:
         span.set_tag("db.chained_exception", str(cause) if cause else "")
     finally:
         span.__exit__(type(exc), exc, exc.__traceback__)
+        _profiler.notify_point("stop", span, {"etype": etype, "message": str(exc)})
 
 
 def add_tracing(sqlalchemy: Any, engine: Any, name: str, hide_result: bool = True) -> None:

@@ -325,16 +325,8 @@ def _enter(span: Any, key: Optional[str], ts: Optional[str]) -> tuple:
 def _leave(tokens: tuple) -> None:
     """Put the context back as it was before :func:`_enter`, whatever the application did."""
     span_token, key_token, ts_token = tokens
-    try:
-        _core.deactivate(span_token)
-    except (ValueError, RuntimeError):
-        _core.set_active(None)
-    for var, tok in ((_profiler._hmac_key, key_token), (_tracestate, ts_token)):
-        if tok is not None:
-            try:
-                var.reset(tok)
-            except (ValueError, RuntimeError):
-                var.set(None)
+    _profiler.reset_context(span_token, ((_profiler._hmac_key, key_token),
+                                         (_tracestate, ts_token)))
 
 
 class _TracedBody:
@@ -394,6 +386,53 @@ class _TracedBody:
         _finish_span(self._span, self._state, exc)
 
 
+class _TracedSizedBody(_TracedBody):
+    """A traced body whose application iterable has a length: servers still see it (a
+    one-item body gets its Content-Length)."""
+
+    __slots__ = ("_len",)
+
+    def __init__(self, body: Any, *args: Any) -> None:
+        self._len = len(body)
+        super().__init__(body, *args)
+
+    def __len__(self) -> int:
+        return self._len
+
+
+def _wrap_body(environ: dict, body: Any, span: Any, key: Optional[str], ts: Optional[str],
+               state: list) -> Any:
+    """The response iterable handed to the server: the application's own file wrapper object
+    (so that the server still uses sendfile) with the span finished by its close(), else a
+    traced body that keeps the body's length."""
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if file_wrapper is not None and isinstance(file_wrapper, type) and \
+            isinstance(body, file_wrapper):
+        done = [False]
+        orig_close = getattr(body, "close", None)
+
+        def close() -> None:
+            try:
+                if orig_close is not None:
+                    orig_close()
+            finally:
+                if not done[0]:
+                    done[0] = True
+                    _finish_span(span, state, None)
+
+        try:
+            body.close = close
+            return body
+        except Exception:  # a wrapper that takes no attributes: wrapped like any body
+            pass
+    try:
+        if not isinstance(body, (str, bytes)) and hasattr(body, "__len__"):
+            return _TracedSizedBody(body, span, key, ts, state)
+    except Exception:
+        pass
+    return _TracedBody(body, span, key, ts, state)
+
+
 def _finish_span(span: Any, state: list, exc: Optional[BaseException]) -> None:
     code = state[0]
     if code:
@@ -404,6 +443,8 @@ def _finish_span(span: Any, state: list, exc: Optional[BaseException]) -> None:
         span.__exit__(type(exc), exc, exc.__traceback__)
     else:
         span.finish()
+    _profiler.notify_point("stop", span, None if exc is None else {
+        "etype": type(exc).__name__, "message": str(exc)})
 
 
 class WsgiMiddleware:
@@ -486,7 +527,7 @@ class WsgiMiddleware:
             raise
         finally:
             _leave(tokens)
-        return _TracedBody(body, span, key, inc.tracestate, state)
+        return _wrap_body(environ, body, span, key, inc.tracestate, state)
 
     def _start_span(self, environ: dict, inc: _Incoming) -> Any:
         tags = {
@@ -504,7 +545,13 @@ class WsgiMiddleware:
         if inc.debug_id:
             tags["jaeger-debug-id"] = inc.debug_id
         if inc.context is None:
-            return _core.start_span(self.name, tags=tags, ignore_active_span=True)
-        if not _tracepoints.entry_on(_TP_WSGI, inc.context):  # off: continue the caller's span
+            span = _core.start_span(self.name, tags=tags, ignore_active_span=True)
+        elif not _tracepoints.entry_on(_TP_WSGI, inc.context):  # off: continue the caller's span
             return _tracepoints.passthrough(inc.context)
-        return _core.start_span(self.name, child_of=inc.context, tags=tags)
+        else:
+            span = _core.start_span(self.name, child_of=inc.context, tags=tags)
+        if span.sampled:
+            _profiler.notify_point("start", span, {"request": {
+                "path": tags["http.path"], "query": tags["http.query"],
+                "method": tags["http.method"], "scheme": tags["http.scheme"]}})
+        return span

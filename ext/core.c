@@ -3,6 +3,7 @@
  * C holds mechanisms; the Python layer (bu_osprofiler/) holds policy and calls these. */
 #include "hooks.h"
 #include "ids.h"
+#include "logids.h"
 #include "pyrecord.h"
 #include "sampler.h"
 #include "state.h"
@@ -434,6 +435,8 @@ static PyMethodDef core_methods[] = {
     {"after_fork_child", after_fork_child, METH_NOARGS, "Reset ids, queue and reporter in a child."},
     {"set_format_exc", set_format_exc, METH_O, "Callable(exc) -> stack text for error logs."},
     {"rand64", rand64, METH_NOARGS, "A random non-zero 64-bit id from the per-thread generator."},
+    {"log_ids", (PyCFunction)(void (*)(void))bu_log_ids, METH_FASTCALL,
+     "log_ids(span_level, max_logs, max_bytes) -> LogIds (bu_osprofiler.logging)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -76,6 +76,42 @@ done:
     return rc;
 }
 
+/* ---- legacy notifier: a traced call takes the Python slow path (profiler._traced_slow, the
+ * optional 5th item of st->trace_slow) while a notifier is installed, so that it hears the call's
+ * start / stop payloads as it does with osprofiler. 1 set, 0 not, -1 error. */
+static int legacy_notifier_set(bu_state *st);
+
+static int
+traced_notifier_set(bu_state *st)
+{
+    if (st->trace_slow == NULL || PyTuple_GET_SIZE(st->trace_slow) < 5) {
+        return 0;
+    }
+    return legacy_notifier_set(st);
+}
+
+/* slow(traced, *args, **kwargs) */
+static PyObject *
+traced_call_slow(bu_state *st, PyObject *op, PyObject *const *args, size_t nargsf,
+                 PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject **all = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1));
+    if (all == NULL) {
+        return PyErr_NoMemory();
+    }
+    all[0] = op;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
+        all[i + 1] = args[i];
+    }
+    PyObject *slow = Py_NewRef(PyTuple_GET_ITEM(st->trace_slow, 4));
+    PyObject *res = PyObject_Vectorcall(slow, all, (size_t)(nargs + 1), kwnames);
+    Py_DECREF(slow);
+    PyMem_Free(all);
+    return res;
+}
+
 static PyObject *
 traced_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -94,6 +130,15 @@ traced_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
         !(_Span_CAST(cur)->flags & (BU_FLAG_SAMPLED | BU_FLAG_TAIL)) ||
         (t->tp != NULL && !bu_tp_take(t->tp, cur))) {
         Py_XDECREF(cur);
+        return PyObject_Vectorcall(t->func, args, nargsf, kwnames);
+    }
+    int notified = traced_notifier_set(st);
+    if (notified != 0) {
+        Py_DECREF(cur);
+        if (notified > 0) {
+            return traced_call_slow(st, op, args, nargsf, kwnames);
+        }
+        PyErr_Clear();
         return PyObject_Vectorcall(t->func, args, nargsf, kwnames);
     }
     SpanObject *s = bu_span_start(st, cur, t->name, -1);
@@ -589,15 +634,17 @@ static PyType_Spec tracepoint_spec = {
 static PyObject *
 set_trace_slow_path(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || !PyDict_Check(args[0]) || !PyUnicode_CheckExact(args[1]) ||
-        !PyCallable_Check(args[2]) || !PyCallable_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "_set_trace_slow_path(notifier_ns: dict, key: str, enter, exit)");
+    if ((nargs != 4 && nargs != 5) || !PyDict_Check(args[0]) ||
+        !PyUnicode_CheckExact(args[1]) || !PyCallable_Check(args[2]) ||
+        !PyCallable_Check(args[3]) || (nargs == 5 && !PyCallable_Check(args[4]))) {
+        PyErr_SetString(PyExc_TypeError, "_set_trace_slow_path(notifier_ns: dict, key: str, "
+                                         "enter, exit[, traced_call])");
         return NULL;
     }
     PyObject *key = Py_NewRef(args[1]);
     PyUnicode_InternInPlace(&key);
-    PyObject *slow = PyTuple_Pack(4, args[0], key, args[2], args[3]);
+    PyObject *slow = nargs == 5 ? PyTuple_Pack(5, args[0], key, args[2], args[3], args[4])
+                                : PyTuple_Pack(4, args[0], key, args[2], args[3]);
     Py_DECREF(key);
     if (slow == NULL) {
         return NULL;
