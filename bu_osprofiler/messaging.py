@@ -60,9 +60,13 @@ _rpc_server: contextvars.ContextVar[Any] = contextvars.ContextVar(
 # ---------------------------------------------------------------- the carrier
 
 def inject_context(span: Any, kind: Optional[str] = None) -> dict:
-    """The TEXT_MAP carrier (``uber-trace-id``, ``uberctx-*``) of ``span`` (+ the RPC kind)."""
+    """The TEXT_MAP carrier (``uber-trace-id``, ``uberctx-*``, the W3C ``tracestate`` the trace
+    received) of ``span`` (+ the RPC kind)."""
     carrier: dict = {}
     _prop.inject(span, carrier, ("jaeger",), url_encode=False)
+    tracestate = getattr(span, "tracestate", None)
+    if tracestate:
+        carrier[_prop.TRACESTATE] = tracestate
     if kind:
         carrier[_KIND] = kind
     return carrier
@@ -91,6 +95,8 @@ def extract_context(ctxt: Any, pop: bool = True) -> tuple:
         if isinstance(carrier, dict) and len(carrier) <= _MAX_CARRIER_ITEMS:
             kind = carrier.get(_KIND)
             ctx = _prop.extract(carrier, ("jaeger",), url_decode=False)
+            if ctx is not None and _prop.TRACESTATE in carrier:
+                ctx = _prop.with_tracestate(ctx, carrier[_prop.TRACESTATE])
             if ctx is not None:
                 return ctx, kind if kind in ("call", "cast") else None
         warn_limited("rpc.carrier", "ignoring an invalid %r entry in an RPC context", KEY)
@@ -146,12 +152,7 @@ def _without_key(ctxt: Any) -> Any:
     return out
 
 
-def _placeholder(ctx: Any) -> Any:
-    """A span continuing ``ctx`` without being one (what ``profiler.init`` activates)."""
-    if getattr(ctx, "is_base", False):
-        return _core.base_span(ctx.trace_id, flags=ctx.flags, baggage=ctx.baggage or None)
-    return _core.base_span(ctx.trace_id, ctx.span_id, flags=ctx.flags,
-                           baggage=ctx.baggage or None, is_base=False)
+_placeholder = _tracepoints.passthrough  # a span continuing ctx without being one
 
 
 # ---------------------------------------------------------------- the serializer wrapper

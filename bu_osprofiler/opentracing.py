@@ -39,16 +39,18 @@ class SpanContext(opentracing.SpanContext):
     """An OpenTracing SpanContext over a core ``bu_osprofiler.SpanContext`` (immutable).
 
     ``debug_id`` is set on a context extracted from a ``jaeger-debug-id`` header (the first span
-    started from it is tagged with it); ``tracestate`` is the W3C tracestate passed through.
+    started from it is tagged with it); ``tracestate`` is the W3C tracestate the trace received
+    (kept in the core context, so spans started from it inherit it).
     """
 
-    __slots__ = ("_ctx", "debug_id", "tracestate")
+    __slots__ = ("_ctx", "debug_id")
 
     def __init__(self, ctx: Any, debug_id: Optional[str] = None,
                  tracestate: Optional[str] = None) -> None:
+        if tracestate is not None and tracestate != ctx.tracestate:
+            ctx = propagation.with_tracestate(ctx, tracestate)
         self._ctx = ctx
         self.debug_id = debug_id
-        self.tracestate = tracestate
 
     @property
     def baggage(self) -> dict:
@@ -65,6 +67,7 @@ class SpanContext(opentracing.SpanContext):
     flags = property(lambda self: self._ctx.flags)
     sampled = property(lambda self: self._ctx.sampled)
     is_base = property(lambda self: self._ctx.is_base)
+    tracestate = property(lambda self: self._ctx.tracestate)
 
     def __repr__(self) -> str:
         return "OT%r" % (self._ctx,)
@@ -73,15 +76,13 @@ class SpanContext(opentracing.SpanContext):
 class Span(opentracing.Span):
     """An OpenTracing Span over a core ``bu_osprofiler.Span``."""
 
-    def __init__(self, tracer: Optional[opentracing.Tracer], span: Any,
-                 tracestate: Optional[str] = None) -> None:
+    def __init__(self, tracer: Optional[opentracing.Tracer], span: Any) -> None:
         self._tracer = tracer
         self._span = span
-        self._tracestate = tracestate
 
     @property
     def context(self) -> SpanContext:
-        return SpanContext(self._span.context, None, self._tracestate)
+        return SpanContext(self._span.context)
 
     @property
     def core(self) -> Any:
@@ -214,13 +215,9 @@ def _core_of(obj: Any) -> Any:
     return None
 
 
-def _extra_of(obj: Any) -> tuple:
-    """(debug_id, tracestate) carried by a parent wrapper."""
-    if isinstance(obj, SpanContext):
-        return obj.debug_id, obj.tracestate
-    if isinstance(obj, Span):
-        return None, obj._tracestate
-    return None, None
+def _debug_id_of(obj: Any) -> Optional[str]:
+    """The jaeger-debug-id a parent wrapper carries."""
+    return obj.debug_id if isinstance(obj, SpanContext) else None
 
 
 _TEXT_FORMATS = (Format.TEXT_MAP, Format.HTTP_HEADERS)
@@ -272,7 +269,7 @@ class Tracer(opentracing.Tracer):
                    references: Any = None, tags: Any = None, start_time: Optional[float] = None,
                    ignore_active_span: bool = False) -> Span:
         parent = None
-        first = None  # the wrapper the new span descends from (for debug id / tracestate)
+        first = None  # the wrapper the new span descends from (for its debug id)
         if child_of is not None:
             parent = _core_of(child_of)
             first = child_of
@@ -306,13 +303,13 @@ class Tracer(opentracing.Tracer):
             scope = _scope_var.get(None)
             if scope is not None and isinstance(scope.span, Span):
                 first = scope.span
-        debug_id, tracestate = _extra_of(first)
+        debug_id = _debug_id_of(first)
         if debug_id:
             tags = dict(tags or {})
             tags[propagation.DEBUG_ID_TAG] = debug_id
         span = _core.start_span(operation_name, child_of=parent, references=refs, tags=tags,
                                 start_time=start_time, ignore_active_span=ignore_active_span)
-        return Span(self, span, tracestate)
+        return Span(self, span)
 
     # -------------------------------------------------------- propagation
 
@@ -332,9 +329,8 @@ class Tracer(opentracing.Tracer):
             if not hasattr(carrier, "__setitem__") or isinstance(carrier, (bytearray, list)):
                 raise opentracing.InvalidCarrierException(
                     "%s carrier must be a mutable mapping" % format)
-            tracestate = _extra_of(span_context)[1]
             propagation.inject(ctx, carrier, self._inject_formats, hmac_key=self._hmac_key,
-                               url_encode=format == Format.HTTP_HEADERS, tracestate=tracestate)
+                               url_encode=format == Format.HTTP_HEADERS)
         else:
             raise opentracing.UnsupportedFormatException(format)
 
@@ -356,7 +352,7 @@ class Tracer(opentracing.Tracer):
         if got.context is None:
             self._raise_if_corrupted(carrier)
             return None
-        return SpanContext(got.context, got.debug_id, got.tracestate)
+        return SpanContext(got.context, got.debug_id)
 
     def _raise_if_corrupted(self, carrier: Any) -> None:
         """A trace id header was there but unreadable: OpenTracing calls that corrupted."""

@@ -109,9 +109,10 @@ _trust_incoming_opt = cfg.StrOpt(
          "tracing), never (every request starts a new trace chosen by the sampler).")
 _max_forced_opt = cfg.FloatOpt(
     "max_forced_traces_per_second", default=100.0, min=0,
-    help="With trust_incoming=always: at most this many new incoming unsigned traces per "
-         "second keep the sampled/debug decision the caller made; beyond it they are "
-         "continued unsampled. 0 means no limit.")
+    help="Under every trust_incoming policy: at most this many incoming requests per second "
+         "keep the sampled/debug decision the caller made (signed legacy contexts included, "
+         "since a captured signed header can be replayed); beyond it they are continued "
+         "unsampled. 0 means no limit.")
 _trace_id_128bit_opt = cfg.BoolOpt(
     "trace_id_128bit", default=True,
     help="Generate 128-bit trace ids (False: 64-bit, for old Jaeger back ends).")

@@ -3,7 +3,8 @@
 Formats (names for ``formats=``):
 
 * ``"jaeger"``: ``uber-trace-id``, ``uberctx-*`` baggage, ``jaeger-baggage``, ``jaeger-debug-id``.
-* ``"w3c"``: ``traceparent``, ``tracestate`` (passed through unchanged), W3C ``baggage``.
+* ``"w3c"``: ``traceparent`` (Level 2: sampled and random flags), ``tracestate`` (kept in the
+  span context and passed on), W3C ``baggage``.
 * ``"osprofiler"``: legacy ``X-Trace-Info`` / ``X-Trace-HMAC`` (needs an HMAC key).
 * ``"b3"`` (single ``b3`` header) and ``"b3multi"`` (``X-B3-*``): optional, off by default.
 
@@ -31,7 +32,7 @@ from bu_osprofiler.profiler import span_uuid, trace_uuid
 __all__ = [
     "JAEGER", "W3C", "LEGACY", "B3", "B3_MULTI", "DEFAULT_INJECT", "DEFAULT_EXTRACT",
     "X_TRACE_INFO", "X_TRACE_HMAC", "Extracted", "inject", "extract", "extract_context",
-    "extract_headers", "inject_binary", "extract_binary", "legacy_pack", "legacy_unpack",
+    "extract_headers", "with_tracestate", "inject_binary", "extract_binary", "legacy_pack", "legacy_unpack",
     "parse_hmac_keys",
 ]
 
@@ -74,7 +75,7 @@ class Extracted(NamedTuple):
     ``source``: the format its ids came from (``"jaeger"``, ``"w3c"``, ``"osprofiler"``, ``"b3"``,
     or ``"jaeger-debug-id"`` / ``"baggage"`` for a new root that only carries those);
     ``debug_id``: the ``jaeger-debug-id`` value when it started a new debug trace (tag the root
-    span with it); ``tracestate``: the W3C tracestate to pass on unchanged.
+    span with it); ``tracestate``: the W3C tracestate received (also ``context.tracestate``).
     """
 
     context: Optional[Any]
@@ -148,17 +149,20 @@ def _new_context(trace_id: int, span_id: int, parent_id: int, flags: int,
     return SpanContext(trace_id, span_id, parent_id, flags, baggage or None)
 
 
-def _base_context(trace_id: Optional[int], flags: Optional[int], baggage: Optional[dict]) -> Any:
+def _base_context(trace_id: Optional[int], flags: Optional[int], baggage: Optional[dict],
+                  tracestate: Optional[str] = None, random: Optional[bool] = None) -> Any:
     """A context whose children are roots of trace ``trace_id`` (a new trace when None).
 
     Used for an osprofiler parent that is the trace's base, and for a new trace started because
     of ``jaeger-debug-id`` or baggage alone. ``flags`` None: ask the root sampler.
     """
     if trace_id is None:
-        trace_id = _core.base_span(flags=0).trace_id
+        fresh = _core.base_span(flags=0)
+        trace_id, random = fresh.trace_id, bool(fresh.trace_flags & 2)
     if flags is None:
         flags = 1 if _core.sample(trace_id & _MASK64) else 0
-    return _core.base_span(trace_id, flags=flags, baggage=baggage or None, is_base=True).context
+    return _core.base_span(trace_id, flags=flags, baggage=baggage or None, is_base=True,
+                           tracestate=tracestate, random=bool(random)).context
 
 
 def _as_context(context: Any) -> Any:
@@ -233,6 +237,14 @@ def _legacy_context(info: Any, signature: Any, hmac_keys: Any, baggage: Optional
     return _new_context(trace_id, span_id, 0, 1, baggage)
 
 
+def _is_base_marker(trace_id: int, span_id: int, parent_id: int) -> bool:
+    """How our Jaeger and binary carriers mark an osprofiler base (a trace with no span yet):
+    parent id == span id == the trace id's low 64 bits. No Jaeger client makes a span its own
+    parent, so a foreign root whose span id equals the low trace-id bits (jaeger-client-go/-java
+    128-bit roots) stays an ordinary parent."""
+    return parent_id == span_id == trace_id & _MASK64
+
+
 def _legacy_ids(ctx: Any) -> dict:
     trace_id = ctx.trace_id
     base = trace_uuid(trace_id)
@@ -263,7 +275,7 @@ def inject(context: Any, carrier: Any, formats: Union[str, Iterable[str], None] 
 
     Default formats: Jaeger and W3C, plus legacy osprofiler when ``hmac_key`` is given.
     ``url_encode=False`` is the OpenTracing TEXT_MAP flavour (baggage values as they are).
-    ``tracestate`` is passed on unchanged with ``traceparent``.
+    The context's W3C ``tracestate`` goes with ``traceparent``; ``tracestate=`` overrides it.
     Returns the carrier. Problems are logged, never raised.
     """
     if formats is None:
@@ -281,8 +293,10 @@ def inject(context: Any, carrier: Any, formats: Union[str, Iterable[str], None] 
         if dropped:
             _warn("baggage", "not sent: %d baggage items (invalid key or over the limits)",
                   dropped)
-        if tracestate and mask & 2:
-            headers.append((TRACESTATE, tracestate))
+        if tracestate is not None and mask & 2:
+            headers = [h for h in headers if h[0] != TRACESTATE]
+            if tracestate:
+                headers.append((TRACESTATE, tracestate))
         if legacy:
             if hmac_key:
                 ctx = context.context if isinstance(context, _core.Span) else context
@@ -385,8 +399,8 @@ def _ids_w3c(found: tuple) -> Optional[tuple]:
     if r is None:
         _warn("traceparent", "ignored invalid traceparent %.80r", v)
         return None
-    # Only the sampled bit maps to Jaeger flags (0x02 is "random trace id" in W3C Level 2).
-    return (r[0], r[1], 0, r[2] & 1)
+    # The raw trace-flags byte: only 0x01 (sampled) maps to Jaeger flags, 0x02 is "random".
+    return (r[0], r[1], 0, r[2])
 
 
 def _ids_b3(found: tuple) -> Optional[tuple]:
@@ -463,20 +477,27 @@ def _extract_found(found: tuple, formats: tuple, hmac_keys: Any, url_decode: boo
     else:
         baggage = _collect_baggage(found, formats, url_decode)
     if ids is not None:
-        tracestate = None
-        if found[_S_TRACESTATE] is not None and W3C in formats:
-            tracestate = _tracestate(found, ids[0])
+        trace_id = ids[0]
         flags = ids[3]
+        tracestate = random = None
+        if source == W3C:
+            random = flags & 2
+            flags &= 1
+            if found[_S_TRACESTATE] is not None:
+                tracestate = _tracestate(found[_S_TRACESTATE])
+        elif found[_S_TRACEPARENT] is not None and W3C in formats:
+            tracestate, random = _w3c_extras(found, trace_id)
         if not trust_flags:
             # The caller's sampled/debug bits are not honoured: our sampler decides.
-            flags = 1 if _core.sample(ids[0] & _MASK64) else 0
-        if ids[1] == ids[0] & _MASK64 and ids[0] >> 64:
-            # A 128-bit trace whose span id is the trace id's low half is how an osprofiler
-            # base (profiler.init() with no trace point yet) travels: our children are roots.
-            ctx = _core.base_span(ids[0], flags=flags, baggage=baggage or None,
-                                  is_base=True).context
+            flags = 1 if _core.sample(trace_id & _MASK64) else 0
+        if ids[2] == ids[1] and source == JAEGER and ids[1] == trace_id & _MASK64:
+            # _is_base_marker inlined (hot path): an osprofiler base (profiler.init() with no
+            # trace point yet) whose children are roots.
+            ctx = _base_context(trace_id, flags, baggage, tracestate, random)
+        elif tracestate is None and not random:
+            ctx = SpanContext(trace_id, ids[1], ids[2], flags, baggage)
         else:
-            ctx = SpanContext(ids[0], ids[1], ids[2], flags, baggage)
+            ctx = SpanContext(trace_id, ids[1], ids[2], flags, baggage, tracestate, bool(random))
         return _tuple_new(Extracted, (ctx, source, None, tracestate))
     debug_id = found[_S_DEBUG_ID] if JAEGER in formats and trust_flags else None
     if isinstance(debug_id, str) and debug_id.strip():
@@ -491,18 +512,33 @@ def _extract_found(found: tuple, formats: tuple, hmac_keys: Any, url_decode: boo
     return _NOTHING
 
 
-def _tracestate(found: tuple, trace_id: int) -> Optional[str]:
-    """tracestate belongs to its traceparent: kept only when that traceparent is valid and names
-    the same trace as the winning header."""
+def _w3c_extras(found: tuple, trace_id: int) -> tuple:
+    """``(tracestate, random)`` of a valid traceparent naming trace ``trace_id`` when another
+    format won: both belong to that traceparent, so they are dropped with it."""
     tp = found[_S_TRACEPARENT]
     w3c = _core.traceparent_parse(tp) if isinstance(tp, str) else None
+    if w3c is None or w3c[0] != trace_id:
+        return None, None
     ts = found[_S_TRACESTATE]
-    if w3c is None or w3c[0] != trace_id or not isinstance(ts, str):
-        return None
-    if _core.tracestate_valid(ts):
-        return ts
-    _warn("tracestate", "ignored invalid tracestate %.80r", ts)
-    return None
+    return (None if ts is None else _tracestate(ts)), w3c[2] & 2
+
+
+def _tracestate(value: Any) -> Optional[str]:
+    """A received tracestate, normalised; a list that does not parse is dropped whole."""
+    norm = _core.tracestate_parse(value) if isinstance(value, str) else None
+    if norm is None:
+        _warn("tracestate", "ignored invalid tracestate %.80r", value)
+    return norm or None
+
+
+def with_tracestate(context: Any, tracestate: Any) -> Any:
+    """``context`` (a SpanContext) carrying ``tracestate`` (a header value from a carrier that is
+    not HTTP, such as an RPC context). An invalid value is dropped with a warning."""
+    norm = _tracestate(tracestate)
+    if norm is None and tracestate:
+        return context
+    return SpanContext(context.trace_id, context.span_id, context.parent_id, context.flags,
+                       context.baggage or None, norm, context.random, context.is_base)
 
 
 def extract_context(carrier: Any, formats: Union[str, Iterable[str], None] = None,
@@ -551,7 +587,8 @@ def extract_headers(environ: Any, hmac_keys: Any = None, trust_flags: bool = Tru
 def inject_binary(context: Any) -> bytes:
     """Jaeger's OpenTracing Binary form of ``context``: ``>QQQQBI`` + length-prefixed baggage."""
     ctx = _as_context(context)
-    data, dropped = _core.binary_format(ctx.trace_id, ctx.span_id, ctx.parent_id, ctx.flags,
+    parent_id = ctx.span_id if ctx.is_base else ctx.parent_id  # see _is_base_marker
+    data, dropped = _core.binary_format(ctx.trace_id, ctx.span_id, parent_id, ctx.flags,
                                         ctx.baggage or None)
     if dropped:
         _warn("baggage", "not sent: %d binary baggage items over the limits", dropped)
@@ -581,4 +618,7 @@ def extract_binary(data: Any, strict: bool = False) -> Optional[Any]:
     trace_id, span_id, parent_id, flags, items, dropped = r
     if dropped:
         _warn("baggage", "ignored %d binary baggage items over the limits", dropped)
-    return _new_context(trace_id, span_id, parent_id, flags, dict(items) if items else None)
+    baggage = dict(items) if items else None
+    if _is_base_marker(trace_id, span_id, parent_id):
+        return _base_context(trace_id, flags, baggage)
+    return _new_context(trace_id, span_id, parent_id, flags, baggage)

@@ -9,8 +9,9 @@ on stock osprofiler keep joining the trace.
 ``http.method``, ``http.url``, ``http.path``, ``http.query``, ``http.scheme``,
 ``http.status_code``, ``error`` on 5xx or an exception) lasting until the response body has been
 sent. The caller's context is continued according to the trust policy (``trust_incoming``:
-``always``, ``signed`` or ``never``); without one the root sampler decides. Invalid or forged
-headers get the request served untraced and a rate-limited warning.
+``always``, ``signed`` or ``never``); without one the root sampler decides. Invalid, duplicated,
+partial or forged headers start a new trace chosen by the sampler (and a rate-limited warning),
+and sampling forced from outside is rate-limited, under every policy.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ _policy: dict[str, Any] = {
     "propagation": ("jaeger", "w3c", "osprofiler"),
     "max_forced_traces_per_second": 100.0,
 }
-# W3C tracestate of the request being served, passed on unchanged with traceparent.
+# No longer set (the span context carries the W3C tracestate); the response wrapper still saves
+# and restores it around the application.
 _tracestate: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
     "bu_osprofiler.tracestate", default=None)
 
@@ -164,7 +166,7 @@ def get_trace_id_headers() -> dict[str, str]:
         key = current_hmac_key() if span.sampled else None
         if not key:
             formats = tuple(f for f in formats if f != "osprofiler")
-    return _prop.inject(span, {}, formats, hmac_key=key, tracestate=_tracestate.get())
+    return _prop.inject(span, {}, formats, hmac_key=key)
 
 
 # ---------------------------------------------------------------- incoming context
@@ -190,7 +192,7 @@ def legacy_context(base_id: Any, parent_id: Any = None) -> Any:
     if trace_id == 0:
         return None
     if parent_int == trace_id:
-        return _core.base_span(trace_id, flags=1).context
+        return _core.base_span(trace_id, flags=1, random=False).context
     span_id = parent_int & _MASK64
     if span_id == 0:
         return None
@@ -236,8 +238,24 @@ def _same(a: Any, b: Any) -> bool:
         getattr(a, "is_base", False) == getattr(b, "is_base", False)
 
 
+def _unsampled(ctx: Any) -> Any:
+    """``ctx`` with the sampled/debug flags cleared (same trace, same W3C extras)."""
+    return _core.SpanContext(ctx.trace_id, ctx.span_id, ctx.parent_id, 0, ctx.baggage or None,
+                             ctx.tracestate, ctx.random, ctx.is_base)
+
+
 def read_incoming(environ: dict, keys: tuple, trust: str) -> _Incoming:
-    """Apply the trust policy to a WSGI environ's trace headers."""
+    """Apply the trust policy to a WSGI environ's trace headers.
+
+    The same rules under every policy: a header that is invalid, duplicated, partial or forged
+    is never continued, the request starts a new trace chosen by the sampler (a tracestate
+    without a valid traceparent goes with it); sampling forced from outside (sampled or debug
+    flags of a continued context, signed ones included, since a signed header can be replayed)
+    is honoured for at most ``max_forced_traces_per_second`` requests a second, the excess is
+    continued unsampled. Headers a policy ignores are not parsed, so they cost no sampler
+    budget: ``never`` reads nothing, ``signed`` reads the Jaeger/W3C headers only as the twin
+    of a valid signature.
+    """
     inc = _Incoming()
     if trust == "never":
         return inc
@@ -248,40 +266,30 @@ def read_incoming(environ: dict, keys: tuple, trust: str) -> _Incoming:
             inc.hmac_key, signed = _verify_legacy(info, environ.get(_H_HMAC), keys)
             if signed is None:
                 warn_limited("web.forged", "rejected X-Trace-Info/X-Trace-HMAC from %s: bad "
-                             "signature or content", environ.get("REMOTE_ADDR", "?"))
+                             "signature or content; starting a new trace",
+                             environ.get("REMOTE_ADDR", "?"))
         else:
             warn_limited("web.nokeys", "X-Trace-Info received but no HMAC keys are configured")
-    ext = _prop.extract_context(environ, _context_formats())
-    ctx = ext.context
     if trust == "signed":
         if signed is None:
-            # Forged signature: untraced. Unsigned Jaeger/W3C context: not trusted, the
-            # sampler decides as if there were none.
-            inc.untraced = info is not None
             return inc
-        if ctx is not None and _same(ctx, signed):
-            # The Jaeger/W3C headers name the signed context: keep their baggage and flags.
-            inc.context, inc.tracestate = ctx, ext.tracestate
-        else:
-            inc.context = signed
-        return inc
-    # trust == "always"
-    if ctx is None:
-        if signed is not None:
-            inc.context = signed
-        else:
-            # Headers present but unusable (already logged): serve the request untraced.
-            inc.untraced = info is not None or _core.scan(environ) is not None
-        return inc
-    if (ctx.flags & 3) and not (signed is not None and signed.trace_id == ctx.trace_id) \
-            and not _forced.admit():
-        # Sampling forced by an unauthenticated caller, over the limit: continue unsampled.
+        # The Jaeger/W3C headers naming the signed context give its baggage, flags, tracestate.
+        ctx = _prop.extract_context(environ, _context_formats()).context
+        ctx = ctx if ctx is not None and _same(ctx, signed) else signed
+    else:  # always
+        ext = _prop.extract_context(environ, _context_formats())
+        if ext.source == "baggage":
+            # Baggage alone: a new trace whose sampling the sampler chose already.
+            inc.context = ext.context
+            return inc
+        ctx = ext.context if ext.context is not None else signed
+        inc.debug_id = ext.debug_id
+    if ctx is not None and ctx.flags & 3 and not _forced.admit():
         warn_limited("web.forced", "more than %g externally sampled traces per second: "
                      "continuing the excess unsampled", _policy["max_forced_traces_per_second"])
-        ctx = _core.SpanContext(ctx.trace_id, ctx.span_id, ctx.parent_id, 0, ctx.baggage or None)
+        ctx = _unsampled(ctx)
+        inc.debug_id = None
     inc.context = ctx
-    inc.debug_id = ext.debug_id
-    inc.tracestate = ext.tracestate
     return inc
 
 

@@ -168,6 +168,12 @@ key_is(const bu_tag *t, const char *k, size_t n)
 
 /* ================================================================ Span */
 
+static inline int
+is_tracestate(const bu_tag *t)
+{
+    return t->type == BU_TAG_STRING && key_is(t, BU_TRACESTATE_TAG, sizeof(BU_TRACESTATE_TAG) - 1);
+}
+
 static int
 span_kind(const bu_tag *t)
 {
@@ -195,6 +201,7 @@ otlp_put_span(unsigned char *p, const bu_pack_opts *o, const bu_record *r)
     unsigned char *span_mark, *m;
     int kind = 1; /* INTERNAL unless tagged */
     int error = 0;
+    bu_tag tracestate = {BU_TAG_STRING, 0, NULL, 0, NULL, 0, 0.0};
     (void)o;
     /* First pass: the tags that map to Span fields instead of attributes. */
     const unsigned char *q = bu_record_tags(r);
@@ -205,6 +212,8 @@ otlp_put_span(unsigned char *p, const bu_pack_opts *o, const bu_record *r)
             kind = span_kind(&t);
         } else if (t.type == BU_TAG_BOOL && key_is(&t, "error", 5)) {
             error = t.l != 0;
+        } else if (is_tracestate(&t)) {
+            tracestate = t;
         }
     }
     p = pb_open(p, 2, &span_mark); /* ScopeSpans.spans */
@@ -212,6 +221,9 @@ otlp_put_span(unsigned char *p, const bu_pack_opts *o, const bu_record *r)
     p = put_be64(put_be64(p, r->trace_hi), r->trace_lo);
     p = pb_varint(pb_tag(p, 2, WT_LEN), 8);
     p = put_be64(p, r->span_id);
+    if (tracestate.val != NULL) {
+        p = pb_bytes(p, 3, tracestate.val, tracestate.val_len); /* Span.trace_state */
+    }
     if (r->parent_id) {
         p = pb_varint(pb_tag(p, 4, WT_LEN), 8);
         p = put_be64(p, r->parent_id);
@@ -225,7 +237,7 @@ otlp_put_span(unsigned char *p, const bu_pack_opts *o, const bu_record *r)
         bu_tag t;
         bu_tag_read(&q, &t);
         if ((t.type == BU_TAG_STRING && key_is(&t, "span.kind", 9) && span_kind(&t)) ||
-            (t.type == BU_TAG_BOOL && key_is(&t, "error", 5))) {
+            (t.type == BU_TAG_BOOL && key_is(&t, "error", 5)) || is_tracestate(&t)) {
             continue;
         }
         p = put_kv(p, 9, t.key, t.key_len, &t);
@@ -278,8 +290,10 @@ otlp_put_span(unsigned char *p, const bu_pack_opts *o, const bu_record *r)
         p = pb_tag(p, 3, WT_VARINT);
         *p++ = 2; /* STATUS_CODE_ERROR */
     }
-    if (r->flags & BU_FLAG_SAMPLED) { /* W3C trace flags; proto3 leaves out zero */
-        p = pb_fixed(p, 16, BU_FLAG_SAMPLED, 4);
+    /* Span.flags bits 0-7: W3C trace flags (sampled, random); proto3 leaves out zero. */
+    uint32_t w3c = (r->flags & BU_FLAG_SAMPLED) | (r->w3c_flags & 0x02);
+    if (w3c) {
+        p = pb_fixed(p, 16, w3c, 4);
     }
     return pb_close(span_mark, p);
 }

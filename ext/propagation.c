@@ -302,14 +302,18 @@ bu_traceparent_format(const bu_ctx_ids *c, char *out)
     return (size_t)(p - out);
 }
 
+/* Level 2 keychar: lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@" (an '@' may appear anywhere
+ * after the first character). */
 static inline int
 ts_keychar(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '*' ||
-           c == '/';
+           c == '/' || c == '@';
 }
 
-/* One list member "key=value" (already trimmed, non-empty). */
+/* One list member "key=value" (already trimmed of OWS, non-empty). Level 2 grammar:
+ * key = (lcalpha / DIGIT) 0*255(keychar); value = 0*255(chr) nblk-chr, chr = %x20-7E without
+ * ',' and '='; nblk-chr the same without the space. */
 static int
 tracestate_member_valid(const char *s, size_t n)
 {
@@ -318,62 +322,64 @@ tracestate_member_valid(const char *s, size_t n)
         return 0;
     }
     size_t klen = (size_t)(eq - s), vlen = n - klen - 1;
-    if (klen == 0 || klen > 256 || vlen > 256) {
+    if (klen == 0 || klen > 256 || vlen == 0 || vlen > 256) {
         return 0;
     }
-    /* key: [a-z0-9][a-z0-9_-*\/]* or tenant@system with system starting with a letter. */
-    size_t at = klen;
-    for (size_t i = 0; i < klen; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '@' && at == klen && i > 0) {
-            at = i;
-        } else if (!ts_keychar(c) ||
-                   (i == 0 && !((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')))) {
+    unsigned char c0 = (unsigned char)s[0];
+    if (!((c0 >= 'a' && c0 <= 'z') || (c0 >= '0' && c0 <= '9'))) {
+        return 0;
+    }
+    for (size_t i = 1; i < klen; i++) {
+        if (!ts_keychar((unsigned char)s[i])) {
             return 0;
         }
     }
-    if (at != klen) {
-        size_t syslen = klen - at - 1;
-        unsigned char c0 = (unsigned char)s[at + 1];
-        if (at > 241 || syslen == 0 || syslen > 14 || !(c0 >= 'a' && c0 <= 'z')) {
-            return 0;
-        }
-    }
-    /* value: printable ASCII except ',' and '=', not ending in a space. */
     for (size_t i = 0; i < vlen; i++) {
         unsigned char c = (unsigned char)eq[1 + i];
         if (c < 0x20 || c > 0x7E || c == ',' || c == '=') {
             return 0;
         }
     }
-    if (vlen > 0 && eq[vlen] == ' ') {
-        return 0;
+    return eq[vlen] != ' ';
+}
+
+long
+bu_tracestate_normalize(const char *s, size_t n, char *out)
+{
+    size_t members = 0, start = 0, o = 0;
+    if (n > BU_TRACESTATE_MAX_IN) {
+        return -1;
     }
-    return 1;
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && s[i] != ',') {
+            continue;
+        }
+        const char *m = s + start;
+        size_t mlen = i - start;
+        start = i + 1;
+        bu_trim_ows(&m, &mlen);
+        if (mlen == 0) {
+            continue; /* empty members are allowed and dropped */
+        }
+        if (++members > BU_TRACESTATE_MAX_MEMBERS || !tracestate_member_valid(m, mlen) ||
+            o + (o > 0) + mlen > BU_TRACESTATE_MAX_LEN) {
+            return -1;
+        }
+        if (out != NULL) {
+            if (o > 0) {
+                out[o] = ',';
+            }
+            memcpy(out + o + (o > 0), m, mlen);
+        }
+        o += (o > 0) + mlen;
+    }
+    return (long)o;
 }
 
 int
 bu_tracestate_valid(const char *s, size_t n)
 {
-    if (n > BU_TRACESTATE_MAX_LEN) {
-        return 0;
-    }
-    size_t members = 0, start = 0;
-    for (size_t i = 0; i <= n; i++) {
-        if (i == n || s[i] == ',') {
-            const char *m = s + start;
-            size_t mlen = i - start;
-            bu_trim_ows(&m, &mlen);
-            /* Empty members are allowed (and do not count). */
-            if (mlen > 0) {
-                if (++members > BU_TRACESTATE_MAX_MEMBERS || !tracestate_member_valid(m, mlen)) {
-                    return 0;
-                }
-            }
-            start = i + 1;
-        }
-    }
-    return 1;
+    return bu_tracestate_normalize(s, n, NULL) >= 0;
 }
 
 /* ================================================================ B3 single header */

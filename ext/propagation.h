@@ -12,7 +12,8 @@
 /* Limits on untrusted input (DESIGN §7: headers from outside are bounded). */
 #define BU_UBER_MAX_LEN 256        /* uber-trace-id value, before URL-decoding */
 #define BU_TRACEPARENT_MAX_LEN 512 /* traceparent of a future version may carry more fields */
-#define BU_TRACESTATE_MAX_LEN 8192 /* longer tracestate is dropped */
+#define BU_TRACESTATE_MAX_IN 32768 /* a longer tracestate header (OWS included) is dropped */
+#define BU_TRACESTATE_MAX_LEN 8192 /* so is a list longer than this once normalised */
 #define BU_TRACESTATE_MAX_MEMBERS 32
 #define BU_BAGGAGE_MAX_ITEMS 64 /* W3C Baggage limits, applied to every baggage format */
 #define BU_BAGGAGE_MAX_BYTES 8192
@@ -44,7 +45,13 @@ int bu_traceparent_parse(const char *s, size_t n, bu_ctx_ids *out);
 #define BU_TRACEPARENT_LEN 55
 size_t bu_traceparent_format(const bu_ctx_ids *c, char *out); /* version 00, 55 bytes */
 
-/* W3C tracestate syntax check: 1 valid, 0 invalid. */
+/* W3C tracestate (Level 2 grammar, one or several header fields already joined with ','):
+ * writes the list with OWS and empty members removed into `out` (NULL: only check; otherwise at
+ * least min(n, BU_TRACESTATE_MAX_LEN) bytes) and returns its length (0: no members), or -1 when
+ * any member is invalid, there are more than 32, or the result would exceed
+ * BU_TRACESTATE_MAX_LEN: a list that fails to parse is discarded whole. */
+long bu_tracestate_normalize(const char *s, size_t n, char *out);
+/* Syntax check only: 1 valid, 0 invalid. */
 int bu_tracestate_valid(const char *s, size_t n);
 
 /* B3 single header "{trace}-{span}[-{sampling}[-{parent}]]"; 0 valid, -1 invalid (a sampling-only

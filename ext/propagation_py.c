@@ -213,6 +213,27 @@ py_tracestate_valid(PyObject *Py_UNUSED(m), PyObject *arg)
     return PyBool_FromLong(bu_tracestate_valid(s, (size_t)n));
 }
 
+/* tracestate_parse(value) -> str | None: the list without OWS and empty members ("" when it has
+ * none), None when it does not parse (the whole list is then discarded). */
+static PyObject *
+py_tracestate_parse(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    const char *s;
+    Py_ssize_t n;
+    char buf[BU_TRACESTATE_MAX_LEN];
+    if (text_arg(arg, &s, &n) < 0) {
+        return NULL;
+    }
+    long len = bu_tracestate_normalize(s, (size_t)n, buf);
+    if (len < 0) {
+        Py_RETURN_NONE;
+    }
+    if (len == n && PyUnicode_CheckExact(arg)) {
+        return Py_NewRef(arg); /* already normal: ASCII, as the grammar allows nothing else */
+    }
+    return PyUnicode_DecodeASCII(buf, len, NULL);
+}
+
 /* b3_parse(value) -> (trace_id, span_id, parent_id, flags) | None */
 static PyObject *
 py_b3_parse(PyObject *Py_UNUSED(m), PyObject *arg)
@@ -964,6 +985,17 @@ scan_entry(PyObject *key, PyObject *value, PyObject **slots)
     if (v == NULL) {
         return -1;
     }
+    if (slots[slot] != NULL && PyUnicode_Check(slots[slot]) && PyUnicode_Check(v)) {
+        /* A repeated field (list of pairs, HTTPMessage, multidict): combined as HTTP does
+         * (RFC 9110 5.3), in order. A combined tracestate is one list; a combined traceparent or
+         * uber-trace-id no longer parses, which is what a duplicated one must give. */
+        PyObject *joined = PyUnicode_FromFormat("%U,%U", slots[slot], v);
+        Py_DECREF(v);
+        if (joined == NULL) {
+            return -1;
+        }
+        v = joined;
+    }
     Py_XSETREF(slots[slot], v);
     return 0;
 }
@@ -1060,7 +1092,11 @@ py_inject_headers(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     bu_state *st = bu_state_of_module(m);
     bu_ctx_ids c;
-    PyObject *baggage, *list = NULL, *bag = NULL;
+    /* `tracestate` is borrowed: it is set when the span / context is made and never replaced,
+     * and args[0] keeps that object alive for the whole call. */
+    PyObject *baggage, *tracestate, *list = NULL, *bag = NULL;
+    unsigned w3c_flags;
+    int base;
     long dropped = 0, d = 0;
     char buf[BU_UBER_FMT_MAX];
     CHECK_NARGS("inject_headers", 3, 3)
@@ -1069,10 +1105,16 @@ py_inject_headers(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         SpanObject *sp = _Span_CAST(o);
         c = (bu_ctx_ids){sp->trace_hi, sp->trace_lo, sp->span_id, sp->parent_id, sp->flags};
         baggage = sp->baggage;
+        tracestate = sp->tracestate;
+        w3c_flags = sp->w3c_flags;
+        base = (sp->state & BU_SPAN_BASE) != 0;
     } else if (Py_IS_TYPE(o, st->SpanContextType)) {
         SpanContextObject *cx = _SpanContext_CAST(o);
         c = (bu_ctx_ids){cx->trace_hi, cx->trace_lo, cx->span_id, cx->parent_id, cx->flags};
         baggage = cx->baggage;
+        tracestate = cx->tracestate;
+        w3c_flags = cx->w3c_flags;
+        base = cx->is_base != 0;
     } else {
         PyErr_Format(PyExc_TypeError, "expected a Span or SpanContext, not %.100s",
                      Py_TYPE(o)->tp_name);
@@ -1087,7 +1129,13 @@ py_inject_headers(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         baggage = NULL;
     }
     if (mask & INJECT_JAEGER) {
-        if (append_header(list, "uber-trace-id", buf, bu_uber_format(&c, buf)) < 0) {
+        /* An osprofiler base (a trace with no span yet) is marked by a parent id equal to the
+         * span id: no Jaeger client makes a span its own parent. */
+        bu_ctx_ids j = c;
+        if (base) {
+            j.parent_id = j.span_id;
+        }
+        if (append_header(list, "uber-trace-id", buf, bu_uber_format(&j, buf)) < 0) {
             goto error;
         }
         if (baggage != NULL) {
@@ -1104,9 +1152,19 @@ py_inject_headers(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
     }
     if (mask & INJECT_W3C) {
         bu_ctx_ids w = c;
-        w.flags &= BU_FLAG_SAMPLED; /* only "sampled" has a W3C meaning */
+        /* Level 2 trace-flags: sampled and random as received, every other bit zero (Jaeger's
+         * debug bit, also 0x02, has no W3C meaning). */
+        w.flags = (c.flags & BU_FLAG_SAMPLED) | (w3c_flags & BU_W3C_RANDOM);
         if (append_header(list, "traceparent", buf, bu_traceparent_format(&w, buf)) < 0) {
             goto error;
+        }
+        if (tracestate != NULL) {
+            PyObject *t = Py_BuildValue("(sO)", "tracestate", tracestate);
+            int rc = (t == NULL || PyList_Append(list, t) < 0) ? -1 : 0;
+            Py_XDECREF(t);
+            if (rc < 0) {
+                goto error;
+            }
         }
         if (baggage != NULL) {
             if ((bag = baggage_format_impl(baggage, BAGGAGE_W3C, 1, &d)) == NULL) {
@@ -1148,6 +1206,8 @@ static PyMethodDef propagation_methods[] = {
     {"traceparent_format", (PyCFunction)(void (*)(void))py_traceparent_format, METH_FASTCALL,
      "traceparent_format(trace_id, span_id, trace_flags) -> str"},
     {"tracestate_valid", py_tracestate_valid, METH_O, "W3C tracestate syntax check."},
+    {"tracestate_parse", py_tracestate_parse, METH_O,
+     "tracestate_parse(value) -> normalised list (str, '' when empty) | None when invalid"},
     {"b3_parse", py_b3_parse, METH_O,
      "b3_parse(value) -> (trace_id, span_id, parent_id, flags) | None"},
     {"b3_format", (PyCFunction)(void (*)(void))py_b3_format, METH_FASTCALL,

@@ -181,6 +181,7 @@ bu_record_new(uint64_t trace_hi, uint64_t trace_lo, uint64_t span_id, uint64_t p
     r->start_ns = start_ns;
     r->duration_ns = duration_ns < 0 ? 0 : duration_ns;
     r->service = service;
+    r->w3c_flags = 0;
     r->size = (uint32_t)size;
     r->name_len = (uint16_t)name_len;
     r->nrefs = nrefs;

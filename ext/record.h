@@ -30,6 +30,9 @@
 #define BU_FLAG_DEBUG 0x02
 #define BU_FLAG_TAIL 0x100 /* local only (never on the wire): recorded for tail keep (tail.c) */
 
+/* The tag a span's W3C tracestate is exported as (OTLP: moved to Span.trace_state). */
+#define BU_TRACESTATE_TAG "w3c.tracestate"
+
 #define BU_MAX_KEY 1024            /* longer tag keys are truncated */
 #define BU_MAX_VALUE (64 * 1024)   /* longer tag / log values are truncated */
 
@@ -43,6 +46,7 @@ typedef struct bu_record {
     uint32_t tags_off, logs_off;
     uint16_t name_len, nrefs, ntags, nlogs;
     uint16_t service; /* index into the module's process table */
+    uint8_t w3c_flags; /* W3C trace flags besides sampled (0x02 random), for OTLP; 0 by default */
     unsigned char data[];
 } bu_record;
 

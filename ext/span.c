@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 #include "clock.h"
+#include "propagation.h"
 #include "hooks.h"
 #include "ids.h"
 #include "pyrecord.h"
@@ -57,7 +58,7 @@ bu_active_reset(bu_state *st, PyObject *token)
 
 static PyObject *
 ctx_new_raw(bu_state *st, uint64_t hi, uint64_t lo, uint64_t sid, uint64_t pid, uint32_t flags,
-            PyObject *baggage, int is_base)
+            PyObject *baggage, int is_base, PyObject *tracestate, uint32_t w3c_flags)
 {
     SpanContextObject *c = PyObject_New(SpanContextObject, st->SpanContextType);
     if (c == NULL) {
@@ -71,6 +72,8 @@ ctx_new_raw(bu_state *st, uint64_t hi, uint64_t lo, uint64_t sid, uint64_t pid, 
     c->is_base = (uint32_t)is_base;
     Py_XINCREF(baggage);
     c->baggage = baggage;
+    c->tracestate = Py_XNewRef(tracestate);
+    c->w3c_flags = w3c_flags & BU_W3C_RANDOM;
     return (PyObject *)c;
 }
 
@@ -107,15 +110,49 @@ baggage_copy(PyObject *src, PyObject **out)
     return 0;
 }
 
+/* A tracestate argument: None/"" -> NULL, else the normalised list (new reference);
+ * ValueError when it does not follow the W3C grammar. */
+static int
+tracestate_arg(PyObject *o, PyObject **out)
+{
+    *out = NULL;
+    if (o == NULL || o == Py_None) {
+        return 0;
+    }
+    if (!PyUnicode_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "tracestate must be a str, not %.100s", Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(o, &n);
+    if (s == NULL) {
+        return -1;
+    }
+    char buf[BU_TRACESTATE_MAX_LEN];
+    long len = PyUnicode_IS_ASCII(o) ? bu_tracestate_normalize(s, (size_t)n, buf) : -1;
+    if (len < 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid W3C tracestate");
+        return -1;
+    }
+    if (len == 0) {
+        return 0;
+    }
+    *out = (len == n) ? Py_NewRef(o) : PyUnicode_DecodeASCII(buf, len, NULL);
+    return *out == NULL ? -1 : 0;
+}
+
 static PyObject *
 ctx_tp_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"trace_id", "span_id", "parent_id", "flags", "baggage", NULL};
+    static char *kwlist[] = {"trace_id", "span_id",    "parent_id", "flags", "baggage",
+                             "tracestate", "random", "is_base",   NULL};
     PyObject *trace, *span, *parent = NULL, *baggage = NULL, *bcopy = NULL, *res = NULL;
+    PyObject *tracestate = NULL, *ts = NULL;
     unsigned int flags = BU_FLAG_SAMPLED;
+    int random = 0, is_base = 0;
     uint64_t hi, lo, sid, pid = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OIO:SpanContext", kwlist, &trace, &span,
-                                     &parent, &flags, &baggage)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OIOOpp:SpanContext", kwlist, &trace, &span,
+                                     &parent, &flags, &baggage, &tracestate, &random, &is_base)) {
         return NULL;
     }
     bu_state *st = bu_state_of_type(tp);
@@ -140,11 +177,17 @@ ctx_tp_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "flags must fit in 8 bits");
         return NULL;
     }
-    if (baggage_copy(baggage, &bcopy) < 0) {
+    if (tracestate_arg(tracestate, &ts) < 0) {
         return NULL;
     }
-    res = ctx_new_raw(st, hi, lo, sid, pid, flags, bcopy, 0);
+    if (baggage_copy(baggage, &bcopy) < 0) {
+        Py_XDECREF(ts);
+        return NULL;
+    }
+    res = ctx_new_raw(st, hi, lo, sid, pid, flags, bcopy, is_base, ts,
+                      random ? BU_W3C_RANDOM : 0);
     Py_XDECREF(bcopy);
+    Py_XDECREF(ts);
     return res;
 }
 
@@ -154,6 +197,7 @@ ctx_dealloc(PyObject *op)
     SpanContextObject *c = _SpanContext_CAST(op);
     PyTypeObject *tp = Py_TYPE(op);
     Py_XDECREF(c->baggage);
+    Py_XDECREF(c->tracestate);
     PyObject_Free(op);
     Py_DECREF(tp);
 }
@@ -191,6 +235,27 @@ ctx_is_base(PyObject *op, void *Py_UNUSED(closure))
 }
 
 static PyObject *
+ctx_tracestate(PyObject *op, void *Py_UNUSED(closure))
+{
+    PyObject *ts = _SpanContext_CAST(op)->tracestate;
+    return Py_NewRef(ts ? ts : Py_None);
+}
+
+static PyObject *
+ctx_random(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong((_SpanContext_CAST(op)->w3c_flags & BU_W3C_RANDOM) != 0);
+}
+
+/* The W3C trace-flags byte: sampled (from the Jaeger flags) and random. */
+static PyObject *
+ctx_trace_flags(PyObject *op, void *Py_UNUSED(closure))
+{
+    SpanContextObject *c = _SpanContext_CAST(op);
+    return PyLong_FromUnsignedLong((c->flags & BU_FLAG_SAMPLED) | c->w3c_flags);
+}
+
+static PyObject *
 ctx_repr(PyObject *op)
 {
     SpanContextObject *c = _SpanContext_CAST(op);
@@ -204,10 +269,18 @@ ctx_repr(PyObject *op)
         snprintf(buf, sizeof(buf), "%016llx:%016llx:%llx:%x", (unsigned long long)c->trace_lo,
                  (unsigned long long)c->span_id, (unsigned long long)c->parent_id, c->flags);
     }
-    if (c->baggage) {
-        return PyUnicode_FromFormat("SpanContext(%s, baggage=%R)", buf, c->baggage);
+    const char *base = c->is_base ? ", base" : "";
+    if (c->tracestate && c->baggage) {
+        return PyUnicode_FromFormat("SpanContext(%s%s, baggage=%R, tracestate=%R)", buf, base,
+                                    c->baggage, c->tracestate);
     }
-    return PyUnicode_FromFormat("SpanContext(%s)", buf);
+    if (c->tracestate) {
+        return PyUnicode_FromFormat("SpanContext(%s%s, tracestate=%R)", buf, base, c->tracestate);
+    }
+    if (c->baggage) {
+        return PyUnicode_FromFormat("SpanContext(%s%s, baggage=%R)", buf, base, c->baggage);
+    }
+    return PyUnicode_FromFormat("SpanContext(%s%s)", buf, base);
 }
 
 static Py_hash_t
@@ -216,7 +289,7 @@ ctx_hash(PyObject *op)
     SpanContextObject *c = _SpanContext_CAST(op);
     uint64_t h = c->trace_hi * 0x9E3779B97F4A7C15ULL ^ c->trace_lo;
     h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL ^ c->span_id;
-    h ^= c->flags;
+    h ^= c->flags ^ ((uint64_t)c->is_base << 9) ^ ((uint64_t)c->w3c_flags << 10);
     Py_hash_t r = (Py_hash_t)(h & 0x7FFFFFFFFFFFFFFFULL);
     return r == -1 ? -2 : r;
 }
@@ -229,7 +302,13 @@ ctx_richcompare(PyObject *a, PyObject *b, int op)
     }
     SpanContextObject *x = _SpanContext_CAST(a), *y = _SpanContext_CAST(b);
     int eq = x->trace_hi == y->trace_hi && x->trace_lo == y->trace_lo &&
-             x->span_id == y->span_id && x->parent_id == y->parent_id && x->flags == y->flags;
+             x->span_id == y->span_id && x->parent_id == y->parent_id && x->flags == y->flags &&
+             x->is_base == y->is_base && x->w3c_flags == y->w3c_flags;
+    if (eq && x->tracestate != y->tracestate) {
+        /* Both are exact str objects (or NULL): comparing them runs no Python code. */
+        eq = x->tracestate != NULL && y->tracestate != NULL &&
+             PyUnicode_Compare(x->tracestate, y->tracestate) == 0;
+    }
     if (eq) {
         if (x->baggage == NULL || y->baggage == NULL) {
             eq = x->baggage == y->baggage ||
@@ -260,7 +339,7 @@ ctx_with_baggage_item(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     }
     bu_state *st = bu_state_of_type(Py_TYPE(op));
     PyObject *res = st ? ctx_new_raw(st, c->trace_hi, c->trace_lo, c->span_id, c->parent_id,
-                                     c->flags, d, (int)c->is_base)
+                                     c->flags, d, (int)c->is_base, c->tracestate, c->w3c_flags)
                        : NULL;
     Py_DECREF(d);
     return res;
@@ -274,9 +353,11 @@ ctx_reduce(PyObject *op, PyObject *Py_UNUSED(arg))
     if (t == NULL) {
         return NULL;
     }
-    return Py_BuildValue("O(NKKIO)", Py_TYPE(op), t, (unsigned long long)c->span_id,
+    return Py_BuildValue("O(NKKIOOii)", Py_TYPE(op), t, (unsigned long long)c->span_id,
                          (unsigned long long)c->parent_id, c->flags,
-                         c->baggage ? c->baggage : Py_None);
+                         c->baggage ? c->baggage : Py_None,
+                         c->tracestate ? c->tracestate : Py_None,
+                         (c->w3c_flags & BU_W3C_RANDOM) != 0, c->is_base != 0);
 }
 
 static PyMemberDef ctx_members[] = {
@@ -295,6 +376,10 @@ static PyGetSetDef ctx_getset[] = {
     {"sampled", ctx_sampled, NULL, NULL, NULL},
     {"debug", ctx_debug, NULL, NULL, NULL},
     {"is_base", ctx_is_base, NULL, "True for an osprofiler base placeholder (no real span)", NULL},
+    {"tracestate", ctx_tracestate, NULL, "W3C tracestate received with this trace (or None)",
+     NULL},
+    {"random", ctx_random, NULL, "W3C Level 2 random-trace-id flag", NULL},
+    {"trace_flags", ctx_trace_flags, NULL, "W3C trace-flags byte (sampled | random)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -314,8 +399,9 @@ static PyType_Slot ctx_slots[] = {
     {Py_tp_members, ctx_members},
     {Py_tp_getset, ctx_getset},
     {Py_tp_methods, ctx_methods},
-    {Py_tp_doc, "SpanContext(trace_id, span_id, parent_id=0, flags=1, baggage=None): immutable "
-                "identity of a span (ids, sampling flags, baggage)."},
+    {Py_tp_doc, "SpanContext(trace_id, span_id, parent_id=0, flags=1, baggage=None, "
+                "tracestate=None, random=False, is_base=False): immutable identity of a span "
+                "(ids, Jaeger flags, baggage, W3C tracestate and random flag)."},
     {0, NULL},
 };
 
@@ -365,6 +451,8 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
         }
         Py_XINCREF(p->baggage);
         s->baggage = p->baggage;
+        s->tracestate = Py_XNewRef(p->tracestate);
+        s->w3c_flags = p->w3c_flags;
     }
     else if (parent != NULL && Py_IS_TYPE(parent, st->SpanContextType)) {
         SpanContextObject *c = _SpanContext_CAST(parent);
@@ -374,6 +462,8 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
         s->flags = c->flags;
         Py_XINCREF(c->baggage);
         s->baggage = c->baggage;
+        s->tracestate = Py_XNewRef(c->tracestate);
+        s->w3c_flags = c->w3c_flags;
     }
     else {
         root = 1;
@@ -381,6 +471,8 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
         s->parent_id = 0;
         s->flags = bu_sampler_decide(&st->sampler, s->trace_lo) ? BU_FLAG_SAMPLED : 0;
         s->baggage = NULL;
+        s->tracestate = NULL;
+        s->w3c_flags = st->trace_id_128 ? BU_W3C_RANDOM : 0; /* random 128-bit ids */
     }
     atomic_fetch_add_explicit(&st->stats.started, 1, memory_order_relaxed);
     if (!(s->flags & (BU_FLAG_SAMPLED | BU_FLAG_TAIL)) && bu_tail_open(st, s)) {
@@ -403,6 +495,26 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
     s->start_mono = bu_mono_ns();
     s->start_ns = start_ns >= 0 ? start_ns : bu_wall_ns();
     return s;
+}
+
+/* The received W3C tracestate as the span's `w3c.tracestate` tag (what OpenTelemetry's Jaeger
+ * translation uses; the OTLP encoder moves it to Span.trace_state). The str is ASCII (validated
+ * on the way in), so reading it runs no Python code. */
+static int
+span_put_tracestate(SpanObject *s)
+{
+    Py_ssize_t n;
+    const char *ts = PyUnicode_AsUTF8AndSize(s->tracestate, &n);
+    if (ts == NULL || s->ntags == 0xFFFF) {
+        return -1;
+    }
+    if (bu_tag_put_str(&s->tags, BU_TRACESTATE_TAG, sizeof(BU_TRACESTATE_TAG) - 1, ts,
+                       (size_t)n) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    s->ntags++;
+    return 0;
 }
 
 void
@@ -428,6 +540,9 @@ bu_span_finish(SpanObject *s, int64_t end_ns)
                 name = "<unencodable>";
                 nlen = 13;
             }
+            if (s->tracestate != NULL && span_put_tracestate(s) < 0) {
+                PyErr_Clear(); /* out of memory: the span goes without it */
+            }
             bu_record *r = bu_record_new(s->trace_hi, s->trace_lo, s->span_id, s->parent_id,
                                          s->flags, s->start_ns, dur, s->service, name,
                                          (size_t)nlen, &s->refs, s->nrefs, &s->tags, s->ntags,
@@ -435,12 +550,15 @@ bu_span_finish(SpanObject *s, int64_t end_ns)
             if (r == NULL) {
                 atomic_fetch_add_explicit(&st->stats.dropped_queue_full, 1, memory_order_relaxed);
             }
-            else if (tail) {
-                bu_tail_finish(st, s, r, dur);
-                s->state &= (uint16_t)~BU_SPAN_LOCALROOT;
-            }
-            else if (bu_buffer_push(&st->buffer, r) == 0 && st->mode == BU_MODE_REPORTER) {
-                bu_reporter_poke(st);
+            else {
+                r->w3c_flags = (uint8_t)s->w3c_flags; /* OTLP Span.flags: random */
+                if (tail) {
+                    bu_tail_finish(st, s, r, dur);
+                    s->state &= (uint16_t)~BU_SPAN_LOCALROOT;
+                }
+                else if (bu_buffer_push(&st->buffer, r) == 0 && st->mode == BU_MODE_REPORTER) {
+                    bu_reporter_poke(st);
+                }
             }
         }
     }
@@ -663,6 +781,7 @@ span_dealloc(PyObject *op)
     bu_buf_free(&s->refs);
     Py_XDECREF(s->name);
     Py_XDECREF(s->baggage);
+    Py_XDECREF(s->tracestate);
     Py_XDECREF(s->prev);
     PyObject_Free(op);
     Py_DECREF(tp);
@@ -859,7 +978,7 @@ span_context(PyObject *op, void *Py_UNUSED(closure))
 {
     SpanObject *s = _Span_CAST(op);
     return ctx_new_raw(s->st, s->trace_hi, s->trace_lo, s->span_id, s->parent_id, s->flags & 0xFF,
-                       s->baggage, (s->state & BU_SPAN_BASE) != 0);
+                       s->baggage, (s->state & BU_SPAN_BASE) != 0, s->tracestate, s->w3c_flags);
 }
 
 static PyObject *
@@ -897,6 +1016,20 @@ static PyObject *
 span_sampled(PyObject *op, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(_Span_CAST(op)->flags & BU_FLAG_SAMPLED);
+}
+
+static PyObject *
+span_tracestate(PyObject *op, void *Py_UNUSED(closure))
+{
+    PyObject *ts = _Span_CAST(op)->tracestate;
+    return Py_NewRef(ts ? ts : Py_None);
+}
+
+static PyObject *
+span_trace_flags(PyObject *op, void *Py_UNUSED(closure))
+{
+    SpanObject *s = _Span_CAST(op);
+    return PyLong_FromUnsignedLong((s->flags & BU_FLAG_SAMPLED) | s->w3c_flags);
 }
 
 static PyObject *
@@ -947,6 +1080,8 @@ static PyGetSetDef span_getset[] = {
     {"recording", span_bool_state, NULL, "sampled and not finished", (void *)(uintptr_t)BU_SPAN_RECORDING},
     {"is_base", span_bool_state, NULL, NULL, (void *)(uintptr_t)BU_SPAN_BASE},
     {"sampled", span_sampled, NULL, NULL, NULL},
+    {"tracestate", span_tracestate, NULL, "W3C tracestate of the trace (inherited), or None", NULL},
+    {"trace_flags", span_trace_flags, NULL, "W3C trace-flags byte (sampled | random)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1192,13 +1327,20 @@ set_active(PyObject *m, PyObject *span)
 static PyObject *
 base_span(PyObject *m, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"trace_id", "span_id", "flags", "baggage", "is_base", NULL};
+    static char *kwlist[] = {"trace_id", "span_id",    "flags",  "baggage",
+                             "is_base",  "tracestate", "random", NULL};
     PyObject *trace = Py_None, *span = Py_None, *baggage = Py_None, *bcopy = NULL;
+    PyObject *tracestate = Py_None, *random = Py_None, *ts = NULL;
     unsigned int flags = BU_FLAG_SAMPLED;
     int is_base = 1;
     bu_state *st = bu_state_of_module(m);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOIOp:base_span", kwlist, &trace, &span,
-                                     &flags, &baggage, &is_base)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOIOpOO:base_span", kwlist, &trace, &span,
+                                     &flags, &baggage, &is_base, &tracestate, &random)) {
+        return NULL;
+    }
+    /* random None: set for a random 128-bit trace id generated here, not for one given. */
+    int rnd = random == Py_None ? trace == Py_None && st->trace_id_128 : PyObject_IsTrue(random);
+    if (rnd < 0) {
         return NULL;
     }
     uint64_t hi, lo, sid;
@@ -1221,12 +1363,17 @@ base_span(PyObject *m, PyObject *args, PyObject *kwargs)
     if (sid == 0) {
         sid = bu_rand64(st->fork_gen);
     }
+    if (tracestate_arg(tracestate, &ts) < 0) {
+        return NULL;
+    }
     if (baggage_copy(baggage, &bcopy) < 0) {
+        Py_XDECREF(ts);
         return NULL;
     }
     SpanObject *s = PyObject_New(SpanObject, st->SpanType);
     if (s == NULL) {
         Py_XDECREF(bcopy);
+        Py_XDECREF(ts);
         return NULL;
     }
     s->st = st;
@@ -1244,6 +1391,8 @@ base_span(PyObject *m, PyObject *args, PyObject *kwargs)
     s->parent_id = 0;
     s->flags = flags & 0xFF;
     s->baggage = bcopy;
+    s->tracestate = ts;
+    s->w3c_flags = rnd ? BU_W3C_RANDOM : 0;
     s->start_ns = bu_wall_ns();
     s->start_mono = bu_mono_ns();
     if (s->name == NULL) {
@@ -1379,7 +1528,8 @@ static PyMethodDef span_functions[] = {
     {"deactivate", deactivate, METH_O, "deactivate(token): restore what activate() replaced."},
     {"set_active", set_active, METH_O, "set_active(span or None) without a token."},
     {"base_span", (PyCFunction)(void (*)(void))base_span, METH_VARARGS | METH_KEYWORDS,
-     "base_span(trace_id=None, span_id=None, flags=1, baggage=None, is_base=True) -> Span "
+     "base_span(trace_id=None, span_id=None, flags=1, baggage=None, is_base=True, "
+     "tracestate=None, random=None) -> Span "
      "placeholder continuing a trace."},
     {"push_span", (PyCFunction)(void (*)(void))push_span, METH_FASTCALL,
      "push_span(name, info=None): osprofiler start(); info: an osprofiler info dict."},

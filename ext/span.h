@@ -14,12 +14,18 @@
 
 #define BU_SPAN_INLINE_TAGS 128
 
+/* W3C trace-flags bits kept besides "sampled" (which lives in the Jaeger flags): Level 2's
+ * "random trace id". Every other bit is sent as zero. */
+#define BU_W3C_RANDOM 0x02
+
 typedef struct {
     PyObject_HEAD
     uint64_t trace_hi, trace_lo, span_id, parent_id;
     uint32_t flags;
     uint32_t is_base;
     PyObject *baggage; /* dict str -> str, or NULL; never mutated once shared */
+    PyObject *tracestate; /* W3C tracestate (normalised str) or NULL; immutable */
+    uint32_t w3c_flags;   /* BU_W3C_RANDOM or 0 */
 } SpanContextObject;
 
 typedef struct {
@@ -32,6 +38,8 @@ typedef struct {
     uint16_t ntags, nlogs, nrefs;
     PyObject *name;    /* str */
     PyObject *baggage; /* dict or NULL, copy-on-write (shared with parent / children) */
+    PyObject *tracestate; /* W3C tracestate str or NULL, inherited by children (immutable) */
+    uint32_t w3c_flags;   /* BU_W3C_RANDOM or 0, inherited by children */
     PyObject *prev;    /* STACKED spans: the span that was active before profiler.start() */
     int64_t start_ns, start_mono;
     bu_buf tags, logs, refs;

@@ -292,6 +292,8 @@ bu_tp_passthrough(bu_state *st, PyObject *cur, PyObject *name)
     s->parent_id = p->parent_id;
     s->flags = p->flags;
     s->baggage = Py_XNewRef(p->baggage);
+    s->tracestate = Py_XNewRef(p->tracestate);
+    s->w3c_flags = p->w3c_flags;
     s->start_ns = p->start_ns;
     s->start_mono = p->start_mono;
     return s;

@@ -299,6 +299,59 @@ def _headers_check(names: List[str]) -> Callable[[bytes], None]:
     return check
 
 
+_TS_KEY = None
+
+
+def _ref_tracestate(raw: bytes) -> Optional[str]:
+    """The W3C Level 2 tracestate grammar, written from the spec in plain Python: the list with
+    OWS and empty members removed, or None when it must be discarded."""
+    import re
+    global _TS_KEY
+    if _TS_KEY is None:
+        _TS_KEY = (re.compile(r"[a-z0-9][a-z0-9_\-*/@]{0,255}"),
+                   re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"))
+    key, value = _TS_KEY
+    if len(raw) > 32768:
+        return None
+    members = []
+    for m in raw.decode("latin-1").split(","):
+        m = m.strip(" \t")
+        if not m:
+            continue
+        k, eq, v = m.partition("=")
+        if not eq or not key.fullmatch(k) or not value.fullmatch(v):
+            return None
+        members.append(m)
+    out = ",".join(members)
+    return None if len(members) > 32 or len(out) > 8192 else out
+
+
+def check_tracestate_grammar(data: bytes) -> None:
+    """The C tracestate parser agrees with the grammar; its output is a fixed point; the
+    SpanContext constructor accepts exactly what it accepts; repeated header fields (a list of
+    pairs) combine to the same list; the result survives inject -> extract."""
+    from bu_osprofiler import _core, propagation
+    inp = Input(data)
+    nfields = 1 + inp.byte() % 4
+    fields = [inp.raw(200) for _ in range(nfields - 1)] + [inp.rest()]
+    raw = b",".join(fields)
+    got = _core.tracestate_parse(raw)
+    want = _ref_tracestate(raw)
+    assert got == want, (raw, got, want)
+    if got is None:
+        return
+    assert _core.tracestate_parse(got) == got and _core.tracestate_valid(got)
+    trace = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    ctx = _core.SpanContext(trace, 1, tracestate=raw.decode("ascii"))
+    assert ctx.tracestate == (got or None)
+    tp = "00-%032x-00f067aa0ba902b7-01" % trace
+    carrier = [("traceparent", tp)] + [("TraceState", f.decode("latin-1")) for f in fields]
+    extracted = propagation.extract(carrier)
+    assert extracted.tracestate == (got or None), (extracted.tracestate, got)
+    again = propagation.extract(propagation.inject(extracted, {}))
+    assert again.tracestate == extracted.tracestate
+
+
 def check_binary(data: bytes) -> None:
     """The OpenTracing Binary format: garbage gives None (or ValueError when strict), ids in range."""
     from bu_osprofiler import propagation
@@ -451,6 +504,8 @@ TARGETS: Dict[str, Target] = {
                                   _needs_module_attr("bu_osprofiler.propagation", "extract")),
     "rpc_context": Target(check_rpc_context, _needs_module_attr("bu_osprofiler.messaging",
                                                                 "extract_context", "KEY")),
+    "tracestate_grammar": Target(check_tracestate_grammar, _needs_module_attr(
+        "bu_osprofiler._core", "tracestate_parse")),
     "collector_thrift": Target(check_collector_thrift, _needs_module_attr("bu_osprofiler._core",
                                                                           "thrift_decode")),
 }

@@ -194,3 +194,40 @@ def test_otlp_connection_strings():
     ep = exporters.parse_connection_string("otlp://collector")
     assert (ep.transport, ep.protocol, ep.port, ep.path) == ("http", "otlp", 4318, "/v1/traces")
     assert exporters.parse_connection_string("otlp+https://c:443/x").url == "https://c:443/x"
+
+
+def test_tracestate_is_exported_as_otlp_trace_state(receiver):
+    from bu_osprofiler import propagation
+
+    bu_osprofiler.configure("otlp-ts", "otlp://127.0.0.1:%d" % receiver.server_address[1],
+                            flush_interval=60)
+    ctx = propagation.extract({
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "rojo=00f067aa0ba902b7, congo=t61rcWkgMzE"})
+    with bu_osprofiler.start_span("server", child_of=ctx) as server:
+        with bu_osprofiler.start_span("child", child_of=server):
+            pass
+    with bu_osprofiler.start_span("plain"):
+        pass
+    assert bu_osprofiler.flush(5.0)
+    spans = {s.name: s for s in receiver.spans()}
+    for name in ("server", "child"):  # children inherit it
+        assert spans[name].trace_state == "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+        assert "w3c.tracestate" not in attrs(spans[name].attributes)
+        assert spans[name].flags & 0xFF == 0x01  # sampled; the received trace had no random bit
+    assert spans["plain"].trace_state == ""
+    assert spans["plain"].flags & 0xFF == 0x03  # a random 128-bit root: sampled | random
+
+
+def test_w3c_random_flag_is_exported_in_otlp_flags_not_jaeger_flags(receiver):
+    from bu_osprofiler import propagation
+
+    bu_osprofiler.configure("otlp-rnd", "otlp://127.0.0.1:%d" % receiver.server_address[1],
+                            flush_interval=60)
+    ctx = propagation.extract(
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03"})
+    with bu_osprofiler.start_span("server", child_of=ctx) as span:
+        pass
+    assert bu_osprofiler.flush(5.0)
+    [s] = receiver.spans()
+    assert s.flags & 0xFF == 0x03 and span.flags == 1

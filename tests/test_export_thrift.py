@@ -199,3 +199,21 @@ def test_bad_arguments_raise_value_error():
         _core.encode_batches("json")
     with pytest.raises(ValueError):
         _core.encode_batches("compact", max_size=0)
+
+
+def test_received_tracestate_is_the_w3c_tracestate_tag():
+    import bu_osprofiler
+    from bu_osprofiler import propagation
+
+    one_process("svc-ts")
+    ctx = propagation.extract({
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03",
+        "tracestate": "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"})
+    with bu_osprofiler.start_span("server", child_of=ctx, tags={"k": "v"}):
+        pass
+    msgs, _ = _core.encode_batches("compact")
+    batch, _, _ = decode_message(msgs[0], "compact")
+    [s] = batch.spans
+    assert tags_dict(s.tags) == {"k": "v",
+                                 "w3c.tracestate": "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"}
+    assert s.flags == 1  # Jaeger flags: sampled only, the W3C random bit is not Jaeger's debug

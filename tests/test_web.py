@@ -261,34 +261,54 @@ def test_signed_policy_root_follows_the_sampler():
     assert jaeger_decode(rec[0]["headers"]).flags & 1 == 0
 
 
-def test_forged_signature_is_served_untraced_with_one_warning(caplog):
+def test_forged_signature_starts_a_new_trace_with_one_warning(caplog):
     rec = []
     mw = web.WsgiMiddleware(_app(rec), hmac_keys=KEY, enabled=True)
-    forged = legacy_headers({"base_id": str(uuid.uuid4())}, key="wrong")
+    base = uuid.uuid4()
+    forged = legacy_headers({"base_id": str(base)}, key="wrong")
     with caplog.at_level(logging.WARNING, logger="bu_osprofiler"):
         for _ in range(3):
             assert _call(mw, forged).status_int == 200
-    assert _wsgi_spans() == [] and all(r["span"] is None for r in rec)
+    # Never continued: three new traces, each a root chosen by the sampler (const 1 here).
+    spans = _wsgi_spans()
+    assert len(spans) == 3 and len({s.trace_id for s in spans}) == 3
+    assert all(s.trace_id != base.int and s.parent_id == 0 for s in spans)
+    assert all(r["prof"] is not None and r["prof"].hmac_key is None for r in rec)
     warnings = [r for r in caplog.records if "X-Trace" in r.getMessage()]
     assert len(warnings) == 1
 
 
-@pytest.mark.parametrize("headers", [
+BAD_HEADERS = [
     {"uber-trace-id": "zzz:1:0:1"},
     {"uber-trace-id": "0:1:0:1"},
     {"uber-trace-id": "1:2:3"},
     {"traceparent": "00-00000000000000000000000000000000-0000000000000001-01"},
     {"traceparent": "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
     {"uber-trace-id": "a" * 5000},
-])
-def test_bad_headers_are_served_untraced(headers, caplog):
-    web.set_policy(trust_incoming="always")
+    {"tracestate": "foo=1"},  # a lone tracestate
+    {"X-B3-TraceId": "0af7651916cd43dd8448eb211c80319c"},  # partial
+]
+
+
+@pytest.mark.parametrize("policy", web.TRUST_POLICIES)
+@pytest.mark.parametrize("headers", BAD_HEADERS)
+def test_bad_headers_start_a_new_trace_under_every_policy(headers, policy, caplog):
+    web.set_policy(trust_incoming=policy, propagation=("jaeger", "w3c", "b3"))
     rec = []
-    mw = web.WsgiMiddleware(_app(rec), enabled=True)
+    mw = web.WsgiMiddleware(_app(rec), hmac_keys=KEY, enabled=True)
     with caplog.at_level(logging.WARNING, logger="bu_osprofiler"):
         assert _call(mw, headers).status_int == 200
-    assert rec[0]["span"] is None and _wsgi_spans() == []
-    assert caplog.records  # told about it
+    (done,) = _wsgi_spans()
+    span = rec[0]["span"]
+    assert (span.trace_id, span.span_id) == (done.trace_id, done.span_id)
+    assert done.parent_id == 0 and span.tracestate is None
+    out = rec[0]["headers"]
+    assert "tracestate" not in out
+    # A new random 128-bit root: Level 2's random flag is set.
+    assert out["traceparent"] == "00-%032x-%016x-03" % (span.trace_id, span.span_id)
+    assert span.trace_id != 0x0af7651916cd43dd8448eb211c80319c
+    if policy == "always" and "tracestate" not in headers:
+        assert caplog.records  # told about it
 
 
 def test_always_policy_continues_jaeger_and_w3c():
@@ -530,3 +550,48 @@ def test_a_64bit_jaeger_client_root_is_a_real_parent():
     _call(web.WsgiMiddleware(_app([]), enabled=True), {"uber-trace-id": "abc:abc:0:1"})
     (span,) = _wsgi_spans()
     assert (span.trace_id, span.parent_id) == (0xabc, 0xabc)
+
+
+@pytest.mark.parametrize("policy", ["signed", "always"])
+def test_replayed_signed_header_is_rate_limited(policy):
+    # One captured signed header replayed: forced sampling is limited under every policy.
+    bu_osprofiler.configure("test-service", "memory://", sampler="const", sampler_param=0)
+    web.set_policy(trust_incoming=policy, max_forced_traces_per_second=0.001)
+    rec = []
+    mw = web.WsgiMiddleware(_app(rec), hmac_keys=KEY, enabled=True)
+    base = uuid.uuid4()
+    captured = legacy_headers({"base_id": str(base), "parent_id": str(uuid.uuid4())})
+    for _ in range(200):
+        _call(mw, captured)
+    spans = _wsgi_spans()
+    assert len(spans) == 1 and spans[0].trace_id == base.int
+    # The excess still continues the signed trace, unsampled (so downstream follows).
+    assert {r["span"].trace_id for r in rec} == {base.int}
+    assert sum(r["span"].sampled for r in rec) == 1
+
+
+def test_ignored_headers_do_not_consume_the_sampler_budget():
+    # A rate-limiting sampler with one credit: a baggage-only header under `signed` is ignored,
+    # so the request's own root still gets the credit.
+    bu_osprofiler.configure("test-service", "memory://", sampler="ratelimiting",
+                            sampler_param=0.001)
+    rec = []
+    mw = web.WsgiMiddleware(_app(rec), hmac_keys=KEY, enabled=True)
+    _call(mw, {"baggage": "user=alice", "uberctx-tenant": "t1"})
+    assert rec[0]["span"].sampled and len(_wsgi_spans()) == 1
+    assert rec[0]["span"].get_baggage_item("user") is None  # untrusted: not taken
+
+
+@pytest.mark.parametrize("policy", web.TRUST_POLICIES)
+def test_invalid_context_is_one_sampler_decision_under_every_policy(policy):
+    bu_osprofiler.configure("test-service", "memory://", sampler="ratelimiting",
+                            sampler_param=0.001)
+    web.set_policy(trust_incoming=policy)
+    rec = []
+    mw = web.WsgiMiddleware(_app(rec), hmac_keys=KEY, enabled=True)
+    _call(mw, {"traceparent": "00-00000000000000000000000000000000-0000000000000001-01",
+               "tracestate": "a=1"})
+    _call(mw, {"traceparent": "00-00000000000000000000000000000000-0000000000000001-01"})
+    # Two new traces chosen by the sampler: the first gets the one credit, the second none.
+    assert [r["span"].sampled for r in rec] == [True, False]
+    assert all(r["span"].parent_id == 0 and r["span"].tracestate is None for r in rec)

@@ -126,10 +126,15 @@ def entry_on(tp: Any, ctx: Any) -> bool:
 
 
 def passthrough(ctx: Any) -> Any:
-    """What an entry hook that is off activates: a placeholder continuing the caller's span
-    (children attach to it; nothing of its own is recorded)."""
+    """What an entry hook that is off activates (and ``profiler.init`` for an RPC context): a
+    placeholder continuing the caller's span (children attach to it; nothing of its own is
+    recorded), with its baggage, W3C tracestate and random flag; an osprofiler base stays one."""
+    if getattr(ctx, "is_base", False):
+        return _core.base_span(ctx.trace_id, flags=ctx.flags, baggage=ctx.baggage or None,
+                               tracestate=ctx.tracestate, random=ctx.random)
     return _core.base_span(ctx.trace_id, ctx.span_id, flags=ctx.flags,
-                           baggage=ctx.baggage or None, is_base=False)
+                           baggage=ctx.baggage or None, is_base=False,
+                           tracestate=ctx.tracestate, random=ctx.random)
 
 
 # ---------------------------------------------------------------- request types
