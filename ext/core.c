@@ -13,11 +13,26 @@
 bu_state *
 bu_state_of_type(PyTypeObject *tp)
 {
+#if PY_VERSION_HEX >= 0x030B0000
     PyObject *m = PyType_GetModuleByDef(tp, &bu_module_def);
-    if (m == NULL) {
-        return NULL;
+    return m == NULL ? NULL : bu_state_of_module(m);
+#else
+    /* 3.9 / 3.10: the first heap type of ours along the base chain (Python subclasses of our
+     * types have no module of their own). */
+    for (PyTypeObject *t = tp; t != NULL; t = t->tp_base) {
+        if (PyType_HasFeature(t, Py_TPFLAGS_HEAPTYPE)) {
+            PyObject *m = PyType_GetModule(t);
+            if (m == NULL) {
+                PyErr_Clear();
+            }
+            else if (PyModule_GetDef(m) == &bu_module_def) {
+                return bu_state_of_module(m);
+            }
+        }
     }
-    return bu_state_of_module(m);
+    PyErr_Format(PyExc_TypeError, "%.100s is not a bu_osprofiler type", tp->tp_name);
+    return NULL;
+#endif
 }
 
 /* ================================================================ configuration */
@@ -492,6 +507,8 @@ core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->active);
     Py_VISIT(st->format_exc);
     Py_VISIT(st->trace_slow);
+    Py_VISIT(st->err_stack);
+    Py_VISIT(st->err_exc);
     return 0;
 }
 
@@ -513,6 +530,8 @@ core_clear(PyObject *m)
     Py_CLEAR(st->empty_tuple);
     Py_CLEAR(st->format_exc);
     Py_CLEAR(st->trace_slow);
+    Py_CLEAR(st->err_stack);
+    Py_CLEAR(st->err_exc);
     return 0;
 }
 
