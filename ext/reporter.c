@@ -67,6 +67,7 @@ struct bu_reporter {
     atomic_int last_error;   /* errno of the latest failed send; < 0: getaddrinfo code */
     atomic_int_fast64_t seq_no;
     atomic_int inside; /* Python threads between releasing and retaking the GIL in here */
+    uint64_t epoch;    /* external sessions started: a sender of an older one is refused */
     size_t wake_bytes;
     /* --- owned by the sending side (the UDP thread or the external Python thread) --- */
     pthread_t thread;
@@ -768,33 +769,47 @@ reporter_start_external(PyObject *m, PyObject *arg)
     r->wake_bytes = (size_t)wake;
     r->pid = getpid();
     r->mode = R_EXTERNAL;
+    r->epoch++;
     atomic_store(&r->active, 1);
-    res = Py_NewRef(Py_None);
+    res = PyLong_FromUnsignedLongLong(r->epoch);
 error:
     return res;
 }
 
+/* The running external reporter; with `epoch` (the session number reporter_start_external
+ * returned; NULL or None: any), only if it is still that session: the sender thread of an
+ * exporter that was replaced while it was busy must not serve its successor's spans. */
 static bu_reporter *
-external_reporter(PyObject *m)
+external_reporter(PyObject *m, PyObject *epoch)
 {
     bu_reporter *r = bu_state_of_module(m)->reporter;
     if (r == NULL || r->mode != R_EXTERNAL) {
         PyErr_SetString(PyExc_RuntimeError, "no external reporter is running");
-        r = NULL;
+        return NULL;
+    }
+    if (epoch != NULL && epoch != Py_None) {
+        unsigned long long e = PyLong_AsUnsignedLongLong(epoch);
+        if (e == (unsigned long long)-1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (e != r->epoch) {
+            PyErr_SetString(PyExc_RuntimeError, "the external reporter session was replaced");
+            return NULL;
+        }
     }
     return r;
 }
 
-/* reporter_wait(timeout) -> (generation, stopping): the external sender's sleep. */
+/* reporter_wait(timeout, epoch=None) -> (generation, stopping): the external sender's sleep. */
 static PyObject *
-reporter_wait(PyObject *m, PyObject *arg)
+reporter_wait(PyObject *m, PyObject *args)
 {
-    double timeout = PyFloat_AsDouble(arg);
-    PyObject *res = NULL;
-    if (timeout == -1.0 && PyErr_Occurred()) {
+    double timeout;
+    PyObject *epoch = NULL, *res = NULL;
+    if (!PyArg_ParseTuple(args, "d|O:reporter_wait", &timeout, &epoch)) {
         goto error;
     }
-    bu_reporter *r = external_reporter(m);
+    bu_reporter *r = external_reporter(m, epoch);
     if (r == NULL) {
         goto error;
     }
@@ -817,11 +832,11 @@ reporter_cycle_end(PyObject *m, PyObject *args)
 {
     unsigned long long gen;
     int ok;
-    PyObject *res = NULL;
-    if (!PyArg_ParseTuple(args, "Kp:reporter_cycle_end", &gen, &ok)) {
+    PyObject *epoch = NULL, *res = NULL;
+    if (!PyArg_ParseTuple(args, "Kp|O:reporter_cycle_end", &gen, &ok, &epoch)) {
         goto error;
     }
-    bu_reporter *r = external_reporter(m);
+    bu_reporter *r = external_reporter(m, epoch);
     if (r == NULL) {
         goto error;
     }
@@ -860,10 +875,10 @@ take_batches(PyObject *m, PyObject *args)
 {
     Py_ssize_t max_size;
     const char *format = "binary";
-    PyObject *res = NULL;
+    PyObject *epoch = NULL, *res = NULL;
     py_ctx c = {NULL};
     bu_record *list = NULL;
-    if (!PyArg_ParseTuple(args, "n|s:take_batches", &max_size, &format)) {
+    if (!PyArg_ParseTuple(args, "n|sO:take_batches", &max_size, &format, &epoch)) {
         goto error;
     }
     const bu_format *fmt = bu_format_named(format);
@@ -873,7 +888,7 @@ take_batches(PyObject *m, PyObject *args)
         goto error;
     }
     bu_state *st = bu_state_of_module(m);
-    bu_reporter *r = external_reporter(m);
+    bu_reporter *r = external_reporter(m, epoch);
     if (r == NULL || (c.list = PyList_New(0)) == NULL) {
         goto error;
     }
@@ -1008,14 +1023,16 @@ static PyMethodDef reporter_methods[] = {
      "resolve_interval=30.0): start the native UDP flusher thread (Jaeger agent emitBatch); "
      "host: one or more comma-separated names, every address of which is tried in order."},
     {"reporter_start_external", reporter_start_external, METH_O,
-     "reporter_start_external(wake_bytes): wake-ups for a Python sender (HTTP)."},
-    {"reporter_wait", reporter_wait, METH_O,
-     "reporter_wait(timeout) -> (generation, stopping): the external sender's sleep."},
+     "reporter_start_external(wake_bytes) -> epoch: wake-ups for a Python sender (HTTP); the "
+     "session number, which the sender passes to the calls below."},
+    {"reporter_wait", reporter_wait, METH_VARARGS,
+     "reporter_wait(timeout, epoch=None) -> (generation, stopping): the external sender's "
+     "sleep. RuntimeError once the session `epoch` is over."},
     {"reporter_cycle_end", reporter_cycle_end, METH_VARARGS,
-     "reporter_cycle_end(generation, ok): the external sender finished a cycle."},
+     "reporter_cycle_end(generation, ok, epoch=None): the external sender finished a cycle."},
     {"take_batches", take_batches, METH_VARARGS,
-     "take_batches(max_size, format='binary') -> ([(body, nspans)], too_large): queued spans "
-     "as HTTP bodies (Jaeger binary Batches or OTLP requests)."},
+     "take_batches(max_size, format='binary', epoch=None) -> ([(body, nspans)], too_large): "
+     "queued spans as HTTP bodies (Jaeger binary Batches or OTLP requests)."},
     {"reporter_flush", reporter_flush, METH_O,
      "reporter_flush(timeout) -> bool: send everything queued now; wait at most timeout s."},
     {"reporter_stop", reporter_stop, METH_O,
