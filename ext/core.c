@@ -305,7 +305,10 @@ push_record(PyObject *m, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     Py_ssize_t ntags = bu_tags_put_items(&tb, tags);
-    if (ntags < 0) {
+    if (ntags < 0 || ntags > 0xFFFF) {
+        if (ntags >= 0) {
+            PyErr_SetString(PyExc_ValueError, "too many tags");
+        }
         goto done;
     }
     Py_ssize_t nlogs = 0, nrefs = 0;
@@ -317,7 +320,10 @@ push_record(PyObject *m, PyObject *args, PyObject *kwargs)
         for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
             long long ts;
             PyObject *fields;
-            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "LO", &ts, &fields)) {
+            /* strong: converting or formatting may run Python that empties the caller's list */
+            PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+            if (!PyArg_ParseTuple(item, "LO", &ts, &fields)) {
+                Py_DECREF(item);
                 Py_DECREF(seq);
                 goto done;
             }
@@ -331,7 +337,11 @@ push_record(PyObject *m, PyObject *args, PyObject *kwargs)
             memcpy(lb.data + lb.len, &ts64, 8);
             lb.len += 10;
             Py_ssize_t nf = bu_tags_put_items(&lb, fields);
-            if (nf < 0) {
+            Py_DECREF(item);
+            if (nf < 0 || nf > 0xFFFF || nlogs == 0xFFFF) {
+                if (nf >= 0) {
+                    PyErr_SetString(PyExc_ValueError, "too many log fields or logs");
+                }
                 Py_DECREF(seq);
                 goto done;
             }
@@ -350,12 +360,20 @@ push_record(PyObject *m, PyObject *args, PyObject *kwargs)
             const char *kind;
             PyObject *rt, *rs;
             uint64_t rhi, rlo, rsid;
-            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "sOO", &kind, &rt, &rs) ||
-                bu_u128_from_pylong(rt, &rhi, &rlo) < 0 || bu_u64_from_pylong(rs, &rsid) < 0) {
+            PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+            int bad = !PyArg_ParseTuple(item, "sOO", &kind, &rt, &rs) ||
+                      bu_u128_from_pylong(rt, &rhi, &rlo) < 0 ||
+                      bu_u64_from_pylong(rs, &rsid) < 0;
+            int k = bad || strcmp(kind, "follows_from") != 0 ? BU_REF_CHILD_OF
+                                                              : BU_REF_FOLLOWS_FROM;
+            Py_DECREF(item); /* `kind` points into it: read above */
+            if (bad || nrefs == 0xFFFF) {
+                if (!bad) {
+                    PyErr_SetString(PyExc_ValueError, "too many references");
+                }
                 Py_DECREF(seq);
                 goto done;
             }
-            int k = strcmp(kind, "follows_from") == 0 ? BU_REF_FOLLOWS_FROM : BU_REF_CHILD_OF;
             if (bu_ref_put(&rb, k, rhi, rlo, rsid) < 0) {
                 Py_DECREF(seq);
                 PyErr_NoMemory();

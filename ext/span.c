@@ -910,13 +910,15 @@ static PyObject *
 span_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     SpanObject *s = _Span_CAST(op);
-    int rc = 0;
-    if (nargs >= 2 && args[1] != Py_None && PyExceptionInstance_Check(args[1])) {
-        rc = bu_span_set_error(s, args[1], 0);
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    if (nargs >= 2 && args[1] != Py_None && PyExceptionInstance_Check(args[1]) &&
+        bu_span_set_error(s, args[1], 0) < 0) {
+        PyErr_Fetch(&et, &ev, &etb); /* finish() runs with no exception set */
     }
     bu_span_finish(s, -1);
-    if (rc < 0) {
-        return NULL; /* a KeyboardInterrupt / SystemExit while formatting the error */
+    if (et != NULL) {
+        PyErr_Restore(et, ev, etb); /* a KeyboardInterrupt / SystemExit while formatting */
+        return NULL;
     }
     Py_RETURN_FALSE;
 }

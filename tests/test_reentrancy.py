@@ -276,7 +276,9 @@ def test_baggage_format_pairs_mutated_by_str():
             items.clear()  # frees the pair being read
             return "key"
 
-    items.append((Key(), "v" * 40))
+    value = "".join(["v"] * 40)  # built at run time: no constant keeps it alive
+    items.append((Key(), value))
     items.append(("other", "x"))
+    del value
     out, dropped = _core.baggage_format(items, 1, False)
     assert ("uberctx-key", "v" * 40) in out

@@ -197,3 +197,17 @@ def test_exception_in_str_is_still_recorded_as_placeholder(spans):
     span.finish()
     (rec,) = spans()
     assert rec.tags["k"] == "<unprintable>"
+
+
+def test_interrupt_in_exit_with_an_unencodable_name_is_not_lost(spans):
+    """Found by fuzz/ (hostile): finish() cleared the KeyboardInterrupt that formatting the
+    error raised when the span's name could not be encoded, so __exit__ returned NULL with no
+    exception set (SystemError)."""
+    class Bad(Exception):
+        def __str__(self):
+            raise KeyboardInterrupt
+
+    s = bu_osprofiler.start_span("bad-\udcff-name")
+    with pytest.raises(KeyboardInterrupt):
+        s.__exit__(Bad, Bad(), None)
+    assert s.finished
