@@ -93,8 +93,8 @@ def _after_cursor_execute(hide_result: bool) -> Any:
             if not hide_result:
                 # Only drivers that buffer rows expose them without consuming the cursor.
                 rows = getattr(cursor, "_rows", None)
-                if rows is not None:
-                    span.set_tag("db.result", str(rows))
+                if rows is not None:  # str() in C: a failing __str__ never breaks the query
+                    span.set_tag("db.result", rows)
         finally:
             span.finish()
 
@@ -113,9 +113,10 @@ def handle_error(exception_context: Any) -> None:
         cls = type(exc)
         etype = cls.__qualname__ if cls.__module__ == "builtins" else \
             "%s.%s" % (cls.__module__, cls.__qualname__)
-        span.set_tag("etype", etype).set_tag("message", str(exc))
-        span.set_tag("db.original_exception", str(exc))
-        span.set_tag("db.chained_exception", str(cause) if cause else "")
+        # str() of the exceptions in C: one whose __str__ fails must not replace the DB error
+        span.set_tag("etype", etype).set_tag("message", exc)
+        span.set_tag("db.original_exception", exc)
+        span.set_tag("db.chained_exception", cause if cause else "")
     finally:
         span.__exit__(type(exc), exc, exc.__traceback__)
 

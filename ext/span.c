@@ -657,19 +657,24 @@ bu_span_set_error(SpanObject *s, PyObject *exc, int osprofiler_tags)
         goto done;
     }
     /* Everything that runs Python first (str / repr of the exception, the stack) ... */
+    /* A part that fails with an Exception gets a placeholder (or is left out): the error
+     * itself is always recorded. */
     etype = exc_type_name(exc);
-    msg = etype ? PyObject_Str(exc) : NULL;
-    if (msg != NULL) {
-        obj_repr = PyObject_Repr(exc);
-        if (obj_repr == NULL && bu_clear_exception() < 0) {
-            goto done;
-        }
-        stack = error_stack(s->st, exc);
-        if (stack == NULL && PyErr_Occurred() && bu_clear_exception() < 0) {
-            goto done;
-        }
+    if (etype == NULL && (bu_clear_exception() < 0 ||
+                          (etype = PyUnicode_FromString(Py_TYPE(exc)->tp_name)) == NULL)) {
+        goto done;
     }
-    if (msg == NULL) {
+    msg = PyObject_Str(exc);
+    if (msg == NULL && (bu_clear_exception() < 0 ||
+                        (msg = PyUnicode_FromString("<unprintable>")) == NULL)) {
+        goto done;
+    }
+    obj_repr = PyObject_Repr(exc);
+    if (obj_repr == NULL && bu_clear_exception() < 0) {
+        goto done;
+    }
+    stack = error_stack(s->st, exc);
+    if (stack == NULL && PyErr_Occurred() && bu_clear_exception() < 0) {
         goto done;
     }
     /* ... then the tags and the error log (event, error.kind, error.object, message, stack:

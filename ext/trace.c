@@ -114,7 +114,11 @@ traced_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
         if (ev != NULL && etb != NULL) {
             PyException_SetTraceback(ev, etb);
         }
-        if (ev != NULL && bu_span_set_error(s, ev, 1) < 0) {
+        /* Only an Exception is an error (osprofiler's decorator too): GreenletExit,
+         * asyncio.CancelledError, eventlet.Timeout, KeyboardInterrupt, SystemExit end the span
+         * without one. */
+        if (ev != NULL && PyErr_GivenExceptionMatches(ev, PyExc_Exception) &&
+            bu_span_set_error(s, ev, 1) < 0) {
             /* a KeyboardInterrupt / SystemExit while formatting replaces the exception */
             Py_XDECREF(et);
             Py_XDECREF(ev);
