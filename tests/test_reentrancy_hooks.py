@@ -130,3 +130,49 @@ def test_exceptions_are_still_errors(spans):
     with pytest.raises(ValueError):
         boom()
     assert by_name(spans(), "boom").tags["error"] is True
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_fork_while_another_thread_holds_the_tracer_locks():
+    """A thread inside configure() / a rate-limited warning when another thread forks: the
+    child's copies of those locks stay held forever, and its first configure() hung."""
+    import os
+    import threading
+    import time
+
+    from bu_osprofiler import _log, config
+
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with config._lock, _log._lock:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # child: must not hang
+            code = 1
+            try:
+                bu_osprofiler.configure("child", "memory://")
+                _log.warn_limited("fork-test", "from the child")
+                code = 0
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child deadlocked on a lock held by a parent thread")
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        release.set()
+        t.join()
