@@ -271,7 +271,12 @@ ctx_with_baggage_item(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *d = c->baggage ? PyDict_Copy(c->baggage) : PyDict_New();
-    if (d == NULL || PyDict_SetItem(d, args[0], args[1]) < 0) {
+    PyObject *k = d ? PyUnicode_FromObject(args[0]) : NULL; /* exact str copies */
+    PyObject *v = k ? PyUnicode_FromObject(args[1]) : NULL;
+    int rc = v == NULL ? -1 : PyDict_SetItem(d, k, v);
+    Py_XDECREF(k);
+    Py_XDECREF(v);
+    if (rc < 0) {
         Py_XDECREF(d);
         return NULL;
     }
@@ -861,16 +866,24 @@ span_set_baggage_item(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *value = args[1];
     PyObject *vs = PyUnicode_Check(value) ? Py_NewRef(value) : PyObject_Str(value);
-    if (vs == NULL) {
+    /* exact str copies (see baggage_copy); Python that ran in str() may have replaced the
+     * span's baggage: it is read only now */
+    PyObject *k = vs ? PyUnicode_FromObject(args[0]) : NULL;
+    Py_XSETREF(vs, vs ? PyUnicode_FromObject(vs) : NULL);
+    if (k == NULL || vs == NULL) {
+        Py_XDECREF(k);
+        Py_XDECREF(vs);
         return NULL;
     }
     /* copy-on-write: the dict may be shared with the parent and children */
     PyObject *d = s->baggage ? PyDict_Copy(s->baggage) : PyDict_New();
-    if (d == NULL || PyDict_SetItem(d, args[0], vs) < 0) {
+    if (d == NULL || PyDict_SetItem(d, k, vs) < 0) {
         Py_XDECREF(d);
+        Py_DECREF(k);
         Py_DECREF(vs);
         return NULL;
     }
+    Py_DECREF(k);
     Py_DECREF(vs);
     Py_XSETREF(s->baggage, d);
     return Py_NewRef(op);
@@ -883,14 +896,18 @@ span_get_baggage_item(PyObject *op, PyObject *key)
     if (s->baggage == NULL) {
         Py_RETURN_NONE;
     }
-    PyObject *v = PyDict_GetItemWithError(s->baggage, key);
+    /* The key's __hash__ / __eq__ may run Python that replaces (frees) the span's baggage. */
+    PyObject *bag = Py_NewRef(s->baggage);
+    PyObject *v = PyDict_GetItemWithError(bag, key);
+    Py_XINCREF(v);
+    Py_DECREF(bag);
     if (v == NULL) {
         if (PyErr_Occurred()) {
             return NULL;
         }
         Py_RETURN_NONE;
     }
-    return Py_NewRef(v);
+    return v;
 }
 
 static PyObject *

@@ -282,3 +282,24 @@ def test_baggage_format_pairs_mutated_by_str():
     del value
     out, dropped = _core.baggage_format(items, 1, False)
     assert ("uberctx-key", "v" * 40) in out
+
+
+def test_baggage_lookup_key_that_replaces_the_baggage():
+    """get_baggage_item looked up in the span's dict while the key's __eq__ could replace (and
+    free) that dict."""
+    span = bu_osprofiler.start_span("b")
+    span.set_baggage_item("k", "v")
+
+    class Key(str):
+        def __hash__(self):
+            return hash("k")
+
+        def __eq__(self, other):
+            for i in range(50):
+                span.set_baggage_item("x%d" % i, "y")  # replaces the dict being searched
+            return str.__eq__(self, other)
+
+    assert span.get_baggage_item(Key("k")) == "v"
+    span.set_baggage_item(Key("k2"), Key("v2"))
+    assert all(type(k) is str for k in span.context.baggage)
+    span.finish()
