@@ -83,14 +83,39 @@ def receiver(host):
     return s
 
 
+def child_env(shim, addr_file):
+    """The environment of a child whose `agent.test` resolves to what addr_file says."""
+    return dict(os.environ, AGENT_TEST_FILE=str(addr_file),
+                LD_PRELOAD=" ".join(p for p in (os.environ.get("LD_PRELOAD"), str(shim)) if p))
+
+
+def spawn(shim, addr_file, code):
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
+                            env=child_env(shim, addr_file), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def two_agents():
+    """A receiver on 127.0.0.1 and one on 127.0.0.2, same port (the agent before / after)."""
+    old = receiver("127.0.0.1")
+    port = old.getsockname()[1]
+    try:
+        new = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        new.bind(("127.0.0.2", port))
+    except OSError:  # pragma: no cover
+        old.close()
+        pytest.skip("127.0.0.2 is not a local address here")
+    new.settimeout(20.0)
+    return old, new, port
+
+
 def run_child(shim, tmp_path, code, answer, timeout=60):
     addr_file = tmp_path / "agent-addr"
     addr_file.write_text(answer)
-    env = dict(os.environ, AGENT_TEST_FILE=str(addr_file),
-               LD_PRELOAD=" ".join(p for p in (os.environ.get("LD_PRELOAD"), str(shim)) if p))
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                          env=child_env(shim, addr_file), capture_output=True, text=True,
+                          timeout=timeout)
     return proc, time.monotonic() - t0
 
 
@@ -141,16 +166,7 @@ def test_nothing_listening_on_any_address_counts_no_export():
 def test_agent_that_moves_is_found_again(shim, tmp_path):
     """The agent's name moves from 127.0.0.1 to 127.0.0.2: after the old route fails the
     reporter resolves again and the spans reach the new address."""
-    old = receiver("127.0.0.1")
-    port = old.getsockname()[1]
-    try:
-        new = receiver("127.0.0.2")
-        new.close()
-        new = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        new.bind(("127.0.0.2", port))
-    except OSError:  # pragma: no cover
-        pytest.skip("127.0.0.2 is not a local address here")
-    new.settimeout(20.0)
+    old, new, port = two_agents()
     addr_file = tmp_path / "agent-addr"
     code = """
         import sys, time
@@ -169,10 +185,7 @@ def test_agent_that_moves_is_found_again(shim, tmp_path):
         print(dict(_core.stats()), flush=True)
     """ % port
     addr_file.write_text("127.0.0.1")
-    env = dict(os.environ, AGENT_TEST_FILE=str(addr_file),
-               LD_PRELOAD=" ".join(p for p in (os.environ.get("LD_PRELOAD"), str(shim)) if p))
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = spawn(shim, addr_file, code)
     try:
         assert proc.stdout.readline().split() == ["first", "True"]
         assert decode_message(old.recv(70000))[0].spans[0].operationName == "first"
@@ -192,14 +205,7 @@ def test_agent_that_moves_is_found_again(shim, tmp_path):
 def test_periodic_reresolution_follows_a_moved_agent(shim, tmp_path):
     """No send error at all (the old agent is still there): the name is resolved again every
     resolve_interval and the new address used."""
-    old = receiver("127.0.0.1")
-    port = old.getsockname()[1]
-    try:
-        new = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        new.bind(("127.0.0.2", port))
-    except OSError:  # pragma: no cover
-        pytest.skip("127.0.0.2 is not a local address here")
-    new.settimeout(20.0)
+    old, new, port = two_agents()
     addr_file = tmp_path / "agent-addr"
     code = """
         import sys, time
@@ -218,10 +224,7 @@ def test_periodic_reresolution_follows_a_moved_agent(shim, tmp_path):
                 break
     """ % port
     addr_file.write_text("127.0.0.1")
-    env = dict(os.environ, AGENT_TEST_FILE=str(addr_file),
-               LD_PRELOAD=" ".join(p for p in (os.environ.get("LD_PRELOAD"), str(shim)) if p))
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = spawn(shim, addr_file, code)
     try:
         assert proc.stdout.readline().split() == ["first", "True"]
         old.recv(70000)

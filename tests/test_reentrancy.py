@@ -7,6 +7,7 @@ mutates the container being read, raises, or switches threads. Under the ASan bu
 in a plain build they crashed, exported garbage or lost data.
 """
 import logging
+import sys
 import threading
 
 import pytest
@@ -15,6 +16,20 @@ import bu_osprofiler
 from bu_osprofiler import profiler
 
 from conftest import by_name
+
+
+def run_threads(worker, n, switch_interval=1e-6):
+    """worker(i) in n threads at once, with very frequent GIL switches."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(switch_interval)
+    try:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
 
 
 class Progress:
@@ -38,17 +53,7 @@ def test_concurrent_log_kv_on_one_span_keeps_every_log_whole(spans):
         except BaseException as e:  # pragma: no cover - a failure is reported below
             errors.append(e)
 
-    import sys
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
+    run_threads(worker, 4)
     span.finish()
     assert not errors
     (rec,) = spans()

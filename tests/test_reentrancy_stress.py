@@ -15,6 +15,8 @@ import pytest
 import bu_osprofiler
 from bu_osprofiler import _core, profiler
 
+from test_reentrancy import run_threads
+
 ACTIONS = ["log", "finish", "mutate", "raise", "switch", "gc", "keyboard"]
 
 
@@ -281,7 +283,7 @@ def test_hostile_values_from_many_threads(entry):
     active span: records stay whole."""
     errors = []
 
-    def worker():
+    def worker(_i):
         env = Env()
 
         def h(text):
@@ -299,15 +301,6 @@ def test_hostile_values_from_many_threads(entry):
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        threads = [threading.Thread(target=worker) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
+    run_threads(worker, 4, 1e-5)
     assert not errors, errors
     check_records()
