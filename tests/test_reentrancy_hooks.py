@@ -2,6 +2,7 @@
 0xFFFF, str() of values in the SQLAlchemy hook raising into the application, and cancellation
 (GreenletExit, CancelledError, eventlet.Timeout) recorded as an error by the decorator."""
 import asyncio
+import os
 import types
 
 import pytest
@@ -65,10 +66,17 @@ def test_sqlalchemy_hook_never_raises_from_str_of_rows_or_errors(spans):
     assert rec2.tags["error"] is True
 
 
+# greenlet switches C stacks, which the ASan runtime (preloaded into an uninstrumented
+# interpreter) does not follow: the process aborts inside greenlet, whatever we do.
+needs_greenlet_stacks = pytest.mark.skipif(os.environ.get("BU_OSPROFILER_ASAN") == "1",
+                                           reason="greenlet stack switching under ASan")
+
+
 def _no_error(rec):
     return "error" not in rec.tags and not any(f.get("event") == "error" for _t, f in rec.logs)
 
 
+@needs_greenlet_stacks
 def test_greenlet_exit_is_not_an_error(spans):
     greenlet = pytest.importorskip("greenlet")
     profiler.init("k")
@@ -87,6 +95,7 @@ def test_greenlet_exit_is_not_an_error(spans):
     assert _no_error(by_name(spans(), "killed"))
 
 
+@needs_greenlet_stacks
 def test_eventlet_timeout_is_not_an_error(spans):
     eventlet = pytest.importorskip("eventlet")
     profiler.init("k")
