@@ -1,6 +1,6 @@
 """Jaeger Thrift encoding cost per span: our C encoder vs jaeger-client's own encoding.
 
-A "typical span" (DESIGN §6): 128-bit trace id, parent, an operation name and 3 tags
+A "typical span": 128-bit trace id, parent, an operation name and 3 tags
 (component: str, http.status_code: int, span.kind: str). Variants, each encoding `--spans`
 spans into emitBatch messages:
 

@@ -250,7 +250,7 @@ def _fmt(v, unit):
 
 
 def budgets(med: dict, detail: dict) -> list:
-    """DESIGN §6 budgets: (what, budget, measured, met: True/False/None)."""
+    """The performance budgets: (what, budget, measured, met: True/False/None)."""
     g = lambda row, peer="ours": med.get(row, {}).get(peer)  # noqa: E731
     out = []
     s = g("decorated_sampled")
@@ -319,7 +319,7 @@ def render(doc: dict, command: str) -> str:
         conns = sorted({r["connection"] for r in detail.get(p, {}).values() if "connection" in r})
         cs = f" (connection strings used: {', '.join(conns)})" if conns else ""
         lines.append(f"* **{p}**: {PEERS[p][1]}{cs}; Python {doc['pythons'].get(p, '?')}; {vs}")
-    lines += ["", "## DESIGN §6 budgets", "", "| what | budget | measured (ours) | met |",
+    lines += ["", "## Performance budgets", "", "| what | budget | measured (ours) | met |",
               "|---|---|---|---|"]
     for what, budget, meas, met in doc["budgets"]:
         mark = "n/a (not measurable yet)" if met is None else ("**yes**" if met else "**NO**")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -117,13 +118,39 @@ class ConductorManager(metaclass=profiler.TracedMeta):
             c.execute(sa.text("INSERT INTO events VALUES (:n, 'created')"), {"n": name})
 
 
-def _rpc_server(url: str, db: str) -> Any:
+def _rpc_server(url: str, db: str, in_process: bool = False) -> Any:
     import oslo_messaging as om
 
     server = om.get_rpc_server(_transport(url), om.Target(topic=TOPIC, server="conductor-1"),
                                [ConductorManager(_engine(db))], executor="threading")
+    if in_process:
+        _report_as(server, "nova-conductor")
     server.start()
     return server
+
+
+def _report_as(server: Any, service: str) -> None:
+    """Make the spans of each message this RPC server handles (and of the threads it starts)
+    report as ``service``: the fake transport puts the conductor inside the API process, and it
+    should still look like its own service. Spans take their process when they start, and the
+    API thread waits while the conductor works, so switching the process around each message is
+    exact for the demo's one request at a time (not a pattern for real services)."""
+    from bu_osprofiler import _core, config, exporters
+
+    own = _core.register_process(service, list(exporters.process_tags({}).items()))
+    home = config._settings.get("process_index", 0)
+    lock = threading.Lock()
+    handle = server._process_incoming
+
+    def process_incoming(incoming: Any) -> Any:
+        with lock:
+            _core.set_process(own)
+            try:
+                return handle(incoming)
+            finally:
+                _core.set_process(home)
+
+    server._process_incoming = process_incoming
 
 
 def role_conductor(args: argparse.Namespace) -> int:
@@ -148,7 +175,8 @@ def role_api(args: argparse.Namespace) -> int:
     from bu_osprofiler import web
 
     _setup_service("nova-api", args.agent)
-    server = _rpc_server(args.transport_url, args.db) if args.with_conductor else None
+    server = (_rpc_server(args.transport_url, args.db, in_process=True)
+              if args.with_conductor else None)
     client = om.get_rpc_client(_transport(args.transport_url), om.Target(topic=TOPIC),
                                timeout=30)
 
@@ -238,12 +266,13 @@ def _wait_for_trace(store: Any, trace_id: str, want: set, timeout: float) -> Opt
 
 def run_demo(args: argparse.Namespace) -> int:
     import bu_osprofiler
-    from bu_osprofiler import web
+    from bu_osprofiler import analysis, web
     from bu_osprofiler.cmd import render
     from bu_osprofiler.collector.server import Collector
-    from bu_osprofiler.collector.web import render_trace
+    from bu_osprofiler.collector.web import fmt_duration, render_trace
 
     t0 = time.monotonic()
+    ok = False
     workdir = tempfile.mkdtemp(prefix="bu-osprofiler-demo-")
     db_path = args.db or os.path.join(workdir, "traces.db")
     app_db = os.path.join(workdir, "cloud.sqlite")
@@ -299,8 +328,13 @@ def run_demo(args: argparse.Namespace) -> int:
         with open(html_path, "w", encoding="utf-8") as f:
             f.write(render_trace(trace, standalone=True))
         services = sorted({p["serviceName"] for p in trace["processes"].values()})
-        print("trace %s (osprofiler id %s): %d spans from %s, in %.1f s"
-              % (trace_id, base_uuid, len(trace["spans"]), ", ".join(services),
+        t_start = min(s["startTime"] for s in trace["spans"])
+        t_end = max(s["startTime"] + s["duration"] for s in trace["spans"])
+        root = analysis.from_jaeger(trace).root()
+        print("trace %s (osprofiler id %s): %d spans from %d services (%s); the request took"
+              " %s, the whole trace with its asynchronous cast %s; the demo ran %.1f s"
+              % (trace_id, base_uuid, len(trace["spans"]), len(services), ", ".join(services),
+                 fmt_duration(root.duration if root else 0), fmt_duration(t_end - t_start),
                  time.monotonic() - t0))
         print("HTML waterfall: %s  (open it in a browser; it works offline)" % html_path)
         print("stored in %s; browse it with:" % db_path)
@@ -314,11 +348,40 @@ def run_demo(args: argparse.Namespace) -> int:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
+        ok = True
         return 0
     finally:
         for p in procs:
             p.kill()
         collector.stop()
+        _clean(workdir, keep=(db_path, html_path) if ok else (), log=log)
+
+
+def _clean(workdir: str, keep: Sequence[str], log: str) -> None:
+    """Remove the demo's scratch files; keep the store and page it told the user about. After a
+    failure, the services' log is shown first (it is the only place their errors went)."""
+    keep_abs = {os.path.abspath(k) for k in keep}
+    if not keep and os.path.exists(log) and os.path.getsize(log):
+        with open(log, encoding="utf-8", errors="replace") as f:
+            tail = f.readlines()[-30:]
+        print("--- the services' log (last %d lines) ---\n%s---" % (len(tail), "".join(tail)),
+              file=sys.stderr)
+    for name in os.listdir(workdir):
+        path = os.path.join(workdir, name)
+        if os.path.abspath(path) in keep_abs or any(
+                k.startswith(os.path.abspath(path) + os.sep) for k in keep_abs):
+            continue
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    try:
+        os.rmdir(workdir)  # only when nothing is kept in it
+    except OSError:
+        pass
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

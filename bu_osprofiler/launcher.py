@@ -225,14 +225,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --service-name: do not install the oslo.messaging hooks")
     p.add_argument("--trace-requests", action="store_true",
                    help="with --service-name: trace outgoing python-requests calls")
-    p.add_argument("command", help="program to run (looked up on PATH)")
+    p.add_argument("command", nargs="?", help="program to run (looked up on PATH)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``bu-osprofiler-run [OPTIONS] COMMAND [ARGS...]``: exec COMMAND with the hook set up."""
-    ns = _parser().parse_args(argv)
+    parser = _parser()
+    ns = parser.parse_args(argv)
+    if not ns.command:
+        parser.error("no COMMAND given: name the program to run, e.g. "
+                     "bu-osprofiler-run nova-api --config-file /etc/nova/nova.conf")
     exe = shutil.which(ns.command)
     if exe is None:
         print("bu-osprofiler-run: %s: command not found" % ns.command, file=sys.stderr)

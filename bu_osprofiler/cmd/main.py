@@ -40,12 +40,21 @@ def _port(text: str) -> Optional[int]:
 
 
 def _duration_us(text: str) -> int:
-    from bu_osprofiler.collector.server import parse_duration_us
+    from bu_osprofiler.collector.query import BadRequest, parse_duration_us
     try:
         return parse_duration_us(text)
+    except BadRequest as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+
+
+def _limit(text: str) -> int:
+    try:
+        v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a duration: {text!r} (e.g. 500us, 20ms, 1.5s, 10m, 2h)") from None
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= v <= 10000:
+        raise argparse.ArgumentTypeError(f"{v} is out of range (1 to 10000)")
+    return v
 
 
 def _tag(text: str) -> tuple:
@@ -58,8 +67,8 @@ def _tag(text: str) -> tuple:
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--db", metavar="PATH",
-                   help="the collector's SQLite store (default: $XDG_DATA_HOME/bu_osprofiler/"
-                        "traces.db)")
+                   help="the collector's SQLite store (default: the store of the collector "
+                        "running on this machine, else $XDG_DATA_HOME/bu_osprofiler/traces.db)")
     g.add_argument("--jaeger-url", metavar="URL",
                    help="read from a Jaeger query endpoint instead, e.g. http://HOST:16686")
 
@@ -81,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--db", metavar="PATH", help="SQLite store (default: $XDG_DATA_HOME/"
                                                 "bu_osprofiler/traces.db)")
     c.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    c.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name the query port answers to besides its address and "
+                        "localhost (repeatable; protects against DNS rebinding)")
+    c.add_argument("--query-token", metavar="TOKEN",
+                   default=os.environ.get("BU_OSPROFILER_QUERY_TOKEN") or None,
+                   help="require this token on the query port (Authorization: Bearer, or "
+                        "open the printed link once in a browser); default "
+                        "$BU_OSPROFILER_QUERY_TOKEN. Advised when --host is not loopback")
     c.add_argument("--udp-port", type=_port, default=6831, metavar="PORT",
                    help="UDP Thrift Compact emitBatch (default 6831)")
     c.add_argument("--udp-binary-port", type=_port, default=6832, metavar="PORT",
@@ -123,13 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",
                     help="only traces with a span with this tag (repeatable)")
     tl.add_argument("--errors", action="store_true", help="only traces with an error span")
-    tl.add_argument("--limit", type=int, default=20, help="at most this many traces (20)")
+    tl.add_argument("--limit", type=_limit, default=20, help="at most this many traces (20)")
     tl.add_argument("--json", action="store_true", help="print the summaries as JSON")
 
     ts = tsub.add_parser("show", help="show one trace",
                          description="Show one trace as a tree (default), Jaeger JSON, a "
                                      "self-contained HTML waterfall or Graphviz DOT.")
-    ts.add_argument("trace_id", metavar="ID", help="trace id: hex, or an osprofiler UUID")
+    ts.add_argument("trace_id", metavar="ID",
+                    help="trace id: hex (a unique prefix will do), or an osprofiler UUID")
     _add_source_args(ts)
     fmt = ts.add_mutually_exclusive_group()
     fmt.add_argument("--tree", dest="format", action="store_const", const="tree",
@@ -141,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--dot", dest="format", action="store_const", const="dot",
                      help="Graphviz DOT")
     ts.add_argument("--critical-path", action="store_true",
-                    help="tree: mark the critical path and list it")
+                    help="show the critical path: tree: starred and listed; json: a "
+                         "'criticalPath' member; html: shown at first; dot: bold red")
     ts.add_argument("--out", "-o", metavar="FILE", help="write to FILE instead of stdout")
     return p
 
@@ -167,6 +186,9 @@ def cmd_collector(args: argparse.Namespace) -> int:
     except Exception as e:  # unreadable store, bad schema, ...
         _err(f"cannot open the trace store {db}: {e}")
         return EXIT_FAIL
+    from bu_osprofiler.collector import query
+    col.query_allowed_hosts = tuple(args.allowed_host)  # type: ignore[attr-defined]
+    col.query_token = args.query_token  # type: ignore[attr-defined]
     stop = threading.Event()
     received: List[str] = []
 
@@ -183,6 +205,14 @@ def cmd_collector(args: argparse.Namespace) -> int:
                  "choose other ports, 0 for any free port, or 'off')")
             return EXIT_FAIL
         urls = col.urls()
+        if args.query_token and "query" in urls:
+            from urllib.parse import quote
+            urls["query"] += "?token=" + quote(args.query_token)
+        elif "query" in urls and not query.is_loopback(args.host):
+            print(f"bu-osprofiler collector: warning: the query port listens on {args.host} "
+                  "without a token: anyone who reaches it can read every trace "
+                  "(--query-token)", file=sys.stderr, flush=True)
+        advert = _advertise(db, urls.get("query"))
         print(f"bu-osprofiler collector: store {db}", flush=True)
         labels = {"udp_compact": "Jaeger agent, Thrift Compact (UDP)",
                   "udp_binary": "Jaeger agent, Thrift Binary (UDP)",
@@ -209,6 +239,8 @@ def cmd_collector(args: argparse.Namespace) -> int:
         col.stop()
         for s, h in old.items():
             signal.signal(s, h)
+        if "advert" in locals():
+            _unadvertise(advert)
     st = col.stats()
     print(f"bu-osprofiler collector: stopped; {st['spans_stored']} spans stored, "
           f"{st['malformed_datagrams'] + st['malformed_http']} malformed payloads, "
@@ -219,11 +251,53 @@ def cmd_collector(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- trace
 
 
+def _advert_path() -> str:
+    from bu_osprofiler.collector.store import default_db_path
+    return os.path.join(os.path.dirname(default_db_path()), "collector.json")
+
+
+def _advertise(db: str, query_url: Optional[str]) -> Optional[str]:
+    """Tell `trace list/show` on this machine where the running collector keeps its store."""
+    path = _advert_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid(), "db": os.path.abspath(db), "query": query_url}, f)
+        os.replace(tmp, path)
+        return path
+    except OSError:
+        return None  # read-only home: the CLI falls back to the default store path
+
+
+def _unadvertise(path: Optional[str]) -> None:
+    if path and _advertised(path).get("pid") == os.getpid():
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _advertised(path: Optional[str] = None) -> Dict[str, Any]:
+    """The running collector's advertisement, or {} (none, or its process is gone)."""
+    try:
+        with open(path or _advert_path(), encoding="utf-8") as f:
+            ad = json.load(f)
+        pid = int(ad["pid"])
+        if pid != os.getpid():
+            os.kill(pid, 0)
+        return ad if isinstance(ad.get("db"), str) else {}
+    except PermissionError:
+        return ad  # alive, another user's process
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def _source(args: argparse.Namespace) -> Any:
     from bu_osprofiler.collector.sources import JaegerSource, StoreSource
     if args.jaeger_url:
         return JaegerSource(args.jaeger_url)
-    return StoreSource(args.db)
+    return StoreSource(args.db or _advertised().get("db"))
 
 
 def _write(args: argparse.Namespace, text: str) -> None:
@@ -236,8 +310,9 @@ def _write(args: argparse.Namespace, text: str) -> None:
 
 
 def cmd_trace_list(args: argparse.Namespace) -> int:
+    from bu_osprofiler.cmd.render import term_safe
     from bu_osprofiler.collector.web import fmt_duration, fmt_time
-    crit: Dict[str, Any] = {"limit": max(1, args.limit)}
+    crit: Dict[str, Any] = {"limit": args.limit}
     if args.service:
         crit["service"] = args.service
     if args.operation:
@@ -256,42 +331,83 @@ def cmd_trace_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     if not rows:
-        print(f"no traces in {src.name}" + (" matching the filters" if len(crit) > 1 else ""))
+        print(f"no traces in {term_safe(src.name)}"
+              + (" matching the filters" if len(crit) > 1 else ""))
         return EXIT_OK
     table = [("TRACE ID", "START", "DURATION", "SPANS", "ERR", "ROOT")]
     for s in rows:
-        table.append((s["traceID"], fmt_time(s["start"]), fmt_duration(s["duration"]),
+        table.append((term_safe(s["traceID"]), fmt_time(s["start"]), fmt_duration(s["duration"]),
                       str(s["spans"]), str(s["errors"]) if s["errors"] else "-",
-                      f"{s['service']}: {s['operation']}"))
+                      f"{term_safe(s['service'])}: {term_safe(s['operation'])}"))
     widths = [max(len(r[i]) for r in table) for i in range(5)]
     for r in table:
         print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
-    print(f"{len(rows)} trace{'s' if len(rows) != 1 else ''} from {src.name}")
+    print(f"{len(rows)} trace{'s' if len(rows) != 1 else ''} from {term_safe(src.name)}")
     return EXIT_OK
 
 
+def _resolve(src: Any, text: str) -> Optional[str]:
+    """The one trace id ``text`` names in ``src`` (an id, a UUID or a unique prefix); prints the
+    candidates of an ambiguous prefix and returns None."""
+    from bu_osprofiler.cmd.render import term_safe
+    from bu_osprofiler.collector.sources import StoreSource
+    from bu_osprofiler.collector.store import normalize_trace_id
+    if not isinstance(src, StoreSource):
+        return normalize_trace_id(text)  # a Jaeger endpoint looks up whole ids only
+    from bu_osprofiler.collector.query import resolve_trace_id
+    ids = src.call(resolve_trace_id, text)
+    if len(ids) == 1:
+        return ids[0]
+    if not ids:
+        _err(f"trace {term_safe(text.strip().lower())} not found in {term_safe(src.name)}"
+             " (no stored trace id is or starts with it)")
+        return None
+    _err(f"{term_safe(text.strip().lower())} is the start of {len(ids)}"
+         f"{'+' if len(ids) >= 20 else ''} trace ids; give more digits:")
+    for s in src.store.summaries(ids):
+        print(f"  {s['traceID']}  {term_safe(s['service'])}: {term_safe(s['operation'])}",
+              file=sys.stderr)
+    return None
+
+
+def critical_path_json(trace: Dict[str, Any]) -> Dict[str, Any]:
+    """The critical path for JSON output: span ids, and the stretches of each span's own time."""
+    from bu_osprofiler import analysis
+    g = analysis.from_jaeger(trace)
+    segs = g.critical_path()
+    return {"spanIDs": [f"{i:016x}" for i in g.critical_span_ids()],
+            "duration": sum(s.end - s.start for s in segs),
+            "segments": [{"spanID": f"{s.span_id:016x}", "start": s.start, "end": s.end}
+                         for s in segs]}
+
+
 def cmd_trace_show(args: argparse.Namespace) -> int:
-    from bu_osprofiler.collector.store import TraceIdError, normalize_trace_id
+    from bu_osprofiler.collector.store import TraceIdError
     from bu_osprofiler.cmd import render
+    src = _source(args)
     try:
-        tid = normalize_trace_id(args.trace_id)
+        tid = _resolve(src, args.trace_id)
     except TraceIdError as e:
         _err(str(e))
         return EXIT_USAGE
-    src = _source(args)
+    if tid is None:
+        return EXIT_FAIL
     trace = src.get_trace(tid)
     if trace is None:
-        _err(f"trace {tid} not found in {src.name}")
+        _err(f"trace {tid} not found in {render.term_safe(src.name)}")
         return EXIT_FAIL
     fmt = args.format or "tree"
     if fmt == "json":
-        text = json.dumps({"data": [trace], "total": 1, "limit": 0, "offset": 0,
-                           "errors": None}, indent=1) + "\n"
+        doc: Dict[str, Any] = {"data": [trace], "total": 1, "limit": 0, "offset": 0,
+                               "errors": None}
+        if args.critical_path:
+            doc["criticalPath"] = critical_path_json(trace)
+        text = json.dumps(doc, indent=1) + "\n"
     elif fmt == "html":
         from bu_osprofiler.collector.web import render_trace
-        text = render_trace(trace, standalone=True)
+        text = render_trace(trace, standalone=True, critical_path=args.critical_path)
     elif fmt == "dot":
-        text = render.dot(trace)
+        text = render.dot(trace, critical_path=args.critical_path)
     else:
         text = render.tree(trace, critical_path=args.critical_path)
     _write(args, text)

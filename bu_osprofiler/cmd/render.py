@@ -1,14 +1,32 @@
 """Text renderings of a trace for the terminal: an indented tree and Graphviz DOT."""
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List, Mapping
 
 from bu_osprofiler import analysis
 from bu_osprofiler.collector.web import fmt_duration
 
+# C0 and C1 controls, DEL, and the bidirectional overrides/isolates that reorder what follows:
+# none of them may reach a terminal from trace data (escape sequences set titles, clear the
+# screen, write the clipboard with OSC 52, make hyperlinks; bidi controls disguise text)
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                     "\u2028\u2029]")
+
+
+def term_safe(text: Any) -> str:
+    """``text`` with every control character shown as an escape (``\\x1b``, ``\\u202e``)."""
+    def esc(m: "re.Match[str]") -> str:
+        c = ord(m.group(0))
+        return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    return _UNSAFE.sub(esc, str(text))
+
 
 def _marks(g: analysis.TraceGraph, n: analysis.Node, joins: Dict[int, List[int]]) -> str:
     out = []
+    kind = n.tags.get("span.kind")
+    if kind in ("client", "server", "producer", "consumer"):
+        out.append(f"[{kind}]")
     if n.is_fork:
         out.append("[fork]")
     if n.span_id in joins:
@@ -27,12 +45,12 @@ def tree(trace: Mapping[str, Any], critical_path: bool = False) -> str:
     g = analysis.from_jaeger(trace)
     nodes = list(g.walk())
     if not nodes:
-        return f"Trace {trace.get('traceID', '')}: no spans\n"
+        return f"Trace {term_safe(trace.get('traceID', ''))}: no spans\n"
     t0 = min(n.start for n, _ in nodes)
     t1 = max(n.end for n, _ in nodes)
     services = sorted({n.service for n, _ in nodes})
     nerr = sum(1 for n, _ in nodes if n.is_error)
-    lines = [f"Trace {trace.get('traceID', '')}: {len(nodes)} spans, {len(services)} service"
+    lines = [f"Trace {term_safe(trace.get('traceID', ''))}: {len(nodes)} spans, {len(services)} service"
              f"{'s' if len(services) != 1 else ''}, {fmt_duration(t1 - t0)}"
              + (f", {nerr} error{'s' if nerr != 1 else ''}" if nerr else "")]
     joins = g.joins()
@@ -55,7 +73,7 @@ def tree(trace: Mapping[str, Any], critical_path: bool = False) -> str:
             prefix = "".join("   " if last_at.get(k, True) else "│  " for k in range(1, d))
             prefix += "└─ " if last_at[d] else "├─ "
         star = " *" if n.span_id in crit else ""
-        lines.append(f"{prefix}{n.service}: {n.name}  {fmt_duration(n.duration)}"
+        lines.append(f"{prefix}{term_safe(n.service)}: {term_safe(n.name)}  {fmt_duration(n.duration)}"
                      f"  (+{fmt_duration(n.start - t0)}){_marks(g, n, joins)}{star}")
     if critical_path:
         segs = g.critical_path()
@@ -67,20 +85,22 @@ def tree(trace: Mapping[str, Any], critical_path: bool = False) -> str:
                      f" over {len(crit)} spans")
         for sid in g.critical_span_ids():
             n = g.nodes[sid]
-            lines.append(f"  {n.service}: {n.name}  self {fmt_duration(self_time.get(sid, 0.0))}"
+            lines.append(f"  {term_safe(n.service)}: {term_safe(n.name)}  self "
+                         f"{fmt_duration(self_time.get(sid, 0.0))}"
                          f" of {fmt_duration(n.duration)}{_marks(g, n, joins)}")
     return "\n".join(lines) + "\n"
 
 
 def _dot_str(s: str) -> str:
+    s = term_safe(s).replace("\\x0a", "\n")  # controls escaped, newlines kept as line breaks
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def dot(trace: Mapping[str, Any]) -> str:
-    """Graphviz DOT: spans as boxes (critical path bold red), CHILD_OF solid, fork dashed,
-    FOLLOWS_FROM / join dotted."""
+def dot(trace: Mapping[str, Any], critical_path: bool = False) -> str:
+    """Graphviz DOT: spans as boxes (with ``critical_path``, the path bold red), CHILD_OF solid,
+    fork dashed, FOLLOWS_FROM / join dotted."""
     g = analysis.from_jaeger(trace)
-    crit = set(g.critical_span_ids())
+    crit = set(g.critical_span_ids()) if critical_path else set()
     out = [f"digraph {_dot_str('trace ' + str(trace.get('traceID', '')))} {{",
            "  rankdir=LR;", '  node [shape=box, fontname="Helvetica", fontsize=10];']
     for n, _ in g.walk():

@@ -21,10 +21,10 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Optional, Tuple
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
 
 from bu_osprofiler import _core
-from bu_osprofiler.collector.store import Store, TraceIdError, normalize_trace_id
+from bu_osprofiler.collector.store import Store
 
 LOG = logging.getLogger("bu_osprofiler.collector")
 
@@ -291,7 +291,8 @@ class Collector:
                 self._servers.append(srv)
                 self._spawn(srv.serve_forever, 0.2, name="bu-collector-http")
             if self.requested["query"] is not None:
-                srv = _make_server(self.host, self.requested["query"], _QueryHandler, self)
+                from bu_osprofiler.collector.query import QueryHandler
+                srv = _make_server(self.host, self.requested["query"], QueryHandler, self)
                 self.ports["query"] = srv.server_address[1]
                 self._servers.append(srv)
                 self._spawn(srv.serve_forever, 0.2, name="bu-collector-query")
@@ -517,86 +518,3 @@ def search_criteria(q: Dict[str, List[str]]) -> Dict[str, Any]:
     return crit
 
 
-def _envelope(data: Any, total: Optional[int] = None, errors: Any = None) -> Dict[str, Any]:
-    n = total if total is not None else (len(data) if isinstance(data, list) else 0)
-    return {"data": data, "total": n, "limit": 0, "offset": 0, "errors": errors}
-
-
-class _QueryHandler(_BaseHandler):
-    """Jaeger query API (JSON) and the web view."""
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def do_GET(self) -> None:
-        c = self.server.collector
-        url = urlsplit(self.path)
-        path = unquote(url.path)
-        q = parse_qs(url.query)
-        try:
-            self._route(c, path, q)
-        except (ValueError, TraceIdError, json.JSONDecodeError) as e:
-            if path.startswith("/api/"):
-                self.send_json(400, _envelope(None, 0, [{"code": 400, "msg": str(e)}]))
-            else:
-                from bu_osprofiler.collector import web
-                self.send_body(400, web.render_error(400, str(e)).encode(), "text/html; charset=utf-8")
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        except Exception as e:  # noqa: BLE001 -- e.g. a damaged store: answer, log, keep serving
-            c._warn.warn("query", "collector: %s failed: %s", path, e)
-            try:
-                self.send_json(500, _envelope(None, 0, [{"code": 500, "msg": str(e)}]))
-            except OSError:
-                pass
-
-    def _route(self, c: Collector, path: str, q: Dict[str, List[str]]) -> None:
-        from bu_osprofiler.collector import web
-        store = c.store
-        parts = [p for p in path.split("/") if p]
-        if parts[:2] == ["api", "services"] and len(parts) == 2:
-            svcs = store.services()
-            self.send_json(200, _envelope(svcs))
-        elif parts[:2] == ["api", "services"] and len(parts) == 4 and parts[3] == "operations":
-            self.send_json(200, _envelope(store.operations(parts[2])))
-        elif parts == ["api", "operations"]:
-            svc = (q.get("service") or [""])[0]
-            ops = [{"name": o, "spanKind": ""} for o in store.operations(svc)]
-            self.send_json(200, _envelope(ops))
-        elif parts[:2] == ["api", "traces"] and len(parts) == 3:
-            t = store.get_trace(parts[2])
-            if t is None:
-                self.send_json(404, _envelope(None, 0, [{"code": 404, "msg": "trace not found"}]))
-            else:
-                self.send_json(200, _envelope([t]))
-        elif parts == ["api", "traces"]:
-            ids = (q.get("traceID") or [])
-            if ids:
-                traces = [t for t in (store.get_trace(i) for i in ids) if t]
-            else:
-                traces = store.find_traces(**search_criteria(q))
-            self.send_json(200, _envelope(traces))
-        elif parts == ["api", "summaries"]:
-            self.send_json(200, _envelope(store.recent(**search_criteria(q))))
-        elif parts == ["api", "stats"]:
-            self.send_json(200, c.stats())
-        elif not parts:
-            crit = search_criteria(q)
-            html = web.render_index(store.recent(**crit), store.services(), q,
-                                    store.operations(crit["service"]) if "service" in crit else [])
-            self.send_body(200, html.encode(), "text/html; charset=utf-8")
-        elif parts[0] == "trace" and len(parts) == 2:
-            t = store.get_trace(parts[1])
-            if t is None:
-                self.send_body(404, web.render_error(404, "trace %s not found" % normalize_trace_id(
-                    parts[1])).encode(), "text/html; charset=utf-8")
-            else:
-                self.send_body(200, web.render_trace(t).encode(), "text/html; charset=utf-8")
-        elif parts == ["favicon.ico"]:
-            self.send_body(204, b"", "image/x-icon")
-        else:
-            if path.startswith("/api/"):
-                self.send_json(404, _envelope(None, 0, [{"code": 404, "msg": "not found"}]))
-            else:
-                self.send_body(404, web.render_error(404, "no page at " + path).encode(),
-                               "text/html; charset=utf-8")

@@ -33,6 +33,15 @@ def summarize(trace: Mapping[str, Any]) -> Dict[str, Any]:
             "service": svc(root) if root else "", "operation": root.get("operationName", "")}
 
 
+def _is_envelope(body: bytes) -> bool:
+    """Jaeger's query API answers {"data": ..., "errors": ...}."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and "data" in doc
+
+
 class StoreSource:
     """The embedded collector's SQLite store, read-only."""
 
@@ -57,6 +66,15 @@ class StoreSource:
         except Exception as e:
             raise SourceError(f"cannot read {self.name}: {e}") from None
 
+    def call(self, fn: Any, *args: Any) -> Any:
+        """``fn(store, *args)``; a damaged store is a SourceError, a bad argument raises."""
+        try:
+            return fn(self.store, *args)
+        except ValueError:
+            raise
+        except Exception as e:  # sqlite3.DatabaseError etc.
+            raise SourceError(f"cannot read {self.name}: {e}") from None
+
 
 class JaegerSource:
     """A Jaeger query service (or this project's collector) at ``url`` (e.g. http://host:16686)."""
@@ -75,16 +93,20 @@ class JaegerSource:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 body = resp.read()
         except urllib.error.HTTPError as e:
+            if e.code == 404 and _is_envelope(e.read()):
+                return None  # the API's own "not found" (a trace id it does not have)
             if e.code == 404:
-                return None
+                raise SourceError(f"{self.base} is not a Jaeger query API ({url}: HTTP 404); "
+                                  "give the address the Jaeger UI is served at, e.g. "
+                                  "http://HOST:16686") from None
             raise SourceError(f"{url}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise SourceError(f"cannot reach {self.base}: {reason}") from None
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise SourceError(f"{url}: the answer is not JSON") from None
+        if not _is_envelope(body):
+            raise SourceError(f"{self.base} is not a Jaeger query API ({url} did not answer "
+                              "with Jaeger's JSON envelope)")
+        return json.loads(body)
 
     def get_trace(self, trace_id: str) -> Optional[Dict[str, Any]]:
         tid = normalize_trace_id(trace_id)

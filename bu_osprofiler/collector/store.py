@@ -424,3 +424,14 @@ class _closing:
 
     def __exit__(self, *exc: Any) -> None:
         self.conn.close()
+
+
+def trace_ids_with_prefix(store: Store, prefix: str, limit: int = 20) -> List[str]:
+    """Stored trace ids starting with the hex ``prefix`` (an index range on spans.trace_id)."""
+    p = prefix.strip().lower()
+    if not p or any(ch not in "0123456789abcdef" for ch in p):
+        return []
+    with _closing(store.connect()) as c:
+        return [r[0] for r in c.execute(
+            "SELECT DISTINCT trace_id FROM spans WHERE trace_id >= ? AND trace_id < ? LIMIT ?",
+            (p, p + "g", int(limit)))]
