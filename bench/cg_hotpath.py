@@ -6,7 +6,12 @@ so interpreter start-up cancels out. PYTHONHASHSEED=0 keeps the ContextVar HAMT 
 
     python bench/cg_hotpath.py [--n 20000] [variant ...]
     variants: bare (a plain function call), untraced (@trace, no trace active),
-              sampled (@trace hide_args=True, sampled, memory://), with (with profiler.Trace("x"))
+              sampled (@trace hide_args=True, sampled, memory://), with (with profiler.Trace("x")),
+              off (@trace switched off, sampled trace), off_notrace (switched off, no trace),
+              noswitch (sampled, the decorator without a switch: the path before switches),
+              tail (unsampled trace under tail keep: span recorded and held),
+              types_on / types_off (switched per request type, the trace's type on / off),
+              with_off (with profiler.Trace("x") switched off: a pass-through placeholder)
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ import re
 import subprocess
 import sys
 
-VARIANTS = ("bare", "untraced", "sampled", "with")
+VARIANTS = ("bare", "untraced", "sampled", "with", "off", "off_notrace", "noswitch", "tail",
+            "types_on", "types_off", "with_off")
 
 
 def child(variant: str, n: int) -> None:
@@ -45,9 +51,27 @@ def child(variant: str, n: int) -> None:
         for _ in range(k):
             bare()
 
+    from bu_osprofiler.adaptive import apply_state, parse_state
+    if variant in ("off", "off_notrace", "with_off"):
+        apply_state(parse_state({"rules": [{"enabled": False, "prefix": "bench"},
+                                           {"enabled": False, "prefix": "x"}]}))
+    if variant in ("types_on", "types_off"):
+        apply_state(parse_state({"rules": [{"enabled": False, "prefix": "bench"}, {
+            "enabled": True, "prefix": "bench", "request_type": "GET /on"}]}))
+        root = _core.start_span("root")
+        _core.set_request_type(root, "GET /on" if variant == "types_on" else "GET /off")
+        _core.activate(root)
+    if variant == "noswitch":
+        traced = _core.Traced(bare, "bench", {"name": "bare"}, True, True)
+    if variant == "tail":
+        _core.set_sampler("const", 0)
+        _core.set_tail(errors=True, max_bytes=1 << 30)
+        _core.activate(_core.start_span("root"))
     fn = {"bare": run_bare, "untraced": run_decorated, "sampled": run_decorated,
-          "with": run_with}[variant]
-    if variant in ("sampled", "with"):
+          "with": run_with, "off": run_decorated, "off_notrace": run_decorated,
+          "noswitch": run_decorated, "tail": run_decorated, "types_on": run_decorated,
+          "types_off": run_decorated, "with_off": run_with}[variant]
+    if variant in ("sampled", "with", "off", "noswitch", "with_off"):
         profiler.init("key")
     fn(200)  # warm-up (caches, freelists)
     _core.take_records()

@@ -295,6 +295,20 @@ def budgets(med: dict, detail: dict) -> list:
     return out
 
 
+KEEP_MARK = "<!-- sections below are kept by bench/run.py -->"
+
+
+def kept_sections(path: str) -> str:
+    """Sections of the current doc that other benchmark scripts maintain (after KEEP_MARK)."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except OSError:
+        return ""
+    i = old.find(KEEP_MARK)
+    return "\n" + old[i:] if i >= 0 else ""
+
+
 def render(doc: dict, command: str) -> str:
     peers = doc["peers_run"]
     med = doc["medians"]
@@ -443,6 +457,7 @@ def main() -> int:
         json.dump(doc, f, indent=1, sort_keys=True)
     text = render(doc, command)
     if not args.no_doc:
+        text += kept_sections(os.path.join(ROOT, "doc", "benchmarks.md"))
         with open(os.path.join(ROOT, "doc", "benchmarks.md"), "w") as f:
             f.write(text)
     print(text)

@@ -19,6 +19,7 @@ from bu_osprofiler.config import (
     shutdown,
     stats,
 )
+from bu_osprofiler.adaptive.registry import tracepoints as _tracepoints_list
 from bu_osprofiler.version import __version__
 
 SpanContext = _core.SpanContext
@@ -28,10 +29,12 @@ active_span = _core.active_span
 activate = _core.activate
 deactivate = _core.deactivate
 
+tracepoints = _tracepoints_list
+
 __all__ = [
     "FinishedSpan", "Span", "SpanContext", "__version__", "activate", "active_span",
     "clear_finished_spans", "configure", "deactivate", "finished_spans", "flush",
-    "install_as_osprofiler", "settings", "shutdown", "start_span", "stats",
+    "install_as_osprofiler", "settings", "shutdown", "start_span", "stats", "tracepoints",
 ]
 
 

@@ -86,13 +86,20 @@ def configure(
     root spans; defaults come from ``$JAEGER_SAMPLER_TYPE`` / ``$JAEGER_SAMPLER_PARAM`` and
     otherwise sample everything. ``fork_join=True`` (or ``$BU_OSPROFILER_FORK_JOIN=1``) installs
     the automatic fork/join integration (:mod:`bu_osprofiler.concurrency`), ``False`` removes it.
+    ``log_correlation=True`` (or ``$BU_OSPROFILER_LOG_CORRELATION=1``) puts the trace ids in every
+    log record and WARNING+ records into spans (:mod:`bu_osprofiler.logging`; ``log_span_level``
+    changes the level), ``False`` removes it.
     Raises ValueError for invalid values. May be called again.
     """
     global _exporter
     fork_join = options.pop("fork_join", None)
+    control = options.pop("control", None) or os.environ.get("BU_OSPROFILER_CONTROL") or None
+    control_interval = float(options.pop("control_interval", 0.5))
+    tail = {k: options.pop(k) for k in ("tail_errors", "tail_slow_ms") if k in options}
     if fork_join is None:
         env_fj = os.environ.get("BU_OSPROFILER_FORK_JOIN", "").strip().lower()
         fork_join = (env_fj in ("1", "true", "yes", "on")) if env_fj else None
+    log_corr = _log_correlation_options(options)
     from bu_osprofiler import exporters
 
     env = exporters.env_config()  # JAEGER_* conventions; explicit arguments win
@@ -144,6 +151,11 @@ def configure(
             _core.set_mode(_core.MODE_REPORTER)
             _exporter = new_exporter
             _exporter.start()
+    from bu_osprofiler.concurrency import isolation
+
+    isolation.install()  # reused pool workers never see a previous task's trace
+    if tail or control:
+        _configure_adaptive(service_name, control, control_interval, tail)
     if fork_join is not None:
         from bu_osprofiler import concurrency
 
@@ -151,6 +163,47 @@ def configure(
             concurrency.install()
         else:
             concurrency.uninstall()
+    if log_corr is not None:
+        from bu_osprofiler import logging as _logcorr
+
+        if log_corr[0]:
+            _logcorr.install(log_corr[1])
+        else:
+            _logcorr.uninstall()
+
+
+def _log_correlation_options(options: dict[str, Any]) -> Optional[tuple[bool, Any]]:
+    """Pop ``log_correlation`` / ``log_span_level`` (env: BU_OSPROFILER_LOG_CORRELATION)."""
+    enabled = options.pop("log_correlation", None)
+    level = options.pop("log_span_level", "WARNING")
+    if enabled is None:
+        env = os.environ.get("BU_OSPROFILER_LOG_CORRELATION", "").strip().lower()
+        enabled = (env in ("1", "true", "yes", "on")) if env else None
+    if enabled:
+        from bu_osprofiler import logging as _logcorr
+
+        _logcorr._span_level(level)  # ValueError before anything changes
+    return None if enabled is None else (bool(enabled), level)
+
+
+def _configure_adaptive(service: str, control: Optional[str], interval: float,
+                        tail: dict[str, Any]) -> None:
+    """Tail keep from arguments, then the control state source (adaptive instrumentation)."""
+    from bu_osprofiler.adaptive import control as _control, registry
+    from bu_osprofiler.adaptive.rules import parse_state
+
+    if tail:
+        doc = registry.state().to_json()
+        doc["tail"].update({"errors": bool(tail.get("tail_errors", doc["tail"]["errors"])),
+                            "slow_ms": tail.get("tail_slow_ms", doc["tail"]["slow_ms"])})
+        registry.apply_state(parse_state(doc))
+    if control:
+        try:
+            _control.start(control, service, interval)
+        except ValueError as e:  # a bad control setting never stops the service
+            from bu_osprofiler._log import warn_limited
+
+            warn_limited("control", "bu_osprofiler: control source ignored: %s", e)
 
 
 def settings() -> dict[str, Any]:
@@ -216,4 +269,6 @@ def shutdown(timeout: float = 5.0) -> None:
 
 def stats() -> dict[str, int]:
     """Counters: spans started / finished / sampled / exported, drops by reason, batches, bytes."""
-    return _core.stats()
+    out = _core.stats()
+    out.update(_core.tail_stats())
+    return out

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from typing import Any, Optional, Sequence
 
 from bu_osprofiler import profiler
@@ -54,6 +55,11 @@ def _transport(url: str) -> Any:
         for group, options in om_opts.list_opts():
             conf.register_opts(options, group=group)
         conf([], project="bu-osprofiler-demo")
+        # Our own exchange, unique per run, on a broker a real cloud may share: never the
+        # "openstack" exchange of other applications (redeclaring it with other settings fails
+        # with PRECONDITION_FAILED). Being ours, it and its queues go when the demo ends.
+        conf.set_override("control_exchange", os.environ.get(_EXCHANGE_ENV) or
+                          "bu-osprofiler-demo-%d" % os.getpid())
         conf.set_override("amqp_auto_delete", True, group="oslo_messaging_rabbit")
         _transport.configured = True  # type: ignore[attr-defined]
     return om.get_rpc_transport(conf, url=url)
@@ -217,6 +223,9 @@ def role_api(args: argparse.Namespace) -> int:
 
 # ================================================================ the demo itself
 
+_EXCHANGE_ENV = "BU_OSPROFILER_DEMO_EXCHANGE"
+
+
 def _start(role: str, extra: Sequence[str], ready: str, timeout: float, log: str) -> tuple:
     env = dict(os.environ, PYTHONWARNINGS="ignore")  # library deprecation chatter
     with open(log, "ab") as err:  # the services' own logs, kept out of the demo's output
@@ -232,8 +241,8 @@ def _start(role: str, extra: Sequence[str], ready: str, timeout: float, log: str
         if line.startswith(ready):
             return proc, line[len(ready):].strip()
     proc.kill()
-    raise RuntimeError("the %s process did not start (exit code %s); see %s"
-                       % (role, proc.poll(), log))
+    proc.wait()
+    raise RuntimeError("the %s process did not start (exit code %s)" % (role, proc.poll()))
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -272,6 +281,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from bu_osprofiler.collector.web import fmt_duration, render_trace
 
     t0 = time.monotonic()
+    os.environ.setdefault(_EXCHANGE_ENV, "bu-osprofiler-demo-%s" % uuid.uuid4().hex[:12])
     ok = False
     workdir = tempfile.mkdtemp(prefix="bu-osprofiler-demo-")
     db_path = args.db or os.path.join(workdir, "traces.db")

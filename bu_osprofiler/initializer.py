@@ -2,8 +2,8 @@
 
 Nova calls ``init_from_conf(conf=CONF, context=..., project="nova", service=binary,
 host=host)`` when ``[profiler] enabled`` is true: this configures the exporter (service name
-``<project>-<service>`` as upstream's Jaeger/OTLP drivers name it), the WSGI middleware, and the
-requests / oslo.messaging hooks the options ask for.
+as operators know it, e.g. ``nova-conductor``, ``nova-api``, ``placement-api``), the WSGI
+middleware, and the requests / oslo.messaging hooks the options ask for.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Optional
 from bu_osprofiler import config as _config
 from bu_osprofiler._log import LOG
 
-__all__ = ["init_from_conf", "LegacyConnectionStringError"]
+__all__ = ["init_from_conf", "service_name", "LegacyConnectionStringError"]
 
 # osprofiler's storage drivers: a connection string naming one of them is refused (never
 # silently ignored), with the alternatives this project exports to.
@@ -67,15 +67,37 @@ def _redact(url: str) -> str:
     return url
 
 
+# What operators call the WSGI services whose code passes another name to init_from_conf.
+_SERVICE_ALIASES = {"osapi_compute": "api", "metadata": "metadata-api"}
+
+
+def service_name(project: str, service: str) -> str:
+    """The name operators know a service by: ``nova-conductor`` (Nova passes its binary name,
+    which repeats the project), ``nova-api`` (``osapi_compute``), ``placement-api`` (a WSGI
+    service named after its project), ``glance-api`` (``project="glance", service="api"``)."""
+    project = str(project or "").strip()
+    name = str(service or "").strip()
+    if project and name.startswith(project + "-"):
+        name = name[len(project) + 1:]
+    if not name or name == project:
+        name = "api"
+    name = _SERVICE_ALIASES.get(name, name)
+    return "%s-%s" % (project, name) if project else name
+
+
 def _service_name(conf: Any, project: str, service: str) -> str:
     explicit = conf.profiler.service_name
     if explicit:
         return explicit
-    name = "%s-%s" % (project, service)
+    name = service_name(project, service)
     scheme = conf.profiler.connection_string.split("://", 1)[0].lower()
     group = "profiler_otlp" if scheme.startswith("otlp") else "profiler_jaeger"
     prefix = getattr(getattr(conf, group, None), "service_name_prefix", None)
     return "%s-%s" % (prefix, name) if prefix else name
+
+
+ACCEPTED = ("jaeger://, jaeger+http://, jaeger+https://, otlp://, otlp+http://, memory://, "
+            "none://")
 
 
 def init_from_conf(conf: Any, context: Any, project: str, service: str, host: str,
@@ -83,10 +105,27 @@ def init_from_conf(conf: Any, context: Any, project: str, service: str, host: st
     """Configure tracing of this service from ``conf.profiler`` (upstream signature).
 
     ``context`` and extra ``kwargs`` are accepted for compatibility (upstream hands them to its
-    notifier drivers). Raises LegacyConnectionStringError (a ValueError) for osprofiler-only
-    connection strings and ValueError for invalid values, so a misconfiguration is reported at
-    start-up rather than by silently losing traces.
+    notifier drivers). Tracing never stops a service from starting: an unusable
+    ``connection_string`` (an osprofiler-only driver, an unknown scheme, a malformed URL) or
+    any other invalid value logs one error naming the accepted schemes, and the service runs
+    untraced.
     """
+    try:
+        _init_from_conf(conf, project, service, host)
+    except Exception as exc:
+        from bu_osprofiler import web
+
+        web.disable()
+        try:
+            _config.configure(connection_string="none://")
+        except Exception:
+            pass
+        LOG.error("bu_osprofiler: tracing of %s is OFF, the service runs untraced: %s "
+                  "(accepted [profiler] connection_string schemes: %s)",
+                  "%s-%s" % (project, service), exc, ACCEPTED)
+
+
+def _init_from_conf(conf: Any, project: str, service: str, host: str) -> None:
     from bu_osprofiler import opts
 
     opts._register(conf)  # idempotent; makes a bare ConfigOpts usable too
@@ -97,17 +136,18 @@ def init_from_conf(conf: Any, context: Any, project: str, service: str, host: st
     tags: dict[str, Any] = dict(getattr(jaeger, "process_tags", None) or {})
     if host:
         tags.setdefault("host", str(host))
-    service_name = _service_name(conf, project, service)
+    name = _service_name(conf, project, service)
     try:
         _config.configure(
-            service_name=service_name, connection_string=connection_string,
+            service_name=name, connection_string=connection_string,
             sampler=p.sampler_type, sampler_param=p.sampler_param, tags=tags,
             trace_id_128bit=p.trace_id_128bit, max_queue_spans=p.max_queue_spans,
-            max_queue_bytes=p.max_queue_bytes)
+            max_queue_bytes=p.max_queue_bytes, tail_errors=p.filter_error_trace,
+            control=p.control,
+            log_correlation=True if p.log_correlation else None, log_span_level=p.log_span_level)
     except ImportError as exc:
         raise ValueError("[profiler] connection_string = %s: its exporter cannot be loaded "
                          "(%s)" % (_redact(connection_string), exc)) from exc
-
     from bu_osprofiler import web
 
     web.set_policy(trust_incoming=p.trust_incoming, propagation=p.propagation,
@@ -117,7 +157,7 @@ def init_from_conf(conf: Any, context: Any, project: str, service: str, host: st
         from bu_osprofiler import requests as _requests
 
         _requests.enable()
-    if p.enabled and p.trace_rpc:
+    if p.enabled:
         try:
             import oslo_messaging  # noqa: F401
         except ImportError:
@@ -125,5 +165,6 @@ def init_from_conf(conf: Any, context: Any, project: str, service: str, host: st
         else:
             from bu_osprofiler import messaging
 
-            messaging.install(legacy_trace_info=p.rpc_legacy_trace_info, hmac_keys=p.hmac_keys)
-    LOG.info("bu_osprofiler: tracing %s to %s", service_name, _redact(connection_string))
+            messaging.install(legacy_trace_info=p.rpc_legacy_trace_info, hmac_keys=p.hmac_keys,
+                              spans=p.trace_rpc, start_traces=p.rpc_start_traces)
+    LOG.info("bu_osprofiler: tracing %s to %s", name, _redact(connection_string))

@@ -29,6 +29,10 @@ from bu_osprofiler import _core
 from bu_osprofiler import profiler as _profiler
 from bu_osprofiler import propagation as _prop
 from bu_osprofiler._log import warn_limited
+from bu_osprofiler.adaptive import registry as _tracepoints
+
+_TP_CLIENT = _tracepoints.register("rpc.client", "rpc")  # runtime switch of client spans
+_TP_SERVER = _tracepoints.register("rpc.server", "rpc")  # and of server spans continuing a trace
 
 __all__ = ["KEY", "ProfilerSerializer", "install", "uninstall", "installed", "inject_context",
            "extract_context"]
@@ -43,7 +47,8 @@ _installed = False
 # The oslo.messaging functions the hooks wrap. Kept after uninstall(): a message already being
 # handled when the hooks are removed still completes through them.
 _orig: dict[str, Any] = {}
-_settings: dict[str, Any] = {"legacy_trace_info": False, "hmac_keys": ()}
+_settings: dict[str, Any] = {"legacy_trace_info": False, "hmac_keys": (), "spans": True,
+                             "start_traces": False}
 # The server span of the message being handled in this context (set by the installed hooks).
 _server_span: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "bu_osprofiler.rpc_server_span", default=None)
@@ -114,15 +119,30 @@ def _legacy_trace_info(span: Any) -> Optional[dict]:
 
 
 def _add_context(ctxt: Any, span: Any, kind: Optional[str]) -> Any:
-    """A copy of the RPC context dict with ``span``'s context added."""
+    """A copy of the RPC context dict with ``span``'s context added (and osprofiler's
+    ``trace_info``, which carries an HMAC key, only when ``rpc_legacy_trace_info`` asks)."""
     if not isinstance(ctxt, dict):
         return ctxt
     out = dict(ctxt)
     out[KEY] = inject_context(span, kind)
+    out.pop("trace_info", None)  # e.g. from Nova's serializer: our carrier supersedes it
     if _settings["legacy_trace_info"] and span.sampled:
         ti = _legacy_trace_info(span)
         if ti is not None:
             out["trace_info"] = ti
+    return out
+
+
+def _without_key(ctxt: Any) -> Any:
+    """The RPC context dict with the HMAC key of an application-written ``trace_info`` blanked
+    (hooks installed without spans: the application's serializer is the carrier)."""
+    if _settings["legacy_trace_info"] or not isinstance(ctxt, dict):
+        return ctxt
+    ti = ctxt.get("trace_info")
+    if not isinstance(ti, dict) or ti.get("hmac_key") is None:
+        return ctxt
+    out = dict(ctxt)
+    out["trace_info"] = dict(ti, hmac_key=None)
     return out
 
 
@@ -199,6 +219,12 @@ def _target_tags(target: Any, tags: dict) -> None:
 def _send(self: Any, target: Any, ctxt: Any, message: Any, wait_for_reply: Any = None,
           timeout: Any = None, *args: Any, **kwargs: Any) -> Any:
     original = _orig["send"]
+    if not _settings["spans"] or (not _settings["start_traces"] and
+                                  _core.active_span() is None):
+        # No spans wanted, or a message sent outside any trace (periodic task, heartbeat):
+        # sent as is, minus any HMAC key.
+        return original(self, target, _without_key(ctxt), message, wait_for_reply, timeout,
+                        *args, **kwargs)
     try:
         method = message.get("method") if isinstance(message, dict) else None
         kind = "call" if wait_for_reply else "cast"
@@ -206,6 +232,10 @@ def _send(self: Any, target: Any, ctxt: Any, message: Any, wait_for_reply: Any =
                 "component": "oslo.messaging", "messaging.system": _driver_name(self),
                 "rpc.method": str(method)}
         _target_tags(target, tags)
+        if not _TP_CLIENT.on():  # switched off: the callee continues the caller's span
+            cur = _core.active_span()
+            ctxt = _add_context(ctxt, cur, kind) if cur is not None else ctxt
+            return original(self, target, ctxt, message, wait_for_reply, timeout, *args, **kwargs)
         span = _core.start_span("rpc.%s:%s" % (kind, method), tags=tags)
         ctxt = _add_context(ctxt, span, kind)
     except Exception as exc:
@@ -247,7 +277,13 @@ def _server_start(server: Any, message: Any) -> Any:
     _target_tags(getattr(server, "_target", None), tags)
     name = "rpc.%s:%s" % (kind, method)
     if ctx is None:
+        # No context came: periodic tasks, heartbeats, untraced callers. Starting a trace here
+        # is opt-in (rpc_start_traces), as osprofiler records none.
+        if not _settings["start_traces"]:
+            return None
         return _core.start_span(name, tags=tags, ignore_active_span=True)
+    if not _tracepoints.entry_on(_TP_SERVER, ctx):  # off: continue the caller's span
+        return _tracepoints.passthrough(ctx)
     if kind == "cast":
         tags["fork"] = True
         return _core.start_span(name, references=[("follows_from", ctx)], tags=tags)
@@ -270,10 +306,15 @@ def _dispatch(self: Any, incoming: Any) -> Any:
     """The server / consumer span covers the handling, and ends before the reply is sent (so a
     call's server span always ends within its client span)."""
     original = _orig["dispatch"]
+    if not _settings["spans"]:
+        return original(self, incoming)
     try:
         span = _server_start(_rpc_server.get(), incoming)
+        _tracepoints.rpc_root(span)  # request type
     except Exception as exc:
         warn_limited("rpc.serve", "could not trace an incoming RPC message: %s", exc)
+        return original(self, incoming)
+    if span is None:
         return original(self, incoming)
     span_token = _core.activate(span)
     server_token = _server_span.set(span)
@@ -297,12 +338,15 @@ def _dispatch(self: Any, incoming: Any) -> Any:
 
 # ---------------------------------------------------------------- install / uninstall
 
-def install(legacy_trace_info: Optional[bool] = None, hmac_keys: Any = None) -> None:
+def install(legacy_trace_info: Optional[bool] = None, hmac_keys: Any = None,
+            spans: Optional[bool] = None, start_traces: Optional[bool] = None) -> None:
     """Patch oslo.messaging for RPC spans and context propagation (idempotent).
 
     ``legacy_trace_info``: also write osprofiler's ``trace_info`` for stock-osprofiler peers
     (default: unchanged, initially off). ``hmac_keys``: the keys to sign it with when the
-    context has none of its own.
+    context has none of its own. ``spans=False`` (``[profiler] trace_rpc = false``): no RPC
+    spans; the hooks only keep HMAC keys off the bus and isolate messages. ``start_traces``:
+    a message arriving without a trace context starts one (initially off).
     """
     from oslo_messaging import transport as om_transport
     from oslo_messaging.rpc import dispatcher as om_dispatcher
@@ -317,6 +361,10 @@ def install(legacy_trace_info: Optional[bool] = None, hmac_keys: Any = None) -> 
             _settings["legacy_trace_info"] = bool(legacy_trace_info)
         if hmac_keys is not None:
             _settings["hmac_keys"] = _prop.parse_hmac_keys(hmac_keys)
+        if spans is not None:
+            _settings["spans"] = bool(spans)
+        if start_traces is not None:
+            _settings["start_traces"] = bool(start_traces)
         if _installed:
             return
         _orig["send"] = om_transport.Transport._send
@@ -341,7 +389,7 @@ def uninstall() -> None:
         om_transport.Transport._send = _orig["send"]
         om_server.RPCServer._process_incoming = _orig["process_incoming"]
         om_dispatcher.RPCDispatcher.dispatch = _orig["dispatch"]
-        _settings["legacy_trace_info"] = False
+        _settings.update(legacy_trace_info=False, spans=True, start_traces=False)
         _installed = False
 
 

@@ -68,21 +68,32 @@ _sentinel_service_name_opt = cfg.StrOpt(
     help="Accepted for compatibility (osprofiler's Redis sentinel driver); unused.")
 _filter_error_trace_opt = cfg.BoolOpt(
     "filter_error_trace", default=False,
-    help="Accepted for compatibility (osprofiler's Redis driver); unused: spans with "
-         "errors carry the error=true tag and can be searched for in Jaeger.")
+    help="Keep traces with an error even when the head sampler said no: unsampled spans are "
+         "held in a bounded buffer until their local root ends, then exported if the trace "
+         "had an error span (tail keep, see doc/adaptive.md).")
+_control_opt = cfg.StrOpt(
+    "control", default=None,
+    help="Where this service reads its tracepoint control state (adaptive instrumentation): "
+         "the collector's query URL (http://HOST:16686) or a local JSON file. Unset: every "
+         "trace point on.")
 
 # ---------------------------------------------------------------- this project's options
 
 _sampler_type_opt = cfg.StrOpt(
     "sampler_type", default="const",
     choices=["const", "probabilistic", "ratelimiting", "remote"],
-    help="Sampler deciding whether a new trace (a request arriving without a trace "
-         "context) is recorded: const (sampler_param 1 = all, 0 = none), probabilistic "
-         "(fraction 0..1), ratelimiting (traces per second), remote (Jaeger agent's "
-         "sampling strategy).")
+    help="Sampler deciding whether a request arriving without a trusted trace context starts "
+         "a new trace: const (sampler_param 1 = all, 0 = none), probabilistic (fraction "
+         "0..1), ratelimiting (traces per second), remote (Jaeger agent's sampling "
+         "strategy). A trusted incoming context (nova --profile, a signed X-Trace-Info, an "
+         "RPC message from a traced service) is always continued, whatever the sampler says.")
 _sampler_param_opt = cfg.FloatOpt(
-    "sampler_param", default=1.0, min=0,
-    help="Parameter of sampler_type.")
+    "sampler_param", default=0.0, min=0,
+    help="Parameter of sampler_type. The default (const, 0) starts no trace on its own: only "
+         "requests a client asked to profile are traced, as with osprofiler, so an idle "
+         "or busy cloud records nothing else. E.g. sampler_type = ratelimiting, "
+         "sampler_param = 1 also records up to one unsolicited request per second and "
+         "process; set both together.")
 _propagation_opt = cfg.ListOpt(
     "propagation", default=["jaeger", "w3c", "osprofiler"],
     item_type=types.String(choices=["jaeger", "w3c", "b3", "osprofiler"]),
@@ -114,16 +125,33 @@ _trace_rpc_opt = cfg.BoolOpt(
     "trace_rpc", default=True,
     help="With enabled=True, init_from_conf installs the oslo.messaging hooks: an RPC call "
          "becomes a client span and a server span, a cast a producer span and a consumer "
-         "span; the context travels in the RPC context dict.")
+         "span; the context travels in the RPC context dict. False: no RPC spans (the "
+         "hooks still keep HMAC keys off the bus).")
 _rpc_legacy_trace_info_opt = cfg.BoolOpt(
     "rpc_legacy_trace_info", default=False,
     help="Also write osprofiler's legacy trace_info (hmac_key, base_id, parent_id) into "
          "outgoing RPC contexts, for services still running stock osprofiler. Note that "
          "this puts an HMAC key on the message bus. Incoming trace_info is always read.")
+_rpc_start_traces_opt = cfg.BoolOpt(
+    "rpc_start_traces", default=False,
+    help="Start a new trace (subject to the sampler) for an incoming RPC message that "
+         "carries no trace context. Off by default: periodic tasks and service "
+         "heartbeats would each become a trace, and osprofiler records none of them.")
 _service_name_opt = cfg.StrOpt(
     "service_name",
-    help="Service name of this process's spans (default: <project>-<service>, as "
-         "osprofiler's Jaeger driver names it).")
+    help="Service name of this process's spans (default: the name operators know: "
+         "nova-api, nova-conductor, nova-compute, placement-api, ...).")
+_log_correlation_opt = cfg.BoolOpt(
+    "log_correlation", default=False,
+    help="Add trace_id, span_id, trace_sampled and base_id to every log record (usable in "
+         "logging_context_format_string and the other oslo.log format strings; empty outside "
+         "a trace) and record log records at or above log_span_level inside sampled spans as "
+         "span logs.")
+_log_span_level_opt = cfg.StrOpt(
+    "log_span_level", default="WARNING", ignore_case=True,
+    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "OFF"],
+    help="With log_correlation: the lowest level (DEBUG, INFO, WARNING, ERROR, CRITICAL or "
+         "OFF) of the log records recorded as span logs.")
 
 _PROFILER_OPTS = [
     _enabled_opt,
@@ -137,6 +165,7 @@ _PROFILER_OPTS = [
     _socket_timeout_opt,
     _sentinel_service_name_opt,
     _filter_error_trace_opt,
+    _control_opt,
     _sampler_type_opt,
     _sampler_param_opt,
     _propagation_opt,
@@ -147,7 +176,10 @@ _PROFILER_OPTS = [
     _max_queue_bytes_opt,
     _trace_rpc_opt,
     _rpc_legacy_trace_info_opt,
+    _rpc_start_traces_opt,
     _service_name_opt,
+    _log_correlation_opt,
+    _log_span_level_opt,
 ]
 
 # Groups upstream defines for its Jaeger and OTLP drivers; honoured here (name prefix, tags).

@@ -12,7 +12,11 @@ import contextlib
 from typing import Any, Iterator
 
 from bu_osprofiler import _core
+from bu_osprofiler import profiler as _profiler
 from bu_osprofiler._log import warn_limited
+from bu_osprofiler.adaptive import registry as _tracepoints
+
+_TP = _tracepoints.register("db", "sqlalchemy")  # runtime switch of statement spans
 
 __all__ = ["add_tracing", "wrap_session", "enable", "disable", "handle_error"]
 
@@ -32,6 +36,14 @@ def enable() -> None:
     """Trace statements again (the default)."""
     global _DISABLED
     _DISABLED = False
+
+
+def _text(value: Any) -> str:
+    """str(value), or a placeholder when its __str__ fails (never raised into the query)."""
+    try:
+        return str(value)
+    except Exception:
+        return "<unprintable>"
 
 
 def _params_text(params: Any) -> str:
@@ -64,7 +76,7 @@ def _before_cursor_execute(name: str, system: str) -> Any:
         if _DISABLED:
             return
         parent = _core.active_span()
-        if parent is None or not parent.sampled:
+        if parent is None or not parent.sampled or not _TP.on():
             return
         try:
             span = _core.start_span(name, child_of=parent, tags={
@@ -74,6 +86,8 @@ def _before_cursor_execute(name: str, system: str) -> Any:
             if executemany:
                 span.set_tag("db.executemany", True)
             _push(conn, context, span)
+            _profiler.notify_point("start", span, {"db": {
+                "statement": str(statement), "params": params}})
         except Exception as exc:  # never break the application's query
             warn_limited("sqlalchemy", "could not trace a SQL statement: %s", exc)
 
@@ -97,6 +111,7 @@ def _after_cursor_execute(hide_result: bool) -> Any:
                     span.set_tag("db.result", rows)
         finally:
             span.finish()
+            _profiler.notify_point("stop", span, None)
 
     return handler
 
@@ -109,16 +124,17 @@ def handle_error(exception_context: Any) -> None:
         return
     exc = exception_context.original_exception
     cause = getattr(exc, "__cause__", None)
+    cls = type(exc)
+    etype = cls.__qualname__ if cls.__module__ == "builtins" else \
+        "%s.%s" % (cls.__module__, cls.__qualname__)
     try:
-        cls = type(exc)
-        etype = cls.__qualname__ if cls.__module__ == "builtins" else \
-            "%s.%s" % (cls.__module__, cls.__qualname__)
         # str() of the exceptions in C: one whose __str__ fails must not replace the DB error
         span.set_tag("etype", etype).set_tag("message", exc)
         span.set_tag("db.original_exception", exc)
         span.set_tag("db.chained_exception", cause if cause else "")
     finally:
         span.__exit__(type(exc), exc, exc.__traceback__)
+        _profiler.notify_point("stop", span, {"etype": etype, "message": _text(exc)})
 
 
 def add_tracing(sqlalchemy: Any, engine: Any, name: str, hide_result: bool = True) -> None:

@@ -24,6 +24,9 @@ from bu_osprofiler import _core
 from bu_osprofiler import profiler as _profiler
 from bu_osprofiler import propagation as _prop
 from bu_osprofiler._log import warn_limited
+from bu_osprofiler.adaptive import registry as _tracepoints
+
+_TP_WSGI = _tracepoints.register("wsgi", "wsgi")  # runtime switch of continuing spans
 
 __all__ = ["X_TRACE_INFO", "X_TRACE_HMAC", "get_trace_id_headers", "enable", "disable",
            "set_policy", "WsgiMiddleware"]
@@ -314,16 +317,8 @@ def _enter(span: Any, key: Optional[str], ts: Optional[str]) -> tuple:
 def _leave(tokens: tuple) -> None:
     """Put the context back as it was before :func:`_enter`, whatever the application did."""
     span_token, key_token, ts_token = tokens
-    try:
-        _core.deactivate(span_token)
-    except (ValueError, RuntimeError):
-        _core.set_active(None)
-    for var, tok in ((_profiler._hmac_key, key_token), (_tracestate, ts_token)):
-        if tok is not None:
-            try:
-                var.reset(tok)
-            except (ValueError, RuntimeError):
-                var.set(None)
+    _profiler.reset_context(span_token, ((_profiler._hmac_key, key_token),
+                                         (_tracestate, ts_token)))
 
 
 class _TracedBody:
@@ -383,6 +378,53 @@ class _TracedBody:
         _finish_span(self._span, self._state, exc)
 
 
+class _TracedSizedBody(_TracedBody):
+    """A traced body whose application iterable has a length: servers still see it (a
+    one-item body gets its Content-Length)."""
+
+    __slots__ = ("_len",)
+
+    def __init__(self, body: Any, *args: Any) -> None:
+        self._len = len(body)
+        super().__init__(body, *args)
+
+    def __len__(self) -> int:
+        return self._len
+
+
+def _wrap_body(environ: dict, body: Any, span: Any, key: Optional[str], ts: Optional[str],
+               state: list) -> Any:
+    """The response iterable handed to the server: the application's own file wrapper object
+    (so that the server still uses sendfile) with the span finished by its close(), else a
+    traced body that keeps the body's length."""
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if file_wrapper is not None and isinstance(file_wrapper, type) and \
+            isinstance(body, file_wrapper):
+        done = [False]
+        orig_close = getattr(body, "close", None)
+
+        def close() -> None:
+            try:
+                if orig_close is not None:
+                    orig_close()
+            finally:
+                if not done[0]:
+                    done[0] = True
+                    _finish_span(span, state, None)
+
+        try:
+            body.close = close
+            return body
+        except Exception:  # a wrapper that takes no attributes: wrapped like any body
+            pass
+    try:
+        if not isinstance(body, (str, bytes)) and hasattr(body, "__len__"):
+            return _TracedSizedBody(body, span, key, ts, state)
+    except Exception:
+        pass
+    return _TracedBody(body, span, key, ts, state)
+
+
 def _finish_span(span: Any, state: list, exc: Optional[BaseException]) -> None:
     code = state[0]
     if code:
@@ -393,6 +435,8 @@ def _finish_span(span: Any, state: list, exc: Optional[BaseException]) -> None:
         span.__exit__(type(exc), exc, exc.__traceback__)
     else:
         span.finish()
+    _profiler.notify_point("stop", span, None if exc is None else {
+        "etype": type(exc).__name__, "message": str(exc)})
 
 
 class WsgiMiddleware:
@@ -443,6 +487,7 @@ class WsgiMiddleware:
         if not inc.untraced:
             try:
                 span = self._start_span(environ, inc)
+                _tracepoints.wsgi_root(span, environ, inc.context is None)  # request type
             except Exception as exc:
                 warn_limited("web.span", "could not start the request span: %s", exc)
         if span is None:
@@ -474,7 +519,7 @@ class WsgiMiddleware:
             raise
         finally:
             _leave(tokens)
-        return _TracedBody(body, span, key, inc.tracestate, state)
+        return _wrap_body(environ, body, span, key, inc.tracestate, state)
 
     def _start_span(self, environ: dict, inc: _Incoming) -> Any:
         tags = {
@@ -492,5 +537,13 @@ class WsgiMiddleware:
         if inc.debug_id:
             tags["jaeger-debug-id"] = inc.debug_id
         if inc.context is None:
-            return _core.start_span(self.name, tags=tags, ignore_active_span=True)
-        return _core.start_span(self.name, child_of=inc.context, tags=tags)
+            span = _core.start_span(self.name, tags=tags, ignore_active_span=True)
+        elif not _tracepoints.entry_on(_TP_WSGI, inc.context):  # off: continue the caller's span
+            return _tracepoints.passthrough(inc.context)
+        else:
+            span = _core.start_span(self.name, child_of=inc.context, tags=tags)
+        if span.sampled:
+            _profiler.notify_point("start", span, {"request": {
+                "path": tags["http.path"], "query": tags["http.query"],
+                "method": tags["http.method"], "scheme": tags["http.scheme"]}})
+        return span

@@ -3,9 +3,11 @@
  * C holds mechanisms; the Python layer (bu_osprofiler/) holds policy and calls these. */
 #include "hooks.h"
 #include "ids.h"
+#include "logids.h"
 #include "pyrecord.h"
 #include "sampler.h"
 #include "state.h"
+#include "tail.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -417,6 +419,7 @@ after_fork_child(PyObject *m, PyObject *Py_UNUSED(arg))
     st->fork_gen++;
     /* Spans queued before the fork belong to the parent, which still sends them. */
     bu_buffer_clear(&st->buffer);
+    bu_tail_after_fork(st);
     bu_reporter_after_fork_child(st);
     /* The child is a new reporting process: its counters (and Jaeger ClientStats) start at 0. */
     bu_stats *c = &st->stats;
@@ -465,6 +468,8 @@ static PyMethodDef core_methods[] = {
     {"after_fork_child", after_fork_child, METH_NOARGS, "Reset ids, queue and reporter in a child."},
     {"set_format_exc", set_format_exc, METH_O, "Callable(exc) -> stack text for error logs."},
     {"rand64", rand64, METH_NOARGS, "A random non-zero 64-bit id from the per-thread generator."},
+    {"log_ids", (PyCFunction)(void (*)(void))bu_log_ids, METH_FASTCALL,
+     "log_ids(span_level, max_logs, max_bytes) -> LogIds (bu_osprofiler.logging)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -501,7 +506,7 @@ core_exec(PyObject *m)
     Py_DECREF(r);
     if (bu_span_init(m, st) < 0 || bu_trace_init(m, st) < 0 || bu_propagation_init(m, st) < 0 ||
         bu_thrift_init(m, st) < 0 || bu_thriftdec_init(m, st) < 0 ||
-        bu_otlp_init(m, st) < 0 || bu_reporter_init(m, st) < 0) {
+        bu_otlp_init(m, st) < 0 || bu_reporter_init(m, st) < 0 || bu_tracepoint_init(m, st) < 0) {
         return -1;
     }
     if (PyModule_AddIntConstant(m, "MODE_DISCARD", BU_MODE_DISCARD) < 0 ||
@@ -527,7 +532,7 @@ core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->trace_slow);
     Py_VISIT(st->err_stack);
     Py_VISIT(st->err_exc);
-    return 0;
+    return bu_adaptive_traverse(st, visit, arg);
 }
 
 static int
@@ -550,6 +555,7 @@ core_clear(PyObject *m)
     Py_CLEAR(st->trace_slow);
     Py_CLEAR(st->err_stack);
     Py_CLEAR(st->err_exc);
+    bu_adaptive_clear(st);
     return 0;
 }
 

@@ -12,6 +12,10 @@ int bu_thrift_init(PyObject *m, bu_state *st);      /* thrift.c: Jaeger Thrift e
 int bu_thriftdec_init(PyObject *m, bu_state *st);   /* thriftdec.c: decoder for the collector */
 int bu_otlp_init(PyObject *m, bu_state *st);        /* otlp.c: OTLP protobuf encoder */
 int bu_reporter_init(PyObject *m, bu_state *st);    /* reporter.c: flusher thread, UDP sender */
+int bu_tracepoint_init(PyObject *m, bu_state *st);  /* tracepoint.c: runtime on/off switches */
+int bu_tail_init(PyObject *m, bu_state *st);        /* tail.c: tail keep of error / slow traces */
+int bu_adaptive_traverse(bu_state *st, visitproc visit, void *arg); /* tracepoint.c */
+void bu_adaptive_clear(bu_state *st);               /* tracepoint.c + tail.c: teardown */
 
 /* reporter.c: called when the buffer grew past the wake threshold (may be a no-op). */
 void bu_reporter_poke(bu_state *st);

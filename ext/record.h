@@ -28,6 +28,7 @@
 
 #define BU_FLAG_SAMPLED 0x01
 #define BU_FLAG_DEBUG 0x02
+#define BU_FLAG_TAIL 0x100 /* local only (never on the wire): recorded for tail keep (tail.c) */
 
 #define BU_MAX_KEY 1024            /* longer tag keys are truncated */
 #define BU_MAX_VALUE (64 * 1024)   /* longer tag / log values are truncated */

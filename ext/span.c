@@ -9,6 +9,8 @@
 #include "pyrecord.h"
 #include "sampler.h"
 #include "structmember.h"
+#include "tail.h"
+#include "tracepoint.h"
 
 /* ================================================================ active span storage */
 
@@ -382,6 +384,9 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
         s->trace_lo = p->trace_lo;
         s->parent_id = (p->state & BU_SPAN_BASE) ? 0 : p->span_id;
         s->flags = p->flags;
+        if (p->flags & BU_FLAG_TAIL) {
+            s->state |= BU_SPAN_RECORDING;
+        }
         Py_XINCREF(p->baggage);
         s->baggage = p->baggage;
     }
@@ -402,6 +407,10 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
         s->baggage = NULL;
     }
     atomic_fetch_add_explicit(&st->stats.started, 1, memory_order_relaxed);
+    if (!(s->flags & (BU_FLAG_SAMPLED | BU_FLAG_TAIL)) && bu_tail_open(st, s)) {
+        s->flags |= BU_FLAG_TAIL; /* unsampled local root held for tail keep (tail.c) */
+        s->state |= BU_SPAN_LOCALROOT | BU_SPAN_RECORDING;
+    }
     if (s->flags & BU_FLAG_SAMPLED) {
         s->state |= BU_SPAN_RECORDING;
         if (root) {
@@ -439,7 +448,10 @@ bu_span_finish(SpanObject *s, int64_t end_ns)
     atomic_fetch_add_explicit(&st->stats.finished, 1, memory_order_relaxed);
     if (s->state & BU_SPAN_RECORDING) {
         int64_t dur = end_ns >= 0 ? end_ns - s->start_ns : bu_mono_ns() - s->start_mono;
-        atomic_fetch_add_explicit(&st->stats.sampled, 1, memory_order_relaxed);
+        int tail = (s->flags & BU_FLAG_TAIL) != 0; /* held, then kept or freed (tail.c) */
+        if (s->flags & BU_FLAG_SAMPLED) {
+            atomic_fetch_add_explicit(&st->stats.sampled, 1, memory_order_relaxed);
+        }
         if (st->mode != BU_MODE_DISCARD) {
             Py_ssize_t nlen;
             const char *name = PyUnicode_AsUTF8AndSize(s->name, &nlen);
@@ -455,10 +467,17 @@ bu_span_finish(SpanObject *s, int64_t end_ns)
             if (r == NULL) {
                 atomic_fetch_add_explicit(&st->stats.dropped_queue_full, 1, memory_order_relaxed);
             }
+            else if (tail) {
+                bu_tail_finish(st, s, r, dur);
+                s->state &= (uint16_t)~BU_SPAN_LOCALROOT;
+            }
             else if (bu_buffer_push(&st->buffer, r) == 0 && st->mode == BU_MODE_REPORTER) {
                 bu_reporter_poke(st);
             }
         }
+    }
+    if (s->state & BU_SPAN_LOCALROOT) { /* not recorded after all: still ends its held trace */
+        bu_tail_finish(st, s, NULL, 0);
     }
     bu_buf_free(&s->tags);
     bu_buf_free(&s->logs);
@@ -970,7 +989,7 @@ static PyObject *
 span_context(PyObject *op, void *Py_UNUSED(closure))
 {
     SpanObject *s = _Span_CAST(op);
-    return ctx_new_raw(s->st, s->trace_hi, s->trace_lo, s->span_id, s->parent_id, s->flags,
+    return ctx_new_raw(s->st, s->trace_hi, s->trace_lo, s->span_id, s->parent_id, s->flags & 0xFF,
                        s->baggage, (s->state & BU_SPAN_BASE) != 0);
 }
 
@@ -1394,11 +1413,14 @@ bu_push_span(bu_state *st, PyObject *name, PyObject *info, PyObject **token)
 {
     PyObject *cur = bu_active_get(st);
     if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
-        !(_Span_CAST(cur)->flags & BU_FLAG_SAMPLED)) {
+        !(_Span_CAST(cur)->flags & (BU_FLAG_SAMPLED | BU_FLAG_TAIL))) {
         Py_XDECREF(cur);
         Py_RETURN_NONE;
     }
-    SpanObject *s = bu_span_start(st, cur, name, -1);
+    TracepointObject *tp = bu_tp_named(st, name); /* a point that is off passes through */
+    SpanObject *s = (tp == NULL || bu_tp_enter(tp, cur))
+                        ? bu_span_start(st, cur, name, -1) : bu_tp_passthrough(st, cur, name);
+    Py_XDECREF(tp);
     if (s == NULL) {
         Py_DECREF(cur);
         return NULL;

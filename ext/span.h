@@ -10,6 +10,7 @@
 #define BU_SPAN_STACKED 0x04   /* pushed by profiler.start(): profiler.stop() pops it */
 #define BU_SPAN_BASE 0x08      /* a trace's base placeholder (profiler.init): children are roots */
 #define BU_SPAN_PLACEHOLDER 0x10 /* not a span of ours: a context to continue (never finished) */
+#define BU_SPAN_LOCALROOT 0x20 /* first span of a tail-held trace in this process (tail.c) */
 
 #define BU_SPAN_INLINE_TAGS 128
 

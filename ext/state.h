@@ -61,6 +61,12 @@ typedef struct {
     bu_process processes[BU_MAX_PROCESSES];
     uint64_t fork_gen; /* bumped in a forked child: per-thread id generators re-seed */
     bu_reporter *reporter;
+    /* adaptive instrumentation (tracepoint.c, tail.c) */
+    PyTypeObject *TracepointType;
+    PyObject *tp_named; /* dict: name -> Tracepoint of the named Trace / start() points */
+    PyObject *tp_hook;  /* callable(tracepoint) applying the control rules to a new point */
+    PyObject *str_rtype;
+    struct bu_tail *tail;
 } bu_state;
 
 extern PyModuleDef bu_module_def;

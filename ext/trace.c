@@ -5,6 +5,7 @@
 #include "pyrecord.h"
 #include "span.h"
 #include "structmember.h"
+#include "tracepoint.h"
 
 #include <string.h>
 
@@ -16,6 +17,7 @@ typedef struct {
     PyObject *name;   /* operation name */
     PyObject *dict;   /* __dict__ (functools.update_wrapper fills it) */
     PyObject *weakrefs;
+    TracepointObject *tp; /* runtime switch (tracepoint.c), or NULL */
     bu_buf static_tags; /* pre-encoded: name=<qualified function name> and the info items */
     uint16_t nstatic;
     char hide_args, hide_result;
@@ -64,6 +66,42 @@ done:
     return rc;
 }
 
+/* ---- legacy notifier: a traced call takes the Python slow path (profiler._traced_slow, the
+ * optional 5th item of st->trace_slow) while a notifier is installed, so that it hears the call's
+ * start / stop payloads as it does with osprofiler. 1 set, 0 not, -1 error. */
+static int legacy_notifier_set(bu_state *st);
+
+static int
+traced_notifier_set(bu_state *st)
+{
+    if (st->trace_slow == NULL || PyTuple_GET_SIZE(st->trace_slow) < 5) {
+        return 0;
+    }
+    return legacy_notifier_set(st);
+}
+
+/* slow(traced, *args, **kwargs) */
+static PyObject *
+traced_call_slow(bu_state *st, PyObject *op, PyObject *const *args, size_t nargsf,
+                 PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject **all = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1));
+    if (all == NULL) {
+        return PyErr_NoMemory();
+    }
+    all[0] = op;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
+        all[i + 1] = args[i];
+    }
+    PyObject *slow = Py_NewRef(PyTuple_GET_ITEM(st->trace_slow, 4));
+    PyObject *res = PyObject_Vectorcall(slow, all, (size_t)(nargs + 1), kwnames);
+    Py_DECREF(slow);
+    PyMem_Free(all);
+    return res;
+}
+
 /* Traced calls running in this thread: the error stack cache (span.c) is dropped when the
  * outermost one is left. */
 static _Thread_local unsigned traced_depth;
@@ -74,14 +112,27 @@ traced_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
     TracedObject *t = _Traced_CAST(op);
     bu_state *st = t->st;
     PyObject *cur = NULL, *tok = NULL, *res;
+    if (t->tp != NULL && (t->tp->hits++, t->tp->mode == BU_TP_OFF)) { /* switched off */
+        return PyObject_Vectorcall(t->func, args, nargsf, kwnames);
+    }
     if (PyContextVar_Get(st->active, NULL, &cur) < 0) {
         PyErr_Clear();
         cur = NULL;
     }
     /* Fast path: no trace, or an unsampled one (its context still propagates untouched). */
     if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
-        !(_Span_CAST(cur)->flags & BU_FLAG_SAMPLED)) {
+        !(_Span_CAST(cur)->flags & (BU_FLAG_SAMPLED | BU_FLAG_TAIL)) ||
+        (t->tp != NULL && !bu_tp_take(t->tp, cur))) {
         Py_XDECREF(cur);
+        return PyObject_Vectorcall(t->func, args, nargsf, kwnames);
+    }
+    int notified = traced_notifier_set(st);
+    if (notified != 0) {
+        Py_DECREF(cur);
+        if (notified > 0) {
+            return traced_call_slow(st, op, args, nargsf, kwnames);
+        }
+        PyErr_Clear();
         return PyObject_Vectorcall(t->func, args, nargsf, kwnames);
     }
     SpanObject *s = bu_span_start(st, cur, t->name, -1);
@@ -174,11 +225,12 @@ untraced:
 static PyObject *
 traced_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"func", "name", "static_tags", "hide_args", "hide_result", NULL};
-    PyObject *func, *name, *tags = Py_None;
+    static char *kwlist[] = {"func",        "name",       "static_tags", "hide_args",
+                             "hide_result", "tracepoint", NULL};
+    PyObject *func, *name, *tags = Py_None, *tpo = Py_None;
     int hide_args = 0, hide_result = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OU|Opp:Traced", kwlist, &func, &name, &tags,
-                                     &hide_args, &hide_result)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OU|OppO:Traced", kwlist, &func, &name, &tags,
+                                     &hide_args, &hide_result, &tpo)) {
         return NULL;
     }
     if (!PyCallable_Check(func)) {
@@ -199,6 +251,14 @@ traced_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     t->name = Py_NewRef(name);
     t->hide_args = (char)hide_args;
     t->hide_result = (char)hide_result;
+    if (tpo != Py_None) {
+        if (!Py_IS_TYPE(tpo, st->TracepointType)) {
+            PyErr_SetString(PyExc_TypeError, "Traced: tracepoint must be a Tracepoint or None");
+            Py_DECREF(t);
+            return NULL;
+        }
+        t->tp = (TracepointObject *)Py_NewRef(tpo);
+    }
     Py_ssize_t n = bu_tags_put_items(&t->static_tags, tags);
     if (n < 0 || n > 0xFF00) {
         if (n >= 0) {
@@ -241,6 +301,7 @@ traced_dealloc(PyObject *op)
     }
     traced_clear(op);
     Py_CLEAR(t->name);
+    Py_CLEAR(t->tp);
     bu_buf_free(&t->static_tags);
     tp->tp_free(op);
     Py_DECREF(tp);
@@ -268,6 +329,7 @@ static PyMemberDef traced_members[] = {
     {"__weaklistoffset__", T_PYSSIZET, offsetof(TracedObject, weakrefs), READONLY, NULL},
     {"__trace_name__", T_OBJECT, offsetof(TracedObject, name), READONLY, "operation name"},
     {"__trace_func__", T_OBJECT, offsetof(TracedObject, func), READONLY, "the traced callable"},
+    {"__tracepoint__", T_OBJECT, offsetof(TracedObject, tp), READONLY, "runtime switch or None"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -585,15 +647,17 @@ static PyType_Spec tracepoint_spec = {
 static PyObject *
 set_trace_slow_path(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || !PyDict_Check(args[0]) || !PyUnicode_CheckExact(args[1]) ||
-        !PyCallable_Check(args[2]) || !PyCallable_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "_set_trace_slow_path(notifier_ns: dict, key: str, enter, exit)");
+    if ((nargs != 4 && nargs != 5) || !PyDict_Check(args[0]) ||
+        !PyUnicode_CheckExact(args[1]) || !PyCallable_Check(args[2]) ||
+        !PyCallable_Check(args[3]) || (nargs == 5 && !PyCallable_Check(args[4]))) {
+        PyErr_SetString(PyExc_TypeError, "_set_trace_slow_path(notifier_ns: dict, key: str, "
+                                         "enter, exit[, traced_call])");
         return NULL;
     }
     PyObject *key = Py_NewRef(args[1]);
     PyUnicode_InternInPlace(&key);
-    PyObject *slow = PyTuple_Pack(4, args[0], key, args[2], args[3]);
+    PyObject *slow = nargs == 5 ? PyTuple_Pack(5, args[0], key, args[2], args[3], args[4])
+                                : PyTuple_Pack(4, args[0], key, args[2], args[3]);
     Py_DECREF(key);
     if (slow == NULL) {
         return NULL;

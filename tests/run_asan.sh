@@ -69,6 +69,9 @@ else
             [ -e "$f" ] && ARGS+=("$f")
         done
     done
+    ARGS+=("$ROOT/tests/test_adaptive.py")  # tracepoint switches and the tail store (C)
+    # log correlation (LogIds, records into span logs); not test_logging_view (chromium)
+    [ -e "$ROOT/tests/test_logging.py" ] && ARGS+=("$ROOT/tests/test_logging.py")
 fi
 echo "[asan] pytest ${ARGS[*]##*/}"
 timeout --signal=INT --kill-after=30 "$TIMEOUT" \

@@ -73,6 +73,32 @@ def test_demo_over_rabbitmq(tmp_path):
     _check(out, html, ["nova-api", "nova-conductor", "novaclient"])
 
 
+def test_demo_uses_its_own_control_exchange(monkeypatch):
+    """A broker shared with a real OpenStack: the demo never declares the "openstack" exchange."""
+    pytest.importorskip("oslo_messaging")
+    from oslo_config import cfg
+
+    from bu_osprofiler import demo
+
+    monkeypatch.setenv("BU_OSPROFILER_DEMO_EXCHANGE", "bu-osprofiler-demo-test123")
+    monkeypatch.setattr(demo._transport, "configured", False, raising=False)
+    transport = demo._transport("fake://")
+    try:
+        assert cfg.CONF.control_exchange == "bu-osprofiler-demo-test123"
+    finally:
+        transport.cleanup()
+
+
+def test_a_service_that_fails_to_start_shows_its_error():
+    """The terminal shows the failing service's own error, not only where its log was."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bu_osprofiler.cmd.main", "demo", "--transport-url",
+         "nosuchdriver://"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "did not start" in proc.stderr
+    assert "nosuchdriver" in proc.stderr  # oslo.messaging's own complaint, from the service
+
+
 def test_demo_leaves_no_scratch_files(tmp_path):
     """Given --db and --html elsewhere, nothing of the demo stays in the temporary directory;
     a failed run removes it too, after showing the services' log."""

@@ -38,8 +38,12 @@ def _launcher():
     return exe
 
 
+# Our own RPC exchange, unique per run: the broker may be shared with a real OpenStack.
+EXCHANGE = "bu-e2e-%s" % uuid.uuid4().hex[:12]
+
+
 def _env():
-    env = dict(os.environ)
+    env = dict(os.environ, E2E_EXCHANGE=EXCHANGE)
     env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
     env["PYTHONWARNINGS"] = "ignore"
     return env

@@ -322,7 +322,7 @@ def test_each_message_starts_from_a_clean_context(rpc_factory, installed):
     client.call({}, "ping", x=1)  # no trace on the client: the server follows "unsampled"
     rpc.stop()
     last = manager.seen[-1]
-    assert last is not None and not last.span.sampled and last.hmac_key is None
+    assert last is None  # nothing stale, and an unsampled request has no profiler
     assert bu_osprofiler.finished_spans() == []
 
 
@@ -402,8 +402,25 @@ def test_invalid_carrier_is_ignored(rpc_factory, installed, caplog):
     for bad in ({"uber-trace-id": "nonsense"}, "a string", {"x": 1}):
         assert raw_send(rpc, {messaging.KEY: bad}, "ping", x=1) == 2
     rpc.stop()
-    servers = spans_named("rpc.call:ping")
-    assert len(servers) == 3 and all(s.parent_id == 0 for s in servers)  # new roots
+    assert spans_named("rpc.call:ping") == []  # no usable context: untraced (the default)
+
+
+def test_message_without_context_starts_no_trace_unless_configured(rpc_factory, installed):
+    rpc = rpc_factory()
+    rpc.server()
+    rpc.client().call({}, "ping", x=1)  # periodic tasks, heartbeats: no trace by default
+    rpc.client().call({}, "ping", x=2)
+    rpc.stop()
+    assert bu_osprofiler.finished_spans() == []
+    messaging.install(start_traces=True)
+    rpc = rpc_factory()
+    rpc.server()
+    rpc.client().call({}, "ping", x=1)
+    rpc.stop()
+    client = one("rpc.call:ping", "client")
+    assert client.parent_id == 0  # the caller started a trace, as configured
+    assert one("rpc.call:ping", "server").parent_id == client.span_id
+    messaging.install(start_traces=False)
 
 
 def test_uninstall_restores_oslo_messaging(rpc_factory):
@@ -421,3 +438,113 @@ def test_uninstall_restores_oslo_messaging(rpc_factory):
     _in_span("request", lambda: rpc.client().call({}, "ping", x=1))
     rpc.stop()
     assert spans_named("rpc.call") == []
+
+
+def _rabbit_down():
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError as exc:
+        return "no RabbitMQ at 127.0.0.1:5672 (%s)" % exc
+    return None
+
+
+def test_rabbit_service_threads_are_never_branches(monkeypatch):
+    """oslo.messaging over RabbitMQ starts its reply waiter and heartbeat threads lazily,
+    inside the first traced call: with fork/join on they must not become branches of that
+    request (a branch that never ends is never exported and leaves dangling parents)."""
+    reason = _rabbit_down()
+    if reason:
+        pytest.skip(reason)
+    from oslo_messaging import opts as om_opts
+
+    from bu_osprofiler import concurrency
+
+    conf = make_conf()
+    for group, options in om_opts.list_opts():
+        conf.register_opts(options, group=group)
+    # our own exchange, unique per run (never the "openstack" exchange of a real cloud)
+    conf.set_override("control_exchange", "bu-test-%s" % uuid.uuid4().hex[:12])
+    conf.set_override("amqp_auto_delete", True, group="oslo_messaging_rabbit")
+    conf.set_override("heartbeat_timeout_threshold", 2, group="oslo_messaging_rabbit")
+    transport = om.get_rpc_transport(conf, url="rabbit://guest:guest@127.0.0.1:5672/")
+    target = om.Target(topic="bu-test", server="host1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = om.get_rpc_server(transport, target, [Manager()], executor="threading")
+    concurrency.install()
+    messaging.install()
+    server.start()
+    try:
+        profiler.init(KEY)
+        with profiler.Trace("request"):
+            client = om.get_rpc_client(transport, target, timeout=30)
+            assert client.call({}, "ping", x=1) == 2
+            assert client.call({}, "ping", x=2) == 3
+        trace_id = profiler.get().span.trace_id
+        profiler.clean()
+    finally:
+        server.stop()
+        server.wait()
+        concurrency.uninstall()
+        messaging.uninstall()
+        transport.cleanup()
+    spans = bu_osprofiler.finished_spans()
+    assert {s.trace_id for s in spans} == {trace_id}
+    forks = [s.operation_name for s in spans if s.tags.get("fork")]
+    assert forks == [], forks  # no reply waiter / heartbeat / executor worker branch
+    ids = {s.span_id for s in spans}
+    root = [s for s in spans if s.operation_name == "request"][0]
+    assert all(s.parent_id in ids for s in spans if s is not root and s.parent_id != 0)
+    assert len([s for s in spans if s.operation_name == "rpc"]) == 2
+
+
+def _capture_sent(monkeypatch):
+    """The RPC context dicts as the driver gets them (what goes on the bus)."""
+    from oslo_messaging import transport as om_transport
+
+    sent = []
+    real = om_transport.Transport._send
+
+    def spy(self, target, ctxt, message, *args, **kwargs):
+        sent.append(ctxt)
+        return real(self, target, ctxt, message, *args, **kwargs)
+
+    # beneath our hook when it is installed (install() wraps what it finds)
+    monkeypatch.setattr(om_transport.Transport, "_send", spy)
+    return sent
+
+
+def test_no_hmac_key_on_the_bus_with_nova_serializer(rpc_factory, monkeypatch):
+    """Nova's serializer puts trace_info with the HMAC key into every traced message; with the
+    hooks (trace_rpc on or off) it never reaches the bus unless rpc_legacy_trace_info."""
+    sent = _capture_sent(monkeypatch)
+    for spans in (True, False):
+        messaging.install(spans=spans)
+        try:
+            rpc = rpc_factory(NovaLikeSerializer)
+            topic = "nokey-%s" % spans
+            manager = rpc.server(topic=topic)
+            profiler.init(KEY)
+            with profiler.Trace("api"):
+                rpc.client(topic=topic).call({}, "ping", x=1)
+            rpc.stop()
+            profiler.clean()
+        finally:
+            messaging.uninstall()
+        assert manager.seen[-1] is not None  # the handler still ran inside the trace
+    assert len(sent) == 2
+    assert all(KEY not in repr(c) for c in sent), sent
+
+
+def test_unsampled_request_is_not_recorded_downstream_without_hooks(rpc_factory):
+    """trace_rpc = False and no hooks at all: Nova's serializer alone must not turn a request
+    the sampler dropped into a trace on the receiver."""
+    rpc = rpc_factory(NovaLikeSerializer)
+    manager = rpc.server()
+    bu_osprofiler.configure("t", "memory://", sampler="const", sampler_param=0)
+    _in_span("request", lambda: rpc.client().call({}, "ping", x=1))
+    rpc.stop()
+    assert manager.seen == [None]
+    assert bu_osprofiler.finished_spans() == []

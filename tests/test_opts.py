@@ -9,7 +9,7 @@ import pytest
 cfg = pytest.importorskip("oslo_config.cfg")
 
 import bu_osprofiler  # noqa: E402
-from bu_osprofiler import initializer, opts, web  # noqa: E402
+from bu_osprofiler import initializer, opts, profiler, web  # noqa: E402
 
 # Upstream osprofiler's [profiler] options: (name, oslo.config type, default).
 UPSTREAM = [
@@ -78,7 +78,10 @@ def test_our_options_and_defaults(conf):
     for name in OURS:
         assert name in o
     p = conf.profiler
-    assert (p.sampler_type, p.sampler_param) == ("const", 1.0)
+    # production-safe: no trace starts on its own (osprofiler's behaviour); trusted contexts
+    # (nova --profile, signed X-Trace-Info, RPC from a traced service) always continue
+    assert (p.sampler_type, p.sampler_param) == ("const", 0.0)
+    assert p.rpc_start_traces is False
     assert p.trust_incoming == "signed"
     assert p.propagation == ["jaeger", "w3c", "osprofiler"]
     assert p.trace_id_128bit and p.trace_rpc and not p.rpc_legacy_trace_info
@@ -222,23 +225,81 @@ def test_init_from_conf_enables_requests_tracing():
     "loginsight://user:pw@host", "mysql+pymysql://nova:secret@127.0.0.1/osprofiler",
     "postgresql://u:p@127.0.0.1/x", "sqlite:////tmp/x.db",
 ])
-def test_legacy_connection_strings_are_refused_with_alternatives(url):
-    before = bu_osprofiler.settings()
+def test_legacy_connection_strings_are_refused_with_alternatives(url, caplog):
     c = _conf(enabled=True, connection_string=url)
     with pytest.raises(initializer.LegacyConnectionStringError) as ei:
-        initializer.init_from_conf(c, context={}, project="nova", service="api", host="h")
-    msg = str(ei.value)
-    assert "jaeger://" in msg and "otlp://" in msg
-    assert "secret" not in msg and ":pw@" not in msg  # passwords are not echoed
+        initializer.check_connection_string(url)
     assert isinstance(ei.value, ValueError)
-    assert bu_osprofiler.settings() == before  # nothing was changed
+    caplog.clear()
+    # the service still starts: one error naming the alternatives, then untraced
+    initializer.init_from_conf(c, context={}, project="nova", service="api", host="h")
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    msg = errors[0].getMessage()
+    assert "jaeger://" in msg and "otlp://" in msg and "none://" in msg and "untraced" in msg
+    assert "secret" not in msg and ":pw@" not in msg  # passwords are not echoed
+    _assert_untraced()
 
 
-def test_invalid_sampler_is_an_error_at_start():
+def _uninstall_rpc():
+    try:
+        from bu_osprofiler import messaging
+    except ImportError:
+        return
+    messaging.uninstall()
+
+
+def _assert_untraced():
+    from bu_osprofiler import web
+
+    assert bu_osprofiler.settings()["connection_string"] == "none://"
+    assert web._ENABLED is False
+    app_calls = []
+
+    def app(environ, start_response):
+        app_calls.append(profiler.get())
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    mw = web.WsgiMiddleware(app, enabled=True)
+    body = mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+    assert list(body) == [b"ok"] and app_calls == [None]
+
+
+@pytest.mark.parametrize("url", ["foo://127.0.0.1:1", "jaeger://[::1", "jaeger",
+                                 "otlp://host:notaport"])
+def test_bad_connection_string_logs_and_runs_untraced(url, caplog):
+    c = _conf(enabled=True, connection_string=url)
+    initializer.init_from_conf(c, context={}, project="nova", service="nova-compute", host="h")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "none://" in errors[0] and "untraced" in errors[0]
+    _assert_untraced()
+
+
+def test_invalid_sampler_is_logged_and_the_service_runs_untraced(caplog):
     c = _conf(enabled=True, connection_string="memory://", sampler_type="probabilistic",
               sampler_param=3.0)
-    with pytest.raises(ValueError):
-        initializer.init_from_conf(c, context={}, project="p", service="s", host="h")
+    initializer.init_from_conf(c, context={}, project="p", service="s", host="h")
+    assert any(r.levelname == "ERROR" and "untraced" in r.getMessage() for r in caplog.records)
+    _assert_untraced()
+
+
+@pytest.mark.parametrize("project, service, expected", [
+    ("nova", "nova-conductor", "nova-conductor"),
+    ("nova", "nova-compute", "nova-compute"),
+    ("nova", "nova-scheduler", "nova-scheduler"),
+    ("nova", "osapi_compute", "nova-api"),
+    ("nova", "metadata", "nova-metadata-api"),
+    ("placement", "placement", "placement-api"),
+    ("glance", "api", "glance-api"),
+    ("neutron", "neutron-server", "neutron-server"),
+])
+def test_service_names_are_the_ones_operators_know(project, service, expected):
+    c = _conf(enabled=True, connection_string="memory://", trace_rpc=False)
+    initializer.init_from_conf(c, context={}, project=project, service=service, host="h")
+    _uninstall_rpc()
+    assert bu_osprofiler.settings()["service_name"] == expected
+    assert not expected.startswith("%s-%s-" % (project, project))
 
 
 def test_init_from_conf_installs_rpc_hooks_only_when_enabled():
@@ -251,9 +312,54 @@ def test_init_from_conf_installs_rpc_hooks_only_when_enabled():
         assert not messaging.installed()
         c = _conf(enabled=True, connection_string="memory://", trace_rpc=False)
         initializer.init_from_conf(c, context={}, project="p", service="s", host="h")
-        assert not messaging.installed()
+        # no RPC spans, but the hooks keep HMAC keys off the bus
+        assert messaging.installed() and not messaging._settings["spans"]
+        messaging.uninstall()
         c = _conf(enabled=True, connection_string="memory://", rpc_legacy_trace_info=True)
         initializer.init_from_conf(c, context={}, project="p", service="s", host="h")
         assert messaging.installed() and messaging._settings["legacy_trace_info"]
     finally:
         messaging.uninstall()
+
+
+def test_default_sampler_traces_only_profiled_requests():
+    """With [profiler] enabled and the defaults, ordinary API requests (and service-to-service
+    calls of periodic tasks) start no trace, while every request a client asked to profile (a
+    signed X-Trace-Info, as novaclient --profile sends) is traced. A rate limit is opt-in."""
+    import uuid as _uuid
+
+    from bu_osprofiler import propagation
+
+    def burst(mw, seen):
+        for _ in range(20):
+            b"".join(mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/servers"}, lambda *a: None))
+        for _ in range(5):
+            base = str(_uuid.uuid4())
+            info, sig = propagation.legacy_pack({"base_id": base, "parent_id": base}, "k1")
+            b"".join(mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/servers",
+                         "HTTP_X_TRACE_INFO": info, "HTTP_X_TRACE_HMAC": sig},
+                        lambda *a: None))
+
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(profiler.get() is not None)
+        start_response("200 OK", [])
+        return [b""]
+
+    mw = web.WsgiMiddleware(app)
+    c = _conf(enabled=True, connection_string="memory://", hmac_keys="k1", trace_rpc=False)
+    initializer.init_from_conf(c, context={}, project="nova", service="osapi_compute",
+                               host="h")
+    burst(mw, seen)
+    assert seen == [False] * 20 + [True] * 5
+    spans = [s for s in bu_osprofiler.finished_spans() if s.operation_name == "wsgi"]
+    assert len(spans) == 5 and {s.service_name for s in spans} == {"nova-api"}
+    # opting in to a rate limit: a burst gets about one unsolicited trace per second
+    del seen[:]
+    c = _conf(enabled=True, connection_string="memory://", hmac_keys="k1", trace_rpc=False,
+              sampler_type="ratelimiting", sampler_param=1.0)
+    initializer.init_from_conf(c, context={}, project="nova", service="osapi_compute",
+                               host="h")
+    burst(mw, seen)
+    assert 1 <= sum(seen[:20]) <= 2 and seen[20:] == [True] * 5

@@ -27,11 +27,14 @@ def test_init_get_clean_and_ids():
     assert p.get_id() == p.get_base_id() == p.get_parent_id()
     profiler.start("outer", info={"request": {"path": "/v2", "method": "GET"}})
     inner = profiler.get()
-    assert uuid.UUID(inner.get_id()).int & ((1 << 64) - 1) == inner.span.span_id
+    assert inner is p  # one profiler object per trace, ids read from the active trace point
+    outer_id = inner.get_id()
+    assert uuid.UUID(outer_id).int & ((1 << 64) - 1) == inner.span.span_id
     assert inner.get_parent_id() == p.get_base_id()
     profiler.start("inner")
-    assert profiler.get().get_parent_id() == inner.get_id()
+    assert profiler.get().get_parent_id() == outer_id
     profiler.stop()
+    assert p.get_id() == outer_id
     profiler.stop(info={"db": {"statement": "SELECT 1", "params": {}}})
     spans = bu_osprofiler.finished_spans()
     outer, inner_rec = by_name(spans, "outer"), by_name(spans, "inner")
@@ -72,10 +75,21 @@ def test_init_with_parent_equal_to_base_starts_roots():
     assert rec.parent_id == 0 and rec.trace_id == uuid.UUID(base).int
 
 
-def test_init_with_garbage_ids_leaves_context_untraced(caplog):
-    assert profiler.init("k", base_id="not-a-uuid", parent_id="x") is None
-    assert profiler.get() is None
-    assert "invalid osprofiler trace ids" in caplog.text
+def test_init_accepts_non_uuid_ids_and_echoes_them():
+    # osprofiler accepts any string as an id (its own tests and some callers use "1", "2")
+    p = profiler.init("k", base_id="1", parent_id="2")
+    assert p is not None and profiler.get() is p
+    assert (p.get_base_id(), p.get_parent_id(), p.get_id()) == ("1", "1", "2")
+    with profiler.Trace("child"):
+        assert profiler.get() is p
+        assert p.get_parent_id() == "2" and p.get_base_id() == "1"
+        child_id = p.get_id()
+        assert uuid.UUID(child_id)
+    assert p.get_id() == "2"
+    rec = by_name(bu_osprofiler.finished_spans(), "child")
+    # every process maps the same non-UUID base id to the same trace
+    profiler.clean()
+    assert profiler.init("k", base_id="1", parent_id="2").span.trace_id == rec.trace_id
 
 
 def test_get_shorten_id():
@@ -150,9 +164,8 @@ def test_unsampled_init_traces_nothing():
     assert len(bu_osprofiler.finished_spans()) == 1
 
 
-@pytest.mark.parametrize("bad", ["", "x" * 36, "0123456789abcdef0123456789abcdeg",
-                                 "00000000-0000-0000-0000-000000000000", 42])
-def test_init_rejects_malformed_uuids(bad):
+@pytest.mark.parametrize("bad", ["", "00000000-0000-0000-0000-000000000000"])
+def test_init_rejects_unusable_ids(bad):
     assert profiler.init("k", base_id=bad) is None
     assert profiler.get() is None
 

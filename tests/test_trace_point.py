@@ -129,6 +129,6 @@ def test_trace_point_exit_in_another_context():
     inner = profiler.get().span
     ctx = contextvars.copy_context()
     ctx.run(t.__exit__, None, None, None)  # the token belongs to this context, not ctx's
-    assert ctx.run(profiler.get).span is base
+    assert ctx.run(lambda: profiler.get().span) is base  # (span: the active trace point)
     assert profiler.get().span is inner  # this context still has it (as before)
     assert [s.operation_name for s in bu_osprofiler.finished_spans()] == ["moved"]

@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",
                     help="only traces with a span with this tag (repeatable)")
     tl.add_argument("--errors", action="store_true", help="only traces with an error span")
+    tl.add_argument("--log", type=_tag, action="append", default=[], metavar="KEY=VALUE",
+                    help="only traces with a span log having this field, e.g. level=ERROR; "
+                         "message=TEXT matches a part of the message (repeatable: one log "
+                         "must match all)")
     tl.add_argument("--limit", type=_limit, default=20, help="at most this many traces (20)")
     tl.add_argument("--json", action="store_true", help="print the summaries as JSON")
 
@@ -161,7 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--critical-path", action="store_true",
                     help="show the critical path: tree: starred and listed; json: a "
                          "'criticalPath' member; html: shown at first; dot: bold red")
+    ts.add_argument("--logs", action="store_true",
+                    help="tree: print each span's logs (log records, errors) under it")
     ts.add_argument("--out", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    from bu_osprofiler.cmd import analyze as _analyze, tracepoints as _tracepoints
+    _tracepoints.add_parser(sub)  # adaptive instrumentation (cmd/tracepoints.py)
+    _analyze.add_parser(sub, _add_source_args)  # where to look (cmd/analyze.py)
     return p
 
 
@@ -325,6 +334,12 @@ def cmd_trace_list(args: argparse.Namespace) -> int:
         crit["tags"] = dict(args.tag)
     if args.errors:
         crit["errors_only"] = True
+    if args.log:
+        if args.jaeger_url:
+            _err("--log needs the embedded collector's store (Jaeger's query API cannot search "
+                 "span logs)")
+            return EXIT_USAGE
+        crit["logs"] = dict(args.log)
     src = _source(args)
     rows = src.list(**crit)
     if args.json:
@@ -410,6 +425,9 @@ def cmd_trace_show(args: argparse.Namespace) -> int:
         text = render.dot(trace, critical_path=args.critical_path)
     else:
         text = render.tree(trace, critical_path=args.critical_path)
+        if args.logs:
+            from bu_osprofiler.cmd import logs
+            text = logs.with_logs(text, trace)
     _write(args, text)
     if args.out:
         print(f"wrote {args.out} ({fmt}, {len(trace.get('spans') or [])} spans of trace {tid})",
@@ -429,6 +447,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "collector":
             return cmd_collector(args)
+        if args.command in ("tracepoints", "analyze"):
+            from bu_osprofiler.cmd import analyze, tracepoints
+            return (tracepoints if args.command == "tracepoints" else analyze).run(args)
         if args.command == "demo":
             from bu_osprofiler import demo
             return demo.run_demo(args)

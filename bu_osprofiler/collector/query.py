@@ -182,6 +182,11 @@ class QueryHandler(_server._BaseHandler):
     def _redirect(self, location: str, extra: Optional[Dict[str, str]] = None) -> None:
         self.send_body(302, b"", "text/plain", dict(extra or {}, Location=location))
 
+    def do_POST(self) -> None:  # only the control plane takes writes (collector/control.py)
+        self.do_GET()
+
+    do_PUT = do_POST
+
     def do_GET(self) -> None:
         c = self.server.collector
         url = urlsplit(self.path)
@@ -278,6 +283,11 @@ class QueryHandler(_server._BaseHandler):
             self.send_json(200, envelope(st.recent(**search_criteria(q))))
         elif parts == ["api", "stats"]:
             self.send_json(200, c.stats())
+        elif parts[:2] == ["api", "tracepoints"]:  # adaptive instrumentation: collector/control.py
+            from bu_osprofiler.collector import control
+            control.handle(self, c, self.command, parts)
+        elif self.command not in ("GET", "HEAD"):
+            self._error(api, 405, "method not allowed")
         elif api:
             self._error(True, 404, "no such API: /" + "/".join(parts))
         elif not parts:
@@ -293,6 +303,9 @@ class QueryHandler(_server._BaseHandler):
                 self._show(st, text)
         elif parts[0] == "trace" and len(parts) == 2:
             self._show(st, parts[1])
+        elif parts == ["tracepoints"]:  # adaptive instrumentation page (collector/control.py)
+            from bu_osprofiler.collector import control
+            self._html(200, control.render_page(c))
         elif parts == ["favicon.ico"]:
             self.send_body(204, b"", "image/x-icon")
         else:

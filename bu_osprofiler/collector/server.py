@@ -515,6 +515,12 @@ def search_criteria(q: Dict[str, List[str]]) -> Dict[str, Any]:
         crit["tags"] = tags
     if first("error") in ("1", "true"):
         crit["errors_only"] = True
+    for raw in q.get("logs", []):  # ours: span logs with these fields, a JSON object
+        if raw.strip():
+            obj = json.loads(raw)
+            if not isinstance(obj, dict):
+                raise ValueError("logs must be a JSON object")
+            crit.setdefault("logs", {}).update({str(k): str(v) for k, v in obj.items()})
     return crit
 
 

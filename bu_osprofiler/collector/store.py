@@ -151,9 +151,11 @@ class Store:
                        min_duration_us: Optional[int] = None,
                        max_duration_us: Optional[int] = None,
                        tags: Optional[Dict[str, str]] = None, limit: int = 20,
-                       errors_only: bool = False) -> List[str]:
+                       errors_only: bool = False,
+                       logs: Optional[Dict[str, str]] = None) -> List[str]:
         """Ids of the traces with a span matching every criterion, most recent first
-        (Jaeger's search semantics; tags match span tags and process tags)."""
+        (Jaeger's search semantics; tags match span tags and process tags; logs: one of the
+        span's logs has these fields, see collector/logsearch.py)."""
         where, args = [], []
         with _closing(self.connect()) as c:
             if service:
@@ -190,6 +192,11 @@ class Store:
                 where.append("(" + match.format(src="spans.tags") + " OR " + match.format(
                     src="(SELECT tags FROM processes WHERE id = spans.process_id)") + ")")
                 args += [str(k), str(v), str(k), str(v)]
+            if logs:
+                from bu_osprofiler.collector.logsearch import log_condition
+                cond, cond_args = log_condition(logs)
+                where.append(cond)
+                args += cond_args
             # Walk matching spans newest first (an index gives that order) and stop at `limit`
             # distinct traces: a trace's first appearance is its latest matching span.
             sql = "SELECT trace_id FROM spans"

@@ -74,7 +74,7 @@ def _script_hash(name: str) -> str:
         + "'"
 
 
-SCRIPTS = ("waterfall.js", "index.js")
+SCRIPTS = ("waterfall.js", "index.js", "tracepoints.js")
 
 
 def csp(frame_ancestors: bool = False) -> str:

@@ -73,7 +73,11 @@ class ComputeManager(metaclass=profiler.TracedMeta):
 
 
 def transport_conf(conf):
-    """Options shared by both processes: queues vanish when the test is over."""
+    """Options shared by both processes: our own exchange, unique per run (the broker may be
+    shared with a real cloud: never redeclare its "openstack" exchange), and queues that
+    vanish when the test is over."""
+    conf.set_override("control_exchange", os.environ.get("E2E_EXCHANGE") or
+                      "bu-e2e-%d" % os.getppid())
     conf.set_override("amqp_auto_delete", True, group="oslo_messaging_rabbit")
 
 

@@ -270,6 +270,7 @@
     if (joins[id]) { marks.appendChild(el("span", "mark join", "join")); }
     if (err) { marks.appendChild(el("span", "mark err", "error")); }
     if (kids[id]) { marks.appendChild(el("span", "mark count", String(kids[id].length))); }
+    logMarks(s, row, marks);
     label.appendChild(marks);
     label.title = service(s) + ": " + s.operationName + " — " + fmtDur(s.duration) +
       ", self " + fmtDur(selfTime[id]);
@@ -288,6 +289,7 @@
     var dur = el("span", "dur", fmtDur(s.duration));
     durOf[id] = dur;
     lane.appendChild(dur);
+    logTicks(s, bar);
     row.appendChild(lane);
     row.addEventListener("click", function () { showDetails(id); });
     rowsBox.appendChild(row);
@@ -574,6 +576,77 @@
   });
   mini.addEventListener("dblclick", function () { zoom(0, 1); });
 
+  /* ---------------------------------------------------------------- span logs
+   * Log records (bu_osprofiler.logging: event=log, level, logger, message, exception.*) and error
+   * logs: rows whose span logged a warning or an error get a mark, the lane a tick per log, the
+   * details panel one line per log (level, logger, message; the exception and stack below). */
+  function logFields(lg) {
+    var f = {};
+    (lg.fields || []).forEach(function (t) { f[t.key] = t.value; });
+    return f;
+  }
+
+  /* 0 plain, 1 warning, 2 error (function declarations only here: the rows above use them) */
+  function logSeverity(f) {
+    if (f.event === "error") { return 2; }
+    switch (String(f.level || "").toUpperCase()) {
+      case "WARNING": case "WARN": return 1;
+      case "ERROR": case "CRITICAL": case "FATAL": case "EXCEPTION": return 2;
+      default: return 0;
+    }
+  }
+
+  function logMarks(s, row, label) {
+    var worst = 0, n = 0;
+    (s.logs || []).forEach(function (lg) {
+      var sev = logSeverity(logFields(lg));
+      if (sev) { n += 1; worst = Math.max(worst, sev); }
+    });
+    if (!worst) { return; }
+    var kind = worst === 2 ? "errors" : "warnings";
+    row.classList.add("log-" + kind);
+    var m = el("span", "mark log-" + kind, (worst === 2 ? "log error" : "log warning") +
+               (n > 1 ? " \u00d7" + n : ""));
+    m.title = n + " log record" + (n > 1 ? "s" : "") + " at WARNING or above";
+    label.appendChild(m);
+  }
+
+  /* ticks inside the bar, placed in the span's own time: they follow the bar when zooming */
+  function logTicks(s, bar) {
+    (s.logs || []).forEach(function (lg) {
+      var t = el("div", "logtick sev" + logSeverity(logFields(lg)));
+      var f = s.duration > 0 ? (lg.timestamp - s.startTime) / s.duration : 0;
+      t.style.left = (Math.min(1, Math.max(0, f)) * 100).toFixed(4) + "%";
+      bar.appendChild(t);
+    });
+  }
+
+  function logSection(s) {
+    var box = el("div", "logs");
+    s.logs.forEach(function (lg) {
+      var f = logFields(lg);
+      var line = el("div", "logline sev" + logSeverity(f));
+      line.appendChild(el("span", "logtime", "+" + fmtDur(lg.timestamp - s.startTime)));
+      if (f.level !== undefined) { line.appendChild(el("span", "loglevel", String(f.level))); }
+      if (f.logger !== undefined) { line.appendChild(el("span", "loglogger", String(f.logger))); }
+      var msg = f.message !== undefined ? f.message : (f.event !== undefined ? f.event : "");
+      line.appendChild(el("span", "logmsg", String(msg)));
+      box.appendChild(line);
+      var etype = f["exception.type"] || f["error.kind"];
+      if (etype) {
+        var emsg = f["exception.message"];
+        box.appendChild(el("div", "logexc", etype + (emsg ? ": " + emsg : "")));
+      }
+      var stack = f["exception.stacktrace"] || f.stack;
+      if (stack) { box.appendChild(el("pre", "logstack", String(stack))); }
+      var shown = {event: 1, level: 1, logger: 1, message: 1, stack: 1, "exception.type": 1,
+                   "exception.message": 1, "exception.stacktrace": 1, "error.kind": 1};
+      var rest = (lg.fields || []).filter(function (t) { return !shown[t.key]; });
+      if (rest.length) { box.appendChild(kvTable(tagsOf(rest))); }
+    });
+    return box;
+  }
+
   /* ---------------------------------------------------------------- details */
   var main = document.getElementById("main");
   var details = document.getElementById("details");
@@ -667,12 +740,7 @@
     }
     detailsSection("Tags", kvTable(tagsOf(s.tags)));
     if ((s.logs || []).length) {
-      var logs = el("div", "logs");
-      s.logs.forEach(function (lg) {
-        logs.appendChild(el("div", "log-time", "+" + fmtDur(lg.timestamp - t0)));
-        logs.appendChild(kvTable(tagsOf(lg.fields)));
-      });
-      detailsSection("Logs", logs);
+      detailsSection("Logs (" + s.logs.length + ")", logSection(s));
     }
     var p = procs[s.processID];
     if (p && (p.tags || []).length) { detailsSection("Process", kvTable(tagsOf(p.tags))); }

@@ -1,0 +1,207 @@
+"""asyncio: create_task / ensure_future fork; await, gather, wait, TaskGroup and
+run_until_complete join."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from bu_osprofiler.concurrency.branches import (
+    Branch, _active, _hmac_var, _record_join, _time_ns, _traced)
+from bu_osprofiler.concurrency.patching import _patch
+from bu_osprofiler._log import warn_limited
+
+# ---------------------------------------------------------------- asyncio
+
+_BranchTask: Any = None
+
+
+def _define_branch_task(asyncio: Any) -> Any:
+    task_await = asyncio.Task.__await__
+
+    class BranchTask(asyncio.Task):  # type: ignore[misc]
+        """A task forked from a traced span: ``await task`` records the join."""
+
+        __slots__ = ("_bu_branch",)
+
+        def __await__(self) -> Any:
+            branch = self._bu_branch
+            if branch._claim:
+                waiter = _traced()
+                if waiter is not None:
+                    t0 = _time_ns()
+                    try:
+                        return (yield from task_await(self))
+                    finally:
+                        if self.done():
+                            _record_join(waiter, t0, (branch,))
+            return (yield from task_await(self))
+
+        __iter__ = __await__
+
+    BranchTask.__qualname__ = BranchTask.__name__ = "Task"
+    BranchTask.__module__ = "bu_osprofiler.concurrency"
+    return BranchTask
+
+
+async def _task_main(branch: Branch, coro: Any) -> Any:
+    with branch:
+        return await coro
+
+
+def _housekeeping(coro: Any) -> bool:
+    """The event loop's own coroutines (``BaseEventLoop.shutdown_asyncgens``,
+    ``shutdown_default_executor``, ... scheduled by asyncio.run) serve the loop, not a request."""
+    try:
+        owner = coro.__qualname__.split(".", 1)[0]
+        return owner.endswith("EventLoop") and coro.cr_frame.f_globals.get(
+            "__name__", "").startswith("asyncio.")
+    except Exception:
+        return False
+
+
+def _make_create_task(orig: Callable[..., Any], asyncio: Any) -> Callable[..., Any]:
+    iscoroutine = asyncio.iscoroutine
+    branch_task = _BranchTask
+
+    def create_task(self: Any, coro: Any, *, name: Any = None, context: Any = None,
+                    **kwargs: Any) -> Any:
+        parent = _active()
+        if (parent is None or not parent.sampled or kwargs or self._task_factory is not None
+                or not iscoroutine(coro) or _housekeeping(coro)):
+            if kwargs or context is not None:
+                return orig(self, coro, name=name, context=context, **kwargs)
+            return orig(self, coro, name=name)
+        self._check_closed()
+        branch = Branch(parent, "task", coro, None, _hmac_var.get())
+        main = _task_main(branch, coro)
+        try:
+            main.__qualname__ = coro.__qualname__
+            main.__name__ = coro.__name__
+        except Exception:
+            pass
+        if context is None:
+            task = branch_task(main, loop=self, name=name)
+        else:
+            task = branch_task(main, loop=self, name=name, context=context)
+        task._bu_branch = branch
+        if task._source_traceback:
+            del task._source_traceback[-1]
+        return task
+
+    return create_task
+
+
+def _task_branch(f: Any) -> Any:
+    return f._bu_branch if type(f) is _BranchTask else None
+
+
+def _make_gather(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def gather(*aws: Any, **kwargs: Any) -> Any:
+        waiter = _traced()
+        if waiter is None:
+            return orig(*aws, **kwargs)
+        t0 = _time_ns()
+        outer = orig(*aws, **kwargs)
+        try:
+            branches = [_task_branch(c) for c in (getattr(outer, "_children", None) or ())]
+            branches = [b for b in branches if b is not None]
+            if branches:
+                outer.add_done_callback(functools.partial(_gather_done, waiter, t0, branches))
+        except Exception:
+            warn_limited("gather", "could not follow an asyncio.gather", exc_info=True)
+        return outer
+
+    return gather
+
+
+def _gather_done(waiter: Any, t0: int, branches: list, _fut: Any) -> None:
+    _record_join(waiter, t0, branches)
+
+
+def _make_aio_wait(orig: Callable[..., Any], asyncio: Any) -> Callable[..., Any]:
+    def wait(fs: Any, *args: Any, **kwargs: Any) -> Any:
+        waiter = _traced()
+        if waiter is None or asyncio.isfuture(fs) or asyncio.iscoroutine(fs):
+            return orig(fs, *args, **kwargs)
+        return _traced_aio_wait(orig, waiter, fs, args, kwargs)
+
+    return wait
+
+
+async def _traced_aio_wait(orig: Any, waiter: Any, fs: Any, args: tuple, kwargs: dict) -> Any:
+    fs = set(fs)
+    t0 = _time_ns()
+    done, pending = await orig(fs, *args, **kwargs)
+    _record_join(waiter, t0, [_task_branch(f) for f in done])
+    return done, pending
+
+
+def _make_tg_create_task(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def create_task(self: Any, coro: Any, **kwargs: Any) -> Any:
+        task = orig(self, coro, **kwargs)
+        if type(task) is _BranchTask:
+            lst = self.__dict__.get("_bu_branches")
+            if lst is None:
+                lst = self._bu_branches = []
+            lst.append(task._bu_branch)
+        return task
+
+    return create_task
+
+
+def _make_tg_aexit(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def __aexit__(self: Any, et: Any, exc: Any, tb: Any) -> Any:
+        branches = self.__dict__.get("_bu_branches")
+        waiter = _traced() if branches else None
+        if waiter is None:
+            return orig(self, et, exc, tb)
+        return _traced_tg_exit(orig(self, et, exc, tb), waiter, branches)
+
+    return __aexit__
+
+
+async def _traced_tg_exit(aexit: Any, waiter: Any, branches: list) -> Any:
+    t0 = _time_ns()
+    try:
+        return await aexit
+    finally:
+        _record_join(waiter, t0, branches)
+
+
+def _make_run_until_complete(orig: Callable[..., Any]) -> Callable[..., Any]:
+    # asyncio.run(main()) from a traced caller: main's task is a branch the caller waits for
+    def run_until_complete(self: Any, future: Any) -> Any:
+        if type(future) is not _BranchTask or not future._bu_branch._claim:
+            return orig(self, future)
+        waiter = _traced()
+        if waiter is None:
+            return orig(self, future)
+        t0 = _time_ns()
+        try:
+            return orig(self, future)
+        finally:
+            if future.done():
+                _record_join(waiter, t0, (future._bu_branch,))
+
+    return run_until_complete
+
+
+def install() -> None:
+    import asyncio
+    import asyncio.base_events as be
+    import asyncio.tasks as at
+
+    global _BranchTask
+    if _BranchTask is None:
+        _BranchTask = _define_branch_task(asyncio)
+    _patch(be.BaseEventLoop, "create_task", lambda o: _make_create_task(o, asyncio))
+    _patch(be.BaseEventLoop, "run_until_complete", _make_run_until_complete)
+    for mod in (asyncio, at):
+        _patch(mod, "gather", _make_gather)
+        _patch(mod, "wait", lambda o: _make_aio_wait(o, asyncio))
+    tg = getattr(asyncio, "TaskGroup", None)
+    if tg is not None:
+        _patch(tg, "create_task", _make_tg_create_task)
+        _patch(tg, "__aexit__", _make_tg_aexit)
+
+

@@ -1,0 +1,513 @@
+/* logids.c -- log correlation: the active span's ids for log records, records into span logs.
+ *
+ * bu_osprofiler.logging.install() replaces Logger.makeRecord (and wraps the record factory for
+ * records made otherwise); both call LogIds.ids(record, level) and store the 4-tuple it returns
+ * as the record's trace_id (32 hex), span_id (16 hex), trace_sampled (bool) and base_id
+ * (osprofiler's UUID of the trace id), or "" for each outside a trace. The stores are done by
+ * specialised bytecode in Python (STORE_ATTR on the record's inline values): four attribute
+ * stores through the C API cost several times more. Records at or above `span_level` made inside a recording span also
+ * become span logs, bounded per span (count and bytes; overflow counted in the span tag
+ * log.dropped_records), never recursively and never for the tracer's own logger.
+ *
+ * Cost: the span hot path is untouched (nothing here runs unless a record is made). Outside a
+ * trace: one ContextVar read and a constant tuple; inside: a tuple from a one-entry cache keyed
+ * by the ids (consecutive records of one span share it). */
+#include "logids.h"
+#include "clock.h"
+#include "pyrecord.h"
+#include "span.h"
+#include "structmember.h"
+
+#include <string.h>
+
+#define LOG_MAX_MESSAGE 4096 /* bytes of the formatted message kept in a span log (head) */
+#define LOG_MAX_TEXT 1024    /* exception message / logger name / level name */
+#define LOG_MAX_STACK 8192   /* bytes of the stack kept (tail: the innermost frames) */
+#define DROPPED_TAG "log.dropped_records"
+
+/* Set while this thread turns a record into a span log: a record made meanwhile (a __str__
+ * that logs, the tracer's own warnings) is stamped but never logged into the span. */
+static _Thread_local int in_span_log;
+
+typedef struct {
+    PyObject_HEAD
+    bu_state *st;
+    PyObject *none4; /* ("", "", "", ""): outside a trace */
+    long span_level;
+    uint32_t max_logs, max_bytes;
+    /* one-entry cache: the tuple of the last span seen */
+    uint64_t c_hi, c_lo, c_sid;
+    uint32_t c_sampled;
+    PyObject *c_ids; /* NULL when the cache is empty */
+    unsigned long long n_logged, n_dropped;
+} LogIdsObject;
+
+#define _LogIds_CAST(op) ((LogIdsObject *)(op))
+
+/* ================================================================ id strings */
+
+static const char hexdigits[] = "0123456789abcdef";
+
+static void
+put_hex(char *out, uint64_t v, int digits)
+{
+    for (int i = digits - 1; i >= 0; i--) {
+        out[i] = hexdigits[v & 0xF];
+        v >>= 4;
+    }
+}
+
+static PyObject *
+ascii_str(const char *buf, Py_ssize_t n)
+{
+    PyObject *s = PyUnicode_New(n, 127);
+    if (s != NULL) {
+        memcpy(PyUnicode_1BYTE_DATA(s), buf, (size_t)n);
+    }
+    return s;
+}
+
+/* The ids tuple of (hi, lo, sid, sampled), cached; sid 0 means "no span of ours" (span_id "").
+ * Returns a new reference or NULL with an exception. */
+static PyObject *
+ids_tuple(LogIdsObject *f, uint64_t hi, uint64_t lo, uint64_t sid, uint32_t sampled)
+{
+    if (f->c_ids != NULL && f->c_hi == hi && f->c_lo == lo && f->c_sid == sid &&
+        f->c_sampled == sampled) {
+        return Py_NewRef(f->c_ids);
+    }
+    char t[32], u[36], sp[16];
+    put_hex(t, hi, 16);
+    put_hex(t + 16, lo, 16);
+    /* UUID 8-4-4-4-12 */
+    memcpy(u, t, 8);
+    u[8] = '-';
+    memcpy(u + 9, t + 8, 4);
+    u[13] = '-';
+    memcpy(u + 14, t + 12, 4);
+    u[18] = '-';
+    memcpy(u + 19, t + 16, 4);
+    u[23] = '-';
+    memcpy(u + 24, t + 20, 12);
+    put_hex(sp, sid, 16);
+    PyObject *tup = PyTuple_New(4);
+    if (tup == NULL) {
+        return NULL;
+    }
+    PyObject *ts = ascii_str(t, 32), *us = ascii_str(u, 36);
+    PyObject *ss = sid ? ascii_str(sp, 16) : PyUnicode_New(0, 0);
+    PyTuple_SET_ITEM(tup, 0, ts);
+    PyTuple_SET_ITEM(tup, 1, ss);
+    PyTuple_SET_ITEM(tup, 2, Py_NewRef(sampled ? Py_True : Py_False));
+    PyTuple_SET_ITEM(tup, 3, us);
+    if (ts == NULL || us == NULL || ss == NULL) {
+        Py_DECREF(tup);
+        return NULL;
+    }
+    Py_XSETREF(f->c_ids, Py_NewRef(tup));
+    f->c_hi = hi;
+    f->c_lo = lo;
+    f->c_sid = sid;
+    f->c_sampled = sampled;
+    return tup;
+}
+
+/* ================================================================ records -> span logs */
+
+/* UTF-8 text of `o` (str() of non-strings; unencodable characters escaped). *keep receives the
+ * object owning the bytes. 0 ok, -1 (exception cleared) when there is no text. */
+static int
+utf8_of(PyObject *o, PyObject **keep, const char **p, Py_ssize_t *n)
+{
+    PyObject *s = PyUnicode_Check(o) ? Py_NewRef(o) : PyObject_Str(o);
+    if (s == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    *p = PyUnicode_AsUTF8AndSize(s, n);
+    if (*p != NULL) {
+        *keep = s;
+        return 0;
+    }
+    PyErr_Clear(); /* lone surrogates */
+    PyObject *b = PyUnicode_AsEncodedString(s, "utf-8", "backslashreplace");
+    Py_DECREF(s);
+    if (b == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    *keep = b;
+    *p = PyBytes_AS_STRING(b);
+    *n = PyBytes_GET_SIZE(b);
+    return 0;
+}
+
+/* Cut UTF-8 text to at most `max` bytes on a character boundary: the head, or the tail. */
+static void
+clip(const char **p, Py_ssize_t *n, Py_ssize_t max, int tail)
+{
+    if (*n <= max) {
+        return;
+    }
+    if (tail) {
+        const char *s = *p + (*n - max);
+        while (s < *p + *n && ((unsigned char)*s & 0xC0) == 0x80) {
+            s++;
+        }
+        *n = (*p + *n) - s;
+        *p = s;
+    }
+    else {
+        Py_ssize_t k = max;
+        while (k > 0 && ((unsigned char)(*p)[k] & 0xC0) == 0x80) {
+            k--;
+        }
+        *n = k;
+    }
+}
+
+/* Qualified class name of an exception: builtins bare, others module.qualname. */
+static PyObject *
+exc_type_name(PyObject *exc)
+{
+    PyObject *tp = (PyObject *)Py_TYPE(exc);
+    PyObject *qual = PyObject_GetAttrString(tp, "__qualname__");
+    PyObject *mod = PyObject_GetAttrString(tp, "__module__");
+    PyObject *res = NULL;
+    PyErr_Clear();
+    if (qual != NULL && PyUnicode_Check(qual)) {
+        if (mod != NULL && PyUnicode_Check(mod) &&
+            PyUnicode_CompareWithASCIIString(mod, "builtins") != 0) {
+            res = PyUnicode_FromFormat("%U.%U", mod, qual);
+        }
+        else {
+            res = Py_NewRef(qual);
+        }
+    }
+    Py_XDECREF(qual);
+    Py_XDECREF(mod);
+    PyErr_Clear();
+    return res;
+}
+
+static int
+is_own_logger(PyObject *name)
+{
+    static const char own[] = "bu_osprofiler";
+    Py_ssize_t n;
+    const char *s = PyUnicode_Check(name) ? PyUnicode_AsUTF8AndSize(name, &n) : NULL;
+    if (s == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    size_t k = sizeof(own) - 1;
+    return (size_t)n >= k && memcmp(s, own, k) == 0 && ((size_t)n == k || s[k] == '.');
+}
+
+/* Count one record the span had no room for: the span tag log.dropped_records, updated in place. */
+static void
+count_dropped(LogIdsObject *f, SpanObject *s)
+{
+    f->n_dropped++;
+    const unsigned char *p = s->tags.data;
+    for (uint16_t i = 0; i < s->ntags; i++) {
+        bu_tag t;
+        bu_tag_read(&p, &t);
+        if (t.type == BU_TAG_LONG && t.key_len == sizeof(DROPPED_TAG) - 1 &&
+            memcmp(t.key, DROPPED_TAG, sizeof(DROPPED_TAG) - 1) == 0) {
+            int64_t v = t.l + 1;
+            memcpy((unsigned char *)t.key + t.key_len, &v, 8);
+            return;
+        }
+    }
+    if (s->ntags < 0xFFFF &&
+        bu_tag_put_long(&s->tags, DROPPED_TAG, sizeof(DROPPED_TAG) - 1, 1) == 0) {
+        s->ntags++;
+    }
+}
+
+#define NFIELDS 7
+typedef struct {
+    const char *key;
+    const char *val;
+    Py_ssize_t len;
+} field;
+
+static void
+span_log_record(LogIdsObject *f, SpanObject *s, PyObject *rec)
+{
+    PyObject *keep[NFIELDS] = {NULL};
+    PyObject *name = NULL, *exc_info = NULL, *tmp = NULL;
+    field fl[NFIELDS];
+    int nf = 0;
+    in_span_log = 1;
+    int64_t ts = bu_wall_ns();
+
+    /* ---- everything that can run Python first (no buffer offsets held) ---- */
+    name = PyObject_GetAttrString(rec, "name");
+    if (name == NULL) {
+        PyErr_Clear();
+    }
+    else if (is_own_logger(name)) {
+        goto done;
+    }
+    fl[nf] = (field){"event", "log", 3};
+    nf++;
+    tmp = PyObject_GetAttrString(rec, "levelname");
+    if (tmp != NULL && utf8_of(tmp, &keep[nf], &fl[nf].val, &fl[nf].len) == 0) {
+        clip(&fl[nf].val, &fl[nf].len, LOG_MAX_TEXT, 0);
+        fl[nf++].key = "level";
+    }
+    PyErr_Clear();
+    Py_CLEAR(tmp);
+    if (name != NULL && utf8_of(name, &keep[nf], &fl[nf].val, &fl[nf].len) == 0) {
+        clip(&fl[nf].val, &fl[nf].len, LOG_MAX_TEXT, 0);
+        fl[nf++].key = "logger";
+    }
+    tmp = PyObject_CallMethod(rec, "getMessage", NULL);
+    if (tmp == NULL) { /* logging reports the bad format itself; keep the raw message */
+        PyErr_Clear();
+        tmp = PyObject_GetAttrString(rec, "msg");
+        PyErr_Clear();
+    }
+    if (tmp != NULL && utf8_of(tmp, &keep[nf], &fl[nf].val, &fl[nf].len) == 0) {
+        clip(&fl[nf].val, &fl[nf].len, LOG_MAX_MESSAGE, 0);
+        fl[nf++].key = "message";
+    }
+    Py_CLEAR(tmp);
+    exc_info = PyObject_GetAttrString(rec, "exc_info");
+    PyErr_Clear();
+    PyObject *exc = NULL;
+    if (exc_info != NULL && PyTuple_Check(exc_info) && PyTuple_GET_SIZE(exc_info) == 3 &&
+        PyExceptionInstance_Check(PyTuple_GET_ITEM(exc_info, 1))) {
+        exc = PyTuple_GET_ITEM(exc_info, 1); /* exc_info holds it for as long as we use it */
+        tmp = exc_type_name(exc);
+        if (tmp != NULL && utf8_of(tmp, &keep[nf], &fl[nf].val, &fl[nf].len) == 0) {
+            clip(&fl[nf].val, &fl[nf].len, LOG_MAX_TEXT, 0);
+            fl[nf++].key = "exception.type";
+        }
+        Py_CLEAR(tmp);
+        if (utf8_of(exc, &keep[nf], &fl[nf].val, &fl[nf].len) == 0) {
+            clip(&fl[nf].val, &fl[nf].len, LOG_MAX_TEXT, 0);
+            fl[nf++].key = "exception.message";
+        }
+        if (f->st->format_exc != NULL) {
+            tmp = PyObject_CallOneArg(f->st->format_exc, exc);
+        }
+        if (tmp != NULL && utf8_of(tmp, &keep[nf], &fl[nf].val, &fl[nf].len) == 0) {
+            clip(&fl[nf].val, &fl[nf].len, LOG_MAX_STACK, 1);
+            fl[nf++].key = "exception.stacktrace";
+        }
+        PyErr_Clear();
+        Py_CLEAR(tmp);
+    }
+    else {
+        tmp = PyObject_GetAttrString(rec, "stack_info");
+        PyErr_Clear();
+        if (tmp != NULL && PyUnicode_Check(tmp) &&
+            utf8_of(tmp, &keep[nf], &fl[nf].val, &fl[nf].len) == 0) {
+            clip(&fl[nf].val, &fl[nf].len, LOG_MAX_STACK, 1);
+            fl[nf++].key = "stack";
+        }
+        Py_CLEAR(tmp);
+    }
+
+    /* ---- then append in one step: no Python runs from here on ---- */
+    if ((s->state & (BU_SPAN_RECORDING | BU_SPAN_FINISHED | BU_SPAN_PLACEHOLDER)) !=
+        BU_SPAN_RECORDING) {
+        goto done; /* finished meanwhile (another thread) */
+    }
+    size_t need = 10;
+    for (int i = 0; i < nf; i++) {
+        need += 1 + 2 + strlen(fl[i].key) + 4 + (size_t)fl[i].len;
+    }
+    if (s->nlogs >= f->max_logs || s->nlogs == 0xFFFF || s->logs.len + need > f->max_bytes) {
+        count_dropped(f, s);
+        goto done;
+    }
+    size_t head = s->logs.len;
+    if (bu_buf_reserve(&s->logs, need) < 0) {
+        goto done;
+    }
+    memcpy(s->logs.data + head, &ts, 8);
+    s->logs.len += 10;
+    uint16_t n16 = 0;
+    for (int i = 0; i < nf; i++) {
+        if (bu_tag_put_str(&s->logs, fl[i].key, strlen(fl[i].key), fl[i].val,
+                           (size_t)fl[i].len) < 0) {
+            s->logs.len = head;
+            goto done;
+        }
+        n16++;
+    }
+    memcpy(s->logs.data + head + 8, &n16, 2);
+    s->nlogs++;
+    f->n_logged++;
+done:
+    for (int i = 0; i < NFIELDS; i++) {
+        Py_XDECREF(keep[i]);
+    }
+    Py_XDECREF(name);
+    Py_XDECREF(exc_info);
+    PyErr_Clear();
+    in_span_log = 0;
+}
+
+/* ================================================================ LogIds */
+
+/* ids(record, level) -> (trace_id, span_id, trace_sampled, base_id); records `record` into the
+ * active span when `level` (an int, else record.levelno is read) reaches span_level. */
+static PyObject *
+li_ids(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    LogIdsObject *f = _LogIds_CAST(op);
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "ids(record, level)");
+        return NULL;
+    }
+    PyObject *active = bu_active_get(f->st);
+    if (active == NULL || !Py_IS_TYPE(active, f->st->SpanType)) {
+        Py_XDECREF(active);
+        return Py_NewRef(f->none4);
+    }
+    SpanObject *s = _Span_CAST(active);
+    /* A placeholder (profiler.init, a context continued from elsewhere) is a trace, not a span
+     * of ours: the trace id is set, the span id is empty. */
+    uint64_t sid = (s->state & BU_SPAN_PLACEHOLDER) ? 0 : s->span_id;
+    PyObject *res = ids_tuple(f, s->trace_hi, s->trace_lo, sid, s->flags & BU_FLAG_SAMPLED);
+    if (res == NULL) {
+        PyErr_Clear(); /* out of memory: the record goes on without ids */
+        res = Py_NewRef(f->none4);
+    }
+    if ((s->state & (BU_SPAN_RECORDING | BU_SPAN_FINISHED | BU_SPAN_PLACEHOLDER)) ==
+            BU_SPAN_RECORDING &&
+        !in_span_log) {
+        long level = -1;
+        if (PyLong_CheckExact(args[1])) {
+            level = PyLong_AsLong(args[1]);
+        }
+        else {
+            PyObject *lv = PyObject_GetAttrString(args[0], "levelno");
+            if (lv != NULL && PyLong_Check(lv)) {
+                level = PyLong_AsLong(lv);
+            }
+            Py_XDECREF(lv);
+        }
+        PyErr_Clear();
+        if (level >= f->span_level) {
+            span_log_record(f, s, args[0]);
+        }
+    }
+    Py_DECREF(active);
+    return res;
+}
+
+static void
+li_dealloc(PyObject *op)
+{
+    LogIdsObject *f = _LogIds_CAST(op);
+    PyTypeObject *tp = Py_TYPE(op);
+    Py_XDECREF(f->none4);
+    Py_XDECREF(f->c_ids);
+    PyObject_Free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+li_stats(PyObject *op, PyObject *Py_UNUSED(arg))
+{
+    LogIdsObject *f = _LogIds_CAST(op);
+    return Py_BuildValue("{sKsK}", "span_logs", f->n_logged, "span_logs_dropped", f->n_dropped);
+}
+
+static PyMemberDef li_members[] = {
+    {"span_level", T_LONG, offsetof(LogIdsObject, span_level), READONLY, NULL},
+    {"max_logs", T_UINT, offsetof(LogIdsObject, max_logs), READONLY, NULL},
+    {"max_bytes", T_UINT, offsetof(LogIdsObject, max_bytes), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef li_methods[] = {
+    {"ids", (PyCFunction)(void (*)(void))li_ids, METH_FASTCALL,
+     "ids(record, level) -> (trace_id, span_id, trace_sampled, base_id) of the active span "
+     "(\"\" each outside a trace); a record at or above span_level becomes a span log."},
+    {"stats", li_stats, METH_NOARGS, "Records logged into spans and records dropped (span full)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot li_slots[] = {
+    {Py_tp_dealloc, li_dealloc},
+    {Py_tp_members, li_members},
+    {Py_tp_methods, li_methods},
+    {Py_tp_doc, "Ids of the active span for log records, and log records into span logs."},
+    {0, NULL},
+};
+
+/* Holds no references to objects that could refer back to it: not GC-tracked. */
+static PyType_Spec li_spec = {
+    .name = "bu_osprofiler.LogIds",
+    .basicsize = sizeof(LogIdsObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = li_slots,
+};
+
+/* The type, made once per module object and kept as the module attribute LogIds. */
+static PyTypeObject *
+log_ids_type(PyObject *m)
+{
+    PyObject *tp = PyObject_GetAttrString(m, "LogIds");
+    if (tp != NULL) {
+        return (PyTypeObject *)tp;
+    }
+    PyErr_Clear();
+    tp = PyType_FromModuleAndSpec(m, &li_spec, NULL);
+    if (tp == NULL || PyModule_AddObjectRef(m, "LogIds", tp) < 0) {
+        Py_XDECREF(tp);
+        return NULL;
+    }
+    return (PyTypeObject *)tp;
+}
+
+PyObject *
+bu_log_ids(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "log_ids(span_level, max_logs, max_bytes)");
+        return NULL;
+    }
+    long level = PyLong_AsLong(args[0]);
+    long max_logs = PyLong_AsLong(args[1]);
+    long max_bytes = PyLong_AsLong(args[2]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max_logs < 0 || max_logs > 0xFFFF || max_bytes < 0 || max_bytes > 0x7FFFFFFF) {
+        PyErr_SetString(PyExc_ValueError, "max_logs must be 0..65535 and max_bytes >= 0");
+        return NULL;
+    }
+    PyTypeObject *tp = log_ids_type(m);
+    if (tp == NULL) {
+        return NULL;
+    }
+    LogIdsObject *f = PyObject_New(LogIdsObject, tp);
+    Py_DECREF(tp);
+    if (f == NULL) {
+        return NULL;
+    }
+    f->st = bu_state_of_module(m);
+    f->span_level = level;
+    f->max_logs = (uint32_t)max_logs;
+    f->max_bytes = (uint32_t)max_bytes;
+    f->c_hi = f->c_lo = f->c_sid = 0;
+    f->c_sampled = 0;
+    f->c_ids = NULL;
+    f->n_logged = f->n_dropped = 0;
+    PyObject *e = PyUnicode_New(0, 0);
+    f->none4 = e ? PyTuple_Pack(4, e, e, e, e) : NULL;
+    Py_XDECREF(e);
+    if (f->none4 == NULL) {
+        Py_DECREF(f);
+        return NULL;
+    }
+    return (PyObject *)f;
+}

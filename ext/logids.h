@@ -1,0 +1,11 @@
+/* logids.h -- log correlation: the active span's ids for log records, and records at or above a
+ * level into span logs (used by bu_osprofiler/logging.py). */
+#ifndef BU_LOGIDS_H
+#define BU_LOGIDS_H
+
+#include "state.h"
+
+/* _core.log_ids(span_level, max_logs, max_bytes) -> a new LogIds. */
+PyObject *bu_log_ids(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
+
+#endif
