@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -11,6 +12,15 @@ LOG = logging.getLogger("bu_osprofiler")
 _lock = threading.Lock()
 _last: dict[str, float] = {}
 _suppressed: dict[str, int] = {}
+
+
+def _renew_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a thread of the parent may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_lock_in_child)
 
 
 def warn_limited(key: str, msg: str, *args: object, interval: float = 60.0, **kw: Any) -> bool:

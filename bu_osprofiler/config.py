@@ -18,6 +18,15 @@ _exporter: Any = None
 _settings: dict[str, Any] = {}
 
 
+def _renew_lock_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # a thread of the parent may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_lock_in_child)
+
+
 class FinishedSpan(NamedTuple):
     """A finished span as recorded (read-only). Ids are ints; times are ns since the epoch."""
 

@@ -579,11 +579,13 @@ class HttpExporter(Exporter):
 
     def _start_reporter(self) -> None:
         max_body = self.options["http_max_body"]
-        _core.reporter_start_external(min(max_body, 1024 * 1024))
+        # The session number: once another exporter starts, this sender's calls fail and it
+        # exits, even if it was stuck in a slow POST past this exporter's shutdown.
+        epoch = _core.reporter_start_external(min(max_body, 1024 * 1024))
         self._conn = None
         self._retry_stop.clear()
-        self._thread = threading.Thread(target=self._run, name="bu_osprofiler-http-sender",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(epoch,),
+                                        name="bu_osprofiler-http-sender", daemon=True)
         self._thread.start()
 
     def _stop_reporter(self, deadline: float) -> None:
@@ -594,31 +596,33 @@ class HttpExporter(Exporter):
             self._thread = None
         _core.reporter_stop(0.0)  # back to "off" (a late sender finds no reporter and quits)
 
-    def _run(self) -> None:
+    def _run(self, epoch: int) -> None:
         try:
-            self._loop()
+            self._loop(epoch)
         finally:
             self._close()
 
-    def _loop(self) -> None:
+    def _loop(self, epoch: int) -> None:
         interval = self.options["flush_interval"]
         max_body = self.options["http_max_body"]
         while True:
             try:
-                gen, stopping = _core.reporter_wait(interval)
+                gen, stopping = _core.reporter_wait(interval, epoch)
             except RuntimeError:  # the reporter was reset (fork) or replaced
                 return
             ok = True
             try:
-                batches, too_large = _core.take_batches(max_body, self.endpoint.protocol)
+                batches, too_large = _core.take_batches(max_body, self.endpoint.protocol, epoch)
                 ok = too_large == 0
                 for body, nspans in batches:
                     ok = self._post(body, nspans) and ok
+            except RuntimeError:  # replaced between the wait and the take: nothing taken
+                return
             except Exception as exc:  # MemoryError and the like: counted in C, logged here
                 ok = False
                 self.log.warning("encode", "bu_osprofiler: encoding spans failed: %r", exc)
             try:
-                _core.reporter_cycle_end(gen, ok)
+                _core.reporter_cycle_end(gen, ok, epoch)
             except RuntimeError:
                 return
             if stopping:

@@ -379,23 +379,33 @@ def _async_traced(f: Callable[..., Any], name: str, static: dict[str, Any], hide
         if not tp.on() or parent is None or not parent.sampled:
             return await f(*args, **kwargs)
         span = _core.start_span(name, child_of=parent, tags=static)
-        if not hide_args:
-            span.set_tag("args", str(args)).set_tag("kwargs", str(kwargs))
+        if not hide_args:  # str() in C: a failing __str__ is recorded, never raised here
+            span.set_tag("args", args).set_tag("kwargs", kwargs)
         token = _core.activate(span)
         try:
             result = await f(*args, **kwargs)
-        except BaseException as exc:
-            span.set_tag("etype", _etype(exc)).set_tag("message", str(exc))
+        except Exception as exc:
+            span.set_tag("etype", _etype(exc)).set_tag("message", exc)
             span.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        except BaseException:  # cancellation (CancelledError, GreenletExit...): not an error
+            span.finish()
             raise
         finally:
             _core.deactivate(token)
         if not hide_result:
-            span.set_tag("result", repr(result))
+            span.set_tag("result", _safe_repr(result))
         span.finish()
         return result
 
     return wrapper
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return "<unprintable>"
 
 
 def _etype(exc: BaseException) -> str:

@@ -38,6 +38,14 @@ def enable() -> None:
     _DISABLED = False
 
 
+def _text(value: Any) -> str:
+    """str(value), or a placeholder when its __str__ fails (never raised into the query)."""
+    try:
+        return str(value)
+    except Exception:
+        return "<unprintable>"
+
+
 def _params_text(params: Any) -> str:
     text = str(params)
     if len(text) > _MAX_PARAMS:
@@ -99,8 +107,8 @@ def _after_cursor_execute(hide_result: bool) -> Any:
             if not hide_result:
                 # Only drivers that buffer rows expose them without consuming the cursor.
                 rows = getattr(cursor, "_rows", None)
-                if rows is not None:
-                    span.set_tag("db.result", str(rows))
+                if rows is not None:  # str() in C: a failing __str__ never breaks the query
+                    span.set_tag("db.result", rows)
         finally:
             span.finish()
             _profiler.notify_point("stop", span, None)
@@ -116,16 +124,17 @@ def handle_error(exception_context: Any) -> None:
         return
     exc = exception_context.original_exception
     cause = getattr(exc, "__cause__", None)
+    cls = type(exc)
+    etype = cls.__qualname__ if cls.__module__ == "builtins" else \
+        "%s.%s" % (cls.__module__, cls.__qualname__)
     try:
-        cls = type(exc)
-        etype = cls.__qualname__ if cls.__module__ == "builtins" else \
-            "%s.%s" % (cls.__module__, cls.__qualname__)
-        span.set_tag("etype", etype).set_tag("message", str(exc))
-        span.set_tag("db.original_exception", str(exc))
-        span.set_tag("db.chained_exception", str(cause) if cause else "")
+        # str() of the exceptions in C: one whose __str__ fails must not replace the DB error
+        span.set_tag("etype", etype).set_tag("message", exc)
+        span.set_tag("db.original_exception", exc)
+        span.set_tag("db.chained_exception", cause if cause else "")
     finally:
         span.__exit__(type(exc), exc, exc.__traceback__)
-        _profiler.notify_point("stop", span, {"etype": etype, "message": str(exc)})
+        _profiler.notify_point("stop", span, {"etype": etype, "message": _text(exc)})
 
 
 def add_tracing(sqlalchemy: Any, engine: Any, name: str, hide_result: bool = True) -> None:

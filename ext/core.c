@@ -15,11 +15,26 @@
 bu_state *
 bu_state_of_type(PyTypeObject *tp)
 {
+#if PY_VERSION_HEX >= 0x030B0000
     PyObject *m = PyType_GetModuleByDef(tp, &bu_module_def);
-    if (m == NULL) {
-        return NULL;
+    return m == NULL ? NULL : bu_state_of_module(m);
+#else
+    /* 3.9 / 3.10: the first heap type of ours along the base chain (Python subclasses of our
+     * types have no module of their own). */
+    for (PyTypeObject *t = tp; t != NULL; t = t->tp_base) {
+        if (PyType_HasFeature(t, Py_TPFLAGS_HEAPTYPE)) {
+            PyObject *m = PyType_GetModule(t);
+            if (m == NULL) {
+                PyErr_Clear();
+            }
+            else if (PyModule_GetDef(m) == &bu_module_def) {
+                return bu_state_of_module(m);
+            }
+        }
     }
-    return bu_state_of_module(m);
+    PyErr_Format(PyExc_TypeError, "%.100s is not a bu_osprofiler type", tp->tp_name);
+    return NULL;
+#endif
 }
 
 /* ================================================================ configuration */
@@ -292,7 +307,10 @@ push_record(PyObject *m, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     Py_ssize_t ntags = bu_tags_put_items(&tb, tags);
-    if (ntags < 0) {
+    if (ntags < 0 || ntags > 0xFFFF) {
+        if (ntags >= 0) {
+            PyErr_SetString(PyExc_ValueError, "too many tags");
+        }
         goto done;
     }
     Py_ssize_t nlogs = 0, nrefs = 0;
@@ -304,7 +322,10 @@ push_record(PyObject *m, PyObject *args, PyObject *kwargs)
         for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
             long long ts;
             PyObject *fields;
-            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "LO", &ts, &fields)) {
+            /* strong: converting or formatting may run Python that empties the caller's list */
+            PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+            if (!PyArg_ParseTuple(item, "LO", &ts, &fields)) {
+                Py_DECREF(item);
                 Py_DECREF(seq);
                 goto done;
             }
@@ -318,7 +339,11 @@ push_record(PyObject *m, PyObject *args, PyObject *kwargs)
             memcpy(lb.data + lb.len, &ts64, 8);
             lb.len += 10;
             Py_ssize_t nf = bu_tags_put_items(&lb, fields);
-            if (nf < 0) {
+            Py_DECREF(item);
+            if (nf < 0 || nf > 0xFFFF || nlogs == 0xFFFF) {
+                if (nf >= 0) {
+                    PyErr_SetString(PyExc_ValueError, "too many log fields or logs");
+                }
                 Py_DECREF(seq);
                 goto done;
             }
@@ -337,12 +362,20 @@ push_record(PyObject *m, PyObject *args, PyObject *kwargs)
             const char *kind;
             PyObject *rt, *rs;
             uint64_t rhi, rlo, rsid;
-            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "sOO", &kind, &rt, &rs) ||
-                bu_u128_from_pylong(rt, &rhi, &rlo) < 0 || bu_u64_from_pylong(rs, &rsid) < 0) {
+            PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+            int bad = !PyArg_ParseTuple(item, "sOO", &kind, &rt, &rs) ||
+                      bu_u128_from_pylong(rt, &rhi, &rlo) < 0 ||
+                      bu_u64_from_pylong(rs, &rsid) < 0;
+            int k = bad || strcmp(kind, "follows_from") != 0 ? BU_REF_CHILD_OF
+                                                              : BU_REF_FOLLOWS_FROM;
+            Py_DECREF(item); /* `kind` points into it: read above */
+            if (bad || nrefs == 0xFFFF) {
+                if (!bad) {
+                    PyErr_SetString(PyExc_ValueError, "too many references");
+                }
                 Py_DECREF(seq);
                 goto done;
             }
-            int k = strcmp(kind, "follows_from") == 0 ? BU_REF_FOLLOWS_FROM : BU_REF_CHILD_OF;
             if (bu_ref_put(&rb, k, rhi, rlo, rsid) < 0) {
                 Py_DECREF(seq);
                 PyErr_NoMemory();
@@ -497,6 +530,8 @@ core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->active);
     Py_VISIT(st->format_exc);
     Py_VISIT(st->trace_slow);
+    Py_VISIT(st->err_stack);
+    Py_VISIT(st->err_exc);
     return bu_adaptive_traverse(st, visit, arg);
 }
 
@@ -518,6 +553,8 @@ core_clear(PyObject *m)
     Py_CLEAR(st->empty_tuple);
     Py_CLEAR(st->format_exc);
     Py_CLEAR(st->trace_slow);
+    Py_CLEAR(st->err_stack);
+    Py_CLEAR(st->err_exc);
     bu_adaptive_clear(st);
     return 0;
 }

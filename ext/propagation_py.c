@@ -39,22 +39,11 @@ u128_arg(PyObject *o, uint64_t *hi, uint64_t *lo, int max_bits)
         PyErr_Format(PyExc_TypeError, "id must be an int, not %.100s", Py_TYPE(o)->tp_name);
         return -1;
     }
-    if (_PyLong_Sign(o) < 0 || _PyLong_NumBits(o) > (size_t)max_bits) {
+    int rc = bu_long_as_u128(o, max_bits, hi, lo);
+    if (rc > 0) {
         PyErr_Format(PyExc_ValueError, "id must be within [0, 2**%d)", max_bits);
-        return -1;
     }
-    if (max_bits <= 64 || _PyLong_NumBits(o) <= 64) {
-        *hi = 0;
-        *lo = PyLong_AsUnsignedLongLong(o);
-        return (*lo == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
-    }
-    unsigned char b[16];
-    if (_PyLong_AsByteArray((PyLongObject *)o, b, 16, 0, 0) < 0) {
-        return -1;
-    }
-    *hi = bu_be64(b);
-    *lo = bu_be64(b + 8);
-    return 0;
+    return rc == 0 ? 0 : -1;
 }
 
 static int
@@ -81,13 +70,7 @@ ids_arg(PyObject *const *args, bu_ctx_ids *c, int with_parent)
 static PyObject *
 trace_id_obj(const bu_ctx_ids *c)
 {
-    if (c->trace_hi == 0) {
-        return PyLong_FromUnsignedLongLong(c->trace_lo);
-    }
-    unsigned char b[16];
-    bu_put_be(b, c->trace_hi, 8);
-    bu_put_be(b + 8, c->trace_lo, 8);
-    return _PyLong_FromByteArray(b, 16, 0, 0);
+    return bu_long_from_u128(c->trace_hi, c->trace_lo);
 }
 
 /* A tuple of the ids: (trace_id, span_id[, parent_id], flags). */
@@ -543,15 +526,19 @@ baggage_format_impl(PyObject *items, int kind, int enc, long *dropped_out)
         goto done;
     }
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i), *ko = NULL, *vo = NULL;
+        /* A strong reference: str() of a key may run Python that empties the caller's list. */
+        PyObject *pair = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i)), *ko = NULL, *vo = NULL;
         const char *k, *v;
         Py_ssize_t kn, vn;
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            Py_DECREF(pair);
             PyErr_SetString(PyExc_TypeError, "baggage items must be (key, value) pairs");
             goto done;
         }
-        if (utf8_of(PyTuple_GET_ITEM(pair, 0), &ko, &k, &kn) < 0 ||
-            utf8_of(PyTuple_GET_ITEM(pair, 1), &vo, &v, &vn) < 0) {
+        int bad = utf8_of(PyTuple_GET_ITEM(pair, 0), &ko, &k, &kn) < 0 ||
+                  utf8_of(PyTuple_GET_ITEM(pair, 1), &vo, &v, &vn) < 0;
+        Py_DECREF(pair); /* the tuple's items stay alive through ko / vo */
+        if (bad) {
             Py_XDECREF(ko);
             Py_XDECREF(vo);
             goto done;
@@ -765,15 +752,19 @@ py_binary_format(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs
         goto done;
     }
     for (Py_ssize_t i = 0; seq && i < PySequence_Fast_GET_SIZE(seq); i++) {
-        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i), *ko = NULL, *vo = NULL;
+        /* A strong reference: str() of a key may run Python that empties the caller's list. */
+        PyObject *pair = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i)), *ko = NULL, *vo = NULL;
         const char *k, *v;
         Py_ssize_t kn, vn;
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            Py_DECREF(pair);
             PyErr_SetString(PyExc_TypeError, "baggage items must be (key, value) pairs");
             goto done;
         }
-        if (utf8_of(PyTuple_GET_ITEM(pair, 0), &ko, &k, &kn) < 0 ||
-            utf8_of(PyTuple_GET_ITEM(pair, 1), &vo, &v, &vn) < 0) {
+        int bad = utf8_of(PyTuple_GET_ITEM(pair, 0), &ko, &k, &kn) < 0 ||
+                  utf8_of(PyTuple_GET_ITEM(pair, 1), &vo, &v, &vn) < 0;
+        Py_DECREF(pair); /* the tuple's items stay alive through ko / vo */
+        if (bad) {
             Py_XDECREF(ko);
             Py_XDECREF(vo);
             goto done;
@@ -1013,7 +1004,13 @@ py_scan(PyObject *Py_UNUSED(m), PyObject *carrier)
         Py_ssize_t pos = 0;
         PyObject *k, *v;
         while (PyDict_Next(carrier, &pos, &k, &v)) {
-            if (scan_entry(k, v, slots) < 0) {
+            /* strong references: an allocation below may run the GC and so any finalizer */
+            Py_INCREF(k);
+            Py_INCREF(v);
+            int rc = scan_entry(k, v, slots);
+            Py_DECREF(k);
+            Py_DECREF(v);
+            if (rc < 0) {
                 goto done;
             }
         }
@@ -1032,12 +1029,16 @@ py_scan(PyObject *Py_UNUSED(m), PyObject *carrier)
             goto done;
         }
         for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-            PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+            PyObject *pair = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+            int rc = -1;
             if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
                 PyErr_SetString(PyExc_TypeError, "carrier items must be (key, value) pairs");
-                goto done;
             }
-            if (scan_entry(PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1), slots) < 0) {
+            else {
+                rc = scan_entry(PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1), slots);
+            }
+            Py_DECREF(pair);
+            if (rc < 0) {
                 goto done;
             }
         }

@@ -8,27 +8,7 @@
 PyObject *
 bu_pylong_from_u128(uint64_t hi, uint64_t lo)
 {
-    if (hi == 0) {
-        return PyLong_FromUnsignedLongLong(lo);
-    }
-    PyObject *h = NULL, *sh = NULL, *l = NULL, *res = NULL, *shift = NULL;
-    h = PyLong_FromUnsignedLongLong(hi);
-    shift = PyLong_FromLong(64);
-    if (h == NULL || shift == NULL) {
-        goto done;
-    }
-    sh = PyNumber_Lshift(h, shift);
-    l = PyLong_FromUnsignedLongLong(lo);
-    if (sh == NULL || l == NULL) {
-        goto done;
-    }
-    res = PyNumber_Or(sh, l);
-done:
-    Py_XDECREF(h);
-    Py_XDECREF(sh);
-    Py_XDECREF(l);
-    Py_XDECREF(shift);
-    return res;
+    return bu_long_from_u128(hi, lo);
 }
 
 int
@@ -55,28 +35,12 @@ bu_u128_from_pylong(PyObject *o, uint64_t *hi, uint64_t *lo)
         PyErr_Format(PyExc_TypeError, "trace id must be an int, not %.100s", Py_TYPE(o)->tp_name);
         return -1;
     }
-    /* Check the size first: raising and clearing OverflowError for every 128-bit id is slow. */
-    if (_PyLong_Sign(o) >= 0 && _PyLong_NumBits(o) <= 64) {
-        *hi = 0;
-        *lo = PyLong_AsUnsignedLongLong(o);
-        return 0;
-    }
-    if (_PyLong_Sign(o) < 0 || _PyLong_NumBits(o) > 128) {
+    /* No OverflowError raised and cleared for every 128-bit id (that is slow). */
+    int rc = bu_long_as_u128(o, 128, hi, lo);
+    if (rc > 0) {
         PyErr_SetString(PyExc_ValueError, "trace id must be within [0, 2**128)");
-        return -1;
     }
-    unsigned char bytes[16];
-    if (_PyLong_AsByteArray((PyLongObject *)o, bytes, 16, 0, 0) < 0) {
-        return -1;
-    }
-    uint64_t h = 0, l = 0;
-    for (int i = 0; i < 8; i++) {
-        h = (h << 8) | bytes[i];
-        l = (l << 8) | bytes[i + 8];
-    }
-    *hi = h;
-    *lo = l;
-    return 0;
+    return rc == 0 ? 0 : -1;
 }
 
 /* ---------------------------------------------------------------- tags */
@@ -86,8 +50,11 @@ put_text(bu_buf *b, const char *k, Py_ssize_t kl, PyObject *value)
 {
     PyObject *s = PyObject_Str(value);
     if (s == NULL) {
-        /* A value whose __str__ raises must not break the traced call. */
-        PyErr_Clear();
+        /* A value whose __str__ raises must not break the traced call (an Exception only:
+         * KeyboardInterrupt, SystemExit and friends propagate). */
+        if (bu_clear_exception() < 0) {
+            return -1;
+        }
         return bu_tag_put_str(b, k, (size_t)kl, "<unprintable>", 13) < 0 ? (PyErr_NoMemory(), -1)
                                                                           : 0;
     }
@@ -108,7 +75,18 @@ put_text(bu_buf *b, const char *k, Py_ssize_t kl, PyObject *value)
     return rc;
 }
 
-/* UTF-8 of a tag key; *owner keeps it alive. Never fails except on MemoryError: a key that
+int
+bu_clear_exception(void)
+{
+    if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+
+/* UTF-8 of a tag key; *owner keeps it alive. Never fails except on MemoryError (or a
+ * BaseException that is not an Exception, such as KeyboardInterrupt): a key that
  * cannot be made text gets a placeholder name (callers count every tag they write). */
 static int
 key_utf8(PyObject *key, PyObject **owner, const char **k, Py_ssize_t *kl)
@@ -119,7 +97,9 @@ key_utf8(PyObject *key, PyObject **owner, const char **k, Py_ssize_t *kl)
     else {
         *owner = PyObject_Str(key);
         if (*owner == NULL) {
-            PyErr_Clear();
+            if (bu_clear_exception() < 0) {
+                return -1;
+            }
             *owner = PyUnicode_FromString("<unprintable>");
             if (*owner == NULL) {
                 return -1;
@@ -202,7 +182,26 @@ bu_tag_put_py(bu_buf *b, PyObject *key, PyObject *value)
 
 static Py_ssize_t put_info_dict(bu_buf *b, char *key, size_t plen, PyObject *d, int depth);
 
-/* One item: key = prefix + k; a dict value is flattened below it. Returns tags added or -1. */
+/* Key room for flattened info names (the buffer holds one more byte). */
+#define BU_INFO_KEY_ROOM (BU_INFO_KEY_MAX - 1)
+
+/* Length of the longest prefix of s[0:n] that fits `room` bytes without splitting a UTF-8
+ * character. */
+static size_t
+utf8_fit(const char *s, size_t n, size_t room)
+{
+    if (n <= room) {
+        return n;
+    }
+    while (room > 0 && ((unsigned char)s[room] & 0xC0) == 0x80) {
+        room--;
+    }
+    return room;
+}
+
+/* One item: key = prefix + k; a dict value is flattened below it. `key` holds the prefix
+ * (plen <= BU_INFO_KEY_ROOM bytes); k and v are borrowed from a dict that Python code run here
+ * may change, so the caller passes strong references. Returns tags added or -1. */
 static Py_ssize_t
 put_info_item(bu_buf *b, char *key, size_t plen, PyObject *k, PyObject *v, int depth)
 {
@@ -212,17 +211,31 @@ put_info_item(bu_buf *b, char *key, size_t plen, PyObject *k, PyObject *v, int d
     if (key_utf8(k, &owner, &ks, &kl) < 0) {
         return -1;
     }
-    size_t len = plen + (size_t)kl;
-    if (len > BU_INFO_KEY_MAX - 2) { /* an absurdly long name is cut; the value is kept */
-        len = BU_INFO_KEY_MAX - 2;
-    }
-    memcpy(key + plen, ks, len - plen);
+    /* An absurdly long name is cut (at a character boundary); the value is kept. */
+    size_t take = utf8_fit(ks, (size_t)kl, BU_INFO_KEY_ROOM - plen);
+    memcpy(key + plen, ks, take);
     Py_DECREF(owner);
+    size_t len = plen + take;
     if (PyDict_Check(v) && depth < BU_INFO_MAX_DEPTH) {
-        key[len] = '.';
-        return put_info_dict(b, key, len + 1, v, depth + 1);
+        if (len < BU_INFO_KEY_ROOM) {
+            key[len++] = '.';
+        }
+        return put_info_dict(b, key, len, v, depth + 1);
     }
     return bu_tag_put_value(b, key, len, v) < 0 ? -1 : 1;
+}
+
+/* PyDict_Next with strong references: the loop body may run Python that mutates or clears
+ * the dict, which would free a borrowed key or value before we read it. */
+static int
+dict_next_strong(PyObject *d, Py_ssize_t *pos, PyObject **k, PyObject **v)
+{
+    if (!PyDict_Next(d, pos, k, v)) {
+        return 0;
+    }
+    Py_INCREF(*k);
+    Py_INCREF(*v);
+    return 1;
 }
 
 static Py_ssize_t
@@ -230,8 +243,10 @@ put_info_dict(bu_buf *b, char *key, size_t plen, PyObject *d, int depth)
 {
     Py_ssize_t n = 0, pos = 0;
     PyObject *k, *v;
-    while (PyDict_Next(d, &pos, &k, &v)) {
+    while (dict_next_strong(d, &pos, &k, &v)) {
         Py_ssize_t r = put_info_item(b, key, plen, k, v, depth);
+        Py_DECREF(k);
+        Py_DECREF(v);
         if (r < 0) {
             return -1;
         }
@@ -246,7 +261,7 @@ bu_tags_put_info(bu_buf *b, PyObject *info)
     char key[BU_INFO_KEY_MAX];
     Py_ssize_t n = 0, pos = 0;
     PyObject *k, *v;
-    while (PyDict_Next(info, &pos, &k, &v)) {
+    while (dict_next_strong(info, &pos, &k, &v)) {
         Py_ssize_t r;
         const char *prefix = NULL;
         if (PyDict_Check(v) && PyUnicode_Check(k)) {
@@ -266,6 +281,8 @@ bu_tags_put_info(bu_buf *b, PyObject *info)
         else {
             r = put_info_item(b, key, 0, k, v, 0);
         }
+        Py_DECREF(k);
+        Py_DECREF(v);
         if (r < 0) {
             return -1;
         }
@@ -284,8 +301,11 @@ bu_tags_put_items(bu_buf *b, PyObject *items)
     if (PyDict_Check(items)) {
         Py_ssize_t pos = 0;
         PyObject *k, *v;
-        while (PyDict_Next(items, &pos, &k, &v)) {
-            if (bu_tag_put_py(b, k, v) < 0) {
+        while (dict_next_strong(items, &pos, &k, &v)) {
+            int rc = bu_tag_put_py(b, k, v);
+            Py_DECREF(k);
+            Py_DECREF(v);
+            if (rc < 0) {
                 return -1;
             }
             n++;

@@ -19,6 +19,11 @@ Py_ssize_t bu_tags_put_items(bu_buf *b, PyObject *items);
 /* n tags from *p (advancing it) into a new dict. */
 PyObject *bu_tags_to_dict(const unsigned char **p, uint16_t n);
 
+/* After a failed call whose error the tracer may swallow (a __str__ that raised): clear it and
+ * return 0 when it is an Exception; leave it set and return -1 for any other BaseException
+ * (KeyboardInterrupt, SystemExit, GeneratorExit...), which must reach the application. */
+int bu_clear_exception(void);
+
 /* 128-bit <-> Python int. from: new reference. to: 0 ok, -1 with an exception
  * (TypeError for a non-int, ValueError for a negative or > 128-bit value). */
 PyObject *bu_pylong_from_u128(uint64_t hi, uint64_t lo);

@@ -22,7 +22,26 @@
 #define R_EXTERNAL 2
 
 #define MAX_UDP_PAYLOAD 65507      /* IPv4: 65535 - IP header - UDP header */
-#define STOP_GRACE_NS 2000000000LL /* after a stop timed out: time left to abort a send */
+#define STOP_GRACE_MAX_NS 200000000LL /* part of a stop's timeout kept to abort the last sends */
+#define SEND_TIMEOUT_US 100000        /* a blocked send gives up after this (SO_SNDTIMEO) */
+#define RESOLVE_WAIT_NS 5000000000LL   /* a cycle with no address waits this long for DNS */
+#define MAX_ADDRS 8
+
+/* A name resolution running in its own detached thread, so that a resolver that does not
+ * answer never holds the flusher (and so flush(), shutdown() and interpreter exit). Shared by
+ * the flusher and the resolver thread; the last one to let go frees it. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;
+    int done;
+    int rc; /* 0, or a getaddrinfo EAI_* code (< 0) / errno (> 0) */
+    int naddrs;
+    struct sockaddr_storage addrs[MAX_ADDRS];
+    socklen_t lens[MAX_ADDRS];
+    char *names; /* comma-separated hosts, each resolved in turn */
+    char *port;
+} resolve_job;
 
 struct bu_reporter {
     bu_state *st;
@@ -48,6 +67,7 @@ struct bu_reporter {
     atomic_int last_error;   /* errno of the latest failed send; < 0: getaddrinfo code */
     atomic_int_fast64_t seq_no;
     atomic_int inside; /* Python threads between releasing and retaking the GIL in here */
+    uint64_t epoch;    /* external sessions started: a sender of an older one is refused */
     size_t wake_bytes;
     /* --- owned by the sending side (the UDP thread or the external Python thread) --- */
     pthread_t thread;
@@ -56,6 +76,15 @@ struct bu_reporter {
     size_t max_packet;
     char *host, *port;
     int fd;
+    /* the agent's addresses, tried in order like a datagram client (each family, each
+     * address): `cur` is the one `fd` is connected to */
+    struct sockaddr_storage addrs[MAX_ADDRS];
+    socklen_t lens[MAX_ADDRS];
+    int naddrs, cur;
+    int64_t resolved_at; /* monotonic: last successful resolution (0: never) */
+    int64_t resolve_every_ns; /* agents move: resolve the name again this often */
+    int reresolve;       /* a route failed: resolve again at the next cycle */
+    resolve_job *job;    /* the resolution in flight, or NULL */
     pid_t pid; /* the process the thread was started in */
     bu_packer pk;
 };
@@ -210,36 +239,199 @@ begin_cycle_locked(bu_reporter *r, int64_t deadline, int *stopping)
 /* ================================================================ UDP sender */
 
 static void
+job_release(resolve_job *j)
+{
+    pthread_mutex_lock(&j->mu);
+    int last = --j->refs == 0;
+    pthread_mutex_unlock(&j->mu);
+    if (last) {
+        pthread_mutex_destroy(&j->mu);
+        pthread_cond_destroy(&j->cv);
+        free(j->names);
+        free(j->port);
+        free(j);
+    }
+}
+
+static void *
+resolver_main(void *arg)
+{
+    resolve_job *j = arg;
+    struct sockaddr_storage addrs[MAX_ADDRS];
+    socklen_t lens[MAX_ADDRS];
+    int n = 0, rc = 0;
+    char *save = NULL;
+    for (char *name = strtok_r(j->names, ",", &save); name != NULL && n < MAX_ADDRS;
+         name = strtok_r(NULL, ",", &save)) {
+        struct addrinfo hints, *ai = NULL;
+        memset(&hints, 0, sizeof(hints));
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_DGRAM;
+        int e = getaddrinfo(name, j->port, &hints, &ai);
+        if (e != 0) {
+            rc = e == EAI_SYSTEM ? errno : (e < 0 ? e : -e); /* glibc's EAI_* are < 0 */
+            continue;
+        }
+        for (struct addrinfo *p = ai; p != NULL && n < MAX_ADDRS; p = p->ai_next) {
+            if (p->ai_addrlen <= sizeof(addrs[0])) {
+                memcpy(&addrs[n], p->ai_addr, p->ai_addrlen);
+                lens[n++] = (socklen_t)p->ai_addrlen;
+            }
+        }
+        freeaddrinfo(ai);
+    }
+    pthread_mutex_lock(&j->mu);
+    memcpy(j->addrs, addrs, sizeof(addrs));
+    memcpy(j->lens, lens, sizeof(lens));
+    j->naddrs = n;
+    j->rc = n > 0 ? 0 : (rc != 0 ? rc : EADDRNOTAVAIL);
+    j->done = 1;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    job_release(j);
+    return NULL;
+}
+
+/* Start resolving r->host in the background (no-op when one is in flight). */
+static void
+resolve_start(bu_reporter *r)
+{
+    if (r->job != NULL) {
+        return;
+    }
+    resolve_job *j = calloc(1, sizeof(*j));
+    if (j == NULL) {
+        return;
+    }
+    j->names = strdup(r->host);
+    j->port = strdup(r->port);
+    if (j->names == NULL || j->port == NULL || pthread_mutex_init(&j->mu, NULL) != 0) {
+        free(j->names);
+        free(j->port);
+        free(j);
+        return;
+    }
+    pthread_cond_init(&j->cv, NULL);
+    j->refs = 2;
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    int rc = pthread_create(&t, &attr, resolver_main, j);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        j->refs = 1;
+        job_release(j);
+        atomic_store(&r->last_error, rc);
+        return;
+    }
+    r->job = j;
+}
+
+/* Wait for the resolution in flight until `deadline` (0: do not wait), in short slices so that
+ * a stop (abort_sends) is noticed; take its result when done. */
+static void
+resolve_collect(bu_reporter *r, int64_t deadline)
+{
+    resolve_job *j = r->job;
+    if (j == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&j->mu);
+    while (!j->done && !atomic_load(&r->abort_sends) && bu_mono_ns() < deadline) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts); /* the job's condvar is on the default clock */
+        ts.tv_nsec += 50000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+    }
+    int done = j->done;
+    if (done) {
+        if (j->rc != 0) {
+            atomic_store(&r->last_error, j->rc);
+        }
+        else {
+            int same = j->naddrs == r->naddrs;
+            for (int i = 0; same && i < j->naddrs; i++) {
+                same = j->lens[i] == r->lens[i] && memcmp(&j->addrs[i], &r->addrs[i], j->lens[i]) == 0;
+            }
+            if (!same) { /* the agent moved (or first time): reconnect to its first address */
+                memcpy(r->addrs, j->addrs, sizeof(r->addrs));
+                memcpy(r->lens, j->lens, sizeof(r->lens));
+                r->naddrs = j->naddrs;
+                r->cur = 0;
+                if (r->fd >= 0) {
+                    close(r->fd);
+                    r->fd = -1;
+                }
+            }
+            r->resolved_at = bu_mono_ns();
+            r->reresolve = 0;
+        }
+    }
+    pthread_mutex_unlock(&j->mu);
+    if (done) {
+        r->job = NULL;
+        job_release(j);
+    }
+}
+
+/* Connect a socket to address r->cur, moving on to the next address (every family) when the
+ * socket cannot be made or connected. 0 connected, -1 no usable address. */
+static int
 udp_connect(bu_reporter *r)
 {
-    struct addrinfo hints, *ai = NULL;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_DGRAM;
-    int rc = getaddrinfo(r->host, r->port, &hints, &ai);
-    if (rc != 0) {
-        atomic_store(&r->last_error, rc < 0 ? rc : -rc); /* glibc's EAI_* are < 0 */
-        goto done;
-    }
-    int fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
+    for (int tried = 0; r->fd < 0 && tried < r->naddrs; tried++) {
+        const struct sockaddr_storage *a = &r->addrs[r->cur];
+        int fd = socket(a->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0) {
+            /* A send must never hold the flusher (and so flush() and shutdown) for long. */
+            struct timeval tv = {0, SEND_TIMEOUT_US};
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+            /* Connected: the kernel reports ICMP port-unreachable as ECONNREFUSED, so a route
+             * with no agent is noticed and the next address tried. */
+            if (connect(fd, (const struct sockaddr *)a, r->lens[r->cur]) == 0) {
+                r->fd = fd;
+                break;
+            }
+            close(fd);
+        }
         atomic_store(&r->last_error, errno);
-        goto done;
+        r->cur = (r->cur + 1) % r->naddrs;
     }
-    /* A send must never hold the flusher (and so flush() and shutdown) for long. */
-    struct timeval tv = {1, 0};
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    /* Connected: the kernel reports ICMP port-unreachable as ECONNREFUSED on later sends, so a
-     * missing agent shows up in send_errors instead of vanishing. */
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
-        atomic_store(&r->last_error, errno);
-        close(fd);
-        goto done;
+    return r->fd >= 0 ? 0 : -1;
+}
+
+/* The route failed: close it and use the next address (and resolve again soon). */
+static void
+udp_next_route(bu_reporter *r)
+{
+    if (r->fd >= 0) {
+        close(r->fd);
+        r->fd = -1;
     }
-    r->fd = fd;
-done:
-    if (ai != NULL) {
-        freeaddrinfo(ai);
+    if (r->naddrs > 0) {
+        r->cur = (r->cur + 1) % r->naddrs;
+    }
+    r->reresolve = 1;
+}
+
+/* Before sending a cycle's spans: resolve (again) when due, without waiting for DNS unless
+ * there is no address at all, then connect. */
+static void
+udp_route(bu_reporter *r)
+{
+    int64_t now = bu_mono_ns();
+    if (r->naddrs == 0 || r->reresolve || now - r->resolved_at >= r->resolve_every_ns) {
+        resolve_start(r);
+    }
+    resolve_collect(r, r->naddrs == 0 ? now + RESOLVE_WAIT_NS : 0);
+    if (r->fd < 0 && r->naddrs > 0) {
+        udp_connect(r);
     }
 }
 
@@ -248,26 +440,54 @@ typedef struct {
     uint64_t failed;
 } udp_ctx;
 
+/* One datagram on the current route: 1 delivered as far as we can tell, 0 failed. A datagram
+ * counts as sent only when the send succeeded and no error is pending right after it (on the
+ * loopback and local networks the ICMP port-unreachable of a route without an agent is queued
+ * before send() returns). */
+static int
+udp_send_once(bu_reporter *r, const unsigned char *msg, size_t len)
+{
+    ssize_t n;
+    do {
+        n = send(r->fd, msg, len, 0);
+    } while (n < 0 && errno == EINTR);
+    int err = n < 0 ? errno : 0;
+    if (err == 0) {
+        socklen_t el = sizeof(err);
+        if (getsockopt(r->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0) {
+            err = 0;
+        }
+    }
+    if (err != 0 || n != (ssize_t)len) {
+        atomic_store(&r->last_error, err ? err : EMSGSIZE);
+        return 0;
+    }
+    return 1;
+}
+
 static int
 udp_emit(void *ctx, const unsigned char *msg, size_t len, uint32_t nspans)
 {
     udp_ctx *c = ctx;
     bu_reporter *r = c->r;
     bu_stats *s = &r->st->stats;
-    ssize_t n = -1;
-    if (r->fd >= 0 && !atomic_load(&r->abort_sends)) {
-        do {
-            n = send(r->fd, msg, len, 0);
-        } while (n < 0 && errno == EINTR);
-        if (n < 0) {
-            atomic_store(&r->last_error, errno);
+    int sent = 0;
+    /* Each address at most once per datagram, the way a datagram client retries. */
+    for (int tried = 0; !sent && tried < (r->naddrs ? r->naddrs : 1); tried++) {
+        if (atomic_load(&r->abort_sends) || (r->fd < 0 && udp_connect(r) < 0)) {
+            break;
+        }
+        sent = udp_send_once(r, msg, len);
+        if (!sent) {
+            udp_next_route(r);
         }
     }
-    if (n == (ssize_t)len) {
+    if (sent) {
         atomic_fetch_add(&s->exported, nspans);
         atomic_fetch_add(&s->batches_sent, 1);
         atomic_fetch_add(&s->bytes_sent, len);
-    } else {
+    }
+    else {
         atomic_fetch_add(&s->send_errors, 1);
         atomic_fetch_add(&s->dropped_send_failed, nspans);
         c->failed += nspans;
@@ -283,11 +503,10 @@ udp_cycle(bu_reporter *r)
     bu_record *list = bu_buffer_take_all(&st->buffer);
     uint64_t lost = 0;
     if (list == NULL) {
+        resolve_collect(r, 0); /* pick up a finished background resolution */
         goto done;
     }
-    if (r->fd < 0) {
-        udp_connect(r); /* lazily, and again after a failure: DNS may come back */
-    }
+    udp_route(r);
     udp_ctx c = {r, 0};
     bu_pack_result res = {0, 0, 0};
     bu_pack_opts o = {&bu_thrift_format, r->proto, 1, r->max_packet, {0, 0, 0}, &r->seq_no};
@@ -346,6 +565,8 @@ reset_in_child(bu_state *st)
         if (old->fd >= 0) {
             close(old->fd); /* the child's copy only: the parent keeps its socket */
         }
+        /* old->job: its resolver thread does not exist in the child, and its mutex may have
+         * been held at the fork: leaked, like the old reporter's own mutex. */
         bu_packer_free(&old->pk);
         free_strings(old);
         free(old);
@@ -363,13 +584,18 @@ stop_reporter(bu_reporter *r, int64_t deadline)
     atomic_store(&r->active, 0);
     pthread_cond_broadcast(&r->wake);
     if (r->mode == R_UDP) {
-        while (r->thread_alive && wait_until(&r->done, &r->mu, deadline)) {
+        /* The last part of the timeout (at most STOP_GRACE_MAX_NS) is kept for abandoning the
+         * remaining sends, so that the whole stop stays within the timeout: nothing in the
+         * flusher blocks for longer (DNS runs in its own thread, a send times out quickly). */
+        int64_t now = bu_mono_ns(), grace = (deadline - now) / 4;
+        grace = grace < 0 ? 0 : grace > STOP_GRACE_MAX_NS ? STOP_GRACE_MAX_NS : grace;
+        while (r->thread_alive && wait_until(&r->done, &r->mu, deadline - grace)) {
         }
         if (r->thread_alive) {
-            /* Out of time: abandon the remaining sends so that the thread exits soon. */
             atomic_store(&r->abort_sends, 1);
-            int64_t grace = bu_mono_ns() + STOP_GRACE_NS;
-            while (r->thread_alive && wait_until(&r->done, &r->mu, grace)) {
+            pthread_cond_broadcast(&r->wake);
+            int64_t end = deadline > bu_mono_ns() ? deadline : bu_mono_ns() + STOP_GRACE_MAX_NS;
+            while (r->thread_alive && wait_until(&r->done, &r->mu, end)) {
             }
         }
         stopped = !r->thread_alive;
@@ -393,6 +619,13 @@ reset_off(bu_reporter *r)
         close(r->fd);
         r->fd = -1;
     }
+    if (r->job != NULL) { /* a resolver still running frees the job when it is done */
+        job_release(r->job);
+        r->job = NULL;
+    }
+    r->naddrs = r->cur = 0;
+    r->resolved_at = 0;
+    r->reresolve = 0;
     free_strings(r);
     bu_packer_free(&r->pk);
     r->mode = R_OFF;
@@ -438,18 +671,25 @@ error:
 
 /* ================================================================ Python API */
 
-/* reporter_start(host, port, protocol="compact", flush_interval=1.0, max_packet=65000) */
+/* reporter_start(host, port, protocol="compact", flush_interval=1.0, max_packet=65000,
+ *                resolve_interval=30.0); host may list several names / addresses, comma-separated:
+ * all their addresses are tried in order. */
 static PyObject *
 reporter_start(PyObject *m, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"host", "port", "protocol", "flush_interval", "max_packet", NULL};
+    static char *kwlist[] = {"host",       "port", "protocol", "flush_interval", "max_packet",
+                             "resolve_interval", NULL};
     const char *host, *proto = "compact";
     int port;
-    double interval = 1.0;
+    double interval = 1.0, resolve_interval = 30.0;
     Py_ssize_t max_packet = 65000;
     PyObject *res = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "si|sdn:reporter_start", kwlist, &host, &port,
-                                     &proto, &interval, &max_packet)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "si|sdnd:reporter_start", kwlist, &host, &port,
+                                     &proto, &interval, &max_packet, &resolve_interval)) {
+        goto error;
+    }
+    if (!(resolve_interval > 0 && resolve_interval <= 86400)) {
+        PyErr_SetString(PyExc_ValueError, "reporter_start: 0 < resolve_interval <= 86400");
         goto error;
     }
     int p = strcmp(proto, "compact") == 0  ? BU_PROTO_COMPACT
@@ -478,6 +718,7 @@ reporter_start(PyObject *m, PyObject *args, PyObject *kwargs)
     }
     r->proto = p;
     r->interval_ns = (int64_t)(interval * 1e9);
+    r->resolve_every_ns = (int64_t)(resolve_interval * 1e9);
     r->max_packet = (size_t)max_packet;
     r->wake_bytes = (size_t)max_packet;
     r->pid = getpid();
@@ -528,33 +769,47 @@ reporter_start_external(PyObject *m, PyObject *arg)
     r->wake_bytes = (size_t)wake;
     r->pid = getpid();
     r->mode = R_EXTERNAL;
+    r->epoch++;
     atomic_store(&r->active, 1);
-    res = Py_NewRef(Py_None);
+    res = PyLong_FromUnsignedLongLong(r->epoch);
 error:
     return res;
 }
 
+/* The running external reporter; with `epoch` (the session number reporter_start_external
+ * returned; NULL or None: any), only if it is still that session: the sender thread of an
+ * exporter that was replaced while it was busy must not serve its successor's spans. */
 static bu_reporter *
-external_reporter(PyObject *m)
+external_reporter(PyObject *m, PyObject *epoch)
 {
     bu_reporter *r = bu_state_of_module(m)->reporter;
     if (r == NULL || r->mode != R_EXTERNAL) {
         PyErr_SetString(PyExc_RuntimeError, "no external reporter is running");
-        r = NULL;
+        return NULL;
+    }
+    if (epoch != NULL && epoch != Py_None) {
+        unsigned long long e = PyLong_AsUnsignedLongLong(epoch);
+        if (e == (unsigned long long)-1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (e != r->epoch) {
+            PyErr_SetString(PyExc_RuntimeError, "the external reporter session was replaced");
+            return NULL;
+        }
     }
     return r;
 }
 
-/* reporter_wait(timeout) -> (generation, stopping): the external sender's sleep. */
+/* reporter_wait(timeout, epoch=None) -> (generation, stopping): the external sender's sleep. */
 static PyObject *
-reporter_wait(PyObject *m, PyObject *arg)
+reporter_wait(PyObject *m, PyObject *args)
 {
-    double timeout = PyFloat_AsDouble(arg);
-    PyObject *res = NULL;
-    if (timeout == -1.0 && PyErr_Occurred()) {
+    double timeout;
+    PyObject *epoch = NULL, *res = NULL;
+    if (!PyArg_ParseTuple(args, "d|O:reporter_wait", &timeout, &epoch)) {
         goto error;
     }
-    bu_reporter *r = external_reporter(m);
+    bu_reporter *r = external_reporter(m, epoch);
     if (r == NULL) {
         goto error;
     }
@@ -577,11 +832,11 @@ reporter_cycle_end(PyObject *m, PyObject *args)
 {
     unsigned long long gen;
     int ok;
-    PyObject *res = NULL;
-    if (!PyArg_ParseTuple(args, "Kp:reporter_cycle_end", &gen, &ok)) {
+    PyObject *epoch = NULL, *res = NULL;
+    if (!PyArg_ParseTuple(args, "Kp|O:reporter_cycle_end", &gen, &ok, &epoch)) {
         goto error;
     }
-    bu_reporter *r = external_reporter(m);
+    bu_reporter *r = external_reporter(m, epoch);
     if (r == NULL) {
         goto error;
     }
@@ -620,10 +875,10 @@ take_batches(PyObject *m, PyObject *args)
 {
     Py_ssize_t max_size;
     const char *format = "binary";
-    PyObject *res = NULL;
+    PyObject *epoch = NULL, *res = NULL;
     py_ctx c = {NULL};
     bu_record *list = NULL;
-    if (!PyArg_ParseTuple(args, "n|s:take_batches", &max_size, &format)) {
+    if (!PyArg_ParseTuple(args, "n|sO:take_batches", &max_size, &format, &epoch)) {
         goto error;
     }
     const bu_format *fmt = bu_format_named(format);
@@ -633,7 +888,7 @@ take_batches(PyObject *m, PyObject *args)
         goto error;
     }
     bu_state *st = bu_state_of_module(m);
-    bu_reporter *r = external_reporter(m);
+    bu_reporter *r = external_reporter(m, epoch);
     if (r == NULL || (c.list = PyList_New(0)) == NULL) {
         goto error;
     }
@@ -764,17 +1019,20 @@ error:
 
 static PyMethodDef reporter_methods[] = {
     {"reporter_start", (PyCFunction)(void (*)(void))reporter_start, METH_VARARGS | METH_KEYWORDS,
-     "reporter_start(host, port, protocol='compact', flush_interval=1.0, max_packet=65000): "
-     "start the native UDP flusher thread (Jaeger agent emitBatch)."},
+     "reporter_start(host, port, protocol='compact', flush_interval=1.0, max_packet=65000, "
+     "resolve_interval=30.0): start the native UDP flusher thread (Jaeger agent emitBatch); "
+     "host: one or more comma-separated names, every address of which is tried in order."},
     {"reporter_start_external", reporter_start_external, METH_O,
-     "reporter_start_external(wake_bytes): wake-ups for a Python sender (HTTP)."},
-    {"reporter_wait", reporter_wait, METH_O,
-     "reporter_wait(timeout) -> (generation, stopping): the external sender's sleep."},
+     "reporter_start_external(wake_bytes) -> epoch: wake-ups for a Python sender (HTTP); the "
+     "session number, which the sender passes to the calls below."},
+    {"reporter_wait", reporter_wait, METH_VARARGS,
+     "reporter_wait(timeout, epoch=None) -> (generation, stopping): the external sender's "
+     "sleep. RuntimeError once the session `epoch` is over."},
     {"reporter_cycle_end", reporter_cycle_end, METH_VARARGS,
-     "reporter_cycle_end(generation, ok): the external sender finished a cycle."},
+     "reporter_cycle_end(generation, ok, epoch=None): the external sender finished a cycle."},
     {"take_batches", take_batches, METH_VARARGS,
-     "take_batches(max_size, format='binary') -> ([(body, nspans)], too_large): queued spans "
-     "as HTTP bodies (Jaeger binary Batches or OTLP requests)."},
+     "take_batches(max_size, format='binary', epoch=None) -> ([(body, nspans)], too_large): "
+     "queued spans as HTTP bodies (Jaeger binary Batches or OTLP requests)."},
     {"reporter_flush", reporter_flush, METH_O,
      "reporter_flush(timeout) -> bool: send everything queued now; wait at most timeout s."},
     {"reporter_stop", reporter_stop, METH_O,

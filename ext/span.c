@@ -77,7 +77,8 @@ ctx_new_raw(bu_state *st, uint64_t hi, uint64_t lo, uint64_t sid, uint64_t pid, 
     return (PyObject *)c;
 }
 
-/* Validate and copy a baggage mapping into a fresh dict of str -> str (NULL when empty). */
+/* Validate and copy a baggage mapping into a fresh dict of exact str -> exact str (NULL when
+ * empty): str subclasses are copied, so no user code runs when the baggage is encoded later. */
 static int
 baggage_copy(PyObject *src, PyObject **out)
 {
@@ -85,29 +86,47 @@ baggage_copy(PyObject *src, PyObject **out)
     if (src == NULL || src == Py_None) {
         return 0;
     }
-    PyObject *d = PyDict_New();
-    if (d == NULL) {
-        return -1;
+    PyObject *merged = PyDict_New(), *d = NULL, *k, *v;
+    if (merged == NULL || PyDict_Merge(merged, src, 1) < 0) {
+        goto error;
     }
-    if (PyDict_Merge(d, src, 1) < 0) {
-        Py_DECREF(d);
-        return -1;
+    /* `merged` is ours alone, but hashing a str subclass key below may run Python: the items
+     * are read from a list that holds them strongly. */
+    PyObject *items = PyDict_Items(merged);
+    Py_CLEAR(merged);
+    if (items == NULL || (d = PyDict_New()) == NULL) {
+        Py_XDECREF(items);
+        goto error;
     }
-    Py_ssize_t pos = 0;
-    PyObject *k, *v;
-    while (PyDict_Next(d, &pos, &k, &v)) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        k = PyTuple_GET_ITEM(pair, 0);
+        v = PyTuple_GET_ITEM(pair, 1);
         if (!PyUnicode_Check(k) || !PyUnicode_Check(v)) {
-            Py_DECREF(d);
             PyErr_SetString(PyExc_TypeError, "baggage keys and values must be str");
-            return -1;
+            Py_DECREF(items);
+            goto error;
+        }
+        PyObject *ks = PyUnicode_FromObject(k), *vs = ks ? PyUnicode_FromObject(v) : NULL;
+        int rc = vs == NULL ? -1 : PyDict_SetItem(d, ks, vs);
+        Py_XDECREF(ks);
+        Py_XDECREF(vs);
+        if (rc < 0) {
+            Py_DECREF(items);
+            goto error;
         }
     }
+    Py_DECREF(items);
     if (PyDict_GET_SIZE(d) == 0) {
         Py_DECREF(d);
         return 0;
     }
     *out = d;
     return 0;
+error:
+    Py_XDECREF(merged);
+    Py_XDECREF(d);
+    return -1;
 }
 
 /* A tracestate argument: None/"" -> NULL, else the normalised list (new reference);
@@ -333,7 +352,12 @@ ctx_with_baggage_item(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *d = c->baggage ? PyDict_Copy(c->baggage) : PyDict_New();
-    if (d == NULL || PyDict_SetItem(d, args[0], args[1]) < 0) {
+    PyObject *k = d ? PyUnicode_FromObject(args[0]) : NULL; /* exact str copies */
+    PyObject *v = k ? PyUnicode_FromObject(args[1]) : NULL;
+    int rc = v == NULL ? -1 : PyDict_SetItem(d, k, v);
+    Py_XDECREF(k);
+    Py_XDECREF(v);
+    if (rc < 0) {
         Py_XDECREF(d);
         return NULL;
     }
@@ -493,7 +517,15 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
         }
     }
     s->start_mono = bu_mono_ns();
-    s->start_ns = start_ns >= 0 ? start_ns : bu_wall_ns();
+    if (start_ns >= 0) {
+        /* An explicit start: place it on the monotonic clock too, or finish() (which measures
+         * the duration on that clock) would start counting now. */
+        s->start_ns = start_ns;
+        s->start_mono -= bu_wall_ns() - start_ns;
+    }
+    else {
+        s->start_ns = bu_wall_ns();
+    }
     return s;
 }
 
@@ -581,8 +613,7 @@ span_sampling_priority(SpanObject *s, PyObject *value)
     if (PyBool_Check(value) || PyLong_Check(value) || PyFloat_Check(value)) {
         v = PyFloat_AsDouble(value);
         if (v == -1.0 && PyErr_Occurred()) {
-            PyErr_Clear();
-            return 0;
+            return bu_clear_exception();
         }
     }
     else {
@@ -602,48 +633,88 @@ span_sampling_priority(SpanObject *s, PyObject *value)
     return 1;
 }
 
-static int
-span_put_tag(SpanObject *s, PyObject *key, PyObject *value)
+/* ---------------------------------------------------------------- writes that may run Python
+ *
+ * The rule: no borrowed reference and no offset into a span's buffers is held across a call
+ * that can run Python (a __str__ / __repr__ / __hash__ / __eq__, a finalizer the GC runs, a
+ * switch to another thread). Such Python may write to the same span, finish it (its buffers are
+ * freed) or mutate the container being read. So a write formats its items into a private
+ * scratch buffer first -- that is where Python runs -- and then appends the finished bytes to
+ * the span in one step that runs no Python, checking the span's state right before: a span
+ * finished or full meanwhile drops the write whole. */
+
+#define SCRATCH_INLINE 256
+
+void
+bu_scratch_init(bu_buf *b, unsigned char *mem, size_t cap)
 {
-    if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "sampling.priority") == 0) {
-        span_sampling_priority(s, value);
-    }
-    if (!(s->state & BU_SPAN_RECORDING) || (s->state & BU_SPAN_FINISHED) || s->ntags == 0xFFFF) {
+    bu_buf_init_borrowed(b, mem, cap);
+}
+
+int
+bu_span_append(SpanObject *s, int logs, const bu_buf *src, Py_ssize_t n)
+{
+    bu_buf *dst = logs ? &s->logs : &s->tags;
+    uint16_t *count = logs ? &s->nlogs : &s->ntags;
+    if (n <= 0 || !(s->state & BU_SPAN_RECORDING) || (s->state & BU_SPAN_FINISHED) ||
+        n > 0xFFFF - (Py_ssize_t)*count) {
         return 0;
     }
-    if (bu_tag_put_py(&s->tags, key, value) < 0) {
+    if (bu_buf_reserve(dst, src->len) < 0) {
+        PyErr_NoMemory();
         return -1;
     }
-    s->ntags++;
+    memcpy(dst->data + dst->len, src->data, src->len);
+    dst->len += src->len;
+    *count = (uint16_t)(*count + n);
     return 0;
+}
+
+int
+bu_span_put_tag(SpanObject *s, PyObject *key, PyObject *value)
+{
+    if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "sampling.priority") == 0 &&
+        span_sampling_priority(s, value) < 0) {
+        return -1;
+    }
+    if (!(s->state & BU_SPAN_RECORDING) || (s->state & BU_SPAN_FINISHED)) {
+        return 0;
+    }
+    unsigned char mem[SCRATCH_INLINE];
+    bu_buf tmp;
+    bu_scratch_init(&tmp, mem, sizeof(mem));
+    int rc = bu_tag_put_py(&tmp, key, value);
+    if (rc == 0) {
+        rc = bu_span_append(s, 0, &tmp, 1);
+    }
+    bu_buf_free(&tmp);
+    return rc;
 }
 
 /* Append one log (timestamp + fields from a mapping / pairs). */
 static int
 span_put_log(SpanObject *s, int64_t ts_ns, PyObject *fields)
 {
-    if (!(s->state & BU_SPAN_RECORDING) || (s->state & BU_SPAN_FINISHED) || s->nlogs == 0xFFFF) {
+    if (!(s->state & BU_SPAN_RECORDING) || (s->state & BU_SPAN_FINISHED)) {
         return 0;
     }
-    size_t head = s->logs.len;
-    if (bu_buf_reserve(&s->logs, 10) < 0) {
-        PyErr_NoMemory();
-        return -1;
+    unsigned char mem[SCRATCH_INLINE];
+    bu_buf tmp;
+    bu_scratch_init(&tmp, mem, sizeof(mem));
+    int rc = -1;
+    memcpy(tmp.data, &ts_ns, 8); /* the header: the field count is filled in below */
+    tmp.len = 10;
+    Py_ssize_t n = bu_tags_put_items(&tmp, fields);
+    if (n > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "too many log fields");
     }
-    memcpy(s->logs.data + head, &ts_ns, 8);
-    s->logs.len += 10;
-    Py_ssize_t n = bu_tags_put_items(&s->logs, fields);
-    if (n < 0 || n > 0xFFFF) {
-        s->logs.len = head; /* roll back the partial log */
-        if (n >= 0) {
-            PyErr_SetString(PyExc_ValueError, "too many log fields");
-        }
-        return -1;
+    else if (n >= 0) {
+        uint16_t n16 = (uint16_t)n;
+        memcpy(tmp.data + 8, &n16, 2);
+        rc = bu_span_append(s, 1, &tmp, 1);
     }
-    uint16_t n16 = (uint16_t)n;
-    memcpy(s->logs.data + head + 8, &n16, 2);
-    s->nlogs++;
-    return 0;
+    bu_buf_free(&tmp);
+    return rc;
 }
 
 static int
@@ -681,92 +752,121 @@ exc_type_name(PyObject *exc)
     return res;
 }
 
+/* The stack text of `exc` for its error log (new reference; NULL with an exception set, or
+ * NULL without one when there is no formatter). An exception leaving nested traced calls is
+ * formatted once, at the innermost one, and the outer ones reuse that text: formatting the
+ * whole (ever longer) traceback at every layer cost O(depth^2). The cache holds the exception
+ * only while it propagates: trace.c clears it once a traced call returns or the outermost
+ * traced call of the thread is left. */
+static PyObject *
+error_stack(bu_state *st, PyObject *exc)
+{
+    if (st->format_exc == NULL) {
+        return NULL;
+    }
+    if (st->err_exc == exc && st->err_stack != NULL) {
+        return Py_NewRef(st->err_stack);
+    }
+    PyObject *stack = PyObject_CallOneArg(st->format_exc, exc);
+    if (stack != NULL) {
+        bu_error_cache_clear(st);
+        st->err_exc = Py_NewRef(exc);
+        st->err_stack = Py_NewRef(stack);
+    }
+    return stack;
+}
+
 void
+bu_error_cache_clear(bu_state *st)
+{
+    PyObject *e = st->err_exc, *s = st->err_stack;
+    st->err_exc = st->err_stack = NULL;
+    Py_XDECREF(e); /* may run a finalizer: the slots are cleared first */
+    Py_XDECREF(s);
+}
+
+int
 bu_span_set_error(SpanObject *s, PyObject *exc, int osprofiler_tags)
 {
-    PyObject *etype = NULL, *msg = NULL, *stack = NULL, *type_obj = (PyObject *)Py_TYPE(exc);
+    PyObject *etype = NULL, *msg = NULL, *stack = NULL, *obj_repr = NULL;
     PyObject *saved_t, *saved_v, *saved_tb;
+    unsigned char tmem[SCRATCH_INLINE], lmem[SCRATCH_INLINE];
+    bu_buf tags, log;
+    bu_scratch_init(&tags, tmem, sizeof(tmem));
+    bu_scratch_init(&log, lmem, sizeof(lmem));
     PyErr_Fetch(&saved_t, &saved_v, &saved_tb);
     if (!(s->state & BU_SPAN_RECORDING) || (s->state & BU_SPAN_FINISHED)) {
         goto done;
     }
+    /* Everything that runs Python first (str / repr of the exception, the stack) ... */
+    /* A part that fails with an Exception gets a placeholder (or is left out): the error
+     * itself is always recorded. */
     etype = exc_type_name(exc);
+    if (etype == NULL && (bu_clear_exception() < 0 ||
+                          (etype = PyUnicode_FromString(Py_TYPE(exc)->tp_name)) == NULL)) {
+        goto done;
+    }
     msg = PyObject_Str(exc);
-    if (etype == NULL || msg == NULL) {
-        PyErr_Clear();
+    if (msg == NULL && (bu_clear_exception() < 0 ||
+                        (msg = PyUnicode_FromString("<unprintable>")) == NULL)) {
         goto done;
     }
-    if (bu_tag_put_bool(&s->tags, "error", 5, 1) < 0) {
+    obj_repr = PyObject_Repr(exc);
+    if (obj_repr == NULL && bu_clear_exception() < 0) {
         goto done;
     }
-    s->ntags++;
-    if (osprofiler_tags) {
-        if (put_str_field(&s->tags, "etype", etype) < 0) {
-            goto done;
-        }
-        s->ntags++;
-        if (put_str_field(&s->tags, "message", msg) < 0) {
-            goto done;
-        }
-        s->ntags++;
-    }
-    if (s->st->format_exc != NULL) {
-        stack = PyObject_CallOneArg(s->st->format_exc, exc);
-        if (stack == NULL) {
-            PyErr_Clear();
-        }
-    }
-    /* error log: event, error.kind, error.object, message, stack (OpenTracing conventions) */
-    size_t head = s->logs.len;
-    if (bu_buf_reserve(&s->logs, 10) < 0) {
+    stack = error_stack(s->st, exc);
+    if (stack == NULL && PyErr_Occurred() && bu_clear_exception() < 0) {
         goto done;
     }
+    /* ... then the tags and the error log (event, error.kind, error.object, message, stack:
+     * OpenTracing conventions) from str objects, appended whole. */
+    uint16_t nt = 1, nf = 4;
     int64_t ts = bu_wall_ns();
-    memcpy(s->logs.data + head, &ts, 8);
-    s->logs.len += 10;
-    uint16_t nf = 0;
-    if (bu_tag_put_str(&s->logs, "event", 5, "error", 5) < 0) {
-        goto rollback;
+    memcpy(log.data, &ts, 8);
+    log.len = 10;
+    if (bu_tag_put_bool(&tags, "error", 5, 1) < 0 ||
+        (osprofiler_tags && (put_str_field(&tags, "etype", etype) < 0 ||
+                             put_str_field(&tags, "message", msg) < 0)) ||
+        bu_tag_put_str(&log, "event", 5, "error", 5) < 0 ||
+        put_str_field(&log, "error.kind", etype) < 0 ||
+        (obj_repr != NULL && put_str_field(&log, "error.object", obj_repr) < 0) ||
+        put_str_field(&log, "message", msg) < 0) {
+        goto done;
     }
-    nf++;
-    if (put_str_field(&s->logs, "error.kind", etype) < 0) {
-        goto rollback;
-    }
-    nf++;
-    (void)type_obj;
-    PyObject *obj_repr = PyObject_Repr(exc);
-    if (obj_repr == NULL) {
-        PyErr_Clear();
-    }
-    else {
-        int rc = put_str_field(&s->logs, "error.object", obj_repr);
-        Py_DECREF(obj_repr);
-        if (rc < 0) {
-            goto rollback;
-        }
-        nf++;
-    }
-    if (put_str_field(&s->logs, "message", msg) < 0) {
-        goto rollback;
-    }
-    nf++;
+    nt += osprofiler_tags ? 2 : 0;
+    nf += obj_repr == NULL ? -1 : 0;
     if (stack != NULL && PyUnicode_Check(stack)) {
-        if (put_str_field(&s->logs, "stack", stack) < 0) {
-            goto rollback;
+        if (put_str_field(&log, "stack", stack) < 0) {
+            goto done;
         }
         nf++;
     }
-    memcpy(s->logs.data + head + 8, &nf, 2);
-    s->nlogs++;
-    goto done;
-rollback:
-    s->logs.len = head;
+    memcpy(log.data + 8, &nf, 2);
+    if (!(s->state & BU_SPAN_RECORDING) || (s->state & BU_SPAN_FINISHED) ||
+        s->ntags > 0xFFFF - nt || s->nlogs == 0xFFFF) {
+        goto done; /* finished (or full) while the exception was formatted */
+    }
+    if (bu_span_append(s, 0, &tags, nt) == 0) {
+        bu_span_append(s, 1, &log, 1);
+    }
 done:
-    PyErr_Clear();
+    bu_buf_free(&tags);
+    bu_buf_free(&log);
     Py_XDECREF(etype);
     Py_XDECREF(msg);
+    Py_XDECREF(obj_repr);
     Py_XDECREF(stack);
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) {
+        /* a KeyboardInterrupt / SystemExit raised while formatting replaces the exception */
+        Py_XDECREF(saved_t);
+        Py_XDECREF(saved_v);
+        Py_XDECREF(saved_tb);
+        return -1;
+    }
+    PyErr_Clear();
     PyErr_Restore(saved_t, saved_v, saved_tb);
+    return 0;
 }
 
 /* ================================================================ Span type */
@@ -801,7 +901,7 @@ span_set_tag(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "set_tag(key, value)");
         return NULL;
     }
-    if (span_put_tag(_Span_CAST(op), args[0], args[1]) < 0) {
+    if (bu_span_put_tag(_Span_CAST(op), args[0], args[1]) < 0) {
         return NULL;
     }
     return Py_NewRef(op);
@@ -828,7 +928,7 @@ span_set_tags(PyObject *op, PyObject *items)
     }
     while ((pair = PyIter_Next(it)) != NULL) {
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
-            span_put_tag(s, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1)) < 0) {
+            bu_span_put_tag(s, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1)) < 0) {
             if (!PyErr_Occurred()) {
                 PyErr_SetString(PyExc_TypeError, "set_tags expects a mapping or (key, value) pairs");
             }
@@ -904,16 +1004,24 @@ span_set_baggage_item(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *value = args[1];
     PyObject *vs = PyUnicode_Check(value) ? Py_NewRef(value) : PyObject_Str(value);
-    if (vs == NULL) {
+    /* exact str copies (see baggage_copy); Python that ran in str() may have replaced the
+     * span's baggage: it is read only now */
+    PyObject *k = vs ? PyUnicode_FromObject(args[0]) : NULL;
+    Py_XSETREF(vs, vs ? PyUnicode_FromObject(vs) : NULL);
+    if (k == NULL || vs == NULL) {
+        Py_XDECREF(k);
+        Py_XDECREF(vs);
         return NULL;
     }
     /* copy-on-write: the dict may be shared with the parent and children */
     PyObject *d = s->baggage ? PyDict_Copy(s->baggage) : PyDict_New();
-    if (d == NULL || PyDict_SetItem(d, args[0], vs) < 0) {
+    if (d == NULL || PyDict_SetItem(d, k, vs) < 0) {
         Py_XDECREF(d);
+        Py_DECREF(k);
         Py_DECREF(vs);
         return NULL;
     }
+    Py_DECREF(k);
     Py_DECREF(vs);
     Py_XSETREF(s->baggage, d);
     return Py_NewRef(op);
@@ -926,14 +1034,18 @@ span_get_baggage_item(PyObject *op, PyObject *key)
     if (s->baggage == NULL) {
         Py_RETURN_NONE;
     }
-    PyObject *v = PyDict_GetItemWithError(s->baggage, key);
+    /* The key's __hash__ / __eq__ may run Python that replaces (frees) the span's baggage. */
+    PyObject *bag = Py_NewRef(s->baggage);
+    PyObject *v = PyDict_GetItemWithError(bag, key);
+    Py_XINCREF(v);
+    Py_DECREF(bag);
     if (v == NULL) {
         if (PyErr_Occurred()) {
             return NULL;
         }
         Py_RETURN_NONE;
     }
-    return Py_NewRef(v);
+    return v;
 }
 
 static PyObject *
@@ -958,10 +1070,16 @@ static PyObject *
 span_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     SpanObject *s = _Span_CAST(op);
-    if (nargs >= 2 && args[1] != Py_None && PyExceptionInstance_Check(args[1])) {
-        bu_span_set_error(s, args[1], 0);
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    if (nargs >= 2 && args[1] != Py_None && PyExceptionInstance_Check(args[1]) &&
+        bu_span_set_error(s, args[1], 0) < 0) {
+        PyErr_Fetch(&et, &ev, &etb); /* finish() runs with no exception set */
     }
     bu_span_finish(s, -1);
+    if (et != NULL) {
+        PyErr_Restore(et, ev, etb); /* a KeyboardInterrupt / SystemExit while formatting */
+        return NULL;
+    }
     Py_RETURN_FALSE;
 }
 
@@ -969,8 +1087,21 @@ static PyObject *
 span_get_tags(PyObject *op, PyObject *Py_UNUSED(arg))
 {
     SpanObject *s = _Span_CAST(op);
-    const unsigned char *p = s->tags.data;
-    return bu_tags_to_dict(&p, s->ntags);
+    /* Decode a copy: building the dict can run the GC, whose finalizers may write to the span
+     * (and move its buffer) while we read. */
+    uint16_t n = s->ntags;
+    size_t len = s->tags.len;
+    unsigned char *copy = PyMem_Malloc(len ? len : 1);
+    if (copy == NULL) {
+        return PyErr_NoMemory();
+    }
+    if (len) {
+        memcpy(copy, s->tags.data, len);
+    }
+    const unsigned char *p = copy;
+    PyObject *d = bu_tags_to_dict(&p, n);
+    PyMem_Free(copy);
+    return d;
 }
 
 static PyObject *
@@ -1414,15 +1545,17 @@ span_put_info(SpanObject *s, PyObject *info)
     if (!(s->state & BU_SPAN_RECORDING) || (s->state & BU_SPAN_FINISHED)) {
         return 0;
     }
-    size_t mark = s->tags.len;
-    Py_ssize_t n = bu_tags_put_info(&s->tags, info);
-    if (n < 0 || s->ntags + n > 0xFFFF) {
-        s->tags.len = mark; /* all or nothing */
-        return n < 0 ? -1 : 0;
-    }
-    s->ntags += (uint16_t)n;
-    return 0;
+    unsigned char mem[SCRATCH_INLINE];
+    bu_buf tmp;
+    bu_scratch_init(&tmp, mem, sizeof(mem));
+    Py_ssize_t n = bu_tags_put_info(&tmp, info);
+    /* all or nothing (more than the span can hold is dropped whole) */
+    int rc = n < 0 ? -1 : bu_span_append(s, 0, &tmp, n);
+    bu_buf_free(&tmp);
+    return rc;
 }
+
+static PyObject *pop_to_prev(bu_state *st, SpanObject *s, PyObject *pushed, PyObject *token);
 
 PyObject *
 bu_push_span(bu_state *st, PyObject *name, PyObject *info, PyObject **token)
@@ -1471,13 +1604,33 @@ bu_pop_span(bu_state *st, PyObject *info, PyObject *exc, PyObject *pushed, PyObj
         Py_RETURN_NONE;
     }
     SpanObject *s = _Span_CAST(cur);
-    if (info != NULL && info != Py_None && span_put_info(s, info) < 0) {
-        PyErr_Clear(); /* bad stop info must not unbalance the stack */
+    /* Bad stop info must not unbalance the stack: an Exception from it is dropped; a
+     * KeyboardInterrupt / SystemExit is raised once the span is finished and popped. */
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    if (info != NULL && info != Py_None && span_put_info(s, info) < 0 &&
+        bu_clear_exception() < 0) {
+        PyErr_Fetch(&et, &ev, &etb);
     }
-    if (exc != NULL && exc != Py_None && PyExceptionInstance_Check(exc)) {
-        bu_span_set_error(s, exc, 0);
+    if (et == NULL && exc != NULL && exc != Py_None && PyExceptionInstance_Check(exc) &&
+        bu_span_set_error(s, exc, 0) < 0) {
+        PyErr_Fetch(&et, &ev, &etb);
     }
     bu_span_finish(s, -1);
+    if (et != NULL) {
+        PyObject *popped = pop_to_prev(st, s, pushed, token);
+        Py_XDECREF(popped);
+        PyErr_Restore(et, ev, etb); /* replaces any error of the pop */
+        return NULL;
+    }
+    return pop_to_prev(st, s, pushed, token);
+}
+
+/* bu_pop_span's second half: re-activate the span before `s` (the active one, which the
+ * reference of the caller owns and which is returned). */
+static PyObject *
+pop_to_prev(bu_state *st, SpanObject *s, PyObject *pushed, PyObject *token)
+{
+    PyObject *cur = (PyObject *)s;
     /* Resetting the push's token restores the same previous span without allocating a token;
      * a token from another context (or used already) fails: set the previous span instead. */
     if (token != NULL && cur == pushed) {

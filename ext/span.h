@@ -56,8 +56,23 @@ typedef struct {
 SpanObject *bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns);
 /* Finish: record it if sampled. `end_ns` < 0 means now. Never raises (drops on out of memory). */
 void bu_span_finish(SpanObject *s, int64_t end_ns);
-/* Add error tag and error log for the exception `exc` (a BaseException instance). */
-void bu_span_set_error(SpanObject *s, PyObject *exc, int osprofiler_tags);
+/* Add error tag and error log for the exception `exc` (a BaseException instance), whole or not
+ * at all. Python run while formatting that raises an Exception is ignored (the exception in
+ * flight, if any, is kept); one that raises another BaseException (KeyboardInterrupt,
+ * SystemExit) returns -1 with that exception set: it replaces the one in flight. */
+int bu_span_set_error(SpanObject *s, PyObject *exc, int osprofiler_tags);
+
+/* Drop the stack text cached for the exception last recorded (see error_stack in span.c). */
+void bu_error_cache_clear(bu_state *st);
+
+/* Writes from C that may run Python (span.c explains the rule): format into a scratch buffer,
+ * then bu_span_append() it. bu_span_append copies the `n` tags (logs != 0: `n` logs) of `src`
+ * to the span in one step that runs no Python; a span finished, unsampled or full by now drops
+ * them. 0 ok (appended or dropped), -1 MemoryError. */
+void bu_scratch_init(bu_buf *b, unsigned char *mem, size_t cap);
+int bu_span_append(SpanObject *s, int logs, const bu_buf *src, Py_ssize_t n);
+/* set_tag(): one typed tag (str() of other values). 0 ok, -1 with an exception. */
+int bu_span_put_tag(SpanObject *s, PyObject *key, PyObject *value);
 
 /* The active span (new reference) or NULL when none. Never fails. */
 PyObject *bu_active_get(bu_state *st);

@@ -2,8 +2,7 @@
 #ifndef BU_STATE_H
 #define BU_STATE_H
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "compat.h"
 #include <stdint.h>
 #include "buffer.h"
 #include "record.h"
@@ -49,6 +48,9 @@ typedef struct {
     PyObject *empty_tuple;
     PyObject *format_exc;    /* callable(exc) -> stack text, set from Python */
     PyObject *trace_slow;    /* profiler.Trace slow path (trace.c), set from Python */
+    /* The exception last recorded and its stack text (span.c error_stack), kept only while it
+     * propagates through traced calls: bu_error_cache_clear() drops them. */
+    PyObject *err_exc, *err_stack;
     bu_stats stats;
     bu_buffer buffer;
     bu_sampler sampler;

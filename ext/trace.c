@@ -25,17 +25,6 @@ typedef struct {
 
 #define _Traced_CAST(op) ((TracedObject *)(op))
 
-/* str() of a value as a tag (never fails except on MemoryError). */
-static int
-put_str_of(SpanObject *s, PyObject *key, PyObject *value)
-{
-    if (bu_tag_put_py(&s->tags, key, value) < 0) {
-        return -1;
-    }
-    s->ntags++;
-    return 0;
-}
-
 static int
 put_call_args(TracedObject *t, SpanObject *s, PyObject *const *args, size_t nargs,
               PyObject *kwnames)
@@ -58,13 +47,14 @@ put_call_args(TracedObject *t, SpanObject *s, PyObject *const *args, size_t narg
     }
     /* osprofiler: function.args = str(args), function.kwargs = str(kwargs) */
     tstr = PyObject_Str(tup);
-    kstr = PyObject_Str(kw);
+    kstr = tstr ? PyObject_Str(kw) : NULL;
     if (tstr == NULL || kstr == NULL) {
-        PyErr_Clear(); /* an argument whose repr fails: leave the tags out */
-        rc = 0;
+        /* an argument whose repr fails: leave the tags out (a KeyboardInterrupt propagates) */
+        rc = bu_clear_exception();
         goto done;
     }
-    if (put_str_of(s, t->st->str_args, tstr) < 0 || put_str_of(s, t->st->str_kwargs, kstr) < 0) {
+    if (bu_span_put_tag(s, t->st->str_args, tstr) < 0 ||
+        bu_span_put_tag(s, t->st->str_kwargs, kstr) < 0) {
         goto done;
     }
     rc = 0;
@@ -112,6 +102,10 @@ traced_call_slow(bu_state *st, PyObject *op, PyObject *const *args, size_t nargs
     return res;
 }
 
+/* Traced calls running in this thread: the error stack cache (span.c) is dropped when the
+ * outermost one is left. */
+static _Thread_local unsigned traced_depth;
+
 static PyObject *
 traced_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -146,23 +140,24 @@ traced_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
     if (s == NULL) {
         goto untraced;
     }
-    if (t->nstatic && (s->state & BU_SPAN_RECORDING)) {
-        if (bu_buf_reserve(&s->tags, t->static_tags.len) < 0) {
-            goto untraced;
-        }
-        memcpy(s->tags.data + s->tags.len, t->static_tags.data, t->static_tags.len);
-        s->tags.len += t->static_tags.len;
-        s->ntags += t->nstatic;
+    if (bu_span_append(s, 0, &t->static_tags, t->nstatic) < 0) {
+        goto untraced;
     }
     if (!t->hide_args && (s->state & BU_SPAN_RECORDING) &&
         put_call_args(t, s, args, PyVectorcall_NARGS(nargsf), kwnames) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) { /* KeyboardInterrupt: not called */
+            Py_DECREF(s);
+            return NULL;
+        }
         goto untraced;
     }
     tok = bu_active_set(st, (PyObject *)s);
     if (tok == NULL) {
         goto untraced;
     }
+    traced_depth++;
     res = PyObject_Vectorcall(t->func, args, nargsf, kwnames);
+    traced_depth--;
     if (res == NULL) {
         PyObject *et, *ev, *etb;
         PyErr_Fetch(&et, &ev, &etb);
@@ -170,32 +165,50 @@ traced_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
         if (ev != NULL && etb != NULL) {
             PyException_SetTraceback(ev, etb);
         }
-        if (ev != NULL) {
-            bu_span_set_error(s, ev, 1);
+        /* Only an Exception is an error (osprofiler's decorator too): GreenletExit,
+         * asyncio.CancelledError, eventlet.Timeout, KeyboardInterrupt, SystemExit end the span
+         * without one. */
+        if (ev != NULL && PyErr_GivenExceptionMatches(ev, PyExc_Exception) &&
+            bu_span_set_error(s, ev, 1) < 0) {
+            /* a KeyboardInterrupt / SystemExit while formatting replaces the exception */
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(etb);
+            PyErr_Fetch(&et, &ev, &etb);
         }
         if (bu_active_reset(st, tok) < 0) {
             PyErr_Clear();
         }
         bu_span_finish(s, -1);
+        if (traced_depth == 0 && st->err_exc != NULL) {
+            bu_error_cache_clear(st); /* ev keeps the exception alive here */
+        }
         PyErr_Restore(et, ev, etb);
     }
     else {
+        PyObject *et = NULL, *ev = NULL, *etb = NULL;
         if (!t->hide_result && (s->state & BU_SPAN_RECORDING)) {
             PyObject *r = PyObject_Repr(res);
-            if (r == NULL) {
+            if (r == NULL || bu_span_put_tag(s, st->str_result, r) < 0) {
+                if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                    /* KeyboardInterrupt / SystemExit: raised instead of the result */
+                    PyErr_Fetch(&et, &ev, &etb);
+                    Py_CLEAR(res);
+                }
                 PyErr_Clear();
             }
-            else {
-                if (put_str_of(s, st->str_result, r) < 0) {
-                    PyErr_Clear();
-                }
-                Py_DECREF(r);
-            }
+            Py_XDECREF(r);
         }
         if (bu_active_reset(st, tok) < 0) {
             PyErr_Clear();
         }
         bu_span_finish(s, -1);
+        if (st->err_exc != NULL) {
+            bu_error_cache_clear(st); /* the exception it holds did not get past this call */
+        }
+        if (et != NULL) {
+            PyErr_Restore(et, ev, etb);
+        }
     }
     Py_DECREF(tok);
     Py_DECREF(s);

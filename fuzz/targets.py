@@ -461,6 +461,176 @@ def check_collector_thrift(data: bytes) -> None:
         assert len(r) == 11
 
 
+# ---------------------------------------------------------------- hostile objects
+
+
+class _Hostile:
+    """A value / key whose __str__ / __repr__ / __hash__ / __eq__ runs a fuzzer-chosen action in
+    the middle of a C write: write into a live span, finish one, clear a container, raise an
+    Exception, raise KeyboardInterrupt (which must reach the caller)."""
+
+    def __init__(self, world: "_World", action: int, arg: int, text: str) -> None:
+        self.world, self.action, self.arg, self.text = world, action, arg, text
+
+    def _act(self) -> None:
+        w = self.world
+        w.depth += 1
+        try:
+            if w.depth > 3:  # re-entrancy inside re-entrancy: bounded
+                return
+            a = self.action % 7
+            spans = w.spans
+            if a == 0 and spans:
+                spans[self.arg % len(spans)].log_kv({"reentrant": "x" * (self.arg % 300)})
+            elif a == 1 and spans:
+                spans[self.arg % len(spans)].set_tag("reentrant", w.value())
+            elif a == 2 and spans:
+                spans[self.arg % len(spans)].finish()
+            elif a == 3 and w.containers:
+                w.containers[self.arg % len(w.containers)].clear()
+            elif a == 4:
+                raise ValueError("hostile")
+            elif a == 5 and w.allow_interrupt:
+                w.interrupts += 1
+                raise KeyboardInterrupt
+        finally:
+            w.depth -= 1
+
+    def __str__(self) -> str:
+        self._act()
+        return self.text
+
+    __repr__ = __str__
+
+    def __hash__(self) -> int:
+        if self.action % 11 == 10:
+            self._act()
+        return self.arg
+
+    def __eq__(self, other) -> bool:
+        return self is other
+
+
+class _World:
+    def __init__(self, inp: Input) -> None:
+        self.inp = inp
+        self.spans: list = []
+        self.containers: list = []
+        self.depth = 0
+        self.interrupts = 0
+        self.allow_interrupt = bool(inp.byte() & 1)
+
+    def hostile(self) -> _Hostile:
+        inp = self.inp
+        return _Hostile(self, inp.byte(), inp.byte(), inp.text(24))
+
+    def key(self):
+        return self.hostile() if self.inp.byte() % 3 == 0 else _key(self.inp)
+
+    def value(self, depth: int = 0):
+        k = self.inp.byte() % 6
+        if k == 0:
+            return self.hostile()
+        if k == 1 and depth < 4:
+            d = {self.key(): self.value(depth + 1) for _ in range(self.inp.byte() % 4)}
+            self.containers.append(d)
+            return d
+        if k == 2:
+            return "k" * (self.inp.byte() * 4)  # long keys / values near the limits
+        return _value(self.inp)
+
+    def mapping(self):
+        items = [(self.key(), self.value()) for _ in range(self.inp.byte() % 6)]
+        m = dict(items) if self.inp.byte() & 1 else items
+        self.containers.append(m)
+        return m
+
+    def info(self):
+        d = {}
+        for _ in range(self.inp.byte() % 5):
+            k = self.inp.pick(["function", "request", "db", self.inp.text(self.inp.byte() * 3)])
+            d[k] = self.value() if self.inp.byte() & 1 else {self.key(): self.value()}
+        self.containers.append(d)
+        return d
+
+
+def check_hostile(data: bytes) -> None:
+    """Span tags / logs / info / errors / baggage / trace points with hostile objects."""
+    import bu_osprofiler
+    from bu_osprofiler import _core, profiler, propagation
+
+    inp = Input(data)
+    w = _World(inp)
+    _core.set_mode(1)
+    _core.take_records()
+    profiler.init("fuzz-key")
+    try:
+        for _ in range(inp.byte() % 16 + 1):
+            if inp.left() == 0:
+                break
+            op = inp.byte() % 14
+            try:
+                if op == 0:
+                    parent = w.spans[inp.byte() % len(w.spans)] if w.spans and inp.byte() & 1 else None
+                    w.spans.append(bu_osprofiler.start_span(inp.text(16), child_of=parent,
+                                                            tags=w.mapping() if inp.byte() & 1 else None))
+                elif op == 1 and w.spans:
+                    w.spans[inp.byte() % len(w.spans)].set_tag(w.key(), w.value())
+                elif op == 2 and w.spans:
+                    w.spans[inp.byte() % len(w.spans)].set_tags(w.mapping())
+                elif op == 3 and w.spans:
+                    w.spans[inp.byte() % len(w.spans)].log_kv(w.mapping())
+                elif op == 4 and w.spans:
+                    w.spans[inp.byte() % len(w.spans)].finish()
+                elif op == 5 and w.spans:
+                    s = w.spans[inp.byte() % len(w.spans)]
+                    exc = ValueError(w.value())
+                    s.__exit__(ValueError, exc, None)
+                elif op == 6:
+                    profiler.start(inp.text(16), info=w.info())
+                elif op == 7:
+                    profiler.stop(info=w.info() if inp.byte() & 1 else None)
+                elif op == 8:
+                    with profiler.Trace(inp.text(16), info=w.info()):
+                        if inp.byte() & 1:
+                            raise RuntimeError(w.value())
+                elif op == 9:
+                    f = profiler.trace(inp.text(8), hide_args=bool(inp.byte() & 1),
+                                       hide_result=bool(inp.byte() & 1))(lambda *a, **k: w.value())
+                    f(w.value(), kw=w.value())
+                elif op == 10 and w.spans:
+                    w.spans[inp.byte() % len(w.spans)].set_baggage_item(inp.text(8), w.value())
+                elif op == 11:
+                    items = [(w.key(), w.value()) for _ in range(inp.byte() % 4)]
+                    w.containers.append(items)
+                    _core.baggage_format(items, inp.byte() & 1, bool(inp.byte() & 2))
+                elif op == 12 and w.spans:
+                    carrier: dict = {}
+                    propagation.inject(w.spans[inp.byte() % len(w.spans)], carrier)
+                    propagation.extract(carrier)
+                elif op == 13:
+                    bu_osprofiler.SpanContext(1, 1, baggage={inp.text(8): inp.text(8)})
+            except (ValueError, TypeError, RuntimeError):
+                pass  # documented errors (bad arguments, an Exception from a __str__ that the
+                # entry point does not swallow, the traced function's own exception)
+            except KeyboardInterrupt:
+                assert w.interrupts, "a KeyboardInterrupt nobody raised"
+                w.interrupts = 0
+    finally:
+        w.allow_interrupt = False
+        for s in w.spans:
+            s.finish()
+        profiler.clean()
+    for rec in bu_osprofiler.finished_spans():
+        for k, v in rec.tags.items():
+            assert isinstance(k, str) and len(k.encode("utf-8", "surrogatepass")) <= 1024, k
+            assert isinstance(v, (str, bytes, bool, int, float)), v
+        for _ts, fields in rec.logs:
+            for k in fields:
+                assert len(k.encode("utf-8", "surrogatepass")) <= 1024, k
+    bu_osprofiler.clear_finished_spans()
+
+
 # ---------------------------------------------------------------- registry
 
 
@@ -508,6 +678,7 @@ TARGETS: Dict[str, Target] = {
         "bu_osprofiler._core", "tracestate_parse")),
     "collector_thrift": Target(check_collector_thrift, _needs_module_attr("bu_osprofiler._core",
                                                                           "thrift_decode")),
+    "hostile": Target(check_hostile, _needs_module_attr("bu_osprofiler._core", "push_span")),
 }
 for _name, _hdrs in _HEADER_TARGETS.items():
     TARGETS[_name] = Target(_headers_check(_hdrs),

@@ -187,3 +187,40 @@ def test_module_teardown_while_a_thread_waits_in_the_reporter():
         "t = threading.Thread(target=_core.reporter_wait, args=(0.5,), daemon=True)\n"
         "t.start()\n")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_sender_of_a_replaced_exporter_stops_and_never_serves_its_successor():
+    """configure() moves off a collector while its sender is stuck in a slow POST: once that
+    POST ends, the old sender exits instead of shipping the new exporter's spans to the old
+    collector (issue 11)."""
+    import threading
+    import time
+
+    from jaeger_wire import wait_until
+
+    slow, fast = Collector(), Collector()
+    try:
+        slow.mode = "hang"
+        one_process("http-move")
+        old = start("jaeger+http://127.0.0.1:%d" % slow.port, http_timeout=2.0,
+                    shutdown_timeout=0.3)
+        old_sender = old._thread
+        _core._push_record(1, 1, 0, 1, "to-slow", 1, 1)
+        assert old.flush(0.5) is False  # the POST is stuck in the slow collector
+        new = start("jaeger+http://127.0.0.1:%d" % fast.port)  # shuts `old` down (0.3 s)
+        assert old_sender.is_alive()  # still inside its POST
+        slow.mode = "ok"  # anything posted there from now on is recorded
+        slow.release.set()
+        for i in range(5):
+            _core._push_record(1, i + 10, 0, 1, "to-fast", 1, 1)
+        assert new.flush(10.0) is True
+        assert wait_until(lambda: not old_sender.is_alive(), 10.0)
+        time.sleep(0.2)
+        senders = [t for t in threading.enumerate() if t.name == "bu_osprofiler-http-sender"]
+        assert senders == [new._thread]
+        assert [s.operationName for s in fast.spans()] == ["to-fast"] * 5
+        assert slow.spans() == []
+    finally:
+        reset_core(exporters)
+        slow.stop()
+        fast.stop()
