@@ -102,6 +102,8 @@ def test_cli_switches_a_point_in_both_processes(env, capsys):
     page = urllib.request.urlopen(env["control"] + "/tracepoints", timeout=10).read().decode()
     assert "<code>svc-b.work@__main__:work</code>" in page and ">disable</button>" in page
     assert " ms</td>" in page  # mean / p99 latency from the stored spans
+    index = urllib.request.urlopen(env["control"] + "/", timeout=10).read().decode()
+    assert 'href="/tracepoints"' in index  # the page is reachable from the trace list
 
     assert cli(["tracepoints", "disable", "--collector", env["control"], "--prefix", "step"]) == 0
     took = until(env, "/servers/1", lambda n: "step" not in n["svc-a"] and

@@ -90,7 +90,8 @@ def csp(frame_ancestors: bool = False) -> str:
 def _header(title_html: str, standalone: bool = False, home: bool = True) -> str:
     if standalone:
         return f'<header><h1 id="title">{title_html}</h1></header>'
-    return ('<header>' + ('<a class="home" href="/">&larr; traces</a>' if home else '') +
+    return ('<header>' + ('<a class="home" href="/">&larr; traces</a>' if home else
+                          '<a class="home" href="/tracepoints">tracepoints</a>') +
             f'<h1 id="title">{title_html}</h1>'
             '<form class="lookup" method="get" action="/lookup" role="search">'
             '<input name="id" size="18" placeholder="trace id or prefix" aria-label="trace id"'
