@@ -15,7 +15,6 @@ and sampling forced from outside is rate-limited, under every policy.
 """
 from __future__ import annotations
 
-import contextvars
 import threading
 import time
 import uuid
@@ -46,10 +45,6 @@ _policy: dict[str, Any] = {
     "propagation": ("jaeger", "w3c", "osprofiler"),
     "max_forced_traces_per_second": 100.0,
 }
-# No longer set (the span context carries the W3C tracestate); the response wrapper still saves
-# and restores it around the application.
-_tracestate: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
-    "bu_osprofiler.tracestate", default=None)
 
 
 # ---------------------------------------------------------------- module-wide switches
@@ -216,14 +211,13 @@ _H_HMAC = "HTTP_X_TRACE_HMAC"
 class _Incoming:
     """What a request's headers allow: a context to continue, or a fresh root, or no tracing."""
 
-    __slots__ = ("context", "untraced", "hmac_key", "debug_id", "tracestate")
+    __slots__ = ("context", "untraced", "hmac_key", "debug_id")
 
     def __init__(self) -> None:
         self.context: Any = None
         self.untraced = False
         self.hmac_key: Optional[str] = None
         self.debug_id: Optional[str] = None
-        self.tracestate: Optional[str] = None
 
 
 def _context_formats() -> tuple:
@@ -315,18 +309,15 @@ def _request_url(environ: dict) -> str:
     return "%s://%s%s%s" % (scheme, host, path, "?" + query if query else "")
 
 
-def _enter(span: Any, key: Optional[str], ts: Optional[str]) -> tuple:
+def _enter(span: Any, key: Optional[str]) -> tuple:
     """Make the request's context current; returns the tokens :func:`_leave` needs."""
-    return (_core.activate(span),
-            _profiler._hmac_key.set(key) if key is not None else None,
-            _tracestate.set(ts) if ts is not None else None)
+    return (_core.activate(span), _profiler._hmac_key.set(key) if key is not None else None)
 
 
 def _leave(tokens: tuple) -> None:
     """Put the context back as it was before :func:`_enter`, whatever the application did."""
-    span_token, key_token, ts_token = tokens
-    _profiler.reset_context(span_token, ((_profiler._hmac_key, key_token),
-                                         (_tracestate, ts_token)))
+    span_token, key_token = tokens
+    _profiler.reset_context(span_token, ((_profiler._hmac_key, key_token),))
 
 
 class _TracedBody:
@@ -334,14 +325,13 @@ class _TracedBody:
     closed (PEP 3333 servers always close). A lazy body (a generator) runs with the request's
     context current, so trace points inside it are children of the request span."""
 
-    __slots__ = ("_it", "_close", "_span", "_key", "_ts", "_state", "_done", "_lazy")
+    __slots__ = ("_it", "_close", "_span", "_key", "_state", "_done", "_lazy")
 
-    def __init__(self, body: Iterable[bytes], span: Any, key: Optional[str], ts: Optional[str],
+    def __init__(self, body: Iterable[bytes], span: Any, key: Optional[str],
                  state: list) -> None:
         self._close = getattr(body, "close", None)
         self._span = span
         self._key = key
-        self._ts = ts
         self._state = state
         self._done = False
         # A list's items exist already: handing them out runs no application code.
@@ -352,7 +342,7 @@ class _TracedBody:
         return self
 
     def __next__(self) -> bytes:
-        tokens = _enter(self._span, self._key, self._ts) if self._lazy else None
+        tokens = _enter(self._span, self._key) if self._lazy else None
         try:
             return next(self._it)
         except StopIteration:
@@ -369,7 +359,7 @@ class _TracedBody:
         if self._close is None:
             self._finish(None)
             return
-        tokens = _enter(self._span, self._key, self._ts)
+        tokens = _enter(self._span, self._key)
         try:
             self._close()
         except BaseException as exc:
@@ -400,8 +390,7 @@ class _TracedSizedBody(_TracedBody):
         return self._len
 
 
-def _wrap_body(environ: dict, body: Any, span: Any, key: Optional[str], ts: Optional[str],
-               state: list) -> Any:
+def _wrap_body(environ: dict, body: Any, span: Any, key: Optional[str], state: list) -> Any:
     """The response iterable handed to the server: the application's own file wrapper object
     (so that the server still uses sendfile) with the span finished by its close(), else a
     traced body that keeps the body's length."""
@@ -427,10 +416,10 @@ def _wrap_body(environ: dict, body: Any, span: Any, key: Optional[str], ts: Opti
             pass
     try:
         if not isinstance(body, (str, bytes)) and hasattr(body, "__len__"):
-            return _TracedSizedBody(body, span, key, ts, state)
+            return _TracedSizedBody(body, span, key, state)
     except Exception:
         pass
-    return _TracedBody(body, span, key, ts, state)
+    return _TracedBody(body, span, key, state)
 
 
 def _finish_span(span: Any, state: list, exc: Optional[BaseException]) -> None:
@@ -500,7 +489,7 @@ class WsgiMiddleware:
                 warn_limited("web.span", "could not start the request span: %s", exc)
         if span is None:
             # Untraced, but still isolated from whatever an earlier request left behind.
-            tokens = _enter(None, None, None)
+            tokens = _enter(None, None)
             try:
                 return self.application(environ, start_response)
             finally:
@@ -517,9 +506,7 @@ class WsgiMiddleware:
             return start_response(status, headers)
 
         # The hmac key is always set (None included) so an earlier request's cannot leak in.
-        tokens = (_core.activate(span), _profiler._hmac_key.set(key),
-                  _tracestate.set(inc.tracestate) if inc.tracestate is not None or
-                  _tracestate.get() is not None else None)
+        tokens = (_core.activate(span), _profiler._hmac_key.set(key))
         try:
             body = self.application(environ, _start_response)
         except BaseException as exc:
@@ -527,7 +514,7 @@ class WsgiMiddleware:
             raise
         finally:
             _leave(tokens)
-        return _wrap_body(environ, body, span, key, inc.tracestate, state)
+        return _wrap_body(environ, body, span, key, state)
 
     def _start_span(self, environ: dict, inc: _Incoming) -> Any:
         tags = {
