@@ -154,8 +154,7 @@ def configure(
     from bu_osprofiler.concurrency import isolation
 
     isolation.install()  # reused pool workers never see a previous task's trace
-    if tail or control:
-        _configure_adaptive(service_name, control, control_interval, tail)
+    _configure_adaptive(service_name, control, control_interval, tail)
     if fork_join is not None:
         from bu_osprofiler import concurrency
 
@@ -190,13 +189,9 @@ def _configure_adaptive(service: str, control: Optional[str], interval: float,
                         tail: dict[str, Any]) -> None:
     """Tail keep from arguments, then the control state source (adaptive instrumentation)."""
     from bu_osprofiler.adaptive import control as _control, registry
-    from bu_osprofiler.adaptive.rules import parse_state
 
-    if tail:
-        doc = registry.state().to_json()
-        doc["tail"].update({"errors": bool(tail.get("tail_errors", doc["tail"]["errors"])),
-                            "slow_ms": tail.get("tail_slow_ms", doc["tail"]["slow_ms"])})
-        registry.apply_state(parse_state(doc))
+    # this configure's own tail keep (none: off), kept under whatever the control source sends
+    registry.set_local_tail(bool(tail.get("tail_errors", False)), tail.get("tail_slow_ms"))
     if control:
         try:
             _control.start(control, service, interval)

@@ -376,7 +376,7 @@ def _async_traced(f: Callable[..., Any], name: str, static: dict[str, Any], hide
                   hide_result: bool, tp: Any) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         parent = _core.active_span()
-        if not tp.on() or parent is None or not parent.sampled:
+        if not tp.on() or not _tracepoints.records_children(parent):
             return await f(*args, **kwargs)
         span = _core.start_span(name, child_of=parent, tags=static)
         if not hide_args:  # str() in C: a failing __str__ is recorded, never raised here

@@ -5,8 +5,9 @@ becomes a client span named after the URL scheme (``http``/``https``, as upstrea
 ``span.kind=client``, ``http.method``, ``http.url`` (without credentials), ``peer.hostname``,
 ``peer.port`` and ``http.status_code``, and carries ``web.get_trace_id_headers()``. A failure or
 timeout finishes the span with ``error`` and re-raises; the active span is restored with a
-token, so the context is never left unbalanced. Inside an unsampled trace only the headers are
-added (the callee follows the decision); without a trace nothing changes.
+token, so the context is never left unbalanced. Inside an unsampled trace (not held for tail
+keep), or with the ``http.client@requests`` trace point switched off, only the headers are
+added; without a trace nothing changes.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from urllib import parse
 
 from bu_osprofiler import _core
 from bu_osprofiler._log import LOG, warn_limited
+from bu_osprofiler.adaptive import registry as _tracepoints
+
+_TP = _tracepoints.register("http.client", "requests")  # runtime switch of client spans
 
 __all__ = ["enable", "disable"]
 
@@ -39,7 +43,9 @@ def _send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         return original(self, request, *args, **kwargs)  # type: ignore[misc]
     from bu_osprofiler import web
 
-    if not parent.sampled:
+    if not _tracepoints.records_children(parent) or not _TP.on():
+        # unsampled (the callee follows the decision), or the switch is off (the callee
+        # continues the caller's span): only the headers
         try:
             request.headers.update(web.get_trace_id_headers())
         except Exception as exc:

@@ -76,7 +76,7 @@ def _before_cursor_execute(name: str, system: str) -> Any:
         if _DISABLED:
             return
         parent = _core.active_span()
-        if parent is None or not parent.sampled or not _TP.on():
+        if not _tracepoints.records_children(parent) or not _TP.on():
             return
         try:
             span = _core.start_span(name, child_of=parent, tags={

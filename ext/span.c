@@ -1567,9 +1567,13 @@ bu_push_span(bu_state *st, PyObject *name, PyObject *info, PyObject **token)
         Py_RETURN_NONE;
     }
     TracepointObject *tp = bu_tp_named(st, name); /* a point that is off passes through */
-    SpanObject *s = (tp == NULL || bu_tp_enter(tp, cur))
-                        ? bu_span_start(st, cur, name, -1) : bu_tp_passthrough(st, cur, name);
+    int on = tp == NULL || bu_tp_enter(tp, cur);
     Py_XDECREF(tp);
+    if (!on && bu_tp_skip(_Span_CAST(cur))) {
+        Py_DECREF(cur);
+        Py_RETURN_NONE; /* nothing pushed, nothing set: the matching stop() consumes the skip */
+    }
+    SpanObject *s = on ? bu_span_start(st, cur, name, -1) : bu_tp_passthrough(st, cur, name);
     if (s == NULL) {
         Py_DECREF(cur);
         return NULL;
@@ -1598,6 +1602,10 @@ PyObject *
 bu_pop_span(bu_state *st, PyObject *info, PyObject *exc, PyObject *pushed, PyObject *token)
 {
     PyObject *cur = bu_active_get(st);
+    if (cur != NULL && cur != pushed && bu_tp_unskip(st, cur)) {
+        Py_DECREF(cur);
+        Py_RETURN_NONE; /* the stop() of a switched-off point: nothing was pushed */
+    }
     if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
         !(_Span_CAST(cur)->state & BU_SPAN_STACKED)) {
         Py_XDECREF(cur);

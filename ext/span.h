@@ -11,6 +11,10 @@
 #define BU_SPAN_BASE 0x08      /* a trace's base placeholder (profiler.init): children are roots */
 #define BU_SPAN_PLACEHOLDER 0x10 /* not a span of ours: a context to continue (never finished) */
 #define BU_SPAN_LOCALROOT 0x20 /* first span of a tail-held trace in this process (tail.c) */
+/* Bits 8-15: how many switched-off named points (start() / Trace) are open with this span active;
+ * each stop() consumes one instead of popping (tracepoint.h, bu_tp_skip). */
+#define BU_SPAN_SKIP_ONE 0x0100
+#define BU_SPAN_SKIPS 0xFF00
 
 #define BU_SPAN_INLINE_TAGS 128
 

@@ -394,6 +394,7 @@ bu_tracepoint_init(PyObject *m, bu_state *st)
     if (st->TracepointType == NULL || st->tp_named == NULL || st->str_rtype == NULL ||
         PyModule_AddType(m, st->TracepointType) < 0 ||
         PyModule_AddStringConstant(m, "REQUEST_TYPE_KEY", BU_RTYPE_KEY) < 0 ||
+        PyModule_AddIntConstant(m, "FLAG_TAIL", BU_FLAG_TAIL) < 0 ||
         PyModule_AddFunctions(m, tracepoint_functions) < 0) {
         return -1;
     }

@@ -59,8 +59,38 @@ bu_tp_enter(TracepointObject *tp, PyObject *cur)
  * NULL when none could be made (then the point behaves as on). Borrowed reference. */
 TracepointObject *bu_tp_named(bu_state *st, PyObject *name);
 
-/* osprofiler start() of a point that is off: a pass-through placeholder with `cur`'s ids, so that
- * stop() pops it and children attach to `cur` (the nearest enabled ancestor). */
+/* A switched-off named point (start() / Trace) makes no span and sets no context variable: its
+ * children attach to the active span `cur` (the nearest enabled ancestor), and it counts a "skip"
+ * on `cur` (bits 8-15 of its state) that the matching stop() consumes instead of popping. The
+ * count lives on the span, not in the context: contexts that share `cur` (threads, greenthreads
+ * or tasks started without a branch span) share it; balanced pairs commute, so only a stop()
+ * meant for `cur` itself, made while another context is inside an off point, takes that
+ * context's skip. A Trace's exit pops its own span by identity, never a skip. 0 when the count
+ * is full (255): then the caller pushes a placeholder (bu_tp_passthrough), as a point did before
+ * skips existed. */
+static inline int
+bu_tp_skip(SpanObject *cur)
+{
+    if ((cur->state & BU_SPAN_SKIPS) == BU_SPAN_SKIPS) {
+        return 0;
+    }
+    cur->state = (uint16_t)(cur->state + BU_SPAN_SKIP_ONE);
+    return 1;
+}
+
+/* stop(): consume a skip of the active span `cur`; 1 when there was one (nothing to pop). */
+static inline int
+bu_tp_unskip(bu_state *st, PyObject *cur)
+{
+    if (!Py_IS_TYPE(cur, st->SpanType) || !(_Span_CAST(cur)->state & BU_SPAN_SKIPS)) {
+        return 0;
+    }
+    _Span_CAST(cur)->state = (uint16_t)(_Span_CAST(cur)->state - BU_SPAN_SKIP_ONE);
+    return 1;
+}
+
+/* osprofiler start() of a point that is off when `cur` holds 255 skips already: a pass-through
+ * placeholder with `cur`'s ids, so that stop() pops it and children attach to `cur`. */
 SpanObject *bu_tp_passthrough(bu_state *st, PyObject *cur, PyObject *name);
 
 #endif

@@ -262,7 +262,7 @@ def test_collector_control_state_persists_and_rejects_bad_input(tmp_path):
             return e.code, json.loads(e.read())
 
     db = str(tmp_path / "t.db")
-    kw = dict(udp_port=None, udp_binary_port=None, http_port=None, query_port=0)
+    kw = dict(udp_port=None, udp_binary_port=None, http_port=None, otlp_port=None, query_port=0)
     with Collector(db, **kw) as col:
         doc = {"rules": [{"enabled": False, "prefix": "db"}], "tail": {"errors": True}}
         code, state = http(col, "PUT", "/api/tracepoints/state", json.dumps(doc).encode())
@@ -315,16 +315,27 @@ def test_wsgi_entry_switch_and_request_type():
 
 
 def test_named_points_registry_is_bounded():
-    profiler.init("k")
-    try:
-        for i in range(4200):
-            with profiler.Trace("ad.dyn.%d" % i):
-                pass
-    finally:
-        profiler.clean()
-    assert 4000 < len(_core.named_tracepoints()) <= 4096
-    assert len([s for s in bu_osprofiler.finished_spans()
-                if s.operation_name.startswith("ad.dyn.")]) == 4200
+    # in a child process: a full registry would leave later tests' new names unswitchable
+    import subprocess
+    import sys
+
+    code = """
+import bu_osprofiler
+from bu_osprofiler import _core, profiler
+bu_osprofiler.configure("bounded", "memory://")
+profiler.init("k")
+for i in range(4200):
+    with profiler.Trace("ad.dyn.%d" % i):
+        pass
+profiler.clean()
+assert 4000 < len(_core.named_tracepoints()) <= 4096, len(_core.named_tracepoints())
+assert len([s for s in bu_osprofiler.finished_spans()
+            if s.operation_name.startswith("ad.dyn.")]) == 4200
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_tail_local_root_that_stops_recording_still_ends_its_trace():
@@ -344,3 +355,265 @@ def test_tail_local_root_that_stops_recording_still_ends_its_trace():
     finally:
         _core.set_sampler("const", 1)
         _core.set_tail(errors=False)
+
+
+# ---------------------------------------------------------------- named points switched off
+
+def _off_named(*names):
+    apply_state(parse_state({"rules": [{"enabled": False, "id": n + "@trace"} for n in names]}))
+
+
+def _finished():
+    spans = {s.operation_name: s for s in bu_osprofiler.finished_spans()}
+    bu_osprofiler.clear_finished_spans()
+    return spans
+
+
+def test_off_named_point_sets_no_context_and_children_attach_to_the_ancestor():
+    _off_named("nm.off")
+    profiler.init("k")
+    try:
+        profiler.start("nm.outer")
+        outer = _core.active_span()
+        profiler.start("nm.off")
+        assert _core.active_span() is outer  # nothing pushed, nothing set
+        with profiler.Trace("nm.off"):
+            assert _core.active_span() is outer
+            with profiler.Trace("nm.on"):
+                pass
+            profiler.start("nm.on2")
+            profiler.stop()
+        profiler.stop()  # the off start(): consumes its skip, outer stays active
+        assert _core.active_span() is outer
+        profiler.stop()  # outer
+        assert _core.active_span() is not outer
+    finally:
+        profiler.clean()
+    s = _finished()
+    assert set(s) == {"nm.outer", "nm.on", "nm.on2"}
+    assert s["nm.on"].parent_id == s["nm.on2"].parent_id == s["nm.outer"].span_id
+    tp = {p["id"]: p for p in bu_osprofiler.tracepoints()}["nm.off@trace"]
+    assert tp["hits"] >= 2 and tp["sampled_hits"] == 0
+
+
+def test_off_named_point_unbalanced_stop_and_switch_flips():
+    profiler.init("k")
+    try:
+        profiler.start("nm.outer")
+        outer = _core.active_span()
+        _off_named("nm.flip")
+        profiler.start("nm.flip")  # off at start ...
+        apply_state(State())
+        profiler.stop()  # ... on at stop: still the off point's stop
+        assert _core.active_span() is outer
+        profiler.start("nm.flip")  # on at start ...
+        _off_named("nm.flip")
+        profiler.stop()  # ... off at stop: pops the span start() made
+        assert _core.active_span() is outer
+        profiler.start("nm.flip")  # off
+        profiler.stop()
+        profiler.stop()  # outer, as osprofiler's stack would
+        profiler.stop()  # one too many: nothing to pop, no error
+    finally:
+        profiler.clean()
+    s = _finished()
+    assert set(s) == {"nm.outer", "nm.flip"} and s["nm.flip"].parent_id == s["nm.outer"].span_id
+
+
+def test_off_named_point_exception_propagates_and_the_stack_stays_balanced():
+    _off_named("nm.off")
+    profiler.init("k")
+    try:
+        with profiler.Trace("nm.outer"):
+            outer = _core.active_span()
+            with pytest.raises(ValueError):
+                with profiler.Trace("nm.off"):
+                    raise ValueError("x")
+            assert _core.active_span() is outer
+        with pytest.raises(KeyError):
+            with profiler.Trace("nm.outer2"):
+                with profiler.Trace("nm.off"):
+                    raise KeyError("y")
+    finally:
+        profiler.clean()
+    s = _finished()
+    assert set(s) == {"nm.outer", "nm.outer2"}
+    assert "error" not in s["nm.outer"].tags and s["nm.outer2"].tags["error"] is True
+
+
+def test_off_named_point_is_silent_to_the_legacy_notifier():
+    from bu_osprofiler import notifier
+
+    _off_named("nm.off")
+    got = []
+    notifier.set(got.append)
+    profiler.init("k")
+    try:
+        with profiler.Trace("nm.outer"):
+            with profiler.Trace("nm.off"):
+                profiler.start("nm.off")
+                with profiler.Trace("nm.child"):
+                    pass
+                profiler.stop()
+    finally:
+        notifier.set(None)
+        profiler.clean()
+    names = [p["name"] for p in got]
+    assert names == ["nm.outer-start", "nm.child-start", "nm.child-stop", "nm.outer-stop"]
+    # the child's parent is the enabled ancestor the notifier heard
+    assert got[1]["parent_id"] == got[0]["trace_id"]
+
+
+def test_off_named_points_in_threads_and_tasks_sharing_an_ancestor():
+    import asyncio
+    import contextvars
+    import threading
+
+    _off_named("nm.off")
+    profiler.init("k")
+    try:
+        profiler.start("nm.outer")
+        outer = _core.active_span()
+        barrier = threading.Barrier(4)
+
+        def worker(i):
+            for j in range(200):
+                profiler.start("nm.off")
+                if j == 0:
+                    barrier.wait()  # every thread is inside an off point at once
+                with profiler.Trace("nm.t%d" % i):
+                    pass
+                assert _core.active_span() is outer
+                profiler.stop()
+
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(worker, i))
+                   for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        async def task(i):
+            for _ in range(50):
+                with profiler.Trace("nm.off"):
+                    await asyncio.sleep(0)
+                    profiler.start("nm.a%d" % i)
+                    await asyncio.sleep(0)
+                    profiler.stop()
+                    assert _core.active_span() is outer
+
+        async def main():
+            await asyncio.gather(*(task(i) for i in range(4)))
+
+        asyncio.run(main())
+        assert _core.active_span() is outer
+        profiler.stop()  # every skip was consumed: this pops outer
+        assert _core.active_span() is not outer
+    finally:
+        profiler.clean()
+    spans = bu_osprofiler.finished_spans()
+    bu_osprofiler.clear_finished_spans()
+    by_name = {}
+    for s in spans:
+        by_name.setdefault(s.operation_name, []).append(s)
+    assert {n: len(v) for n, v in by_name.items()} == dict(
+        {"nm.outer": 1}, **{"nm.t%d" % i: 200 for i in range(4)},
+        **{"nm.a%d" % i: 50 for i in range(4)})
+    assert {s.parent_id for s in spans if s.operation_name != "nm.outer"} == {outer.span_id}
+
+
+def test_off_named_points_nested_past_the_skip_counter():
+    _off_named("nm.off")
+    profiler.init("k")
+    try:
+        profiler.start("nm.outer")
+        outer = _core.active_span()
+        for _ in range(300):  # more than a span counts (255): the rest push placeholders
+            profiler.start("nm.off")
+        with profiler.Trace("nm.deep"):
+            pass
+        for _ in range(300):
+            profiler.stop()
+        assert _core.active_span() is outer
+        profiler.stop()
+    finally:
+        profiler.clean()
+    s = _finished()
+    assert set(s) == {"nm.outer", "nm.deep"} and s["nm.deep"].parent_id == s["nm.outer"].span_id
+
+
+def test_tail_keep_records_db_and_async_spans_of_an_unsampled_trace():
+    import asyncio
+
+    sa = pytest.importorskip("sqlalchemy")
+    from bu_osprofiler import sqlalchemy as bu_sa
+
+    @profiler.trace("ad.async")
+    async def coro():
+        return 1
+
+    eng = sa.create_engine("sqlite://")
+    bu_sa.add_tracing(sa, eng, "db")
+    _core.set_sampler("const", 0)
+    apply_state(parse_state({"tail": {"errors": True}}))
+    try:
+        root = _core.start_span("root")
+        tok = _core.activate(root)
+        with eng.connect() as c:
+            c.execute(sa.text("select 1"))
+        asyncio.run(coro())
+        _core.deactivate(tok)
+        root.set_tag("error", True)
+        root.finish()
+    finally:
+        _core.set_sampler("const", 1)
+    s = {sp.operation_name: sp for sp in bu_osprofiler.finished_spans()}
+    assert set(s) == {"root", "db", "ad.async"}
+    assert s["db"].parent_id == s["ad.async"].parent_id == s["root"].span_id
+
+
+def test_configured_tail_keep_survives_control_states(caplog):
+    bu_osprofiler.configure("adaptive-test", "memory://", tail_errors=True)
+    try:
+        _core.set_sampler("const", 0)
+        apply_state(parse_state({"version": 3, "rules": []}))  # a collector's state, no tail
+        assert "ad.leaf" in run(fail=True)  # still kept: the process asked for it
+        assert run() == {}
+    finally:
+        _core.set_sampler("const", 1)
+        bu_osprofiler.configure("adaptive-test", "memory://")
+    _core.set_sampler("const", 0)
+    try:
+        assert run(fail=True) == {}  # configured without it: off again
+    finally:
+        _core.set_sampler("const", 1)
+
+
+def test_http_source_applies_a_changed_state_with_a_version_seen_before():
+    import http.server
+    import threading
+
+    docs = [{"version": 1, "rules": [{"enabled": False, "prefix": "ad.leaf"}]},
+            {"version": 1, "rules": []}]  # a restarted collector counting from 0 again
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps(docs[0]).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        src = control.HttpSource("http://127.0.0.1:%d" % srv.server_port, "s")
+        assert src.fetch().rules and src.fetch() is None  # unchanged: nothing to apply
+        docs.pop(0)
+        assert src.fetch().rules == []
+    finally:
+        srv.shutdown()
+        srv.server_close()

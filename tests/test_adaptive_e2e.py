@@ -20,8 +20,8 @@ SERVERS = "GET /servers/{id}"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     db = str(tmp_path_factory.mktemp("adaptive") / "traces.db")
-    col = Collector(db, udp_port=0, udp_binary_port=None, http_port=None, query_port=0,
-                    commit_interval_s=0.05).start()
+    col = Collector(db, udp_port=0, udp_binary_port=None, http_port=None, otlp_port=None,
+                    query_port=0, commit_interval_s=0.05).start()
     control = "http://127.0.0.1:%d" % col.ports["query"]
     procs = []
 

@@ -138,3 +138,40 @@ def test_disable_restores_the_adapter():
     bu_requests.enable()
     bu_requests.enable()  # idempotent
     assert requests.adapters.HTTPAdapter.send is bu_requests._send
+
+
+def test_switched_off_client_spans_still_carry_the_callers_context(server):
+    from bu_osprofiler.adaptive import State, apply_state, parse_state
+
+    url, seen = server
+    profiler.init("key")
+    apply_state(parse_state({"rules": [{"enabled": False, "id": "http.client@requests"}]}))
+    try:
+        with bu_osprofiler.start_span("caller") as caller:
+            tok = bu_osprofiler.activate(caller)
+            requests.get(url + "/", timeout=10)
+            bu_osprofiler.deactivate(tok)
+    finally:
+        apply_state(State())
+    assert _client_spans() == []
+    # the callee continues the caller's span directly
+    ctx = jaeger_codecs.TextCodec(url_encoding=True).extract(seen[0])
+    assert (ctx.trace_id, ctx.span_id) == (caller.trace_id, caller.span_id)
+
+
+def test_tail_keep_records_client_spans_of_an_unsampled_error_trace(server):
+    from bu_osprofiler import _core
+
+    url, seen = server
+    bu_osprofiler.configure("t", "memory://", sampler="const", sampler_param=0,
+                            tail_errors=True)
+    try:
+        root = _core.start_span("root")  # unsampled: held for tail keep
+        tok = bu_osprofiler.activate(root)
+        requests.get(url + "/fail", timeout=10)
+        bu_osprofiler.deactivate(tok)
+        root.finish()  # the 500 made the client span an error: the trace is kept
+        (span,) = _client_spans()
+        assert span.parent_id == root.span_id and span.tags["error"] is True
+    finally:
+        bu_osprofiler.configure("t", "memory://")

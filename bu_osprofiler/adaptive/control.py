@@ -58,16 +58,18 @@ class HttpSource:
         self.base = "%s://%s" % (parts.scheme, parts.netloc)
         self.service = service
         self.timeout = timeout
-        self.version: Optional[int] = None
+        self._last: Any = None  # the last document applied
 
     def fetch(self) -> Optional[State]:
         url = "%s%s?service=%s" % (self.base, STATE_PATH, quote(self.service))
         with urllib.request.urlopen(url, timeout=self.timeout) as resp:
             doc = json.loads(resp.read().decode("utf-8"))
-        state = parse_state(doc)
-        if state.version == self.version:
+        # compared whole, not by version: a collector restarted without its state file counts
+        # versions from 0 again
+        if doc == self._last:
             return None
-        self.version = state.version
+        state = parse_state(doc)
+        self._last = doc
         return state
 
     def report(self, points: list) -> None:

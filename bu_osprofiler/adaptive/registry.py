@@ -12,10 +12,18 @@ import threading
 from typing import Any, Dict, List, Optional
 
 from bu_osprofiler import _core
-from bu_osprofiler.adaptive.rules import State
+from bu_osprofiler.adaptive.rules import State, parse_state
 
 REQUEST_TYPE_KEY: str = _core.REQUEST_TYPE_KEY
 _MASK64 = (1 << 64) - 1
+# Span.flags bits of a span whose children are recorded: sampled, or held for tail keep.
+_RECORDS_CHILDREN = 0x01 | _core.FLAG_TAIL
+
+
+def records_children(span: Any) -> bool:
+    """Whether a hook makes child spans of ``span``: sampled, or unsampled but held for tail
+    keep (its trace is exported when its local root ends with an error or slowly)."""
+    return span is not None and bool(span.flags & _RECORDS_CHILDREN)
 
 _lock = threading.RLock()
 _points: Dict[str, Dict[str, Any]] = {}  # id -> info (with "tp": the C switch)
@@ -99,12 +107,33 @@ def state() -> State:
     return _state
 
 
+# Tail keep asked for by the process's own configuration (configure(tail_errors=...,
+# tail_slow_ms=...), oslo.config filter_error_trace): a floor the control state adds to.
+_local_tail: Dict[str, Any] = {"errors": False, "slow_ms": None}
+
+
+def set_local_tail(errors: bool = False, slow_ms: Optional[float] = None) -> None:
+    """The process's own tail keep settings, kept whatever state the control plane sends
+    (errors are kept if either asks; the control state's ``slow_ms`` wins when it sets one).
+    ValueError for a bad ``slow_ms``."""
+    if slow_ms is not None:
+        slow_ms = parse_state({"tail": {"slow_ms": slow_ms}}).tail_slow_ms
+    with _lock:
+        new = {"errors": bool(errors), "slow_ms": slow_ms}
+        if new == _local_tail:
+            return
+        _local_tail.update(new)
+        current = _state
+    apply_state(current)
+
+
 def apply_state(new: State) -> None:
     """Switch every point (and sampling / tail keep) to what ``new`` says."""
     global _state
     tail_by_type = {t: int(ms * 1e6) for t, ms in new.tail_slow_ms_by_type.items()}
-    _core.set_tail(errors=new.tail_errors,
-                   slow_ns=-1 if new.tail_slow_ms is None else int(new.tail_slow_ms * 1e6),
+    slow_ms = new.tail_slow_ms if new.tail_slow_ms is not None else _local_tail["slow_ms"]
+    _core.set_tail(errors=new.tail_errors or _local_tail["errors"],
+                   slow_ns=-1 if slow_ms is None else int(slow_ms * 1e6),
                    slow_by_type=tail_by_type or None)
     with _lock:
         _state = new

@@ -62,8 +62,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
     elif args.html:
-        with open(args.html, "w", encoding="utf-8") as f:
-            f.write(render_html(report))
+        try:
+            with open(args.html, "w", encoding="utf-8") as f:
+                f.write(render_html(report))
+        except OSError as e:
+            print("bu-osprofiler analyze: %s: cannot write: %s" % (args.html, e),
+                  file=sys.stderr)
+            return 1
         print("wrote %s" % args.html)
     else:
         sys.stdout.write(render_text(report))

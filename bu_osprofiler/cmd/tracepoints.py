@@ -157,9 +157,12 @@ def run(args: argparse.Namespace) -> int:
                 {k: v for k, v in n.items() if k != "enabled"} for n in rules)] + rules
             doc["version"] = int(doc.get("version", 0)) + 1
             tmp = args.file + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(parse_state(doc).to_json(), f, indent=1)
-            os.replace(tmp, args.file)
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(parse_state(doc).to_json(), f, indent=1)
+                os.replace(tmp, args.file)
+            except OSError as e:
+                raise CliError("%s: cannot write: %s" % (args.file, e)) from None
             state = doc
         else:
             state = _http("POST", _url(args) + "/api/tracepoints/rules",

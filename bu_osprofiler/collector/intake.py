@@ -57,11 +57,12 @@ class IntakeServer(ThreadingHTTPServer):
     def __init__(self, addr: Tuple[str, int], handler: type, collector: "Collector"):
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(addr, handler)
         self.collector = collector
         self._conns: Dict[socket.socket, float] = {}
         self._conns_lock = threading.Lock()
+        # before binding: a failed bind calls server_close(), which must not hide its OSError
         self._closed = threading.Event()
+        super().__init__(addr, handler)
         threading.Thread(target=self._reap, name="bu-collector-reaper", daemon=True).start()
 
     def process_request(self, request: Any, client_address: Any) -> None:
