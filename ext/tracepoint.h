@@ -56,7 +56,7 @@ bu_tp_enter(TracepointObject *tp, PyObject *cur)
 }
 
 /* The Tracepoint of a named Trace / start() point (created and registered on first use), or
- * NULL when none could be made (then the point behaves as on). Borrowed reference. */
+ * NULL when none could be made (then the point behaves as on). New reference. */
 TracepointObject *bu_tp_named(bu_state *st, PyObject *name);
 
 /* A switched-off named point (start() / Trace) makes no span and sets no context variable: its

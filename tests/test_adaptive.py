@@ -464,6 +464,17 @@ def test_off_named_point_is_silent_to_the_legacy_notifier():
     assert got[1]["parent_id"] == got[0]["trace_id"]
 
 
+def _run_async(coro):
+    """asyncio.run without touching the thread's current event loop (later tests may use it)."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
 def test_off_named_points_in_threads_and_tasks_sharing_an_ancestor():
     import asyncio
     import contextvars
@@ -505,7 +516,7 @@ def test_off_named_points_in_threads_and_tasks_sharing_an_ancestor():
         async def main():
             await asyncio.gather(*(task(i) for i in range(4)))
 
-        asyncio.run(main())
+        _run_async(main())
         assert _core.active_span() is outer
         profiler.stop()  # every skip was consumed: this pops outer
         assert _core.active_span() is not outer
@@ -543,8 +554,6 @@ def test_off_named_points_nested_past_the_skip_counter():
 
 
 def test_tail_keep_records_db_and_async_spans_of_an_unsampled_trace():
-    import asyncio
-
     sa = pytest.importorskip("sqlalchemy")
     from bu_osprofiler import sqlalchemy as bu_sa
 
@@ -561,7 +570,7 @@ def test_tail_keep_records_db_and_async_spans_of_an_unsampled_trace():
         tok = _core.activate(root)
         with eng.connect() as c:
             c.execute(sa.text("select 1"))
-        asyncio.run(coro())
+        _run_async(coro())
         _core.deactivate(tok)
         root.set_tag("error", True)
         root.finish()

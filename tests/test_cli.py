@@ -288,8 +288,8 @@ def test_trace_commands_find_the_running_collector(tmp_path):
     col = subprocess.Popen(
         [sys.executable, "-m", "bu_osprofiler.cmd.main", "collector", "--db", str(store),
          "--udp-port", "0", "--udp-binary-port", "off", "--http-port", "off",
-         "--query-port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+         "--otlp-port", "off", "--query-port", "0"], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
     try:
         assert col.stdout.readline().startswith("bu-osprofiler collector: store")
         advert = tmp_path / "xdg" / "bu_osprofiler" / "collector.json"
