@@ -30,9 +30,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from bu_osprofiler import _core
+from bu_osprofiler._periodic import Chore, Periodic
 
 LOG = logging.getLogger(__name__)
 
@@ -380,35 +381,8 @@ class RemoteSampler:
 
 # ---------------------------------------------------------------- periodic chores
 
-Chore = Tuple[float, Callable[[], Any], bool]  # (interval, fn, run at once)
-
-
-class _Periodic(threading.Thread):
-    """A daemon thread running (interval, fn, run_at_once) chores until stopped."""
-
-    def __init__(self, name: str, chores: List[Chore]) -> None:
-        super().__init__(name=name, daemon=True)
-        self.chores = chores
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        start = time.monotonic()
-        due = [start if now else start + interval for interval, _, now in self.chores]
-        while not self.stopping.is_set() and self.chores:
-            now = time.monotonic()
-            for i, (interval, fn, _) in enumerate(self.chores):
-                if now >= due[i]:
-                    try:
-                        fn()
-                    except Exception:  # a chore must never kill the thread
-                        LOG.debug("bu_osprofiler chore failed", exc_info=True)
-                    due[i] = time.monotonic() + interval
-            self.stopping.wait(max(0.0, min(due) - time.monotonic()))
-
-    def stop(self, timeout: float) -> None:
-        self.stopping.set()
-        if self.is_alive() and self is not threading.current_thread():
-            self.join(timeout)
+# the poller thread is shared with the adaptive control plane (bu_osprofiler/_periodic.py)
+_Periodic = Periodic
 
 
 # ---------------------------------------------------------------- exporters

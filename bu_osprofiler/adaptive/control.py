@@ -10,10 +10,11 @@ import json
 import os
 import threading
 import urllib.request
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 from urllib.parse import quote, urlsplit
 
 from bu_osprofiler._log import warn_limited
+from bu_osprofiler._periodic import Periodic
 from bu_osprofiler.adaptive import registry
 from bu_osprofiler.adaptive.rules import State, parse_state
 
@@ -88,17 +89,18 @@ def make_source(spec: str, service: str) -> Any:
     return FileSource(spec[7:] if spec.startswith("file://") else spec)
 
 
-class Controller(threading.Thread):
-    """Polls a source every ``interval`` seconds; reports the registry every ``report_every``."""
+class Controller:
+    """Polls a source every ``interval`` seconds and reports the registry every ``report_every``,
+    on the same poller thread type the remote sampler uses (bu_osprofiler._periodic)."""
 
     def __init__(self, source: Any, interval: float = 0.5, report_every: float = 5.0) -> None:
-        super().__init__(name="bu-osprofiler-control", daemon=True)
         self.source = source
         self.interval = interval
         self.report_every = report_every
-        self._halt = threading.Event()
-        self._reported: Optional[Dict[str, Any]] = None
-        self._last_report = 0.0
+        self._thread = Periodic("bu-osprofiler-control", [
+            (interval, self.poll_once, False),
+            (report_every, self.report_once, True),
+        ])
 
     def poll_once(self) -> bool:
         """Fetch and apply; True when a new state was applied."""
@@ -113,29 +115,20 @@ class Controller(threading.Thread):
         registry.apply_state(state)
         return True
 
-    def report_once(self, force: bool = False) -> None:
-        import time
-
-        now = time.monotonic()
-        if not force and now - self._last_report < self.report_every:
-            return
-        self._last_report = now
+    def report_once(self) -> None:
         try:
             self.source.report(registry.tracepoints())
         except Exception as e:  # noqa: BLE001
             warn_limited("control.report", "bu_osprofiler: could not report tracepoints: %s", e)
 
-    def run(self) -> None:
-        self.report_once(force=True)
-        while not self._halt.is_set():
-            self.poll_once()
-            self.report_once()
-            self._halt.wait(self.interval)
+    def start(self) -> None:
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._halt.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout)
+        self._thread.stop(timeout)
 
 
 _controller: Optional[Controller] = None
