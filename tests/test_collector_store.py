@@ -197,11 +197,13 @@ def test_retention_slices_keep_the_store_near_its_size_and_shrink_the_file(tmp_p
     assert kept == list(range(kept[0], 3001))  # the newest traces, whole
     spans = {len(store.get_trace(f"{k:x}")["spans"]) for k in kept[:50]}
     assert spans == {5}
-    # no tag index entry is left pointing at a deleted span
+    # no tag index entry is left pointing at a deleted trace
     with sqlite3.connect(store.path) as c:
-        dangling = c.execute("SELECT COUNT(*) FROM span_tags WHERE span NOT IN"
-                             " (SELECT rowid FROM spans)").fetchone()[0]
+        dangling = c.execute("SELECT COUNT(*) FROM trace_tags WHERE trace NOT IN"
+                             " (SELECT id FROM traces)").fetchone()[0]
+        kept_entries = c.execute("SELECT COUNT(*) FROM trace_tags").fetchone()[0]
     assert dangling == 0
+    assert kept_entries == len(kept)  # one "pad" entry per trace, not one per span
     assert os.path.getsize(store.path) <= full
     w.close()
 
