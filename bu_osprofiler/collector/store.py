@@ -474,7 +474,7 @@ class StoreWriter:
         ops = self._ops
         compact = compact_tags
         rowid = self._next_rowid
-        last_tid, last_ext, last_tags = None, None, None
+        last_tid, last_ext, last_tags, pref = None, None, None, ""
         for tid, span_id, parent, op, flags, start, dur, error, refs, tags, logs in rows:
             if tid != last_tid:
                 last_tid = tid
@@ -482,6 +482,7 @@ class StoreWriter:
                 if last_ext is None:
                     last_ext = ext[tid] = [start, start + dur, dur]
                 last_tags = ptag_sets.get(tid)
+                pref = '[{"refType":"CHILD_OF","traceID":"' + tid + '","spanID":"'
             e = last_ext
             if start < e[0]:
                 e[0] = start
@@ -489,7 +490,7 @@ class StoreWriter:
                 e[1] = start + dur
             if dur > e[2]:
                 e[2] = dur
-            if refs is not None and parent and refs == _parent_ref(tid, parent):
+            if refs is not None and parent and refs == f'{pref}{parent & U64:016x}"}}]':
                 refs = None  # the plain parent reference: rebuilt from parent_id when read
             if tags:
                 ctags, hashes = compact(tags)
