@@ -119,7 +119,10 @@ def terms(conn: sqlite3.Connection, c: Criteria) -> List[Term]:
             out.append(Term(w, args, "FROM traces t INDEXED BY traces_max_dur CROSS JOIN spans s INDEXED BY spans_trace"
                             f" ON s.trace = t.id WHERE t.max_dur >= ? AND {w}",
                             [int(c.min_duration_us)] + args,
-                            count="FROM traces t INDEXED BY traces_max_dur WHERE t.max_dur >= ?"))
+                            count="FROM traces t INDEXED BY traces_max_dur WHERE t.max_dur >= ?",
+                            # (max_dur, start_us) covers this: checked newest first
+                            traces="SELECT t.id, t.start_us FROM traces t INDEXED BY"
+                                   " traces_max_dur WHERE t.max_dur >= ?"))
         else:  # an upper bound alone matches most spans: a filter
             out.append(Term(w, args))
     tags = dict(c.tags)
