@@ -267,6 +267,26 @@ def test_query_api_shapes(collector):
     assert ids("traceID=2&traceID=3") == ["0000000000000002", "0000000000000003"]
 
 
+def test_query_api_default_window_is_the_48_hours_before_the_newest_trace(collector):
+    """The sample traces are years old: without start / end the API still answers (the window
+    ends at the newest stored trace, not now); older traces need start, end or start=0."""
+    q = collector.ports["query"]
+    t_new = 1_700_000_000_000_000
+    old = batch("svc", [span(0x51, 1, 0, "old-op", start_us=t_new - 3 * 86400 * 10**6)])
+    new = batch("svc", [span(0x52, 1, 0, "new-op", start_us=t_new)])
+    for b in (old, new):
+        assert http_request(collector.ports["http"], "POST", "/api/traces", batch_body(b),
+                            {"Content-Type": "application/x-thrift"})[0] == 202
+    assert collector.flush()
+
+    def ids(query):
+        return [x["traceID"] for x in get_json(q, "/api/traces?" + query)["data"]]
+    assert ids("service=svc") == ["0000000000000052"]
+    assert ids("service=svc&start=0") == ["0000000000000052", "0000000000000051"]
+    assert ids(f"service=svc&end={t_new - 86400 * 10**6}") == ["0000000000000051"]
+    assert ids("service=svc&lookback=1h") == []  # relative to now: the sample is from 2023
+
+
 def test_query_api_errors(collector):
     q = collector.ports["query"]
     status, _, body = http_request(q, "GET", "/api/traces/00000000000000ff")
