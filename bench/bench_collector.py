@@ -588,8 +588,8 @@ def write_doc_section(text):
         end = rest.find("\n## ", start + 1)
         rest = rest[:start] + (rest[end + 1:] if end >= 0 else "")
     with open(path, "w") as f:
-        f.write(head + "\n\n" + marker + "\n\n" + text + rest.strip("\n")
-                + ("\n" if rest.strip() else ""))
+        f.write(head + "\n\n" + marker + "\n\n" + text
+                + ("\n" + rest.strip("\n") + "\n" if rest.strip() else ""))
 
 
 def overload_markdown(rows):

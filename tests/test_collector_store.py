@@ -325,6 +325,12 @@ def test_searches_default_to_the_48_hours_up_to_the_newest_trace(tmp_path):
                                                          "0000000000000001"]
     assert store.find_trace_ids(start_us=T0 - 4 * day, end_us=T0 - 2 * day) == [
         "0000000000000002"]
+    # a trace from a broken clock (far in the future) does not move the window away
+    w = store.writer()
+    w.add("svc", "[]", [("0000000000000005", 1, 0, "op", 1, 2 ** 62, 10, 0, None, None, None)])
+    w.commit()
+    w.close()
+    assert store.find_trace_ids() == [f"{t:016x}" for t in (5, 4, 3)]
 
 
 def test_a_resent_batch_adds_no_spans_and_no_index_rows(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -187,7 +188,11 @@ def default_window(conn: sqlite3.Connection, c: Criteria) -> Criteria:
     stopped receiving still answers). ``start_us=0`` asks for everything."""
     if c.start_us is not None or c.end_us is not None:
         return c
-    newest = conn.execute("SELECT MAX(start_us) FROM traces").fetchone()[0]
+    # the newest trace with a plausible start (a far-future one, say from a broken clock
+    # before such spans were refused, would hide every other trace); later ones are included
+    horizon = int(time.time() * 1e6) + 24 * 3600 * 10**6
+    newest = conn.execute("SELECT MAX(start_us) FROM traces WHERE start_us <= ?",
+                          (horizon,)).fetchone()[0]
     if newest is None:
         return c
     return replace(c, start_us=max(0, int(newest) - DEFAULT_WINDOW_US))
