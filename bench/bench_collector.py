@@ -593,9 +593,10 @@ def write_doc_section(text):
 
 
 def overload_markdown(rows):
-    lines = ["", "Overload (`bench_overload`: 3,000 realistic traces offered at 40,000 spans/s to a "
-             "collector whose writer stores 20,000 spans/s, 8 MB memory budget; each trace's 4 "
-             "services send 50 ms apart):", "",
+    lines = ["", "Overload (`--overload`: 3,000 realistic traces offered at 40,000 spans/s "
+             "to a collector whose writer stores 20,000 spans/s, 8 MB memory budget; each "
+             "trace's 4 services send 50 ms apart; the retrying sender resends what got 503 "
+             "once the queue drained):", "",
              "| sender | new traces refused past 3/4 of the budget | spans lost | incomplete "
              "traces | traces without root | traces lost whole | new traces refused |",
              "|---|---|---|---|---|---|---|"]

@@ -475,36 +475,41 @@ class StoreWriter:
         compact = compact_tags
         rowid = self._next_rowid
         last_tid, last_ext, last_tags, pref = None, None, None, ""
-        for tid, span_id, parent, op, flags, start, dur, error, refs, tags, logs in rows:
-            if tid != last_tid:
-                last_tid = tid
-                last_ext = ext.get(tid)
-                if last_ext is None:
-                    last_ext = ext[tid] = [start, start + dur, dur]
-                last_tags = ptag_sets.get(tid)
-                pref = '[{"refType":"CHILD_OF","traceID":"' + tid + '","spanID":"'
-            e = last_ext
-            if start < e[0]:
-                e[0] = start
-            if start + dur > e[1]:
-                e[1] = start + dur
-            if dur > e[2]:
-                e[2] = dur
-            if refs is not None and parent and refs == f'{pref}{parent & U64:016x}"}}]':
-                refs = None  # the plain parent reference: rebuilt from parent_id when read
-            if tags:
-                ctags, hashes = compact(tags)
-                if hashes:
-                    if last_tags is None:
-                        last_tags = ptag_sets[tid] = set(hashes)
-                    else:
-                        last_tags.update(hashes)
-            else:
-                ctags = None
-            opid = ops.get((sid, op)) or self._op(sid, op)
-            out.append([rowid, tid, span_id, pid, parent, opid, sid, flags, start, dur, error,
-                        refs, ctags, logs])
-            rowid += 1
+        n0 = len(out)
+        try:
+            for tid, span_id, parent, op, flags, start, dur, error, refs, tags, logs in rows:
+                if tid != last_tid:
+                    last_tid = tid
+                    last_ext = ext.get(tid)
+                    if last_ext is None:
+                        last_ext = ext[tid] = [start, start + dur, dur]
+                    last_tags = ptag_sets.get(tid)
+                    pref = '[{"refType":"CHILD_OF","traceID":"' + tid + '","spanID":"'
+                e = last_ext
+                if start < e[0]:
+                    e[0] = start
+                if start + dur > e[1]:
+                    e[1] = start + dur
+                if dur > e[2]:
+                    e[2] = dur
+                if refs is not None and parent and refs == f'{pref}{parent & U64:016x}"}}]':
+                    refs = None  # the plain parent reference: rebuilt from parent_id when read
+                if tags:
+                    ctags, hashes = compact(tags)
+                    if hashes:
+                        if last_tags is None:
+                            last_tags = ptag_sets[tid] = set(hashes)
+                        else:
+                            last_tags.update(hashes)
+                else:
+                    ctags = None
+                opid = ops.get((sid, op)) or self._op(sid, op)
+                out.append([rowid, tid, span_id, pid, parent, opid, sid, flags, start, dur, error,
+                            refs, ctags, logs])
+                rowid += 1
+        except BaseException:  # nothing of a batch that failed half-way is written
+            del out[n0:]
+            raise
         self._next_rowid = rowid
 
     def _flush(self) -> None:
