@@ -320,6 +320,13 @@ class Collector:
         (spans queued, spans refused as new traces in an overload, whether the rows now own
         ``size``)."""
         rows = self._sane(rows)
+        refused = 0
+        if self.keep_local:  # the gate first: a relay gets the same whole traces
+            with self._lock:
+                if not self._closing:
+                    rows, refused = self._admit(rows, size)
+            if not rows:
+                return 0, refused, False
         n = len(rows)
         if self.forwarder is not None:
             relayed = self.forwarder.offer(service, ptags, rows, size)
@@ -331,7 +338,6 @@ class Collector:
                     self.counters["batches_received"] += 1
                     self.counters["spans_received"] += n
                 return n, 0, True
-        refused = 0
         with self._lock:
             if self._closing:
                 full = True
@@ -340,10 +346,6 @@ class Collector:
                 full = True
             else:
                 full = False
-                rows, refused = self._admit(rows, size)
-                n = len(rows)
-                if not rows:
-                    return 0, refused, False
                 self._queued_spans += n
                 self._queued_bytes += size
                 self.counters["batches_received"] += 1
