@@ -109,3 +109,37 @@ def test_below_the_threshold_nothing_is_refused(tmp_path):
         assert st["refused_new_traces"] == 0 and st["spans_stored"] == 390
     finally:
         c.stop()
+
+
+def test_agent_mode_relays_the_same_whole_traces(tmp_path, monkeypatch):
+    """Agent mode with a local copy: what the gate refuses is not relayed either, so the
+    upstream gets whole traces too."""
+    upstream = Collector(str(tmp_path / "up.db"), udp_port=None, udp_binary_port=None,
+                         http_port=0, otlp_port=None, query_port=None, max_age_s=None).start()
+    agent = Collector(str(tmp_path / "agent.db"), udp_port=None, udp_binary_port=None,
+                      http_port=0, otlp_port=None, query_port=None, max_age_s=None,
+                      max_bytes=None, max_queue_bytes=2_000_000,
+                      forward=f"jaeger+http://127.0.0.1:{upstream.ports['http']}")
+    gate = threading.Event()
+    write = agent._write
+    agent._write = lambda w, item: (gate.wait(60), write(w, item))[1]
+    agent.start()
+    try:
+        assert post(agent, "front", trace_spans(0xA, 1, 5))[0] == 202
+        for t in range(1, 300):
+            if post(agent, "filler", trace_spans(0x1000 + t, 1, 20))[0] == 503:
+                refused = 0x1000 + t
+                break
+        else:
+            raise AssertionError("the queue never reached the new-trace threshold")
+        assert post(agent, "back", trace_spans(0xA, 6, 5))[0] == 202
+        gate.set()
+        assert agent.flush(30) and upstream.flush(30)
+        for store in (agent.store, upstream.store):
+            assert len(store.get_trace("a")["spans"]) == 10
+            assert store.get_trace(f"{refused:x}") is None
+            assert len(store.get_trace(f"{refused - 1:x}")["spans"]) == 20
+    finally:
+        gate.set()
+        agent.stop()
+        upstream.stop()
