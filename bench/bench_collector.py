@@ -440,7 +440,7 @@ def bench_callgrind(n=20_000):
     return (counts[1] - counts[0]) / n
 
 
-OVERLOAD_TRACES = 3000
+OVERLOAD_TRACES = 10_000
 
 
 def bench_overload(retrying, gate=True, writer_rate=20_000, offered=40_000, budget=8 * 2**20):
@@ -593,7 +593,7 @@ def write_doc_section(text):
 
 
 def overload_markdown(rows):
-    lines = ["", "Overload (`--overload`: 3,000 realistic traces offered at 40,000 spans/s "
+    lines = ["", "Overload (`--overload`: 10,000 realistic traces offered at 40,000 spans/s "
              "to a collector whose writer stores 20,000 spans/s, 8 MB memory budget; each "
              "trace's 4 services send 50 ms apart; the retrying sender resends what got 503 "
              "once the queue drained):", "",

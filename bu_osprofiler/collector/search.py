@@ -10,6 +10,9 @@ source would list (stopping at :data:`SMALL`), then
 * else walks the best ordered source newest first and stops at ``limit`` traces (a dense
   match is found quickly; at most :data:`MAX_WALK` spans are looked at).
 
+Without start or end, a search covers the 48 hours up to the newest stored trace
+(:func:`default_window`); ``start_us=0`` searches everything.
+
 A new kind of criterion (say, a log field) is a new Term: a condition, and optionally an
 index to list its spans from.
 """
