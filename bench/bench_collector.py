@@ -21,7 +21,13 @@ traces of 10 spans. Measured:
                goes on, and the longest retention slice.
 
     python bench/bench_collector.py [--spans N] [--batch N] [--json FILE] [--check]
-    python bench/bench_collector.py --scale 100000,1000000 [--doc]
+    python bench/bench_collector.py --scale 100000,1000000 [--callgrind 20000] [--overload] [--doc]
+
+6. callgrind   (--callgrind N) the writer's instructions per stored span, from two callgrind
+               runs (build N spans; build and store them): the stable gauge on a shared machine.
+7. overload    (--overload) twice the writer's rate offered to a collector with a small budget:
+               spans lost, incomplete and rootless traces, for a sender that drops what gets 503
+               (with and without refusing new traces past 3/4 of the budget) and one that retries.
 
 --check exits 1 when the one-core ingest rate is under the budget. --doc writes the scale
 results into doc/benchmarks.md (its collector section).
@@ -398,6 +404,122 @@ def bench_retention(n, workdir):
             "expired": col.counters.get("spans_expired", 0)}
 
 
+def writer_run(n, write):
+    """The --writer-run child: build n spans of realistic traces, then (write=1) store them as
+    the collector's writer does (commit every 5000 spans)."""
+    batches = list(realistic_batches(n // 20, seed=13))
+    if not write:
+        return 0
+    with tempfile.TemporaryDirectory() as d:
+        w = Store(os.path.join(d, "cg.db")).writer()
+        pending = 0
+        for svc, ptags, rows in batches:
+            w.add(svc, ptags, rows)
+            pending += len(rows)
+            if pending >= 5000:
+                w.commit()
+                pending = 0
+        w.commit()
+        w.close()
+    return 0
+
+
+def bench_callgrind(n=20_000):
+    """Instructions per stored span of the writer (callgrind: independent of the machine's
+    load): a run that builds n spans and stores them, minus one that only builds them."""
+    import re
+    counts = []
+    for write in (0, 1):
+        p = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                            sys.executable, os.path.abspath(__file__), "--writer-run", str(n),
+                            "--write", str(write)], capture_output=True, text=True)
+        m = re.search(r"Collected : (\d+)", p.stderr)
+        if p.returncode or not m:
+            raise RuntimeError("callgrind run failed: " + p.stderr[-2000:])
+        counts.append(int(m.group(1)))
+    return (counts[1] - counts[0]) / n
+
+
+OVERLOAD_TRACES = 10_000
+
+
+def bench_overload(retrying, gate=True, writer_rate=20_000, offered=40_000, budget=8 * 2**20):
+    """Offer twice what the writer keeps up with (realistic traces, 4 services each, one
+    request per service and trace, spread over time like 4 reporters would send them) to a
+    collector with a small memory budget. A drop-on-503 sender loses what is refused; a
+    retrying sender resends it after Retry-After (here: at the end, once the queue drained).
+    Reports incomplete traces (some but not all spans stored), traces without their root
+    span, and lost spans."""
+    from bu_osprofiler.collector import server as srv
+    from bu_osprofiler.collector.server import Busy, Collector
+    with tempfile.TemporaryDirectory() as d:
+        col = Collector(os.path.join(d, "ov.db"), udp_port=None, udp_binary_port=None,
+                        http_port=None, otlp_port=None, query_port=None, max_age_s=None,
+                        max_bytes=None, max_queue_bytes=budget)
+        write = col._write
+
+        def paced(w, item):  # a writer that stores writer_rate spans/s at most
+            time.sleep(len(item[2]) / writer_rate)
+            return write(w, item)
+        col._write = paced
+        if not gate:  # the previous behaviour: every span taken until the budget is spent
+            col.admit_bytes = 10 * budget
+        col.start()
+        # per service, the batches of all traces; services report a little apart
+        batches = list(realistic_batches(OVERLOAD_TRACES, seed=17))
+        bodies = []
+        for i, (svc, ptags, rows) in enumerate(batches):
+            tr, k = divmod(i, len(SERVICES))
+            b = J.Batch(process=J.Process(serviceName=svc, tags=[]), spans=[
+                J.Span(traceIdLow=s64(int(r[0], 16) & (2**64 - 1)),
+                       traceIdHigh=s64(int(r[0], 16) >> 64), spanId=s64(r[1]),
+                       parentSpanId=s64(r[2]), operationName=r[3], flags=1, startTime=r[5],
+                       duration=r[6], tags=[J.Tag(key="component", vType=J.TagType.STRING,
+                                                  vStr="nova")]) for r in rows])
+            # service k of trace tr is sent k*2000 spans' time after the first (50 ms)
+            bodies.append((tr * 20 + k * 2000, binary_body(b)))
+        bodies.sort(key=lambda x: x[0])
+        t0 = time.monotonic()
+        refused_bodies = []
+        for at, body in bodies:
+            delay = at / offered - (time.monotonic() - t0)
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                col.submit(body, _core.THRIFT_BINARY_BATCH, "http")
+            except Busy:
+                refused_bodies.append(body)
+        if retrying:
+            col.flush(120)
+            for body in refused_bodies:
+                while True:
+                    try:
+                        col.submit(body, _core.THRIFT_BINARY_BATCH, "http")
+                        break
+                    except Busy:
+                        time.sleep(0.05)
+        col.flush(120)
+        st = col.stats()
+        col.stop()
+        store = Store(os.path.join(d, "ov.db"), readonly=True)
+        conn = store.connect()
+        per_trace = conn.execute("SELECT COUNT(*), SUM(parent_id = 0) FROM spans"
+                                 " GROUP BY trace").fetchall()
+        conn.close()
+        total = OVERLOAD_TRACES * 20
+        stored = sum(n for n, _ in per_trace)
+        return {"sender": "retrying" if retrying else "drop on 503", "gate": gate,
+                "traces": OVERLOAD_TRACES,
+                "spans_offered": total, "spans_stored": stored, "spans_lost": total - stored,
+                "traces_complete": sum(1 for n, _ in per_trace if n == 20),
+                "traces_incomplete": sum(1 for n, _ in per_trace if n < 20),
+                "traces_rootless": sum(1 for _, r in per_trace if not r),
+                "traces_lost_whole": OVERLOAD_TRACES - len(per_trace),
+                "refused_new_traces": st.get("refused_new_traces", 0),
+                "busy_answers": st.get("dropped_busy", 0),
+                "admit_fraction": srv.ADMIT_FRACTION}
+
+
 def scale_markdown(results, retention, command):
     lines = ["## Collector at scale", "",
              "Produced with:", "", f"    {command}", "",
@@ -466,13 +588,39 @@ def write_doc_section(text):
         end = rest.find("\n## ", start + 1)
         rest = rest[:start] + (rest[end + 1:] if end >= 0 else "")
     with open(path, "w") as f:
-        f.write(head + "\n\n" + marker + "\n\n" + text + rest.strip("\n")
-                + ("\n" if rest.strip() else ""))
+        f.write(head + "\n\n" + marker + "\n\n" + text
+                + ("\n" + rest.strip("\n") + "\n" if rest.strip() else ""))
+
+
+def overload_markdown(rows):
+    lines = ["", "Overload (`--overload`: 10,000 realistic traces offered at 40,000 spans/s "
+             "to a collector whose writer stores 20,000 spans/s, 8 MB memory budget; each "
+             "trace's 4 services send 50 ms apart; the retrying sender resends what got 503 "
+             "once the queue drained):", "",
+             "| sender | new traces refused past 3/4 of the budget | spans lost | incomplete "
+             "traces | traces without root | traces lost whole | new traces refused |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['sender']} | {'yes' if r['gate'] else 'no (previous behaviour)'} | "
+                     f"{r['spans_lost']:,} of {r['spans_offered']:,} | "
+                     f"{r['traces_incomplete']:,} | {r['traces_rootless']:,} | "
+                     f"{r['traces_lost_whole']:,} | {r['refused_new_traces']:,} |")
+    return "\n".join(lines) + "\n"
 
 
 def main_scale(args):
     sizes = [int(x) for x in args.scale.split(",") if x]
     results, retention = [], []
+    callgrind = overload = None
+    if args.callgrind:
+        print(f"callgrind: writer, {args.callgrind:,} spans...", file=sys.stderr, flush=True)
+        callgrind = bench_callgrind(args.callgrind)
+    if args.overload:
+        overload = []
+        for retrying, gate in ((False, False), (False, True), (True, True)):
+            print(f"overload: retrying={retrying} gate={gate}...", file=sys.stderr, flush=True)
+            overload.append(bench_overload(retrying, gate))
+            print(json.dumps(overload[-1]), file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as d:
         for n in sizes:
             print(f"scale: {n:,} spans...", file=sys.stderr, flush=True)
@@ -482,13 +630,21 @@ def main_scale(args):
             print(f"retention: {n:,} spans...", file=sys.stderr, flush=True)
             retention.append(bench_retention(n, d))
             print(json.dumps(retention[-1], indent=1), file=sys.stderr, flush=True)
-    command = "python bench/bench_collector.py --scale " + args.scale + (" --doc" if args.doc
-                                                                          else "")
+    command = ("python bench/bench_collector.py --scale " + args.scale
+               + (f" --callgrind {args.callgrind}" if args.callgrind else "")
+               + (" --overload" if args.overload else "") + (" --doc" if args.doc else ""))
     text = scale_markdown(results, retention, command)
+    if callgrind is not None:
+        text += (f"\nWriter, callgrind (independent of the load): {callgrind:,.0f} instructions "
+                 f"per stored span ({args.callgrind:,} realistic spans into an empty store, "
+                 "minus building them).\n")
+    if overload:
+        text += overload_markdown(overload)
     print(text)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"scale": results, "retention": retention}, f, indent=2)
+            json.dump({"scale": results, "retention": retention, "callgrind_ir_per_span":
+                       callgrind, "overload": overload}, f, indent=2)
     if args.doc:
         write_doc_section(text)
     return 0
@@ -506,7 +662,15 @@ def main():
                     help="the scale benchmark at these store sizes (spans) instead")
     ap.add_argument("--doc", action="store_true", help="--scale: write doc/benchmarks.md")
     ap.add_argument("--workdir", help="where the scale stores go (default: the temp dir)")
+    ap.add_argument("--callgrind", type=int, metavar="N", default=0,
+                    help="--scale: also the writer's instructions per span under callgrind")
+    ap.add_argument("--overload", action="store_true",
+                    help="--scale: also the overload table (incomplete / lost traces)")
+    ap.add_argument("--writer-run", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--write", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.writer_run:
+        return writer_run(args.writer_run, args.write)
     if args.scale:
         return main_scale(args)
 

@@ -267,6 +267,26 @@ def test_query_api_shapes(collector):
     assert ids("traceID=2&traceID=3") == ["0000000000000002", "0000000000000003"]
 
 
+def test_query_api_default_window_is_the_48_hours_before_the_newest_trace(collector):
+    """The sample traces are years old: without start / end the API still answers (the window
+    ends at the newest stored trace, not now); older traces need start, end or start=0."""
+    q = collector.ports["query"]
+    t_new = 1_700_000_000_000_000
+    old = batch("svc", [span(0x51, 1, 0, "old-op", start_us=t_new - 3 * 86400 * 10**6)])
+    new = batch("svc", [span(0x52, 1, 0, "new-op", start_us=t_new)])
+    for b in (old, new):
+        assert http_request(collector.ports["http"], "POST", "/api/traces", batch_body(b),
+                            {"Content-Type": "application/x-thrift"})[0] == 202
+    assert collector.flush()
+
+    def ids(query):
+        return [x["traceID"] for x in get_json(q, "/api/traces?" + query)["data"]]
+    assert ids("service=svc") == ["0000000000000052"]
+    assert ids("service=svc&start=0") == ["0000000000000052", "0000000000000051"]
+    assert ids(f"service=svc&end={t_new - 86400 * 10**6}") == ["0000000000000051"]
+    assert ids("service=svc&lookback=1h") == []  # relative to now: the sample is from 2023
+
+
 def test_query_api_errors(collector):
     q = collector.ports["query"]
     status, _, body = http_request(q, "GET", "/api/traces/00000000000000ff")
@@ -316,12 +336,12 @@ def test_retention_by_age_and_size(tmp_path):
     w.commit()
     deleted = w.enforce_retention(max_age_s=10 * 86400, now=now)
     assert deleted == 20 * 20
-    left = store.find_trace_ids(limit=100)
+    left = store.find_trace_ids(limit=100, start_us=0)  # 0: every stored trace
     assert sorted(int(x, 16) for x in left) == list(range(21, 31))  # the last 10 days
     size_before = w.used_bytes()
     w.enforce_retention(max_bytes=size_before // 2, now=now)
     assert w.used_bytes() <= size_before // 2
-    kept = sorted(int(x, 16) for x in store.find_trace_ids(limit=100))
+    kept = sorted(int(x, 16) for x in store.find_trace_ids(limit=100, start_us=0))
     assert kept and kept == list(range(kept[0], 31))  # the newest traces are the ones kept
     w.close()
 

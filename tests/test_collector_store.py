@@ -1,5 +1,6 @@
-"""The store's schema 2: searches through the planner (small and dense matches give the same
-answers as a plain scan), tag round trips, schema 1 conversion, retention in slices."""
+"""The store (schema 3): searches through the planner (small and dense matches give the same
+answers as a plain scan), tag round trips, schema 1 and 2 conversion, retention in slices,
+the default search window."""
 import json
 import os
 import random
@@ -197,11 +198,13 @@ def test_retention_slices_keep_the_store_near_its_size_and_shrink_the_file(tmp_p
     assert kept == list(range(kept[0], 3001))  # the newest traces, whole
     spans = {len(store.get_trace(f"{k:x}")["spans"]) for k in kept[:50]}
     assert spans == {5}
-    # no tag index entry is left pointing at a deleted span
+    # no tag index entry is left pointing at a deleted trace
     with sqlite3.connect(store.path) as c:
-        dangling = c.execute("SELECT COUNT(*) FROM span_tags WHERE span NOT IN"
-                             " (SELECT rowid FROM spans)").fetchone()[0]
+        dangling = c.execute("SELECT COUNT(*) FROM trace_tags WHERE trace NOT IN"
+                             " (SELECT id FROM traces)").fetchone()[0]
+        kept_entries = c.execute("SELECT COUNT(*) FROM trace_tags").fetchone()[0]
     assert dangling == 0
+    assert kept_entries == len(kept)  # one "pad" entry per trace, not one per span
     assert os.path.getsize(store.path) <= full
     w.close()
 
@@ -220,3 +223,129 @@ def test_thrift_decode_budget_is_checked_before_rows_are_built():
     with pytest.raises(OverflowError):
         _core.thrift_decode(body, _core.THRIFT_BINARY_BATCH, size - 1)
     assert _core.thrift_decode(body, _core.THRIFT_BINARY_BATCH, size)[3] == size
+
+
+V2_SCHEMA = """
+CREATE TABLE services(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE processes(id INTEGER PRIMARY KEY, service_id INTEGER NOT NULL, tags TEXT NOT NULL,
+    UNIQUE(service_id, tags));
+CREATE TABLE operations(id INTEGER PRIMARY KEY, service_id INTEGER NOT NULL, name TEXT NOT NULL,
+    UNIQUE(service_id, name));
+CREATE TABLE traces(id INTEGER PRIMARY KEY, tid BLOB NOT NULL UNIQUE,
+    start_us INTEGER NOT NULL, end_us INTEGER NOT NULL, max_dur INTEGER NOT NULL);
+CREATE INDEX traces_start ON traces(start_us);
+CREATE INDEX traces_max_dur ON traces(max_dur, start_us);
+CREATE TABLE spans(trace INTEGER NOT NULL, span_id INTEGER NOT NULL, process INTEGER NOT NULL,
+    parent_id INTEGER NOT NULL, op INTEGER NOT NULL, service INTEGER NOT NULL,
+    flags INTEGER NOT NULL, start_us INTEGER NOT NULL, duration_us INTEGER NOT NULL,
+    error INTEGER NOT NULL, refs TEXT, tags TEXT, logs TEXT);
+CREATE UNIQUE INDEX spans_trace ON spans(trace, span_id, process);
+CREATE INDEX spans_service ON spans(service, start_us);
+CREATE INDEX spans_op ON spans(op, start_us);
+CREATE INDEX spans_error ON spans(start_us) WHERE error = 1;
+CREATE TABLE span_tags(h INTEGER NOT NULL, span INTEGER NOT NULL, PRIMARY KEY(h, span))
+    WITHOUT ROWID;
+PRAGMA user_version = 2;
+"""
+
+
+def test_a_schema_2_store_is_converted(tmp_path):
+    """A store written by the previous version (a tag index row per span) opens, is converted
+    to one index row per (tag, trace), and answers every kind of query."""
+    path = str(tmp_path / "v2.db")
+    c = sqlite3.connect(path)
+    c.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    c.executescript(V2_SCHEMA)
+    c.execute("INSERT INTO services VALUES (1, 'svc')")
+    c.execute("INSERT INTO processes VALUES (1, 1, ?)", (jtags(host="h1"),))
+    c.execute("INSERT INTO operations VALUES (1, 1, 'root'), (2, 1, 'child')")
+    rowid = 0
+    for t in range(1, 4):
+        c.execute("INSERT INTO traces VALUES (?, ?, ?, ?, ?)",
+                  (t, t.to_bytes(16, "big"), T0 + t * 1000, T0 + t * 1000 + 50, 50))
+        for j in range(1, 5):
+            rowid += 1
+            ctags, hashes = compact_tags(jtags(component="nova", n=j, **(
+                {"rare": "needle"} if t == 2 and j == 3 else {})))
+            err = int(t == 3 and j == 2)
+            c.execute("INSERT INTO spans(rowid, trace, span_id, process, parent_id, op, service,"
+                      " flags, start_us, duration_us, error, refs, tags, logs)"
+                      " VALUES (?, ?, ?, 1, ?, ?, 1, 1, ?, ?, ?, NULL, ?, NULL)",
+                      (rowid, t, j, 0 if j == 1 else 1, 1 if j == 1 else 2, T0 + t * 1000 + j,
+                       50 if j == 1 else 10, err, ctags))
+            c.executemany("INSERT INTO span_tags VALUES (?, ?)", [(h, rowid) for h in hashes])
+    c.commit()
+    c.close()
+    with pytest.raises(RuntimeError, match="schema 2"):
+        Store(path, readonly=True)  # a reader cannot convert it
+    store = Store(path)  # converts
+    with sqlite3.connect(path) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert c.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'span_tags'"
+                         ).fetchone()[0] == 0
+        # per trace: component=nova, n=1..4 (+ rare on trace 2), not one row per span
+        assert c.execute("SELECT COUNT(*) FROM trace_tags").fetchone()[0] == 3 * 5 + 1
+    assert store.find_trace_ids(tags={"rare": "needle"}) == ["0000000000000002"]
+    assert store.find_trace_ids(tags={"n": "3"}) == [f"{t:016x}" for t in (3, 2, 1)]
+    assert store.find_trace_ids(tags={"host": "h1"}, limit=2) == [f"{t:016x}" for t in (3, 2)]
+    assert store.find_trace_ids(errors_only=True) == ["0000000000000003"]
+    assert store.find_trace_ids(min_duration_us=40) == [f"{t:016x}" for t in (3, 2, 1)]
+    t = store.get_trace("2")
+    assert sorted(s["operationName"] for s in t["spans"]) == ["child"] * 3 + ["root"]
+    assert Store(path, readonly=True).count_spans() == 12
+    # and the writer goes on from there
+    w = store.writer()
+    w.add("svc", jtags(host="h1"), [("0000000000000002", 9, 1, "late", 1, T0 + 2009, 5, 0,
+                                     None, jtags(rare="needle"), None),
+                                    ("0000000000000004", 1, 0, "root", 1, T0 + 4000, 5, 0,
+                                     None, jtags(rare="needle"), None)])
+    w.commit()
+    w.close()
+    assert store.find_trace_ids(tags={"rare": "needle"}) == ["0000000000000004",
+                                                             "0000000000000002"]
+    assert len(store.get_trace("2")["spans"]) == 5
+
+
+def test_searches_default_to_the_48_hours_up_to_the_newest_trace(tmp_path):
+    """No start or end: the 48 h up to the newest stored trace (an idle store still answers);
+    start_us=0 means every stored trace; an explicit window overrides."""
+    store = Store(str(tmp_path / "w.db"))
+    w = store.writer()
+    day = 86400 * 10**6
+    for t, age_days in ((1, 5), (2, 3), (3, 1.5), (4, 0)):  # trace 4 is the newest
+        w.add("svc", "[]", [(f"{t:016x}", 1, 0, "op", 1, T0 - int(age_days * day), 10, 0, None,
+                             jtags(k="v"), None)])
+    w.commit()
+    w.close()
+    assert store.find_trace_ids() == ["0000000000000004", "0000000000000003"]
+    assert store.find_trace_ids(service="svc", tags={"k": "v"}) == ["0000000000000004",
+                                                                    "0000000000000003"]
+    assert store.find_trace_ids(start_us=0) == [f"{t:016x}" for t in (4, 3, 2, 1)]
+    assert store.find_trace_ids(end_us=T0 - 2 * day) == ["0000000000000002",
+                                                         "0000000000000001"]
+    assert store.find_trace_ids(start_us=T0 - 4 * day, end_us=T0 - 2 * day) == [
+        "0000000000000002"]
+    # a trace from a broken clock (far in the future) does not move the window away
+    w = store.writer()
+    w.add("svc", "[]", [("0000000000000005", 1, 0, "op", 1, 2 ** 62, 10, 0, None, None, None)])
+    w.commit()
+    w.close()
+    assert store.find_trace_ids() == [f"{t:016x}" for t in (5, 4, 3)]
+
+
+def test_a_resent_batch_adds_no_spans_and_no_index_rows(tmp_path):
+    store = Store(str(tmp_path / "d.db"))
+    w = store.writer()
+    rows = [("00000000000000aa", j, 0 if j == 1 else 1, "op", 1, T0 + j, 10, 0, None,
+             jtags(k="v", n=j), None) for j in range(1, 6)]
+    w.add("svc", "[]", rows)
+    w.commit()
+    w.add("svc", "[]", rows)  # the same batch again (a sender retrying after a 503)
+    w.add("svc", "[]", [("00000000000000aa", 6, 1, "op", 1, T0 + 6, 10, 0, None,
+                         jtags(k="w"), None)])
+    w.commit()
+    w.close()
+    assert store.count_spans() == 6
+    with sqlite3.connect(store.path) as c:
+        assert c.execute("SELECT COUNT(*) FROM trace_tags").fetchone()[0] == 1 + 5 + 1
+    assert store.find_trace_ids(tags={"k": "w"}) == ["00000000000000aa"]

@@ -10,6 +10,9 @@ source would list (stopping at :data:`SMALL`), then
 * else walks the best ordered source newest first and stops at ``limit`` traces (a dense
   match is found quickly; at most :data:`MAX_WALK` spans are looked at).
 
+Without start or end, a search covers the 48 hours up to the newest stored trace
+(:func:`default_window`); ``start_us=0`` searches everything.
+
 A new kind of criterion (say, a log field) is a new Term: a condition, and optionally an
 index to list its spans from.
 """
@@ -17,13 +20,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from bu_osprofiler.collector.store import compact_tags_match, format_trace_id, tag_hash
 
 SMALL = 5000  # a source listing fewer spans than this is read whole
 MAX_WALK = 300_000  # spans an ordered walk looks at, at most
+DEFAULT_WINDOW_US = 48 * 3600 * 10**6  # no start / end given: the 48 h up to the newest trace
 
 
 @dataclass
@@ -118,7 +123,10 @@ def terms(conn: sqlite3.Connection, c: Criteria) -> List[Term]:
             out.append(Term(w, args, "FROM traces t INDEXED BY traces_max_dur CROSS JOIN spans s INDEXED BY spans_trace"
                             f" ON s.trace = t.id WHERE t.max_dur >= ? AND {w}",
                             [int(c.min_duration_us)] + args,
-                            count="FROM traces t INDEXED BY traces_max_dur WHERE t.max_dur >= ?"))
+                            count="FROM traces t INDEXED BY traces_max_dur WHERE t.max_dur >= ?",
+                            # (max_dur, start_us) covers this: checked newest first
+                            traces="SELECT t.id, t.start_us FROM traces t INDEXED BY"
+                                   " traces_max_dur WHERE t.max_dur >= ?"))
         else:  # an upper bound alone matches most spans: a filter
             out.append(Term(w, args))
     tags = dict(c.tags)
@@ -137,11 +145,12 @@ def terms(conn: sqlite3.Connection, c: Criteria) -> List[Term]:
 
 
 def _tag_term(conn: sqlite3.Connection, key: str, value: str) -> Term:
-    """A span tag (through span_tags) or a process tag (processes are few: matched here)."""
+    """A span tag (through trace_tags: the traces that have it, confirmed on their spans) or a
+    process tag (processes are few: matched here)."""
     h = tag_hash(key, value)
     procs = [pid for pid, ptags in conn.execute("SELECT id, tags FROM processes")
              if _jaeger_tags_match(ptags, key, value)]
-    where = "(EXISTS (SELECT 1 FROM span_tags WHERE h = ? AND span = s.rowid)"
+    where = "(EXISTS (SELECT 1 FROM trace_tags WHERE h = ? AND trace = s.trace)"
     args: List[Any] = [h]
     if procs:
         where += f" OR s.process IN ({','.join('?' * len(procs))})"
@@ -150,7 +159,7 @@ def _tag_term(conn: sqlite3.Connection, key: str, value: str) -> Term:
     pset = set(procs)
     check = lambda tags, pid: pid in pset or compact_tags_match(tags, key, value)  # noqa: E731
     if procs:
-        if conn.execute("SELECT 1 FROM span_tags WHERE h = ? LIMIT 1", (h,)).fetchone():
+        if conn.execute("SELECT 1 FROM trace_tags WHERE h = ? LIMIT 1", (h,)).fetchone():
             return Term(where, args, check=check)  # on spans and processes: a filter only
         # a process tag only: the spans of those processes, through their services' index
         svcs = sorted({r[0] for r in conn.execute(
@@ -161,9 +170,10 @@ def _tag_term(conn: sqlite3.Connection, key: str, value: str) -> Term:
                     f"FROM spans s INDEXED BY spans_service WHERE s.service IN"
                     f" ({','.join('?' * len(svcs))}) AND s.process IN ({pm})", svcs + procs,
                     "s.start_us DESC" if len(svcs) == 1 else None)
-    return Term(where, args, "FROM span_tags t CROSS JOIN spans s NOT INDEXED ON s.rowid = t.span"
-                " WHERE t.h = ?", [h], "t.span DESC", "FROM span_tags t WHERE t.h = ?",
-                check=check)
+    # the traces that have the tag, newest first (trace ids grow with arrival), and their spans
+    return Term(where, args, "FROM trace_tags g CROSS JOIN spans s INDEXED BY spans_trace"
+                " ON s.trace = g.trace WHERE g.h = ?", [h], "g.trace DESC",
+                "FROM trace_tags g WHERE g.h = ?", check=check)
 
 
 def _jaeger_tags_match(tags_json: str, key: str, value: str) -> bool:
@@ -175,9 +185,26 @@ def _jaeger_tags_match(tags_json: str, key: str, value: str) -> bool:
         return False
 
 
+def default_window(conn: sqlite3.Connection, c: Criteria) -> Criteria:
+    """``c`` with the default time window when it gives neither start nor end: the
+    :data:`DEFAULT_WINDOW_US` up to the newest stored trace (not up to now: a store that
+    stopped receiving still answers). ``start_us=0`` asks for everything."""
+    if c.start_us is not None or c.end_us is not None:
+        return c
+    # the newest trace with a plausible start (a far-future one, say from a broken clock
+    # before such spans were refused, would hide every other trace); later ones are included
+    horizon = int(time.time() * 1e6) + 24 * 3600 * 10**6
+    newest = conn.execute("SELECT MAX(start_us) FROM traces WHERE start_us <= ?",
+                          (horizon,)).fetchone()[0]
+    if newest is None:
+        return c
+    return replace(c, start_us=max(0, int(newest) - DEFAULT_WINDOW_US))
+
+
 def find(conn: sqlite3.Connection, c: Criteria) -> List[str]:
     """Trace ids (hex) matching ``c``, most recent first."""
     limit = max(1, min(int(c.limit or 20), 10000))
+    c = default_window(conn, c)
     try:
         ts = terms(conn, c)
     except NoMatch:

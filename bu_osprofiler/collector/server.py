@@ -40,6 +40,9 @@ WARN_INTERVAL_S = 10.0
 DECODE_GUESS = 12  # decoded rows usually take under 12x their wire bytes (typical spans: 6-8x)
 FUTURE_SLACK_US = 24 * 3600 * 10**6  # a span may start at most a day ahead of our clock
 MAX_DURATION_US = 7 * 24 * 3600 * 10**6  # longer durations are clamped to this
+ADMIT_FRACTION = 0.75  # rows queued for the writer past this share of the budget: no new traces
+REFUSED_HOLD_S = 5.0  # a refused trace stays refused this long (its other services' spans too)
+ADMITTED_KEEP = 100_000  # trace ids remembered as admitted (two generations of this many)
 
 
 class _RateLimitedLog:
@@ -108,6 +111,14 @@ class Collector:
         self.commit_interval_s = commit_interval_s
         self._queue: "queue.Queue[Any]" = queue.Queue()
         self._queued_spans = 0
+        self._queued_bytes = 0  # bytes of decoded rows waiting for the writer
+        # overload by trace: past admit_bytes of queued rows, only spans of traces already
+        # admitted are taken, so that an overload loses whole traces rather than slices
+        self.admit_bytes = int(self.max_queue_bytes * ADMIT_FRACTION)
+        self._admitted: set = set()
+        self._admitted_old: set = set()
+        self._refused: Dict[str, float] = {}  # trace id -> when it was first refused
+        self._refused_purge_at = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
@@ -131,6 +142,7 @@ class Collector:
             out = dict(self.counters)
             out["queued_spans"] = self._queued_spans
             out["queued_bytes"] = self._mem_used
+            out["queued_row_bytes"] = self._queued_bytes
         out["max_queue_bytes"] = self.max_queue_bytes
         if self.forwarder is not None:
             out.update(self.forwarder.stats())
@@ -142,7 +154,8 @@ class Collector:
                   "spans_received", "spans_stored", "malformed_datagrams", "malformed_http",
                   "malformed_otlp", "dropped_queue_full", "dropped_busy", "store_errors",
                   "spans_expired", "spans_rejected_time", "spans_clamped_duration",
-                  "rejected_connections", "deadline_closed"):
+                  "rejected_connections", "deadline_closed", "refused_new_traces",
+                  "spans_refused_new_traces"):
             out.setdefault(k, 0)
         return out
 
@@ -216,10 +229,18 @@ class Collector:
                     raise TooLarge(f"batch would take over {cap} bytes decoded") from None
             if not batches:
                 return None
-            n = 0
+            n = refused = 0
             for service, ptags, rows, size in batches:
-                n += self._enqueue(service, ptags, rows, size)
-                est -= size  # now owned by the queued item
+                k, r, queued = self._enqueue(service, ptags, rows, size)
+                n += k
+                refused += r
+                if queued:
+                    est -= size  # now owned by the queued item
+            if refused:  # 503: a retrying sender resends (spans already stored are ignored)
+                with self._lock:
+                    self.counters["dropped_busy"] += 1
+                raise Busy(f"collector busy: {refused} span(s) of new traces refused, retry "
+                           "later")
             return n
         finally:
             self.release(est)
@@ -244,9 +265,68 @@ class Collector:
                             "[1970, now + 1 day]", len(rows) - len(out))
         return out
 
-    def _enqueue(self, service: str, ptags: str, rows: List[tuple], size: int) -> int:
-        """Queue decoded rows holding ``size`` bytes of the budget (already reserved)."""
+    def _admit(self, rows: List[tuple], size: int) -> Tuple[List[tuple], int]:
+        """Overload by trace (call with the lock held): the rows that may be queued and the
+        number refused. While the queued rows take over :attr:`admit_bytes`, spans of traces
+        not admitted before are refused (and those traces stay refused for REFUSED_HOLD_S,
+        so that their other spans are refused too): an overload costs whole traces."""
+        over = self._queued_bytes + size > self.admit_bytes
+        if not over and not self._refused:
+            if len(self._admitted) >= ADMITTED_KEEP:
+                self._admitted_old, self._admitted = self._admitted, set()
+            self._admitted.update([r[0] for r in rows])
+            return rows, 0
+        now = time.monotonic()
+        refused = self._refused
+        if refused and now >= self._refused_purge_at:
+            # once a second: forget the refusals whose hold is over (bounded in any case)
+            self._refused_purge_at = now + 1.0
+            for t in [t for t, at in refused.items() if now - at > REFUSED_HOLD_S]:
+                del refused[t]
+            if len(refused) > 2 * ADMITTED_KEEP:
+                refused.clear()
+        adm, old = self._admitted, self._admitted_old
+        keep, verdict = [], {}
+        for r in rows:
+            t = r[0]
+            ok = verdict.get(t)
+            if ok is None:
+                at = refused.get(t)
+                if at is not None and now - at > REFUSED_HOLD_S and not over:
+                    del refused[t]  # its hold is over and there is room again
+                    at = None
+                if at is not None:
+                    ok = False
+                elif t in adm or t in old:
+                    ok = True
+                elif over:
+                    ok = False
+                    refused[t] = now
+                    self.counters["refused_new_traces"] += 1
+                else:
+                    ok = True
+                    adm.add(t)
+                verdict[t] = ok
+            if ok:
+                keep.append(r)
+        n_refused = len(rows) - len(keep)
+        if n_refused:
+            self.counters["spans_refused_new_traces"] += n_refused
+        return keep, n_refused
+
+    def _enqueue(self, service: str, ptags: str, rows: List[tuple], size: int
+                 ) -> Tuple[int, int, bool]:
+        """Queue decoded rows holding ``size`` bytes of the budget (already reserved). Returns
+        (spans queued, spans refused as new traces in an overload, whether the rows now own
+        ``size``)."""
         rows = self._sane(rows)
+        refused = 0
+        if self.keep_local:  # the gate first: a relay gets the same whole traces
+            with self._lock:
+                if not self._closing:
+                    rows, refused = self._admit(rows, size)
+            if not rows:
+                return 0, refused, False
         n = len(rows)
         if self.forwarder is not None:
             relayed = self.forwarder.offer(service, ptags, rows, size)
@@ -257,7 +337,7 @@ class Collector:
                     self._mem_used -= size  # the forwarder's own budget holds the rows
                     self.counters["batches_received"] += 1
                     self.counters["spans_received"] += n
-                return n
+                return n, 0, True
         with self._lock:
             if self._closing:
                 full = True
@@ -265,10 +345,11 @@ class Collector:
                 self.counters["dropped_queue_full"] += n
                 full = True
             else:
+                full = False
                 self._queued_spans += n
+                self._queued_bytes += size
                 self.counters["batches_received"] += 1
                 self.counters["spans_received"] += n
-                full = False
                 # put under the lock: stop() sets _closing and then queues _STOP under it too,
                 # so every accepted batch is ahead of _STOP and gets written
                 self._queue.put((service, ptags, rows, size))
@@ -276,7 +357,10 @@ class Collector:
             if not self._closing:
                 self._warn.warn("queue-full", "collector: write queue full, dropped %d spans", n)
             raise Busy("collector queue is full")
-        return n
+        if refused:
+            self._warn.warn("refused-traces", "collector: overloaded, refusing spans of new "
+                            "traces (%d now)", refused)
+        return n, refused, True
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything queued before this call is committed (and, in agent mode,
@@ -347,6 +431,7 @@ class Collector:
             self._warn.warn("store", "collector: could not store %d spans: %s", len(rows), e)
         with self._lock:
             self._queued_spans -= len(rows)
+            self._queued_bytes -= size
             self._mem_used -= size
         return len(rows)
 

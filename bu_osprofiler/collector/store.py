@@ -3,7 +3,7 @@
 One writer (the collector's writer thread, through :class:`StoreWriter`) and any number of readers
 (query API, CLI), each with its own connection; WAL mode lets readers run while the writer commits.
 
-Layout (schema 2), sized for millions of spans at ~250 bytes each:
+Layout (schema 3), sized for millions of spans at ~200 bytes each:
 
 * ``traces``: one row per trace (16-byte id, first start, last end, longest span), indexed by
   id, start and longest span; retention removes whole traces, oldest first, through it.
@@ -13,8 +13,12 @@ Layout (schema 2), sized for millions of spans at ~250 bytes each:
   is not stored (it is ``parent_id``); logs and other references are Jaeger JSON.
   Indexed by (trace, span), (service, start), (operation, start) and errors; a duration
   search starts from the traces whose longest span is long enough.
-* ``span_tags``: (hash of key and value text, span) for every span tag: a tag search is an
-  index lookup, confirmed on the rows it finds.
+* ``trace_tags``: (hash of key and value text, trace) for every distinct span tag of a trace
+  (one row per tag and trace, not per span: traces repeat their tags): a tag search lists the
+  candidate traces from it and confirms the tag on their spans.
+
+Writes are prepared in memory by :meth:`StoreWriter.add` and written at :meth:`StoreWriter.commit`
+with one ``executemany`` per table. Stores of schema 1 and 2 are converted when opened for writing.
 
 Searches go through :mod:`.search`, which picks the most selective index for the criteria given.
 """
@@ -29,7 +33,7 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 U64 = (1 << 64) - 1
 
 _SCHEMA = """
@@ -64,10 +68,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS spans_trace ON spans(trace, span_id, process);
 CREATE INDEX IF NOT EXISTS spans_service ON spans(service, start_us);
 CREATE INDEX IF NOT EXISTS spans_op ON spans(op, start_us);
 CREATE INDEX IF NOT EXISTS spans_error ON spans(start_us) WHERE error = 1;
-CREATE TABLE IF NOT EXISTS span_tags(
-    h INTEGER NOT NULL, span INTEGER NOT NULL, PRIMARY KEY(h, span)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trace_tags(
+    h INTEGER NOT NULL, trace INTEGER NOT NULL, PRIMARY KEY(h, trace)) WITHOUT ROWID;
 """
-_TABLES = ("span_tags", "spans", "traces", "operations", "processes", "services")
+_TABLES = ("trace_tags", "spans", "traces", "operations", "processes", "services")
 
 
 def default_db_path() -> str:
@@ -235,7 +239,7 @@ class Store:
         conn = _connect(self.path, False)
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, 1, SCHEMA_VERSION):
+            if version not in (0, 1, 2, SCHEMA_VERSION):
                 raise SchemaError(
                     f"{self.path}: trace store schema {version}, this version reads {SCHEMA_VERSION}")
             if version == 0:
@@ -244,6 +248,8 @@ class Store:
             conn.execute("PRAGMA journal_mode = WAL")
             if version == 1:
                 _migrate_v1(conn)
+            elif version == 2:
+                _migrate_v2(conn)
             conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         finally:
@@ -394,23 +400,37 @@ class Store:
 
 
 class StoreWriter:
-    """Inserts decoded batches and enforces retention; used by one thread at a time. Call
-    :meth:`commit` to persist."""
+    """Inserts decoded batches and enforces retention; used by one thread at a time.
+
+    :meth:`add` prepares a batch's rows in memory (tag compaction, name ids); :meth:`commit`
+    writes everything prepared since the last commit with one ``executemany`` per table (trace
+    rows found in one query, new traces, spans, the trace tag index) and commits."""
 
     TRACE_CACHE = 200_000  # recently seen traces: id, start, end (saves a lookup per batch)
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Optional[Store], conn: Optional[sqlite3.Connection] = None):
         self.store = store
-        self.conn = store.connect()
+        self.conn = conn if conn is not None else store.connect()  # type: ignore[union-attr]
         self.conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoint, safe
         self.conn.execute("PRAGMA journal_size_limit = 67108864")  # the WAL shrinks back
         self.conn.execute("PRAGMA cache_size = -65536")  # 64 MB: the indexes' upper levels stay
+        self.conn.execute("PRAGMA wal_autocheckpoint = 4000")  # fewer, larger checkpoints
         self._processes: Dict[Tuple[str, str], Tuple[int, int]] = {}
         self._ops: Dict[Tuple[int, str], int] = {}
-        self._traces: Dict[bytes, List[int]] = {}
+        self._traces: Dict[str, List[int]] = {}  # hex id -> [rowid, start, end, max_dur]
         self._in_tx = False
-        row = self.conn.execute("SELECT MAX(rowid) FROM spans").fetchone()
-        self._next_rowid = (row[0] or 0) + 1
+        self._reset_pending()
+        self._sync_rowids()
+
+    def _sync_rowids(self) -> None:
+        c = self.conn
+        self._next_rowid = (c.execute("SELECT MAX(rowid) FROM spans").fetchone()[0] or 0) + 1
+        self._next_trace = (c.execute("SELECT MAX(id) FROM traces").fetchone()[0] or 0) + 1
+
+    def _reset_pending(self) -> None:
+        self._p_spans: List[list] = []  # span rows, [1] = the hex trace id until commit
+        self._p_ext: Dict[str, List[int]] = {}  # per trace: start, end, longest span
+        self._p_tags: Dict[str, set] = {}  # per trace: its span tags' hashes
 
     def _begin(self) -> None:
         if not self._in_tx:
@@ -422,6 +442,7 @@ class StoreWriter:
         got = self._processes.get(key)
         if got is None:
             c = self.conn
+            self._begin()
             c.execute("INSERT OR IGNORE INTO services(name) VALUES (?)", (service,))
             sid = c.execute("SELECT id FROM services WHERE name = ?", (service,)).fetchone()[0]
             c.execute("INSERT OR IGNORE INTO processes(service_id, tags) VALUES (?, ?)",
@@ -435,6 +456,7 @@ class StoreWriter:
         got = self._ops.get((sid, name))
         if got is None:
             c = self.conn
+            self._begin()
             c.execute("INSERT OR IGNORE INTO operations(service_id, name) VALUES (?, ?)",
                       (sid, name))
             got = self._ops[(sid, name)] = c.execute(
@@ -442,72 +464,121 @@ class StoreWriter:
                 (sid, name)).fetchone()[0]
         return got
 
-    def _trace(self, tid: bytes, start: int, end: int, dur: int) -> int:
-        """traces.id of ``tid`` (created or widened to cover start..end and a span of dur)."""
-        got = self._traces.get(tid)
-        c = self.conn
-        if got is None:
-            row = c.execute("SELECT id, start_us, end_us, max_dur FROM traces WHERE tid = ?",
-                            (tid,)).fetchone()
-            if row is None:
-                cur = c.execute("INSERT INTO traces(tid, start_us, end_us, max_dur)"
-                                " VALUES (?, ?, ?, ?)", (tid, start, end, dur))
-                got = [cur.lastrowid, start, end, dur]
-            else:
-                got = list(row)
-            if len(self._traces) >= self.TRACE_CACHE:
-                self._traces.clear()
-            self._traces[tid] = got
-        if start < got[1] or end > got[2] or dur > got[3]:
-            got[1], got[2], got[3] = min(start, got[1]), max(end, got[2]), max(dur, got[3])
-            c.execute("UPDATE traces SET start_us = ?, end_us = ?, max_dur = ? WHERE id = ?",
-                      (got[1], got[2], got[3], got[0]))
-        return got[0]
-
     def add(self, service: str, ptags: str, rows: List[tuple]) -> None:
-        """Queue the rows of one decoded batch (``_core.thrift_decode``'s shape) into the current
-        transaction."""
+        """Prepare the rows of one decoded batch (``_core.thrift_decode``'s shape) for the next
+        :meth:`commit`."""
         if not rows:
             return
-        self._begin()
         pid, sid = self._process(service, ptags)
-        extent: Dict[str, List[int]] = {}  # per trace of the batch: start, end, longest span
-        for r in rows:
-            s, d = r[5], r[6]
-            got = extent.get(r[0])
-            if got is None:
-                extent[r[0]] = [s, s + d, d]
-            else:
-                got[0], got[1], got[2] = min(s, got[0]), max(s + d, got[1]), max(d, got[2])
-        trace_ids = {t: self._trace(tid_bytes(t), *e) for t, e in extent.items()}
+        ext, ptag_sets, out = self._p_ext, self._p_tags, self._p_spans
         ops = self._ops
-        out, tag_rows = [], []
+        compact = compact_tags
         rowid = self._next_rowid
-        for tid, span_id, parent, op, flags, start, dur, error, refs, tags, logs in rows:
-            if refs is not None and parent and refs == _parent_ref(tid, parent):
-                refs = None  # the plain parent reference: rebuilt from parent_id when read
-            ctags, hashes = compact_tags(tags) if tags else (None, ())
-            opid = ops.get((sid, op)) or self._op(sid, op)
-            out.append((rowid, trace_ids[tid], span_id, pid, parent, opid, sid, flags, start,
-                        dur, error, refs, ctags, logs))
-            for h in hashes:
-                tag_rows.append((h, rowid))
-            rowid += 1
-        cur = self.conn.executemany(
+        last_tid, last_ext, last_tags, pref = None, None, None, ""
+        n0 = len(out)
+        try:
+            for tid, span_id, parent, op, flags, start, dur, error, refs, tags, logs in rows:
+                if tid != last_tid:
+                    last_tid = tid
+                    last_ext = ext.get(tid)
+                    if last_ext is None:
+                        last_ext = ext[tid] = [start, start + dur, dur]
+                    last_tags = ptag_sets.get(tid)
+                    pref = '[{"refType":"CHILD_OF","traceID":"' + tid + '","spanID":"'
+                e = last_ext
+                if start < e[0]:
+                    e[0] = start
+                if start + dur > e[1]:
+                    e[1] = start + dur
+                if dur > e[2]:
+                    e[2] = dur
+                if refs is not None and parent and refs == f'{pref}{parent & U64:016x}"}}]':
+                    refs = None  # the plain parent reference: rebuilt from parent_id when read
+                if tags:
+                    ctags, hashes = compact(tags)
+                    if hashes:
+                        if last_tags is None:
+                            last_tags = ptag_sets[tid] = set(hashes)
+                        else:
+                            last_tags.update(hashes)
+                else:
+                    ctags = None
+                opid = ops.get((sid, op)) or self._op(sid, op)
+                out.append([rowid, tid, span_id, pid, parent, opid, sid, flags, start, dur, error,
+                            refs, ctags, logs])
+                rowid += 1
+        except BaseException:  # nothing of a batch that failed half-way is written
+            del out[n0:]
+            raise
+        self._next_rowid = rowid
+
+    def _flush(self) -> None:
+        """Write what :meth:`add` prepared (inside the open transaction)."""
+        if not self._p_ext:
+            return
+        self._begin()
+        c = self.conn
+        cache = self._traces
+        ext = self._p_ext
+        unknown = [t for t in ext if t not in cache]
+        found: Dict[str, List[int]] = {}
+        for i in range(0, len(unknown), 500):
+            part = unknown[i:i + 500]
+            for tid, rid, s, e, d in c.execute(
+                    "SELECT tid, id, start_us, end_us, max_dur FROM traces WHERE tid IN"
+                    f" ({','.join('?' * len(part))})", [tid_bytes(t) for t in part]):
+                found[tid_hex(tid)] = [rid, s, e, d]
+        if len(cache) + len(unknown) > self.TRACE_CACHE:
+            cache.clear()
+        new, widened = [], []
+        tmap: Dict[str, int] = {}
+        next_trace = self._next_trace
+        for t, (s, e, d) in ext.items():
+            got = cache.get(t)
+            if got is None:
+                got = found.get(t)
+                if got is None:
+                    got = [next_trace, s, e, d]
+                    next_trace += 1
+                    new.append((got[0], tid_bytes(t), s, e, d))
+                    cache[t] = got
+                    tmap[t] = got[0]
+                    continue
+                cache[t] = got
+            tmap[t] = got[0]
+            if s < got[1] or e > got[2] or d > got[3]:
+                got[1], got[2], got[3] = min(s, got[1]), max(e, got[2]), max(d, got[3])
+                widened.append((got[1], got[2], got[3], got[0]))
+        self._next_trace = next_trace
+        if new:
+            c.executemany("INSERT INTO traces(id, tid, start_us, end_us, max_dur)"
+                          " VALUES (?, ?, ?, ?, ?)", new)
+        if widened:
+            c.executemany("UPDATE traces SET start_us = ?, end_us = ?, max_dur = ? WHERE id = ?",
+                          widened)
+        spans = self._p_spans
+        for r in spans:
+            r[1] = tmap[r[1]]
+        cur = c.executemany(
             "INSERT OR IGNORE INTO spans(rowid, trace, span_id, process, parent_id, op, service,"
             " flags, start_us, duration_us, error, refs, tags, logs)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", out)
-        if cur.rowcount != len(out) and tag_rows:  # duplicates (a re-sent batch): skip theirs
-            have = {r[0] for r in self.conn.execute(
-                "SELECT rowid FROM spans WHERE rowid BETWEEN ? AND ?",
-                (self._next_rowid, rowid - 1))}
-            tag_rows = [t for t in tag_rows if t[1] in have]
-        self._next_rowid = rowid
-        if tag_rows:
-            self.conn.executemany("INSERT OR IGNORE INTO span_tags(h, span) VALUES (?, ?)",
-                                  tag_rows)
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", spans)
+        if cur.rowcount == len(spans):
+            pairs = [(h, tmap[t]) for t, hs in self._p_tags.items() for h in hs]
+        else:  # duplicates (a re-sent batch): index only the tags of the spans now stored
+            pairs = list({(h, tr) for tr, tg in c.execute(
+                "SELECT trace, tags FROM spans WHERE rowid BETWEEN ? AND ? AND tags IS NOT NULL",
+                (spans[0][0], spans[-1][0])) for h in compact_hashes(tg)})
+        if pairs:
+            c.executemany("INSERT OR IGNORE INTO trace_tags(h, trace) VALUES (?, ?)", pairs)
+        self._reset_pending()
 
     def commit(self) -> None:
+        try:
+            self._flush()
+        except BaseException:
+            self._reset_pending()
+            raise
         if self._in_tx:
             self._in_tx = False
             self.conn.execute("COMMIT")
@@ -516,12 +587,14 @@ class StoreWriter:
         """Drop the current transaction (after a failed commit)."""
         self._in_tx = False
         self._traces.clear()  # may name rows that were rolled back
+        self._processes.clear()
+        self._ops.clear()
+        self._reset_pending()
         try:
             self.conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # no transaction was open any more
-        row = self.conn.execute("SELECT MAX(rowid) FROM spans").fetchone()
-        self._next_rowid = (row[0] or 0) + 1
+        self._sync_rowids()
 
     def close(self) -> None:
         try:
@@ -550,11 +623,11 @@ class StoreWriter:
             return 0
         c = self.conn
         marks = ",".join("?" * len(ids))
-        rows = c.execute(f"SELECT rowid, tags FROM spans WHERE trace IN ({marks})",
-                         list(ids)).fetchall()
-        pairs = [(h, rowid) for rowid, tags in rows if tags for h in compact_hashes(tags)]
+        pairs = {(h, tr) for tr, tags in c.execute(
+            f"SELECT trace, tags FROM spans WHERE trace IN ({marks}) AND tags IS NOT NULL",
+            list(ids)) for h in compact_hashes(tags)}
         if pairs:
-            c.executemany("DELETE FROM span_tags WHERE h = ? AND span = ?", pairs)
+            c.executemany("DELETE FROM trace_tags WHERE h = ? AND trace = ?", list(pairs))
         n = c.execute(f"DELETE FROM spans WHERE trace IN ({marks})", list(ids)).rowcount
         c.execute(f"DELETE FROM traces WHERE id IN ({marks})", list(ids))
         self._traces.clear()  # may name deleted traces
@@ -636,7 +709,7 @@ def compact_hashes(compact: str) -> Tuple[int, ...]:
 
 def _migrate_v1(conn: sqlite3.Connection) -> None:
     """Convert a schema 1 store (a row per span with its trace id and Jaeger JSON inline) to
-    schema 2, in place (logged: it takes about as long as receiving those spans again)."""
+    the current schema, in place (logged: it takes about as long as receiving those spans again)."""
     import logging
     log = logging.getLogger("bu_osprofiler.collector")
     log.warning("collector: converting the trace store to schema %d...", SCHEMA_VERSION)
@@ -645,9 +718,7 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
     for idx in ("spans_trace", "spans_start", "spans_service", "spans_operation", "spans_error"):
         conn.execute(f"DROP INDEX IF EXISTS {idx}")
     conn.executescript(_SCHEMA)
-    w = StoreWriter.__new__(StoreWriter)
-    w.conn = conn
-    w._processes, w._ops, w._traces, w._in_tx, w._next_rowid = {}, {}, {}, False, 1
+    w = StoreWriter(None, conn)
     last = 0
     while True:
         rows = conn.execute(
@@ -669,6 +740,31 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("VACUUM")  # shrinks the file and turns incremental vacuum on
+    log.warning("collector: trace store converted")
+
+
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    """Convert a schema 2 store (a tag index row per span: ``span_tags``) to schema 3 (one per
+    tag and trace: ``trace_tags``), in place, from the spans' stored tags."""
+    import logging
+    log = logging.getLogger("bu_osprofiler.collector")
+    log.warning("collector: converting the trace store to schema %d...", SCHEMA_VERSION)
+    conn.executescript(_SCHEMA)  # creates trace_tags
+    conn.execute("BEGIN")
+    last = 0
+    while True:
+        rows = conn.execute("SELECT rowid, trace, tags FROM spans WHERE rowid > ?"
+                            " AND tags IS NOT NULL ORDER BY rowid LIMIT 50000",
+                            (last,)).fetchall()
+        if not rows:
+            break
+        last = rows[-1][0]
+        conn.executemany("INSERT OR IGNORE INTO trace_tags(h, trace) VALUES (?, ?)",
+                         list({(h, tr) for _, tr, tags in rows for h in compact_hashes(tags)}))
+    conn.execute("DROP TABLE IF EXISTS span_tags")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.execute("COMMIT")
+    conn.executescript("PRAGMA incremental_vacuum;")  # the old index's pages
     log.warning("collector: trace store converted")
 
 
