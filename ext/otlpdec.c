@@ -453,14 +453,20 @@ od_next(od_ctx *c, od_cur *r, od_field *f)
     f->wt = (int)(key & 7);
     switch (f->wt) {
     case 0:
-        if (od_varint(c, r, &f->v, &f->vhi) < 0) {
+        if (r->p < r->end && r->p[0] < 0x80) {
+            f->v = *r->p++;
+            f->vhi = 0;
+        } else if (od_varint(c, r, &f->v, &f->vhi) < 0) {
             return -1;
         }
         break;
     case 2: {
         uint64_t n;
         unsigned nhi;
-        if (od_varint(c, r, &n, &nhi) < 0) {
+        if (r->p < r->end && r->p[0] < 0x80) {
+            n = *r->p++;
+            nhi = 0;
+        } else if (od_varint(c, r, &n, &nhi) < 0) {
             return -1;
         }
         if (nhi || n > (uint64_t)(r->end - r->p)) {
