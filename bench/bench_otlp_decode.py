@@ -14,7 +14,9 @@ span has an event with 2 attributes. Measured:
 4. http       end to end: a collector process (``--otlp-port 0``), POST /v1/traces
               (application/x-protobuf, 500 spans per request, keep-alive, one client) until every
               span is committed; with the default (C) decoder and with BU_OSPROFILER_OTLP_PYTHON=1.
-              Reports spans/s (wall) and the collector process's CPU time per span.
+              Reports spans/s (wall) and the collector process's CPU time per span, split into
+              the request thread (read the body, decode, queue: threads started after the client
+              connected) and the busiest thread that existed before (the SQLite writer).
 
     python bench/bench_otlp_decode.py [--spans 500] [--requests 400] [--rounds 5]
                                       [--skip callgrind,http] [--json FILE]
@@ -163,10 +165,18 @@ def bench_ingest(body: bytes, nspans: int, nreq: int) -> dict:
 
 # ---------------------------------------------------------------- 4. end to end over HTTP
 
-def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+def proc_cpu(pid: int, tid: int = 0) -> float:
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    try:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:  # a thread that has ended
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict:
+    return {int(t): proc_cpu(pid, int(t)) for t in os.listdir(f"/proc/{pid}/task")}
 
 
 class Collector:
@@ -207,6 +217,9 @@ def bench_http(body: bytes, nspans: int, nreq: int, python_decoder: bool) -> dic
         try:
             conn = http.client.HTTPConnection("127.0.0.1", c.ports["otlp"], timeout=120)
             busy = 0
+            # Threads that exist before the client connects (main, listeners, the writer) vs
+            # the ones the intake starts per connection (read the body, decode, queue).
+            before = thread_cpu(c.proc.pid)
             cpu0, t0 = proc_cpu(c.proc.pid), time.perf_counter()
             for _ in range(nreq):
                 while True:
@@ -226,9 +239,15 @@ def bench_http(body: bytes, nspans: int, nreq: int, python_decoder: bool) -> dic
                 time.sleep(0.01)
             t_end = time.perf_counter()
             cpu = proc_cpu(c.proc.pid) - cpu0
+            after = thread_cpu(c.proc.pid)
             conn.close()
+            old = [after[t] - before[t] for t in after if t in before]
+            new = sum(after[t] for t in after if t not in before)
+            us = 1e6 / want
             return {"spans_per_s": want / (t_end - t0), "send_spans_per_s": want / (t_sent - t0),
-                    "collector_cpu_us_per_span": cpu / want * 1e6, "busy_retries": busy}
+                    "collector_cpu_us_per_span": cpu * us, "busy_retries": busy,
+                    "request_threads_cpu_us_per_span": new * us,
+                    "busiest_old_thread_cpu_us_per_span": max(old) * us}
         finally:
             c.stop()
 
@@ -271,7 +290,9 @@ def main() -> None:
             r = res.setdefault("http", {})[name] = bench_http(body, args.spans, args.requests,
                                                               py)
             print(f"http       {name:<6} {r['spans_per_s']:>10,.0f} spans/s stored end to end; "
-                  f"collector CPU {r['collector_cpu_us_per_span']:.1f} us/span; "
+                  f"collector CPU {r['collector_cpu_us_per_span']:.1f} us/span (request "
+                  f"thread {r['request_threads_cpu_us_per_span']:.1f}, writer "
+                  f"{r['busiest_old_thread_cpu_us_per_span']:.1f}); "
                   f"{r['busy_retries']} busy (503) retries", flush=True)
     res["load_after"] = os.getloadavg()
     print(f"load after: {res['load_after'][0]:.1f}")
