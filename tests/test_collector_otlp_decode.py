@@ -455,3 +455,34 @@ def test_any_buffer_is_accepted():
     assert c_decode(memoryview(body)) == want
     with pytest.raises(TypeError):
         _core.otlp_decode("not bytes")
+
+
+def test_no_leak_on_success_error_and_overflow():
+    import gc
+    import tracemalloc
+    body = rich_body()
+    dup = wire_request(attr_wire(b"k", fld(6, 2, fld(1, 2, fld(1, 2, b"a")) * 20)))
+    cases = [(body, -1), (body[:-3], -1), (body, 500), (dup, -1), (body + b"\x0b", -1),
+             (wire_request(attr_wire(b"d", nested(17, b""))), -1)]
+    outcomes = set()
+
+    def run():
+        for b, budget in cases:
+            try:
+                _core.otlp_decode(b, budget)
+                outcomes.add("ok")
+            except (ValueError, OverflowError) as e:
+                outcomes.add(type(e).__name__)
+
+    for _ in range(200):
+        run()
+    gc.collect()
+    tracemalloc.start()
+    m0 = tracemalloc.get_traced_memory()[0]
+    for _ in range(3000):
+        run()
+    gc.collect()
+    m1 = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert outcomes == {"ok", "ValueError", "OverflowError"}
+    assert m1 - m0 < 64 * 1024  # one object kept per call would be > 1 MB
