@@ -9,12 +9,12 @@ logs (``event`` = the name); the parent -> a CHILD_OF reference and links -> FOL
 references; ``trace_state`` -> ``w3c.tracestate``; the scope -> ``otel.scope.name`` / ``.version``.
 
 Protobuf bodies are decoded in C (``_core.otlp_decode``, ext/otlpdec.c), a twin of the Python
-walker below (``decode_python``), which stays as the reference and for OTLP/JSON;
-``BU_OSPROFILER_OTLP_PYTHON=1`` in the environment forces the Python one. The protobuf reader is
-a small wire-format walker (no protobuf dependency): lengths are checked
+walker below (``decode_python``: same rows, same errors at the same points), which stays as the
+reference and for OTLP/JSON; ``BU_OSPROFILER_OTLP_PYTHON=1`` in the environment (read at import)
+forces the Python one. Both read the wire format with no protobuf dependency: lengths are checked
 against the bytes left, nesting is bounded, and the decoded size is charged against ``budget``
-before rows are built (``OverflowError`` past it), so a hostile body cannot make it allocate more
-than the collector allows.
+span by span (``OverflowError`` past it, before the next span is read), so a hostile body cannot
+make them allocate much more than the collector allows.
 """
 from __future__ import annotations
 
