@@ -1193,7 +1193,8 @@ od_span(od_ctx *c, od_scratch *sc, const unsigned char *s, const unsigned char *
     }
     if (codehi == 0 && (code == 1 || code == 2)) {
         const char *v = code == 1 ? "OK" : "ERROR";
-        if (ob_str_tag(T, T->len > 1, "\"otel.status_code\"", (const unsigned char *)v, strlen(v)) < 0) {
+        if (ob_str_tag(T, T->len > 1, "\"otel.status_code\"", (const unsigned char *)v,
+                       strlen(v)) < 0) {
             return NULL;
         }
     }
@@ -1455,6 +1456,10 @@ bu_otlp_decode(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
         }
         bg.budget = overflow || b < 0 ? -1 : b; /* past long long: no limit either way */
     }
+    /* Row objects are built between reads, and a collection they trigger can run Python code:
+     * the pointers into the body stay valid because the buffer stays exported (a bytearray
+     * cannot be resized meanwhile), and every read is checked against the ends, so even a body
+     * changed under us (a finalizer writing into a bytearray) is at worst reported malformed. */
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
