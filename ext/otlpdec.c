@@ -20,6 +20,7 @@
  */
 #include "compat.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -893,7 +894,23 @@ ob_str_tag(od_buf *b, int comma, const char *key_json, const unsigned char *s, s
 typedef struct {
     od_buf tags, refs, logs, tmp, ptags, scope;
     PyObject *one; /* the int 1 (every row's flags) */
+    /* The span being read: text it may still render before its row certainly passes the budget,
+     * and whether it has (then the rest of it is only checked, as Python would parse it, and
+     * OverflowError follows): one span's text cannot take much more than the budget allows. */
+    long long room;
+    int over;
 } od_scratch;
+
+/* Past the room left for this span's text? (the name is left out: it only adds) */
+static void
+od_room(od_scratch *sc)
+{
+    if (!sc->over &&
+        (long long)(sc->tags.len - sc->tags.ncont + sc->logs.len - sc->logs.ncont +
+                    sc->refs.len - sc->refs.ncont) > sc->room) {
+        sc->over = 1;
+    }
+}
 
 typedef struct {
     long long budget; /* -1: no limit */
@@ -980,13 +997,13 @@ od_event(od_ctx *c, od_scratch *sc, const unsigned char *s, const unsigned char 
     if (rc < 0) {
         return -1;
     }
-    if (ob_put(L, L->len ? "," : "[", 1) < 0 || OB_LIT(L, "{\"timestamp\":") < 0 ||
-        ob_u64(L, t / 1000) < 0 ||
-        OB_LIT(L, ",\"fields\":[") < 0) {
+    int draw = !sc->over;
+    if (draw && (ob_put(L, L->len ? "," : "[", 1) < 0 || OB_LIT(L, "{\"timestamp\":") < 0 ||
+                 ob_u64(L, t / 1000) < 0 || OB_LIT(L, ",\"fields\":[") < 0)) {
         return -1;
     }
     size_t open = L->len; /* a comma before every field but the first */
-    if (ne > ns) {
+    if (draw && ne > ns) {
         if (OB_LIT(L, "{\"key\":\"event\",\"type\":\"string\",\"value\":") < 0 ||
             ob_str(L, ns, (size_t)(ne - ns)) < 0 || OB_LIT(L, "}") < 0) {
             return -1;
@@ -1000,15 +1017,22 @@ od_event(od_ctx *c, od_scratch *sc, const unsigned char *s, const unsigned char 
             if (od_kv(c, f.s, f.e, 0, 1, &ks, &ke, &v) < 0) {
                 return -1;
             }
-            if (ob_tag(c, L, &sc->tmp, L->len > open, ks, ke, &v) < 0) {
-                return -1;
+            if (draw && !sc->over) {
+                if (ob_tag(c, L, &sc->tmp, L->len > open, ks, ke, &v) < 0) {
+                    return -1;
+                }
+                od_room(sc);
             }
         }
     }
     if (rc < 0) {
         return -1;
     }
-    return OB_LIT(L, "]}");
+    if (draw && OB_LIT(L, "]}") < 0) {
+        return -1;
+    }
+    od_room(sc);
+    return 0;
 }
 
 /* A Link, pass 1: its fields and attributes are checked (Python parses them), nothing kept. */
@@ -1047,6 +1071,13 @@ od_span(od_ctx *c, od_scratch *sc, const unsigned char *s, const unsigned char *
     od_buf *T = &sc->tags, *R = &sc->refs;
 
     ob_reset(&sc->logs);
+    ob_reset(T);
+    ob_reset(R);
+    sc->room = bg->budget < 0 ? -1 : bg->budget - bg->used - bg->size - OD_ROW_FIXED;
+    sc->over = sc->room < 0 && bg->budget >= 0;
+    if (bg->budget < 0) {
+        sc->room = LLONG_MAX;
+    }
     /* pass 1: everything but the attributes (events, links and status are read in place) */
     while ((rc = od_next(c, &r, &f)) > 0) {
         if (f.wt == 2) {
@@ -1123,8 +1154,6 @@ od_span(od_ctx *c, od_scratch *sc, const unsigned char *s, const unsigned char *
     int tid_ok = tide - tid == 16, parent_ok = pare - par == 8 && nonzero(par, pare);
 
     /* pass 2: attributes -> tags, links -> references (after the parent) */
-    ob_reset(T);
-    ob_reset(R);
     if (OB_LIT(T, "[") < 0 || OB_LIT(R, "[") < 0) {
         return NULL;
     }
@@ -1140,9 +1169,14 @@ od_span(od_ctx *c, od_scratch *sc, const unsigned char *s, const unsigned char *
         if (f.num == 9) {
             const unsigned char *ks, *ke;
             od_any v;
-            if (od_kv(c, f.s, f.e, 0, 1, &ks, &ke, &v) < 0 ||
-                ob_tag(c, T, &sc->tmp, T->len > 1, ks, ke, &v) < 0) {
+            if (od_kv(c, f.s, f.e, 0, 1, &ks, &ke, &v) < 0) {
                 return NULL;
+            }
+            if (!sc->over) {
+                if (ob_tag(c, T, &sc->tmp, T->len > 1, ks, ke, &v) < 0) {
+                    return NULL;
+                }
+                od_room(sc);
             }
             if (is_key(ks, ke, "error", 5)) {
                 error_key = 1;
@@ -1165,8 +1199,11 @@ od_span(od_ctx *c, od_scratch *sc, const unsigned char *s, const unsigned char *
             if (rc2 < 0) {
                 return NULL;
             }
-            if (lte - lt == 16 && lse - ls == 8 && ob_ref(R, "FOLLOWS_FROM", lt, ls) < 0) {
-                return NULL;
+            if (!sc->over && lte - lt == 16 && lse - ls == 8) {
+                if (ob_ref(R, "FOLLOWS_FROM", lt, ls) < 0) {
+                    return NULL;
+                }
+                od_room(sc);
             }
         }
     }
@@ -1175,6 +1212,11 @@ od_span(od_ctx *c, od_scratch *sc, const unsigned char *s, const unsigned char *
     }
     if (!tid_ok || side - sid != 8 || !nonzero(tid, tide) || !nonzero(sid, side)) {
         od_fail(c, "span without a valid trace_id (16 bytes) or span_id (8 bytes)");
+        return NULL;
+    }
+    if (sc->over) {
+        PyErr_Format(PyExc_OverflowError, "OTLP request would take over %lld bytes decoded",
+                     bg->budget);
         return NULL;
     }
     static const char *const kinds[] = {"internal", "server", "client", "producer", "consumer"};

@@ -486,3 +486,23 @@ def test_no_leak_on_success_error_and_overflow():
     tracemalloc.stop()
     assert outcomes == {"ok", "ValueError", "OverflowError"}
     assert m1 - m0 < 64 * 1024  # one object kept per call would be > 1 MB
+
+
+def test_a_span_past_the_budget_stops_growing_but_is_still_checked():
+    import tracemalloc
+    big = "\x01" * 50_000  # 6 bytes of JSON per byte of text
+    sp = span(attributes=[kv(f"a{i}", big) for i in range(40)],
+              events=[T.Span.Event(name="e", attributes=[kv("b", big)]) for _ in range(10)])
+    body = request(rs([sp]))
+    assert same(body, 200_000)[0] == "OverflowError"
+    tracemalloc.start()
+    with pytest.raises(OverflowError):
+        _core.otlp_decode(body, 200_000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 3_000_000  # the whole span's JSON text would be ~15 MB
+    # what comes after the point where the budget was passed is still parsed: a malformed
+    # attribute value at the end is a malformed request, as in Python
+    attrs_ = b"".join(attr_wire(b"a%d" % i, fld(1, 2, big.encode())) for i in range(10))
+    assert same(wire_request(attrs_ + attr_wire(b"z", b"\x0b")), 200_000)[0] == "OtlpError"
+    assert same(wire_request(attrs_ + attr_wire(b"z", b"\x08\x01")), 200_000)[0] == "OverflowError"
