@@ -15,7 +15,8 @@
  * Input is untrusted: every length is checked against the bytes left of its enclosing message,
  * AnyValue nesting is bounded (OD_MAX_DEPTH, as in Python), varints are at most 10 bytes; the
  * budget is checked after each row (as Python does) but before that row's JSON becomes str
- * objects. Python ints are unbounded: a 10-byte varint carries up to 70 bits, and the Python
+ * objects, and a span whose text alone passes it stops being rendered (the rest of it is still
+ * checked, as Python parses it, so that the error is the same). Python ints are unbounded: a 10-byte varint carries up to 70 bits, and the Python
  * decoder keeps them all, so this one does too (an int attribute can be 2**64 + x).
  */
 #include "compat.h"
@@ -821,59 +822,42 @@ ob_plain(od_ctx *c, od_buf *b, const od_any *v, int depth)
     }
 }
 
-/* otlp._tag(key, value): {"key":..,"type":..,"value":..}, after a comma if `comma`; arrays
- * and kvlists as JSON text (rendered into `tmp` first). */
+/* otlp._tag(key, value): {"key":..,"type":..,"value":..}, after a comma if `comma`. A scalar's
+ * value is its plain JSON; None is ""; arrays and kvlists are their JSON as text (rendered into
+ * `tmp` first). */
 static int
 ob_tag(od_ctx *c, od_buf *b, od_buf *tmp, int comma, const unsigned char *ks,
        const unsigned char *ke, const od_any *v)
 {
+    static const char *const type_json[] = {
+        [AV_NONE] = ",\"type\":\"string\",\"value\":",
+        [AV_STR] = ",\"type\":\"string\",\"value\":",
+        [AV_BOOL] = ",\"type\":\"bool\",\"value\":",
+        [AV_INT] = ",\"type\":\"int64\",\"value\":",
+        [AV_DOUBLE] = ",\"type\":\"float64\",\"value\":",
+        [AV_ARRAY] = ",\"type\":\"string\",\"value\":",
+        [AV_KVLIST] = ",\"type\":\"string\",\"value\":",
+        [AV_BYTES] = ",\"type\":\"binary\",\"value\":",
+    };
+    const char *t = type_json[v->kind];
     if ((comma && OB_LIT(b, ",") < 0) || OB_LIT(b, "{\"key\":") < 0 ||
-        ob_str(b, ks, (size_t)(ke - ks)) < 0) {
+        ob_str(b, ks, (size_t)(ke - ks)) < 0 || ob_put(b, t, strlen(t)) < 0) {
         return -1;
     }
+    int rc;
     switch (v->kind) {
-    case AV_BOOL:
-        if (OB_LIT(b, ",\"type\":\"bool\",\"value\":") < 0 ||
-            (v->lo ? OB_LIT(b, "true") : OB_LIT(b, "false")) < 0) {
-            return -1;
-        }
-        break;
-    case AV_INT:
-        if (OB_LIT(b, ",\"type\":\"int64\",\"value\":") < 0 || ob_pyint(b, v->lo, v->hi) < 0) {
-            return -1;
-        }
-        break;
-    case AV_DOUBLE:
-        if (OB_LIT(b, ",\"type\":\"float64\",\"value\":") < 0 || ob_double(b, v->d) < 0) {
-            return -1;
-        }
-        break;
-    case AV_BYTES:
-        if (OB_LIT(b, ",\"type\":\"binary\",\"value\":") < 0 ||
-            ob_base64(b, v->s, (size_t)(v->e - v->s)) < 0) {
-            return -1;
-        }
-        break;
-    case AV_STR:
-        if (OB_LIT(b, ",\"type\":\"string\",\"value\":") < 0 ||
-            ob_str(b, v->s, (size_t)(v->e - v->s)) < 0) {
-            return -1;
-        }
+    case AV_NONE:
+        rc = OB_LIT(b, "\"\"");
         break;
     case AV_ARRAY:
     case AV_KVLIST:
         ob_reset(tmp);
-        if (ob_plain(c, tmp, v, 0) < 0 || OB_LIT(b, ",\"type\":\"string\",\"value\":") < 0 ||
-            ob_str(b, tmp->data, tmp->len) < 0) {
-            return -1;
-        }
+        rc = ob_plain(c, tmp, v, 0) < 0 ? -1 : ob_str(b, tmp->data, tmp->len);
         break;
-    default: /* None */
-        if (OB_LIT(b, ",\"type\":\"string\",\"value\":\"\"") < 0) {
-            return -1;
-        }
+    default:
+        rc = ob_plain(c, b, v, 0);
     }
-    return OB_LIT(b, "}");
+    return rc < 0 ? -1 : OB_LIT(b, "}");
 }
 
 /* A string tag with a JSON key (ASCII) and a raw (to be decoded) value, after a comma if
@@ -1064,8 +1048,9 @@ od_span(od_ctx *c, od_scratch *sc, const unsigned char *s, const unsigned char *
     od_cur r = {s, e};
     od_field f;
     int rc;
-    const unsigned char *tid = s, *tide = s, *sid = s, *side = s, *par = s, *pare = s;
-    const unsigned char *ts = s, *tse = s, *nm = s, *nme = s, *msg = s, *msge = s;
+    /* fields 1-5 (trace_id, span_id, trace_state, parent_span_id, name): [start, end) */
+    const unsigned char *fs[6] = {s, s, s, s, s, s}, *fe[6] = {s, s, s, s, s, s};
+    const unsigned char *msg = s, *msge = s;
     uint64_t kind = 0, start = 0, end = 0, code = 0;
     unsigned kindhi = 0, codehi = 0;
     od_buf *T = &sc->tags, *R = &sc->refs;
@@ -1083,24 +1068,12 @@ od_span(od_ctx *c, od_scratch *sc, const unsigned char *s, const unsigned char *
         if (f.wt == 2) {
             switch (f.num) {
             case 1:
-                tid = f.s;
-                tide = f.e;
-                break;
             case 2:
-                sid = f.s;
-                side = f.e;
-                break;
             case 3:
-                ts = f.s;
-                tse = f.e;
-                break;
             case 4:
-                par = f.s;
-                pare = f.e;
-                break;
             case 5:
-                nm = f.s;
-                nme = f.e;
+                fs[f.num] = f.s;
+                fe[f.num] = f.e;
                 break;
             case 11:
                 if (od_event(c, sc, f.s, f.e) < 0) {
@@ -1151,6 +1124,8 @@ od_span(od_ctx *c, od_scratch *sc, const unsigned char *s, const unsigned char *
     if (sc->logs.len && OB_LIT(&sc->logs, "]") < 0) {
         return NULL;
     }
+    const unsigned char *tid = fs[1], *tide = fe[1], *sid = fs[2], *side = fe[2];
+    const unsigned char *par = fs[4], *pare = fe[4];
     int tid_ok = tide - tid == 16, parent_ok = pare - par == 8 && nonzero(par, pare);
 
     /* pass 2: attributes -> tags, links -> references (after the parent) */
@@ -1244,7 +1219,8 @@ od_span(od_ctx *c, od_scratch *sc, const unsigned char *s, const unsigned char *
         ob_str_tag(T, T->len > 1, "\"otel.status_description\"", msg, (size_t)(msge - msg)) < 0) {
         return NULL;
     }
-    if (tse > ts && ob_str_tag(T, T->len > 1, "\"w3c.tracestate\"", ts, (size_t)(tse - ts)) < 0) {
+    if (fe[3] > fs[3] &&
+        ob_str_tag(T, T->len > 1, "\"w3c.tracestate\"", fs[3], (size_t)(fe[3] - fs[3])) < 0) {
         return NULL;
     }
     if (sc->scope.len) { /* the scope's tags, rendered once per ScopeSpans (with a comma) */
@@ -1271,7 +1247,7 @@ od_span(od_ctx *c, od_scratch *sc, const unsigned char *s, const unsigned char *
         ob_reset(R);
     }
 
-    PyObject *name = PyUnicode_DecodeUTF8((const char *)nm, nme - nm, "replace");
+    PyObject *name = PyUnicode_DecodeUTF8((const char *)fs[5], fe[5] - fs[5], "replace");
     if (name == NULL) {
         return NULL;
     }
