@@ -506,3 +506,30 @@ def test_a_span_past_the_budget_stops_growing_but_is_still_checked():
     attrs_ = b"".join(attr_wire(b"a%d" % i, fld(1, 2, big.encode())) for i in range(10))
     assert same(wire_request(attrs_ + attr_wire(b"z", b"\x0b")), 200_000)[0] == "OtlpError"
     assert same(wire_request(attrs_ + attr_wire(b"z", b"\x08\x01")), 200_000)[0] == "OverflowError"
+
+
+def test_repeated_and_misplaced_fields_follow_python():
+    svc = fld(1, 2, fld(1, 2, b"service.name") + fld(2, 2, fld(1, 2, b"first")))
+    other = fld(1, 2, fld(1, 2, b"host") + fld(2, 2, fld(1, 2, b"h")))
+    sp = fld(1, 2, bytes(range(1, 17))) + fld(2, 2, b"\x00" * 7 + b"\x09")
+    cases = [
+        # the last Resource wins whole (its service.name or none)
+        fld(1, 2, fld(1, 2, svc) + fld(1, 2, other) + fld(2, 2, fld(2, 2, sp))),
+        fld(1, 2, fld(1, 2, other) + fld(1, 2, svc) + fld(2, 2, fld(2, 2, sp))),
+        # a second scope message overrides only what it sets; scope after the spans still counts
+        fld(1, 2, fld(2, 2, fld(1, 2, fld(1, 2, b"n1") + fld(2, 2, b"v1")) + fld(2, 2, sp)
+                          + fld(1, 2, fld(1, 2, b"n2")))),
+        # repeated status / kind / times / ids: the last one; an empty status resets
+        wire_request(fld(15, 2, fld(3, 0, 2) + fld(2, 2, b"m")) + fld(15, 2, b"") + fld(6, 0, 2)
+                     + fld(6, 0, 9) + fld(7, 1, b"\x01" * 8) + fld(1, 2, bytes(range(2, 18)))),
+        wire_request(fld(15, 2, fld(3, 0, 1)) + fld(15, 2, fld(3, 0, 2) + fld(3, 5, b"\0" * 4))),
+        # known field numbers with other wire types are skipped
+        wire_request(fld(11, 2, fld(1, 0, 5) + fld(2, 0, 1) + fld(3, 0, 1))
+                     + fld(13, 2, fld(1, 0, 1) + fld(2, 5, b"\0" * 4) + fld(4, 0, 1))
+                     + fld(7, 0, 5) + fld(6, 1, b"\0" * 8) + fld(9, 0, 1) + fld(15, 0, 2)),
+        # fields other than resource_spans at the top, scope_spans / spans of the wrong type
+        fld(2, 2, b"\xff") + fld(1, 0, 3) + wire_request(b"") + fld(1, 5, b"\0" * 4),
+        fld(1, 2, fld(2, 0, 1) + fld(2, 2, fld(2, 0, 1) + fld(2, 2, sp))),
+    ]
+    for body in cases:
+        assert same(body)[0] == "ok"
