@@ -448,6 +448,8 @@ rand64(PyObject *m, PyObject *Py_UNUSED(arg))
     return PyLong_FromUnsignedLongLong(bu_rand64(bu_state_of_module(m)->fork_gen));
 }
 
+PyObject *bu_otlp_decode(PyObject *m, PyObject *const *args, Py_ssize_t nargs); /* otlpdec.c */
+
 static PyMethodDef core_methods[] = {
     {"set_mode", set_mode, METH_O, "Set where finished spans go: 0 discard, 1 memory, 2 reporter."},
     {"get_mode", get_mode, METH_NOARGS, "Current mode."},
@@ -470,6 +472,9 @@ static PyMethodDef core_methods[] = {
     {"rand64", rand64, METH_NOARGS, "A random non-zero 64-bit id from the per-thread generator."},
     {"log_ids", (PyCFunction)(void (*)(void))bu_log_ids, METH_FASTCALL,
      "log_ids(span_level, max_logs, max_bytes) -> LogIds (bu_osprofiler.logging)."},
+    {"otlp_decode", (PyCFunction)(void (*)(void))bu_otlp_decode, METH_FASTCALL,
+     "otlp_decode(data[, budget]) -> [(service, process_tags_json, rows, size)]: an OTLP\n"
+     "protobuf ExportTraceServiceRequest as the collector's rows (collector/otlp.py)."},
     {NULL, NULL, 0, NULL},
 };
 

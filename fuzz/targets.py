@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 # Modules the targets reach, imported up front so that fuzz.py can instrument them.
 MODULES = ["bu_osprofiler", "bu_osprofiler._core", "bu_osprofiler.propagation",
            "bu_osprofiler.exporters", "bu_osprofiler.config", "bu_osprofiler.profiler",
-           "bu_osprofiler.messaging", "bu_osprofiler.web"]
+           "bu_osprofiler.messaging", "bu_osprofiler.web", "bu_osprofiler.collector.otlp"]
 
 
 class Input:
@@ -461,6 +461,38 @@ def check_collector_thrift(data: bytes) -> None:
         assert len(r) == 11
 
 
+def _otlp_outcome(fn, body: bytes, budget: int):
+    try:
+        return "ok", fn(body, False, budget)
+    except (ValueError, OverflowError) as e:  # OtlpError is a ValueError
+        return type(e).__name__, str(e)
+
+
+def check_collector_otlp(data: bytes) -> None:
+    """The collector's OTLP protobuf decoder in C against the Python one: the same batches, or
+    the same exception (OtlpError / OverflowError) with the same message. The first byte picks
+    the decoded-size budget (none, or 0..8191 bytes from the next two), the rest is the body."""
+    from bu_osprofiler.collector import otlp
+    assert otlp._c_decode is not None, "BU_OSPROFILER_OTLP_PYTHON=1: nothing to compare"
+    if not data:
+        return
+    budget = -1
+    if data[0] & 1:
+        budget = int.from_bytes(data[1:3], "little") & 0x1FFF
+        data = data[3:]
+    else:
+        data = data[1:]
+    want = _otlp_outcome(otlp.decode_python, data, budget)
+    got = _otlp_outcome(otlp.decode, data, budget)
+    assert got == want, (got, want)
+    if got[0] == "ok":
+        for service, ptags, rows, size in got[1]:
+            assert isinstance(service, str) and isinstance(ptags, str) and size > 0
+            assert rows and all(len(r) == 11 for r in rows)
+    else:
+        assert got[0] in ("OtlpError", "OverflowError") and got[1]
+
+
 # ---------------------------------------------------------------- hostile objects
 
 
@@ -678,6 +710,8 @@ TARGETS: Dict[str, Target] = {
         "bu_osprofiler._core", "tracestate_parse")),
     "collector_thrift": Target(check_collector_thrift, _needs_module_attr("bu_osprofiler._core",
                                                                           "thrift_decode")),
+    "collector_otlp": Target(check_collector_otlp, _needs_module_attr("bu_osprofiler._core",
+                                                                      "otlp_decode")),
     "hostile": Target(check_hostile, _needs_module_attr("bu_osprofiler._core", "push_span")),
 }
 for _name, _hdrs in _HEADER_TARGETS.items():

@@ -64,6 +64,7 @@ else
     for pat in test_reentrancy test_leaks test_refleaks test_decorator test_core test_record test_buffer test_ids test_sampler test_span \
                test_context test_trace test_profiler test_propagation test_thrift test_jaeger \
                test_otlp test_export test_reporter test_collector_decode test_opentracing test_fuzz_regressions \
+               test_collector_otlp_decode \
                test_fork test_faults; do
         for f in "$ROOT"/tests/${pat}*.py; do
             [ -e "$f" ] && ARGS+=("$f")

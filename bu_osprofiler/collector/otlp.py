@@ -8,15 +8,19 @@ status ERROR -> ``error=true`` (+ ``otel.status_code`` / ``otel.status_descripti
 logs (``event`` = the name); the parent -> a CHILD_OF reference and links -> FOLLOWS_FROM
 references; ``trace_state`` -> ``w3c.tracestate``; the scope -> ``otel.scope.name`` / ``.version``.
 
-The protobuf reader is a small wire-format walker (no protobuf dependency): lengths are checked
+Protobuf bodies are decoded in C (``_core.otlp_decode``, ext/otlpdec.c), a twin of the Python
+walker below (``decode_python``: same rows, same errors at the same points), which stays as the
+reference and for OTLP/JSON; ``BU_OSPROFILER_OTLP_PYTHON=1`` in the environment (read at import)
+forces the Python one. Both read the wire format with no protobuf dependency: lengths are checked
 against the bytes left, nesting is bounded, and the decoded size is charged against ``budget``
-before rows are built (``OverflowError`` past it), so a hostile body cannot make it allocate more
-than the collector allows.
+span by span (``OverflowError`` past it, before the next span is read), so a hostile body cannot
+make them allocate much more than the collector allows.
 """
 from __future__ import annotations
 
 import base64
 import json
+import os
 import struct
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -34,6 +38,19 @@ Batch = Tuple[str, str, List[Row], int]
 
 class OtlpError(ValueError):
     """A malformed OTLP request."""
+
+
+def _load_c_decoder() -> Any:
+    if os.environ.get("BU_OSPROFILER_OTLP_PYTHON") == "1":
+        return None
+    try:
+        from bu_osprofiler import _core
+    except ImportError:  # pragma: no cover - the extension is part of the package
+        return None
+    return getattr(_core, "otlp_decode", None)
+
+
+_c_decode = _load_c_decoder()
 
 
 # ---------------------------------------------------------------- protobuf wire format
@@ -390,7 +407,20 @@ def _row(sp: Dict[str, Any], scope: str, version: str) -> Row:
 
 def decode(body: bytes, json_body: bool = False, budget: int = -1) -> List[Batch]:
     """One (service, process_tags_json, rows, decoded bytes) per resource of the request.
-    OtlpError on a malformed request; OverflowError when the rows would pass ``budget`` bytes."""
+    OtlpError on a malformed request; OverflowError when the rows would pass ``budget`` bytes.
+
+    Protobuf bodies go to the C decoder (``_core.otlp_decode``, same results and errors as
+    :func:`decode_python`) unless ``BU_OSPROFILER_OTLP_PYTHON=1`` was set at import."""
+    if json_body or _c_decode is None:
+        return decode_python(body, json_body, budget)
+    try:
+        return _c_decode(body, budget)
+    except ValueError as e:
+        raise OtlpError(str(e)) from None
+
+
+def decode_python(body: bytes, json_body: bool = False, budget: int = -1) -> List[Batch]:
+    """The pure-Python decoder (protobuf and JSON): the reference the C one is tested against."""
     out: List[Batch] = []
     used = 0
     try:
