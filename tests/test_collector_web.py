@@ -28,7 +28,7 @@ def collector(tmp_path):
     outlast the writer's first retention pass."""
     from bu_osprofiler.collector.server import Collector
     c = Collector(os.path.join(str(tmp_path), "traces.db"), udp_port=0, udp_binary_port=0,
-                  http_port=0, query_port=0, max_age_s=None)
+                  http_port=0, otlp_port=None, query_port=0, max_age_s=None)
     with c:
         yield c
 

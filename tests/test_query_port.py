@@ -116,7 +116,7 @@ def test_host_header_is_checked(loaded):
 
 def test_allowed_hosts_are_configurable(tmp_path):
     c = Collector(os.path.join(str(tmp_path), "t.db"), udp_port=None, udp_binary_port=None,
-                  http_port=None, query_port=0)
+                  http_port=None, otlp_port=None, query_port=0)
     c.query_allowed_hosts = ("traces.example.org",)
     with c:
         assert get(c, "/api/services", {"Host": "traces.example.org:16686"})[0] == 200
@@ -125,7 +125,7 @@ def test_allowed_hosts_are_configurable(tmp_path):
 
 def test_token_protects_the_query_port(tmp_path):
     c = Collector(os.path.join(str(tmp_path), "t.db"), udp_port=None, udp_binary_port=None,
-                  http_port=None, query_port=0)
+                  http_port=None, otlp_port=None, query_port=0)
     c.query_token = "s3cret"
     with c:
         status, _, body = get(c, "/api/services")
