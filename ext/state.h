@@ -48,6 +48,7 @@ typedef struct {
     PyObject *empty_tuple;
     PyObject *format_exc;    /* callable(exc) -> stack text, set from Python */
     PyObject *trace_slow;    /* profiler.Trace slow path (trace.c), set from Python */
+    int legacy_notifier;     /* a legacy notifier is installed (bu_osprofiler.notifier.set) */
     /* The exception last recorded and its stack text (span.c error_stack), kept only while it
      * propagates through traced calls: bu_error_cache_clear() drops them. */
     PyObject *err_exc, *err_stack;
