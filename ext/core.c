@@ -448,6 +448,15 @@ rand64(PyObject *m, PyObject *Py_UNUSED(arg))
     return PyLong_FromUnsignedLongLong(bu_rand64(bu_state_of_module(m)->fork_gen));
 }
 
+/* A random 128-bit trace id (both halves from one visit of the thread's generator). */
+static PyObject *
+rand128(PyObject *m, PyObject *Py_UNUSED(arg))
+{
+    uint64_t hi, lo;
+    bu_rand_ids(bu_state_of_module(m)->fork_gen, NULL, &hi, &lo);
+    return bu_long_from_u128(hi, lo);
+}
+
 static PyMethodDef core_methods[] = {
     {"set_mode", set_mode, METH_O, "Set where finished spans go: 0 discard, 1 memory, 2 reporter."},
     {"get_mode", get_mode, METH_NOARGS, "Current mode."},
@@ -470,6 +479,7 @@ static PyMethodDef core_methods[] = {
     {"rand64", rand64, METH_NOARGS, "A random non-zero 64-bit id from the per-thread generator."},
     {"log_ids", (PyCFunction)(void (*)(void))bu_log_ids, METH_FASTCALL,
      "log_ids(span_level, max_logs, max_bytes) -> LogIds (bu_osprofiler.logging)."},
+    {"rand128", rand128, METH_NOARGS, "A random 128-bit trace id from the per-thread generator."},
     {NULL, NULL, 0, NULL},
 };
 

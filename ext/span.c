@@ -438,13 +438,6 @@ static PyType_Spec ctx_spec = {
 
 /* ================================================================ Span: creation and finish */
 
-static void
-new_trace_id(bu_state *st, uint64_t *hi, uint64_t *lo)
-{
-    *hi = st->trace_id_128 ? bu_rand64(st->fork_gen) : 0;
-    *lo = bu_rand64(st->fork_gen);
-}
-
 SpanObject *
 bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
 {
@@ -462,10 +455,10 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
     s->prev = NULL;
     Py_INCREF(name);
     s->name = name;
-    s->span_id = bu_rand64(st->fork_gen);
     int root = 0;
     if (parent != NULL && Py_IS_TYPE(parent, st->SpanType)) {
         SpanObject *p = _Span_CAST(parent);
+        s->span_id = bu_rand64(st->fork_gen);
         s->trace_hi = p->trace_hi;
         s->trace_lo = p->trace_lo;
         s->parent_id = (p->state & BU_SPAN_BASE) ? 0 : p->span_id;
@@ -480,6 +473,7 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
     }
     else if (parent != NULL && Py_IS_TYPE(parent, st->SpanContextType)) {
         SpanContextObject *c = _SpanContext_CAST(parent);
+        s->span_id = bu_rand64(st->fork_gen);
         s->trace_hi = c->trace_hi;
         s->trace_lo = c->trace_lo;
         s->parent_id = c->is_base ? 0 : c->span_id;
@@ -491,7 +485,10 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
     }
     else {
         root = 1;
-        new_trace_id(st, &s->trace_hi, &s->trace_lo);
+        /* span id and trace id in one visit of the thread's generator */
+        s->trace_hi = 0;
+        bu_rand_ids(st->fork_gen, &s->span_id, st->trace_id_128 ? &s->trace_hi : NULL,
+                    &s->trace_lo);
         s->parent_id = 0;
         s->flags = bu_sampler_decide(&st->sampler, s->trace_lo) ? BU_FLAG_SAMPLED : 0;
         s->baggage = NULL;
@@ -1476,7 +1473,8 @@ base_span(PyObject *m, PyObject *args, PyObject *kwargs)
     }
     uint64_t hi, lo, sid;
     if (trace == Py_None) {
-        new_trace_id(st, &hi, &lo);
+        hi = 0;
+        bu_rand_ids(st->fork_gen, NULL, st->trace_id_128 ? &hi : NULL, &lo);
     }
     else if (bu_u128_from_pylong(trace, &hi, &lo) < 0) {
         return NULL;
