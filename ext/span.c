@@ -513,15 +513,17 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
             s->ntags = 2;
         }
     }
-    s->start_mono = bu_mono_ns();
+    /* One clock read: the wall start is derived from the monotonic one (clock.h). */
+    int64_t mono = bu_mono_ns(), wall = bu_wall_from_mono(&st->wall, mono);
     if (start_ns >= 0) {
         /* An explicit start: place it on the monotonic clock too, or finish() (which measures
          * the duration on that clock) would start counting now. */
         s->start_ns = start_ns;
-        s->start_mono -= bu_wall_ns() - start_ns;
+        s->start_mono = mono - (wall - start_ns);
     }
     else {
-        s->start_ns = bu_wall_ns();
+        s->start_ns = wall;
+        s->start_mono = mono;
     }
     return s;
 }

@@ -5,6 +5,7 @@
 #include "compat.h"
 #include <stdint.h>
 #include "buffer.h"
+#include "clock.h"
 #include "record.h"
 
 #define BU_MAX_PROCESSES 256
@@ -57,6 +58,7 @@ typedef struct {
     bu_sampler sampler;
     int mode;
     int trace_id_128;
+    bu_wall_offset wall; /* span start times: wall = monotonic + offset (clock.h) */
     uint16_t cur_process;
     uint16_t nprocesses;
     bu_process processes[BU_MAX_PROCESSES];
