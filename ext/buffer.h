@@ -22,6 +22,7 @@ typedef struct {
     atomic_size_t count, bytes;
     size_t max_spans, max_bytes;
     bu_stats *stats;
+    bu_pool pool; /* records the consumers handed back (record.h) */
 } bu_buffer;
 
 void bu_buffer_init(bu_buffer *b, bu_stats *stats, size_t max_spans, size_t max_bytes);
@@ -29,7 +30,13 @@ void bu_buffer_init(bu_buffer *b, bu_stats *stats, size_t max_spans, size_t max_
 int bu_buffer_push(bu_buffer *b, bu_record *r);
 /* Take every queued record, oldest first (NULL when empty). Caller owns the list. */
 bu_record *bu_buffer_take_all(bu_buffer *b);
-/* Drop everything queued (after fork in the child: the parent owns those spans). */
+/* The consumer is done with records it took: they go back to the producers' pool (or are freed). */
+static inline void
+bu_buffer_recycle(bu_buffer *b, bu_record *list)
+{
+    bu_pool_put_list(&b->pool, list);
+}
+/* Drop everything queued (after fork in the child: the parent owns those spans) and the pool. */
 void bu_buffer_clear(bu_buffer *b);
 size_t bu_record_bytes(const bu_record *r);
 

@@ -275,7 +275,7 @@ take_records(PyObject *m, PyObject *Py_UNUSED(arg))
         }
         Py_DECREF(t);
     }
-    bu_record_free_list(list);
+    bu_buffer_recycle(&st->buffer, list); /* back to the producers (record pool) */
     return out;
 }
 
@@ -457,6 +457,19 @@ rand128(PyObject *m, PyObject *Py_UNUSED(arg))
     return bu_long_from_u128(hi, lo);
 }
 
+/* The record pool's counters (record.h): reuses, mallocs, records pooled now. */
+static PyObject *
+record_pool(PyObject *m, PyObject *Py_UNUSED(arg))
+{
+    bu_pool *p = &bu_state_of_module(m)->buffer.pool;
+    size_t n = atomic_load(&p->nreturned);
+    for (bu_record *r = p->local; r != NULL; r = r->next) {
+        n++;
+    }
+    return Py_BuildValue("{sKsKsn}", "hits", (unsigned long long)p->hits, "misses",
+                         (unsigned long long)p->misses, "pooled", (Py_ssize_t)n);
+}
+
 static PyMethodDef core_methods[] = {
     {"set_mode", set_mode, METH_O, "Set where finished spans go: 0 discard, 1 memory, 2 reporter."},
     {"get_mode", get_mode, METH_NOARGS, "Current mode."},
@@ -480,6 +493,7 @@ static PyMethodDef core_methods[] = {
     {"log_ids", (PyCFunction)(void (*)(void))bu_log_ids, METH_FASTCALL,
      "log_ids(span_level, max_logs, max_bytes) -> LogIds (bu_osprofiler.logging)."},
     {"rand128", rand128, METH_NOARGS, "A random 128-bit trace id from the per-thread generator."},
+    {"_record_pool", record_pool, METH_NOARGS, "Record pool counters: hits, misses, pooled."},
     {NULL, NULL, 0, NULL},
 };
 

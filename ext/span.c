@@ -574,10 +574,10 @@ bu_span_finish(SpanObject *s, int64_t end_ns)
             if (s->tracestate != NULL && span_put_tracestate(s) < 0) {
                 PyErr_Clear(); /* out of memory: the span goes without it */
             }
-            bu_record *r = bu_record_new(s->trace_hi, s->trace_lo, s->span_id, s->parent_id,
-                                         s->flags, s->start_ns, dur, s->service, name,
-                                         (size_t)nlen, &s->refs, s->nrefs, &s->tags, s->ntags,
-                                         &s->logs, s->nlogs);
+            bu_record *r = bu_record_build(&st->buffer.pool, s->trace_hi, s->trace_lo,
+                                           s->span_id, s->parent_id, s->flags, s->start_ns, dur,
+                                           s->service, name, (size_t)nlen, &s->refs, s->nrefs,
+                                           &s->tags, s->ntags, &s->logs, s->nlogs);
             if (r == NULL) {
                 atomic_fetch_add_explicit(&st->stats.dropped_queue_full, 1, memory_order_relaxed);
             }
