@@ -17,6 +17,17 @@ typedef struct {
     atomic_uint_fast64_t batches_sent, bytes_sent, send_errors;
 } bu_stats;
 
+/* +1 on a counter whose writers all hold the GIL (spans started / finished / sampled): the GIL
+ * serialises the read-modify-write, so a relaxed load and store do (plain moves on x86) instead
+ * of a locked add; readers on other threads (the flusher's ClientStats) still read it
+ * atomically. Counters written without the GIL (drops, exports) keep atomic_fetch_add. */
+static inline void
+bu_count_gil(atomic_uint_fast64_t *c)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
 typedef struct {
     _Atomic(bu_record *) head;
     atomic_size_t count, bytes;

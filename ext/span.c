@@ -495,7 +495,7 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
         s->tracestate = NULL;
         s->w3c_flags = st->trace_id_128 ? BU_W3C_RANDOM : 0; /* random 128-bit ids */
     }
-    atomic_fetch_add_explicit(&st->stats.started, 1, memory_order_relaxed);
+    bu_count_gil(&st->stats.started);
     if (!(s->flags & (BU_FLAG_SAMPLED | BU_FLAG_TAIL)) && bu_tail_open(st, s)) {
         s->flags |= BU_FLAG_TAIL; /* unsampled local root held for tail keep (tail.c) */
         s->state |= BU_SPAN_LOCALROOT | BU_SPAN_RECORDING;
@@ -556,12 +556,12 @@ bu_span_finish(SpanObject *s, int64_t end_ns)
     }
     s->state |= BU_SPAN_FINISHED;
     bu_state *st = s->st;
-    atomic_fetch_add_explicit(&st->stats.finished, 1, memory_order_relaxed);
+    bu_count_gil(&st->stats.finished);
     if (s->state & BU_SPAN_RECORDING) {
         int64_t dur = end_ns >= 0 ? end_ns - s->start_ns : bu_mono_ns() - s->start_mono;
         int tail = (s->flags & BU_FLAG_TAIL) != 0; /* held, then kept or freed (tail.c) */
         if (s->flags & BU_FLAG_SAMPLED) {
-            atomic_fetch_add_explicit(&st->stats.sampled, 1, memory_order_relaxed);
+            bu_count_gil(&st->stats.sampled);
         }
         if (st->mode != BU_MODE_DISCARD) {
             Py_ssize_t nlen;
