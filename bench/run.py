@@ -254,26 +254,37 @@ def budgets(med: dict, detail: dict) -> list:
     g = lambda row, peer="ours": med.get(row, {}).get(peer)  # noqa: E731
     out = []
     s = g("decorated_sampled")
-    out.append(("@trace sampled, hide_args, exported", "<= 500 ns per call",
-                f"{_fmt(s, 'ns')} ns" if s else "n/a", None if s is None else s <= 500))
-    for peer in ("osprofiler", "otel"):
+    out.append(("@trace sampled, hide_args, exported", "<= 300 ns per call",
+                f"{_fmt(s, 'ns')} ns" if s else "n/a", None if s is None else s <= 300))
+    for peer, want in (("osprofiler", 30), ("otel", 45)):
         p = g("decorated_sampled", peer)
         r = p / s if (s and p) else None
-        out.append((f"  faster than {peer} (sampled @trace / with span)", ">= 20x",
-                    f"{r:.1f}x" if r else "n/a", None if r is None else r >= 20))
+        out.append((f"  faster than {peer} (sampled @trace / with span)", f">= {want}x",
+                    f"{r:.1f}x" if r else "n/a", None if r is None else r >= want))
+    w = g("with_span")
+    out.append(("`with` span (profiler.Trace)", "<= 400 ns",
+                f"{_fmt(w, 'ns')} ns" if w else "n/a", None if w is None else w <= 400))
     for m in ("untraced", "unsampled"):
         o = g(f"overhead_{m}")
-        out.append((f"@trace, {m}: overhead over bare call", "<= 60 ns",
+        out.append((f"@trace, {m}: overhead over bare call", "<= 15 ns",
                     f"{_fmt(o, 'ns')} ns" if o is not None else "n/a",
-                    None if o is None else o <= 60))
+                    None if o is None else o <= 15))
+    i = g("ids_128")
+    out.append(("128-bit id", "<= 60 ns", f"{_fmt(i, 'ns')} ns" if i else "n/a",
+                None if i is None else i <= 60))
+    sm = g("decorated_sampled_memory")
+    x = s - sm if (s and sm) else None
+    out.append(("export's share on the calling thread (sampled exported - memory://)",
+                "<= 60 ns per span", f"{_fmt(x, 'ns')} ns" if x is not None else "n/a",
+                None if x is None else x <= 60))
     e = g("encode")
     out.append(("Jaeger compact encoding, 3-tag span", "<= 300 ns",
                 f"{_fmt(e, 'ns')} ns" if e else "n/a", None if e is None else e <= 300))
     m, q, gc_ = g("memory_total"), g("memory_queued"), g("memory_gc")
-    out.append(("finished span held in the buffer (3 tags)", "<= 256 B",
+    out.append(("finished span held in the buffer (3 tags)", "<= 176 B (no regression)",
                 (f"{_fmt(m, 'B')} B allocated ({_fmt(q, 'B')} B counted by the queue)"
                  if m is not None else "n/a"),
-                None if m is None else m <= 256))
+                None if m is None else round(m) <= 176))  # mallinfo2 noise: 176.01
     out.append(("  GC-tracked objects per held span", "0",
                 f"{gc_:.3f}" if gc_ is not None else "n/a",
                 None if gc_ is None else gc_ < 0.01))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from bu_osprofiler import _core
 from bu_osprofiler._log import warn_limited
 
 Notifier = Callable[[dict], Any]
@@ -25,6 +26,8 @@ def set(notifier: Optional[Notifier]) -> None:  # noqa: A001 (osprofiler's name)
     """Install ``notifier`` (a callable taking one payload dict); None removes it."""
     global _notifier
     _notifier = None if notifier is _noop_notifier else notifier
+    # the C trace points read a flag, not this module's dict (a load instead of a lookup)
+    _core._set_legacy_notifier(_notifier is not None)
 
 
 def get() -> Notifier:

@@ -18,6 +18,10 @@ bu_buffer_init(bu_buffer *b, bu_stats *stats, size_t max_spans, size_t max_bytes
     b->max_spans = max_spans;
     b->max_bytes = max_bytes;
     b->stats = stats;
+    atomic_init(&b->pool.returned, NULL);
+    atomic_init(&b->pool.nreturned, 0);
+    b->pool.local = NULL;
+    b->pool.hits = b->pool.misses = 0;
 }
 
 int
@@ -65,4 +69,5 @@ void
 bu_buffer_clear(bu_buffer *b)
 {
     bu_record_free_list(bu_buffer_take_all(b));
+    bu_pool_clear(&b->pool);
 }

@@ -275,7 +275,7 @@ take_records(PyObject *m, PyObject *Py_UNUSED(arg))
         }
         Py_DECREF(t);
     }
-    bu_record_free_list(list);
+    bu_buffer_recycle(&st->buffer, list); /* back to the producers (record pool) */
     return out;
 }
 
@@ -449,6 +449,27 @@ rand64(PyObject *m, PyObject *Py_UNUSED(arg))
 }
 
 PyObject *bu_otlp_decode(PyObject *m, PyObject *const *args, Py_ssize_t nargs); /* otlpdec.c */
+/* A random 128-bit trace id (both halves from one visit of the thread's generator). */
+static PyObject *
+rand128(PyObject *m, PyObject *Py_UNUSED(arg))
+{
+    uint64_t hi, lo;
+    bu_rand_ids(bu_state_of_module(m)->fork_gen, NULL, &hi, &lo);
+    return bu_long_from_u128(hi, lo);
+}
+
+/* The record pool's counters (record.h): reuses, mallocs, records pooled now. */
+static PyObject *
+record_pool(PyObject *m, PyObject *Py_UNUSED(arg))
+{
+    bu_pool *p = &bu_state_of_module(m)->buffer.pool;
+    size_t n = atomic_load(&p->nreturned);
+    for (bu_record *r = p->local; r != NULL; r = r->next) {
+        n++;
+    }
+    return Py_BuildValue("{sKsKsn}", "hits", (unsigned long long)p->hits, "misses",
+                         (unsigned long long)p->misses, "pooled", (Py_ssize_t)n);
+}
 
 static PyMethodDef core_methods[] = {
     {"set_mode", set_mode, METH_O, "Set where finished spans go: 0 discard, 1 memory, 2 reporter."},
@@ -475,6 +496,8 @@ static PyMethodDef core_methods[] = {
     {"otlp_decode", (PyCFunction)(void (*)(void))bu_otlp_decode, METH_FASTCALL,
      "otlp_decode(data[, budget]) -> [(service, process_tags_json, rows, size)]: an OTLP\n"
      "protobuf ExportTraceServiceRequest as the collector's rows (collector/otlp.py)."},
+    {"rand128", rand128, METH_NOARGS, "A random 128-bit trace id from the per-thread generator."},
+    {"_record_pool", record_pool, METH_NOARGS, "Record pool counters: hits, misses, pooled."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -156,21 +156,116 @@ bu_ref_put(bu_buf *b, int kind, uint64_t trace_hi, uint64_t trace_lo, uint64_t s
 
 /* ---------------------------------------------------------------- records */
 
+/* ---------------------------------------------------------------- record pool */
+
+/* A record of `need` bytes from the pool, or NULL (then the caller mallocs). GIL held. */
+static bu_record *
+pool_take(bu_pool *p, size_t need)
+{
+    bu_record *r = p->local;
+    if (r == NULL) {
+        if (atomic_load_explicit(&p->returned, memory_order_relaxed) == NULL) {
+            p->misses++;
+            return NULL;
+        }
+        r = atomic_exchange_explicit(&p->returned, NULL, memory_order_acquire);
+        size_t n = 0;
+        for (bu_record *q = r; q != NULL; q = q->next) {
+            n++;
+        }
+        atomic_fetch_sub_explicit(&p->nreturned, n, memory_order_relaxed);
+        if (r == NULL) {
+            p->misses++;
+            return NULL;
+        }
+    }
+    p->local = r->next;
+    if (r->cap < need) {
+        bu_record *g = realloc(r, need);
+        if (g == NULL) {
+            free(r);
+            p->misses++;
+            return NULL;
+        }
+        r = g;
+        r->cap = (uint32_t)need;
+    }
+    p->hits++;
+    return r;
+}
+
+void
+bu_pool_put_list(bu_pool *p, bu_record *list)
+{
+    if (list == NULL) {
+        return;
+    }
+    /* Keep what fits under the bound (one load of the count per list), free the rest. */
+    size_t have = atomic_load_explicit(&p->nreturned, memory_order_relaxed);
+    size_t room = have < BU_POOL_MAX ? BU_POOL_MAX - have : 0;
+    bu_record *first = NULL, *last = NULL;
+    size_t n = 0;
+    while (list != NULL) {
+        bu_record *next = list->next;
+        if (n < room && list->cap <= BU_POOL_MAX_BYTES) {
+            list->next = first;
+            if (first == NULL) {
+                last = list;
+            }
+            first = list;
+            n++;
+        }
+        else {
+            free(list);
+        }
+        list = next;
+    }
+    if (first == NULL) {
+        return;
+    }
+    atomic_fetch_add_explicit(&p->nreturned, n, memory_order_relaxed);
+    bu_record *head = atomic_load_explicit(&p->returned, memory_order_relaxed);
+    do {
+        last->next = head;
+    } while (!atomic_compare_exchange_weak_explicit(&p->returned, &head, first,
+                                                    memory_order_release, memory_order_relaxed));
+}
+
+void
+bu_pool_clear(bu_pool *p)
+{
+    bu_record_free_list(p->local);
+    p->local = NULL;
+    bu_record_free_list(atomic_exchange_explicit(&p->returned, NULL, memory_order_acquire));
+    atomic_store_explicit(&p->nreturned, 0, memory_order_relaxed);
+}
+
+/* ---------------------------------------------------------------- records */
+
 bu_record *
-bu_record_new(uint64_t trace_hi, uint64_t trace_lo, uint64_t span_id, uint64_t parent_id,
-              uint32_t flags, int64_t start_ns, int64_t duration_ns, uint16_t service,
-              const char *name, size_t name_len, const bu_buf *refs, uint16_t nrefs,
-              const bu_buf *tags, uint16_t ntags, const bu_buf *logs, uint16_t nlogs)
+bu_record_build(bu_pool *pool, uint64_t trace_hi, uint64_t trace_lo, uint64_t span_id,
+                uint64_t parent_id, uint32_t flags, int64_t start_ns, int64_t duration_ns,
+                uint16_t service, const char *name, size_t name_len, const bu_buf *refs,
+                uint16_t nrefs, const bu_buf *tags, uint16_t ntags, const bu_buf *logs,
+                uint16_t nlogs)
 {
     name_len = utf8_cut(name, name_len, 0xFFFF);
     size_t rlen = refs ? refs->len : 0, tlen = tags ? tags->len : 0, llen = logs ? logs->len : 0;
     size_t size = name_len + rlen + tlen + llen;
-    if (size > UINT32_MAX) {
+    if (size > UINT32_MAX - sizeof(bu_record)) {
         return NULL;
     }
-    bu_record *r = malloc(sizeof(bu_record) + size);
+    size_t need = sizeof(bu_record) + size;
+    bu_record *r = NULL;
+    if (pool != NULL && need <= BU_POOL_MAX_BYTES) {
+        r = pool_take(pool, need);
+    }
     if (r == NULL) {
-        return NULL;
+        r = malloc(need);
+        if (r == NULL) {
+            return NULL;
+        }
+        r->cap = (uint32_t)need;
     }
     r->next = NULL;
     r->trace_hi = trace_hi;
@@ -206,6 +301,17 @@ bu_record_new(uint64_t trace_hi, uint64_t trace_lo, uint64_t span_id, uint64_t p
         memcpy(p, logs->data, llen);
     }
     return r;
+}
+
+bu_record *
+bu_record_new(uint64_t trace_hi, uint64_t trace_lo, uint64_t span_id, uint64_t parent_id,
+              uint32_t flags, int64_t start_ns, int64_t duration_ns, uint16_t service,
+              const char *name, size_t name_len, const bu_buf *refs, uint16_t nrefs,
+              const bu_buf *tags, uint16_t ntags, const bu_buf *logs, uint16_t nlogs)
+{
+    return bu_record_build(NULL, trace_hi, trace_lo, span_id, parent_id, flags, start_ns,
+                           duration_ns, service, name, name_len, refs, nrefs, tags, ntags, logs,
+                           nlogs);
 }
 
 void

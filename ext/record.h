@@ -11,6 +11,7 @@
 #ifndef BU_RECORD_H
 #define BU_RECORD_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -47,6 +48,7 @@ typedef struct bu_record {
     uint16_t name_len, nrefs, ntags, nlogs;
     uint16_t service; /* index into the module's process table */
     uint8_t w3c_flags; /* W3C trace flags besides sampled (0x02 random), for OTLP; 0 by default */
+    uint32_t cap;      /* bytes allocated for the whole record (a pooled record may be larger) */
     unsigned char data[];
 } bu_record;
 
@@ -91,6 +93,37 @@ int bu_tag_put_bool(bu_buf *b, const char *key, size_t klen, int val);
 int bu_tag_put_long(bu_buf *b, const char *key, size_t klen, int64_t val);
 int bu_tag_put_double(bu_buf *b, const char *key, size_t klen, double val);
 int bu_ref_put(bu_buf *b, int kind, uint64_t trace_hi, uint64_t trace_lo, uint64_t span_id);
+
+/* ---- record pool: finished records handed back by the consumer (flusher thread, memory://
+ * reader) for producers to reuse, so that a producer's record rarely goes through malloc (and a
+ * record freed on another thread never lands in that thread's malloc cache, away from the
+ * producer). Consumers push whole lists with one compare-and-swap (any thread, no GIL needed);
+ * the producer side (bu_record_build with a pool) runs with the GIL held, which serialises it,
+ * and takes everything returned at once with one atomic exchange when its own list is empty.
+ * Bounded: at most about BU_POOL_MAX records of at most BU_POOL_MAX_BYTES each are kept; the
+ * rest are freed. A pooled record is an ordinary malloc block: free() is always right for it. */
+#define BU_POOL_MAX 512
+#define BU_POOL_MAX_BYTES 1024
+
+typedef struct {
+    _Atomic(bu_record *) returned; /* consumers push here */
+    atomic_size_t nreturned;       /* records in `returned` (approximate, for the bound) */
+    bu_record *local;              /* producer's list (GIL) */
+    uint64_t hits, misses;         /* producer side, GIL-serialised: plain counters */
+} bu_pool;
+
+/* Hand a list of finished records (linked by ->next) back: kept for reuse or freed. */
+void bu_pool_put_list(bu_pool *p, bu_record *list);
+/* Free everything pooled (no producer or consumer may run concurrently). */
+void bu_pool_clear(bu_pool *p);
+
+/* Build a record, reusing one from `pool` (may be NULL) when there is one. */
+bu_record *bu_record_build(bu_pool *pool, uint64_t trace_hi, uint64_t trace_lo, uint64_t span_id,
+                           uint64_t parent_id, uint32_t flags, int64_t start_ns,
+                           int64_t duration_ns, uint16_t service, const char *name,
+                           size_t name_len, const bu_buf *refs, uint16_t nrefs,
+                           const bu_buf *tags, uint16_t ntags, const bu_buf *logs,
+                           uint16_t nlogs);
 
 /* Build a record: one malloc, copies everything. Returns NULL on out of memory (no exception set). */
 bu_record *bu_record_new(uint64_t trace_hi, uint64_t trace_lo, uint64_t span_id, uint64_t parent_id,

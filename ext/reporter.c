@@ -520,7 +520,7 @@ udp_cycle(bu_reporter *r)
         atomic_fetch_add(&st->stats.dropped_send_failed, unsent);
         lost += unsent;
     }
-    bu_record_free_list(list);
+    bu_buffer_recycle(&st->buffer, list); /* back to the producers (record pool) */
 done:
     return lost == 0;
 }
@@ -911,7 +911,7 @@ take_batches(PyObject *m, PyObject *args)
     res = Py_BuildValue("(OK)", c.list, (unsigned long long)pr.too_large);
 error:
     Py_XDECREF(c.list);
-    bu_record_free_list(list);
+    bu_pool_put_list(&bu_state_of_module(m)->buffer.pool, list); /* record pool (or freed) */
     return res;
 }
 

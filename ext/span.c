@@ -438,13 +438,6 @@ static PyType_Spec ctx_spec = {
 
 /* ================================================================ Span: creation and finish */
 
-static void
-new_trace_id(bu_state *st, uint64_t *hi, uint64_t *lo)
-{
-    *hi = st->trace_id_128 ? bu_rand64(st->fork_gen) : 0;
-    *lo = bu_rand64(st->fork_gen);
-}
-
 SpanObject *
 bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
 {
@@ -462,10 +455,10 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
     s->prev = NULL;
     Py_INCREF(name);
     s->name = name;
-    s->span_id = bu_rand64(st->fork_gen);
     int root = 0;
     if (parent != NULL && Py_IS_TYPE(parent, st->SpanType)) {
         SpanObject *p = _Span_CAST(parent);
+        s->span_id = bu_rand64(st->fork_gen);
         s->trace_hi = p->trace_hi;
         s->trace_lo = p->trace_lo;
         s->parent_id = (p->state & BU_SPAN_BASE) ? 0 : p->span_id;
@@ -480,6 +473,7 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
     }
     else if (parent != NULL && Py_IS_TYPE(parent, st->SpanContextType)) {
         SpanContextObject *c = _SpanContext_CAST(parent);
+        s->span_id = bu_rand64(st->fork_gen);
         s->trace_hi = c->trace_hi;
         s->trace_lo = c->trace_lo;
         s->parent_id = c->is_base ? 0 : c->span_id;
@@ -491,14 +485,17 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
     }
     else {
         root = 1;
-        new_trace_id(st, &s->trace_hi, &s->trace_lo);
+        /* span id and trace id in one visit of the thread's generator */
+        s->trace_hi = 0;
+        bu_rand_ids(st->fork_gen, &s->span_id, st->trace_id_128 ? &s->trace_hi : NULL,
+                    &s->trace_lo);
         s->parent_id = 0;
         s->flags = bu_sampler_decide(&st->sampler, s->trace_lo) ? BU_FLAG_SAMPLED : 0;
         s->baggage = NULL;
         s->tracestate = NULL;
         s->w3c_flags = st->trace_id_128 ? BU_W3C_RANDOM : 0; /* random 128-bit ids */
     }
-    atomic_fetch_add_explicit(&st->stats.started, 1, memory_order_relaxed);
+    bu_count_gil(&st->stats.started);
     if (!(s->flags & (BU_FLAG_SAMPLED | BU_FLAG_TAIL)) && bu_tail_open(st, s)) {
         s->flags |= BU_FLAG_TAIL; /* unsampled local root held for tail keep (tail.c) */
         s->state |= BU_SPAN_LOCALROOT | BU_SPAN_RECORDING;
@@ -516,15 +513,17 @@ bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
             s->ntags = 2;
         }
     }
-    s->start_mono = bu_mono_ns();
+    /* One clock read: the wall start is derived from the monotonic one (clock.h). */
+    int64_t mono = bu_mono_ns(), wall = bu_wall_from_mono(&st->wall, mono);
     if (start_ns >= 0) {
         /* An explicit start: place it on the monotonic clock too, or finish() (which measures
          * the duration on that clock) would start counting now. */
         s->start_ns = start_ns;
-        s->start_mono -= bu_wall_ns() - start_ns;
+        s->start_mono = mono - (wall - start_ns);
     }
     else {
-        s->start_ns = bu_wall_ns();
+        s->start_ns = wall;
+        s->start_mono = mono;
     }
     return s;
 }
@@ -557,12 +556,12 @@ bu_span_finish(SpanObject *s, int64_t end_ns)
     }
     s->state |= BU_SPAN_FINISHED;
     bu_state *st = s->st;
-    atomic_fetch_add_explicit(&st->stats.finished, 1, memory_order_relaxed);
+    bu_count_gil(&st->stats.finished);
     if (s->state & BU_SPAN_RECORDING) {
         int64_t dur = end_ns >= 0 ? end_ns - s->start_ns : bu_mono_ns() - s->start_mono;
         int tail = (s->flags & BU_FLAG_TAIL) != 0; /* held, then kept or freed (tail.c) */
         if (s->flags & BU_FLAG_SAMPLED) {
-            atomic_fetch_add_explicit(&st->stats.sampled, 1, memory_order_relaxed);
+            bu_count_gil(&st->stats.sampled);
         }
         if (st->mode != BU_MODE_DISCARD) {
             Py_ssize_t nlen;
@@ -575,10 +574,10 @@ bu_span_finish(SpanObject *s, int64_t end_ns)
             if (s->tracestate != NULL && span_put_tracestate(s) < 0) {
                 PyErr_Clear(); /* out of memory: the span goes without it */
             }
-            bu_record *r = bu_record_new(s->trace_hi, s->trace_lo, s->span_id, s->parent_id,
-                                         s->flags, s->start_ns, dur, s->service, name,
-                                         (size_t)nlen, &s->refs, s->nrefs, &s->tags, s->ntags,
-                                         &s->logs, s->nlogs);
+            bu_record *r = bu_record_build(&st->buffer.pool, s->trace_hi, s->trace_lo,
+                                           s->span_id, s->parent_id, s->flags, s->start_ns, dur,
+                                           s->service, name, (size_t)nlen, &s->refs, s->nrefs,
+                                           &s->tags, s->ntags, &s->logs, s->nlogs);
             if (r == NULL) {
                 atomic_fetch_add_explicit(&st->stats.dropped_queue_full, 1, memory_order_relaxed);
             }
@@ -1476,7 +1475,8 @@ base_span(PyObject *m, PyObject *args, PyObject *kwargs)
     }
     uint64_t hi, lo, sid;
     if (trace == Py_None) {
-        new_trace_id(st, &hi, &lo);
+        hi = 0;
+        bu_rand_ids(st->fork_gen, NULL, st->trace_id_128 ? &hi : NULL, &lo);
     }
     else if (bu_u128_from_pylong(trace, &hi, &lo) < 0) {
         return NULL;

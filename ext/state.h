@@ -5,6 +5,7 @@
 #include "compat.h"
 #include <stdint.h>
 #include "buffer.h"
+#include "clock.h"
 #include "record.h"
 
 #define BU_MAX_PROCESSES 256
@@ -48,6 +49,7 @@ typedef struct {
     PyObject *empty_tuple;
     PyObject *format_exc;    /* callable(exc) -> stack text, set from Python */
     PyObject *trace_slow;    /* profiler.Trace slow path (trace.c), set from Python */
+    int legacy_notifier;     /* a legacy notifier is installed (bu_osprofiler.notifier.set) */
     /* The exception last recorded and its stack text (span.c error_stack), kept only while it
      * propagates through traced calls: bu_error_cache_clear() drops them. */
     PyObject *err_exc, *err_stack;
@@ -56,6 +58,7 @@ typedef struct {
     bu_sampler sampler;
     int mode;
     int trace_id_128;
+    bu_wall_offset wall; /* span start times: wall = monotonic + offset (clock.h) */
     uint16_t cur_process;
     uint16_t nprocesses;
     bu_process processes[BU_MAX_PROCESSES];

@@ -68,16 +68,11 @@ done:
 
 /* ---- legacy notifier: a traced call takes the Python slow path (profiler._traced_slow, the
  * optional 5th item of st->trace_slow) while a notifier is installed, so that it hears the call's
- * start / stop payloads as it does with osprofiler. 1 set, 0 not, -1 error. */
-static int legacy_notifier_set(bu_state *st);
-
-static int
+ * start / stop payloads as it does with osprofiler. 1 set, 0 not. */
+static inline int
 traced_notifier_set(bu_state *st)
 {
-    if (st->trace_slow == NULL || PyTuple_GET_SIZE(st->trace_slow) < 5) {
-        return 0;
-    }
-    return legacy_notifier_set(st);
+    return st->legacy_notifier && st->trace_slow != NULL && PyTuple_GET_SIZE(st->trace_slow) >= 5;
 }
 
 /* slow(traced, *args, **kwargs) */
@@ -126,14 +121,9 @@ traced_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
         Py_XDECREF(cur);
         return PyObject_Vectorcall(t->func, args, nargsf, kwnames);
     }
-    int notified = traced_notifier_set(st);
-    if (notified != 0) {
+    if (traced_notifier_set(st)) {
         Py_DECREF(cur);
-        if (notified > 0) {
-            return traced_call_slow(st, op, args, nargsf, kwnames);
-        }
-        PyErr_Clear();
-        return PyObject_Vectorcall(t->func, args, nargsf, kwnames);
+        return traced_call_slow(st, op, args, nargsf, kwnames);
     }
     SpanObject *s = bu_span_start(st, cur, t->name, -1);
     Py_DECREF(cur);
@@ -506,19 +496,13 @@ tracepoint_dealloc(PyObject *op)
     Py_DECREF(tp);
 }
 
-/* 1 when a legacy notifier is installed (or the slow path is unknown), 0 when not, -1 error. */
+/* 1 when a legacy notifier is installed (or the slow path is unknown), 0 when not: a flag that
+ * bu_osprofiler.notifier.set() keeps (_set_legacy_notifier), so the hot paths pay a load and a
+ * branch instead of a dict lookup. */
 static int
 legacy_notifier_set(bu_state *st)
 {
-    PyObject *slow = st->trace_slow;
-    if (slow == NULL) {
-        return 1;
-    }
-    PyObject *n = PyDict_GetItemWithError(PyTuple_GET_ITEM(slow, 0), PyTuple_GET_ITEM(slow, 1));
-    if (n == NULL) {
-        return PyErr_Occurred() ? -1 : 0;
-    }
-    return n != Py_None;
+    return st->trace_slow == NULL || st->legacy_notifier;
 }
 
 /* Call slow-path hook `i` of st->trace_slow with two arguments; returns its result or NULL. */
@@ -543,9 +527,6 @@ tracepoint_enter(PyObject *op, PyObject *Py_UNUSED(arg))
         !PyUnicode_CheckExact(t->name) || !(t->info == Py_None || PyDict_CheckExact(t->info));
     if (!slow) {
         slow = legacy_notifier_set(st);
-        if (slow < 0) {
-            return NULL;
-        }
     }
     if (slow) {
         res = call_slow(st, 2, t->name, t->info);
@@ -580,9 +561,6 @@ tracepoint_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     int slow = args[0] != Py_None;
     if (!slow) {
         slow = legacy_notifier_set(st);
-        if (slow < 0) {
-            return NULL;
-        }
     }
     if (slow) {
         res = call_slow(st, 3, args[0], args[1]);
@@ -666,7 +644,21 @@ set_trace_slow_path(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* _set_legacy_notifier(installed: bool) -- bu_osprofiler.notifier.set() / clear. */
+static PyObject *
+set_legacy_notifier(PyObject *m, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) {
+        return NULL;
+    }
+    bu_state_of_module(m)->legacy_notifier = on;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef trace_functions[] = {
+    {"_set_legacy_notifier", set_legacy_notifier, METH_O,
+     "_set_legacy_notifier(installed): whether a legacy notifier hears trace points."},
     {"_set_trace_slow_path", (PyCFunction)(void (*)(void))set_trace_slow_path, METH_FASTCALL,
      "_set_trace_slow_path(notifier_ns, key, enter, exit): profiler.Trace's Python slow path."},
     {NULL, NULL, 0, NULL},
