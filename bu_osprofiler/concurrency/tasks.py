@@ -25,7 +25,7 @@ def _define_branch_task(asyncio: Any) -> Any:
 
         def __await__(self) -> Any:
             branch = self._bu_branch
-            if branch._claim:
+            if not branch.joined:
                 waiter = _traced()
                 if waiter is not None:
                     t0 = _time_ns()
@@ -171,7 +171,7 @@ async def _traced_tg_exit(aexit: Any, waiter: Any, branches: list) -> Any:
 def _make_run_until_complete(orig: Callable[..., Any]) -> Callable[..., Any]:
     # asyncio.run(main()) from a traced caller: main's task is a branch the caller waits for
     def run_until_complete(self: Any, future: Any) -> Any:
-        if type(future) is not _BranchTask or not future._bu_branch._claim:
+        if type(future) is not _BranchTask or future._bu_branch.joined:
             return orig(self, future)
         waiter = _traced()
         if waiter is None:
