@@ -17,6 +17,7 @@
 
 typedef struct bu_branch_state {
     PyTypeObject *BranchType;
+    PyTypeObject *AwaitType;
     PyObject *null_branch; /* what fork() returns untraced (Python's inert branch) */
     PyObject *hmac_var;    /* ContextVar of the osprofiler HMAC key, carried into branches */
     PyObject *warn;        /* callable(key, msg, exc): rate-limited warning */
@@ -25,7 +26,7 @@ typedef struct bu_branch_state {
     PyObject *branches_of; /* callable(tuple) -> iterable of Branch (join() of threads, futures) */
     PyObject *str_fork, *str_join, *str_qualname, *str_asyncio, *str_running_loop;
     PyObject *str_current_task, *str_greenlet, *str_getcurrent, *str_parent, *str_co_qualname;
-    PyObject *str_thread, *str_greenthread, *str_task;
+    PyObject *str_thread, *str_greenthread, *str_task, *str_done, *str_send, *str_throw, *str_close;
 } bu_branch_state;
 
 typedef struct {
@@ -834,6 +835,261 @@ branch_fork(PyObject *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     return (PyObject *)b;
 }
 
+/* ================================================================ await of a branch task */
+
+/* The iterator of `await task` for a task forked by the asyncio integration while a sampled span
+ * waits: it steps the task's own iterator and, once that ends with the task done, records the
+ * join (t0 = when the await began). No Python generator frame per resume. */
+typedef struct {
+    PyObject_HEAD
+    bu_state *st;
+    PyObject *inner;  /* the task's own __await__ iterator; NULL once ended */
+    PyObject *task;
+    PyObject *waiter; /* the waiting span */
+    PyObject *branch;
+    int64_t t0_ns;
+} AwaitObject;
+
+#define _Await_CAST(op) ((AwaitObject *)(op))
+
+/* The inner iterator ended (an exception is set: StopIteration with the result, or an error):
+ * record the join if the task is done, keeping that exception. NULL always. */
+static PyObject *
+await_ended(AwaitObject *a)
+{
+    PyObject *inner = a->inner;
+    a->inner = NULL;
+    Py_XDECREF(inner);
+    bu_branch_state *bs = a->st->branch;
+    if (bs == NULL || a->task == NULL) {
+        return NULL;
+    }
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *task = Py_NewRef(a->task), *waiter = Py_NewRef(a->waiter);
+    PyObject *branch = Py_NewRef(a->branch);
+    PyObject *done = PyObject_CallMethodNoArgs(task, bs->str_done);
+    int isdone = done == NULL ? -1 : PyObject_IsTrue(done);
+    Py_XDECREF(done);
+    if (isdone < 0) {
+        PyErr_Clear();
+    }
+    else if (isdone) {
+        if (record_join(a->st, waiter, a->t0_ns, &branch, 1, 0) < 0) {
+            /* a KeyboardInterrupt-like exception replaces the await's outcome */
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(etb);
+            et = ev = etb = NULL;
+            PyErr_Fetch(&et, &ev, &etb);
+        }
+    }
+    Py_DECREF(task);
+    Py_DECREF(waiter);
+    Py_DECREF(branch);
+    PyErr_Restore(et, ev, etb);
+    if (!PyErr_Occurred()) {
+        PyErr_SetNone(PyExc_StopIteration); /* an exhausted iterator without a value */
+    }
+    return NULL;
+}
+
+static PyObject *
+await_iternext(PyObject *op)
+{
+    AwaitObject *a = _Await_CAST(op);
+    PyObject *inner = a->inner;
+    if (inner == NULL) {
+        return NULL;
+    }
+    Py_INCREF(inner);
+    PyObject *r = Py_TYPE(inner)->tp_iternext ? Py_TYPE(inner)->tp_iternext(inner)
+                                              : PyIter_Next(inner);
+    Py_DECREF(inner);
+    return r != NULL ? r : await_ended(a);
+}
+
+/* send / throw / close: forwarded to the task's iterator (what `yield from` would do). */
+static PyObject *
+await_forward(AwaitObject *a, PyObject *meth, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *inner = a->inner;
+    if (inner == NULL) {
+        if (meth == a->st->branch->str_close) {
+            Py_RETURN_NONE;
+        }
+        if (meth == a->st->branch->str_throw && nargs >= 1) {
+            /* ended: raise what is thrown in, as an exhausted generator does */
+            PyObject *t = args[0], *v = nargs >= 2 ? args[1] : Py_None;
+            if (PyExceptionInstance_Check(t)) {
+                PyErr_SetObject((PyObject *)Py_TYPE(t), t);
+            }
+            else if (PyExceptionClass_Check(t)) {
+                PyErr_SetObject(t, v);
+            }
+            else {
+                PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+            }
+            return NULL;
+        }
+        PyErr_SetNone(PyExc_StopIteration);
+        return NULL;
+    }
+    Py_INCREF(inner);
+    PyObject *stack[4] = {inner, NULL, NULL, NULL};
+    for (Py_ssize_t i = 0; i < nargs && i < 3; i++) {
+        stack[i + 1] = args[i];
+    }
+    PyObject *r = PyObject_VectorcallMethod(meth, stack, (size_t)(nargs < 3 ? nargs : 3) + 1,
+                                            NULL);
+    Py_DECREF(inner);
+    if (meth == a->st->branch->str_close) {
+        Py_CLEAR(a->inner);
+        return r;
+    }
+    return r != NULL ? r : await_ended(a);
+}
+
+static PyObject *
+await_send(PyObject *op, PyObject *arg)
+{
+    AwaitObject *a = _Await_CAST(op);
+    if (a->st->branch == NULL) {
+        PyErr_SetNone(PyExc_StopIteration);
+        return NULL;
+    }
+    if (arg == Py_None) {
+        return await_iternext(op);
+    }
+    return await_forward(a, a->st->branch->str_send, &arg, 1);
+}
+
+static PyObject *
+await_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    AwaitObject *a = _Await_CAST(op);
+    if (a->st->branch == NULL || nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "throw(type[, value[, traceback]])");
+        return NULL;
+    }
+    return await_forward(a, a->st->branch->str_throw, args, nargs);
+}
+
+static PyObject *
+await_close(PyObject *op, PyObject *Py_UNUSED(arg))
+{
+    AwaitObject *a = _Await_CAST(op);
+    if (a->st->branch == NULL) {
+        Py_CLEAR(a->inner);
+        Py_RETURN_NONE;
+    }
+    return await_forward(a, a->st->branch->str_close, NULL, 0);
+}
+
+static int
+await_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    AwaitObject *a = _Await_CAST(op);
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(a->inner);
+    Py_VISIT(a->task);
+    Py_VISIT(a->waiter);
+    Py_VISIT(a->branch);
+    return 0;
+}
+
+static int
+await_clear(PyObject *op)
+{
+    AwaitObject *a = _Await_CAST(op);
+    Py_CLEAR(a->inner);
+    Py_CLEAR(a->task);
+    Py_CLEAR(a->waiter);
+    Py_CLEAR(a->branch);
+    return 0;
+}
+
+static void
+await_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    await_clear(op);
+    PyObject_GC_Del(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+await_self(PyObject *op)
+{
+    return Py_NewRef(op);
+}
+
+static PyMethodDef await_methods[] = {
+    {"send", await_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))await_throw, METH_FASTCALL, NULL},
+    {"close", await_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *
+await_tp_new(PyTypeObject *Py_UNUSED(tp), PyObject *Py_UNUSED(a), PyObject *Py_UNUSED(k))
+{
+    PyErr_SetString(PyExc_TypeError, "BranchAwait objects are made by `await task`");
+    return NULL;
+}
+
+static PyType_Slot await_slots[] = {
+    {Py_tp_new, await_tp_new},
+    {Py_tp_dealloc, await_dealloc},
+    {Py_tp_traverse, await_traverse},
+    {Py_tp_clear, await_clear},
+    {Py_tp_iter, await_self},
+    {Py_tp_iternext, await_iternext},
+    {Py_tp_methods, await_methods},
+    {0, NULL},
+};
+
+static PyType_Spec await_spec = {
+    .name = "bu_osprofiler.concurrency.BranchAwait",
+    .basicsize = sizeof(AwaitObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = await_slots,
+};
+
+/* _branch_await(inner, task, waiter, branch, t0_ns): the iterator of `await task` that records
+ * the join of `branch` under `waiter` once `inner` (the task's own await iterator) ends. */
+static PyObject *
+branch_await(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    bu_state *st = bu_state_of_module(m);
+    bu_branch_state *bs = st->branch;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "_branch_await(inner, task, waiter, branch, t0_ns)");
+        return NULL;
+    }
+    if (bs == NULL || !PyIter_Check(args[0]) || !Py_IS_TYPE(args[2], st->SpanType) ||
+        !is_branch(bs, args[3])) {
+        return Py_NewRef(args[0]); /* nothing to record: the plain iterator */
+    }
+    long long t0 = PyLong_AsLongLong(args[4]);
+    if (t0 == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    AwaitObject *a = PyObject_GC_New(AwaitObject, bs->AwaitType);
+    if (a == NULL) {
+        return NULL;
+    }
+    a->st = st;
+    a->inner = Py_NewRef(args[0]);
+    a->task = Py_NewRef(args[1]);
+    a->waiter = Py_NewRef(args[2]);
+    a->branch = Py_NewRef(args[3]);
+    a->t0_ns = t0 < 0 ? -1 : (int64_t)t0;
+    PyObject_GC_Track((PyObject *)a);
+    return (PyObject *)a;
+}
+
 /* _branch_setup(null_branch, hmac_var, warn, qualname, ready, branches_of): the Python policy
  * helpers (bu_osprofiler/concurrency/branches.py). */
 static PyObject *
@@ -875,6 +1131,8 @@ static PyMethodDef branch_functions[] = {
      "join(*branches): record that the active span has waited for branches."},
     {"_branch_record_join", (PyCFunction)(void (*)(void))branch_record_join, METH_FASTCALL,
      "_branch_record_join(waiter, t0_ns, branches, started=False): record a join span."},
+    {"_branch_await", (PyCFunction)(void (*)(void))branch_await, METH_FASTCALL,
+     "_branch_await(inner, task, waiter, branch, t0_ns): `await task` recording the join."},
     {"_branch_setup", (PyCFunction)(void (*)(void))branch_setup, METH_FASTCALL,
      "_branch_setup(null_branch, hmac_var, warn, qualname, ready, branches_of)."},
     {NULL, NULL, 0, NULL},
@@ -908,7 +1166,15 @@ bu_branch_init(PyObject *m, bu_state *st)
     BU_INTERN(str_thread, "thread")
     BU_INTERN(str_greenthread, "greenthread")
     BU_INTERN(str_task, "task")
+    BU_INTERN(str_done, "done")
+    BU_INTERN(str_send, "send")
+    BU_INTERN(str_throw, "throw")
+    BU_INTERN(str_close, "close")
 #undef BU_INTERN
+    bs->AwaitType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &await_spec, NULL);
+    if (bs->AwaitType == NULL) {
+        return -1;
+    }
     bs->BranchType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &branch_spec, NULL);
     if (bs->BranchType == NULL) {
         return -1;
@@ -927,6 +1193,7 @@ bu_branch_traverse(bu_state *st, visitproc visit, void *arg)
         return 0;
     }
     Py_VISIT(bs->BranchType);
+    Py_VISIT(bs->AwaitType);
     Py_VISIT(bs->null_branch);
     Py_VISIT(bs->hmac_var);
     Py_VISIT(bs->warn);
@@ -945,6 +1212,7 @@ bu_branch_clear(bu_state *st)
     }
     st->branch = NULL;
     Py_CLEAR(bs->BranchType);
+    Py_CLEAR(bs->AwaitType);
     Py_CLEAR(bs->null_branch);
     Py_CLEAR(bs->hmac_var);
     Py_CLEAR(bs->warn);
@@ -964,5 +1232,9 @@ bu_branch_clear(bu_state *st)
     Py_CLEAR(bs->str_thread);
     Py_CLEAR(bs->str_greenthread);
     Py_CLEAR(bs->str_task);
+    Py_CLEAR(bs->str_done);
+    Py_CLEAR(bs->str_send);
+    Py_CLEAR(bs->str_throw);
+    Py_CLEAR(bs->str_close);
     PyMem_Free(bs);
 }

@@ -165,16 +165,12 @@ async def _ready(value: T) -> T:
 _core._branch_setup(_NULL_BRANCH, _hmac_var, _c_warn, _qualname, _ready, _branches_of)
 
 fork = _core.fork  # fork(name=None): a Branch of the active sampled span, else _NULL_BRANCH
-_c_record_join = _core._branch_record_join
-
-
-def _record_join(waiter: Any, t0_ns: int, branches: Iterable[Any], started: bool = False) -> None:
-    """Record a ``join`` span from ``t0_ns`` to now, CHILD_OF ``waiter``, FOLLOWS_FROM every
-    branch of ``branches`` not joined yet that has finished (or ``started``, for explicit
-    joins). Each branch is joined at most once, and only by a span of its own trace (a future
-    shared between requests is the business of the request that forked it). Never raises."""
-    _c_record_join(waiter, t0_ns, branches, started)
-
+# _record_join(waiter, t0_ns, branches, started=False): record a ``join`` span from ``t0_ns`` to
+# now, CHILD_OF ``waiter``, FOLLOWS_FROM every branch of ``branches`` not joined yet that has
+# finished (or ``started``, for explicit joins). Each branch is joined at most once, and only by
+# a span of its own trace (a future shared between requests is the business of the request that
+# forked it). Never raises.
+_record_join = _core._branch_record_join
 
 join = _core.join  # join(*branches): a join span (~0 long) of the active sampled span
 
@@ -202,7 +198,7 @@ class joining:
             branches = self._branches
             if not all(type(b) is Branch for b in branches):
                 branches = list(_branches_of(branches))
-            _c_record_join(waiter, self._t0, branches, True)
+            _record_join(waiter, self._t0, branches, True)
         return False
 
     async def __aenter__(self) -> "joining":

@@ -8,11 +8,13 @@ from typing import Any, Callable
 from bu_osprofiler.concurrency.branches import (
     Branch, _active, _hmac_var, _record_join, _time_ns, _traced)
 from bu_osprofiler.concurrency.patching import _patch
+from bu_osprofiler import _core
 from bu_osprofiler._log import warn_limited
 
 # ---------------------------------------------------------------- asyncio
 
 _BranchTask: Any = None
+_branch_await = _core._branch_await
 
 
 def _define_branch_task(asyncio: Any) -> Any:
@@ -24,17 +26,13 @@ def _define_branch_task(asyncio: Any) -> Any:
         __slots__ = ("_bu_branch",)
 
         def __await__(self) -> Any:
+            # the join is recorded by the C iterator when the await ends with the task done
             branch = self._bu_branch
             if not branch.joined:
                 waiter = _traced()
                 if waiter is not None:
-                    t0 = _time_ns()
-                    try:
-                        return (yield from task_await(self))
-                    finally:
-                        if self.done():
-                            _record_join(waiter, t0, (branch,))
-            return (yield from task_await(self))
+                    return _branch_await(task_await(self), self, waiter, branch, _time_ns())
+            return task_await(self)
 
         __iter__ = __await__
 
