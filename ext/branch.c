@@ -18,6 +18,7 @@
 typedef struct bu_branch_state {
     PyTypeObject *BranchType;
     PyTypeObject *AwaitType;
+    PyTypeObject *CoroType;
     PyObject *null_branch; /* what fork() returns untraced (Python's inert branch) */
     PyObject *hmac_var;    /* ContextVar of the osprofiler HMAC key, carried into branches */
     PyObject *warn;        /* callable(key, msg, exc): rate-limited warning */
@@ -1090,6 +1091,343 @@ branch_await(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
     return (PyObject *)a;
 }
 
+/* ================================================================ the coroutine of a branch task */
+
+/* What a task forked by the asyncio integration runs: the application's coroutine as the branch
+ * (the branch span starts at the first step and ends with the coroutine), without a Python
+ * wrapper coroutine. Registered as a collections.abc.Coroutine by the Python layer; asyncio's
+ * Task steps it through tp_iternext / send / throw, like a generator-based coroutine. Name and
+ * introspection attributes (cr_frame, cr_code, ...) are the application coroutine's. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *branch; /* Branch */
+    PyObject *coro;   /* the application's coroutine */
+    int started, done;
+} CoroObject;
+
+#define _Coro_CAST(op) ((CoroObject *)(op))
+
+/* Raise what throw(type[, value[, tb]]) asks for (an ended or never-started coroutine). */
+static PyObject *
+raise_thrown(PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *t = args[0], *v = nargs >= 2 ? args[1] : Py_None;
+    if (PyExceptionInstance_Check(t)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(t), t);
+    }
+    else if (PyExceptionClass_Check(t)) {
+        PyErr_SetObject(t, v);
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+    }
+    return NULL;
+}
+
+/* The application coroutine returned `value` (stolen): end the branch, raise StopIteration(value). */
+static PyObject *
+coro_returned(CoroObject *c, bu_branch_state *bs, PyObject *value)
+{
+    c->done = 1;
+    if (bs != NULL && branch_end(bs, _Branch_CAST(c->branch), NULL) < 0) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    if (value == Py_None) {
+        Py_DECREF(value);
+        PyErr_SetNone(PyExc_StopIteration);
+        return NULL;
+    }
+    /* an instance: a tuple or exception value must not become StopIteration's args */
+    PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, value);
+    Py_DECREF(value);
+    if (e != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, e);
+        Py_DECREF(e);
+    }
+    return NULL;
+}
+
+/* The application coroutine raised (an exception is set): end the branch with it. */
+static PyObject *
+coro_raised(CoroObject *c, bu_branch_state *bs)
+{
+    c->done = 1;
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyErr_NormalizeException(&et, &ev, &etb);
+    if (etb != NULL && ev != NULL) {
+        PyException_SetTraceback(ev, etb);
+    }
+    if (bs != NULL && branch_end(bs, _Branch_CAST(c->branch), ev) < 0) {
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        return NULL;
+    }
+    PyErr_Restore(et, ev, etb);
+    return NULL;
+}
+
+/* One step of the application coroutine: `arg` sent, or `targs` thrown in (tn > 0). A value
+ * yielded is returned; at the end (return or exception) the branch ends and StopIteration(value)
+ * or the exception is set (NULL). */
+static PyObject *
+coro_step(CoroObject *c, PyObject *arg, PyObject *const *targs, Py_ssize_t tn)
+{
+    BranchObject *b = _Branch_CAST(c->branch);
+    bu_branch_state *bs = b->st->branch;
+    if (c->done) {
+        if (tn > 0) {
+            return raise_thrown(targs, tn);
+        }
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return NULL;
+    }
+    if (!c->started) {
+        c->started = 1;
+        if (tn > 0) { /* thrown in before it ran (a task cancelled at once): no branch */
+            c->done = 1;
+            return raise_thrown(targs, tn);
+        }
+        if (bs != NULL && branch_begin(bs, b, NULL) < 0) {
+            c->done = 1;
+            return NULL;
+        }
+    }
+    PyObject *inner = Py_NewRef(c->coro), *res = NULL;
+    if (tn > 0) {
+        PyObject *stack[4] = {inner, targs[0], tn > 1 ? targs[1] : NULL, tn > 2 ? targs[2] : NULL};
+        PyObject *name = bs ? Py_NewRef(bs->str_throw) : PyUnicode_InternFromString("throw");
+        res = name == NULL ? NULL
+                           : PyObject_VectorcallMethod(name, stack, (size_t)(tn > 3 ? 3 : tn) + 1,
+                                                       NULL);
+        Py_XDECREF(name);
+    }
+    else {
+#if PY_VERSION_HEX >= 0x030A0000
+        PySendResult r = PyIter_Send(inner, arg, &res);
+        Py_DECREF(inner);
+        if (r == PYGEN_NEXT) {
+            return res;
+        }
+        if (r == PYGEN_RETURN) {
+            return coro_returned(c, bs, res);
+        }
+        return coro_raised(c, bs);
+#else
+        PyObject *name = bs ? Py_NewRef(bs->str_send) : PyUnicode_InternFromString("send");
+        PyObject *stack[2] = {inner, arg};
+        res = name == NULL ? NULL : PyObject_VectorcallMethod(name, stack, 2, NULL);
+        Py_XDECREF(name);
+#endif
+    }
+    Py_DECREF(inner);
+    if (res != NULL) {
+        return res; /* yielded */
+    }
+    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        PyErr_NormalizeException(&et, &ev, &etb);
+        PyObject *value = ev ? PyObject_GetAttrString(ev, "value") : NULL;
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        if (value == NULL) {
+            PyErr_Clear();
+            value = Py_NewRef(Py_None);
+        }
+        return coro_returned(c, bs, value);
+    }
+    return coro_raised(c, bs);
+}
+
+static PyObject *
+coro_iternext(PyObject *op)
+{
+    return coro_step(_Coro_CAST(op), Py_None, NULL, 0);
+}
+
+static PyObject *
+coro_send(PyObject *op, PyObject *arg)
+{
+    return coro_step(_Coro_CAST(op), arg, NULL, 0);
+}
+
+static PyObject *
+coro_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw(type[, value[, traceback]])");
+        return NULL;
+    }
+    return coro_step(_Coro_CAST(op), NULL, args, nargs);
+}
+
+/* close(): the application coroutine is closed; a running branch ends with GeneratorExit (as a
+ * `with branch:` around it would). */
+static PyObject *
+coro_close(PyObject *op, PyObject *Py_UNUSED(arg))
+{
+    CoroObject *c = _Coro_CAST(op);
+    if (c->done) {
+        Py_RETURN_NONE;
+    }
+    c->done = 1;
+    if (!c->started) {
+        c->started = 1;
+        PyObject *r = PyObject_CallMethod(c->coro, "close", NULL);
+        Py_XDECREF(r);
+        return r == NULL ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *r = PyObject_CallMethod(c->coro, "close", NULL);
+    BranchObject *b = _Branch_CAST(c->branch);
+    bu_branch_state *bs = b->st->branch;
+    if (r == NULL) {
+        c->done = 0;
+        return coro_raised(c, bs);
+    }
+    Py_DECREF(r);
+    PyObject *exc = PyObject_CallNoArgs(PyExc_GeneratorExit);
+    if (exc == NULL) {
+        return NULL;
+    }
+    int rc = bs == NULL ? 0 : branch_end(bs, b, exc);
+    Py_DECREF(exc);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static void
+coro_finalize(PyObject *op)
+{
+    CoroObject *c = _Coro_CAST(op);
+    if (c->done || !c->started || c->coro == NULL || c->branch == NULL) {
+        return; /* never started: the application coroutine warns on its own */
+    }
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *r = coro_close(op, NULL);
+    if (r == NULL) {
+        PyErr_WriteUnraisable(op);
+    }
+    Py_XDECREF(r);
+    PyErr_Restore(et, ev, etb);
+}
+
+static PyObject *
+coro_attr(PyObject *op, void *closure)
+{
+    CoroObject *c = _Coro_CAST(op);
+    return PyObject_GetAttrString(c->coro, (const char *)closure);
+}
+
+static PyObject *
+coro_self(PyObject *op)
+{
+    return Py_NewRef(op);
+}
+
+static int
+coro_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    CoroObject *c = _Coro_CAST(op);
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(c->branch);
+    Py_VISIT(c->coro);
+    return 0;
+}
+
+static int
+coro_clear(PyObject *op)
+{
+    CoroObject *c = _Coro_CAST(op);
+    Py_CLEAR(c->branch);
+    Py_CLEAR(c->coro);
+    return 0;
+}
+
+static void
+coro_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    if (PyObject_CallFinalizerFromDealloc(op) < 0) {
+        return; /* resurrected */
+    }
+    PyObject_GC_UnTrack(op);
+    coro_clear(op);
+    PyObject_GC_Del(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+coro_repr(PyObject *op)
+{
+    return PyUnicode_FromFormat("<branch of %R>", _Coro_CAST(op)->coro);
+}
+
+static PyMethodDef coro_methods[] = {
+    {"send", coro_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))coro_throw, METH_FASTCALL, NULL},
+    {"close", coro_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef coro_getset[] = {
+    {"__name__", coro_attr, NULL, NULL, "__name__"},
+    {"__qualname__", coro_attr, NULL, NULL, "__qualname__"},
+    {"cr_code", coro_attr, NULL, NULL, "cr_code"},
+    {"cr_frame", coro_attr, NULL, NULL, "cr_frame"},
+    {"cr_running", coro_attr, NULL, NULL, "cr_running"},
+    {"cr_await", coro_attr, NULL, NULL, "cr_await"},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot coro_slots[] = {
+    {Py_tp_new, await_tp_new},
+    {Py_tp_dealloc, coro_dealloc},
+    {Py_tp_finalize, coro_finalize},
+    {Py_tp_traverse, coro_traverse},
+    {Py_tp_clear, coro_clear},
+    {Py_tp_repr, coro_repr},
+    {Py_tp_iter, coro_self},
+    {Py_tp_iternext, coro_iternext},
+    {Py_am_await, coro_self},
+    {Py_tp_methods, coro_methods},
+    {Py_tp_getset, coro_getset},
+    {0, NULL},
+};
+
+static PyType_Spec coro_spec = {
+    .name = "bu_osprofiler.concurrency.BranchCoroutine",
+    .basicsize = sizeof(CoroObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = coro_slots,
+};
+
+/* _branch_coro(branch, coro): `coro` run as `branch` (see CoroObject). */
+static PyObject *
+branch_coro(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    bu_branch_state *bs = bu_state_of_module(m)->branch;
+    if (nargs != 2 || bs == NULL || !is_branch(bs, args[0])) {
+        PyErr_SetString(PyExc_TypeError, "_branch_coro(branch, coro)");
+        return NULL;
+    }
+    CoroObject *c = PyObject_GC_New(CoroObject, bs->CoroType);
+    if (c == NULL) {
+        return NULL;
+    }
+    c->branch = Py_NewRef(args[0]);
+    c->coro = Py_NewRef(args[1]);
+    c->started = c->done = 0;
+    PyObject_GC_Track((PyObject *)c);
+    return (PyObject *)c;
+}
+
 /* _branch_setup(null_branch, hmac_var, warn, qualname, ready, branches_of): the Python policy
  * helpers (bu_osprofiler/concurrency/branches.py). */
 static PyObject *
@@ -1133,6 +1471,8 @@ static PyMethodDef branch_functions[] = {
      "_branch_record_join(waiter, t0_ns, branches, started=False): record a join span."},
     {"_branch_await", (PyCFunction)(void (*)(void))branch_await, METH_FASTCALL,
      "_branch_await(inner, task, waiter, branch, t0_ns): `await task` recording the join."},
+    {"_branch_coro", (PyCFunction)(void (*)(void))branch_coro, METH_FASTCALL,
+     "_branch_coro(branch, coro): the coroutine of a branch task (coro run as branch)."},
     {"_branch_setup", (PyCFunction)(void (*)(void))branch_setup, METH_FASTCALL,
      "_branch_setup(null_branch, hmac_var, warn, qualname, ready, branches_of)."},
     {NULL, NULL, 0, NULL},
@@ -1175,6 +1515,10 @@ bu_branch_init(PyObject *m, bu_state *st)
     if (bs->AwaitType == NULL) {
         return -1;
     }
+    bs->CoroType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &coro_spec, NULL);
+    if (bs->CoroType == NULL || PyModule_AddObjectRef(m, "BranchCoroutine", (PyObject *)bs->CoroType) < 0) {
+        return -1;
+    }
     bs->BranchType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &branch_spec, NULL);
     if (bs->BranchType == NULL) {
         return -1;
@@ -1194,6 +1538,7 @@ bu_branch_traverse(bu_state *st, visitproc visit, void *arg)
     }
     Py_VISIT(bs->BranchType);
     Py_VISIT(bs->AwaitType);
+    Py_VISIT(bs->CoroType);
     Py_VISIT(bs->null_branch);
     Py_VISIT(bs->hmac_var);
     Py_VISIT(bs->warn);
@@ -1213,6 +1558,7 @@ bu_branch_clear(bu_state *st)
     st->branch = NULL;
     Py_CLEAR(bs->BranchType);
     Py_CLEAR(bs->AwaitType);
+    Py_CLEAR(bs->CoroType);
     Py_CLEAR(bs->null_branch);
     Py_CLEAR(bs->hmac_var);
     Py_CLEAR(bs->warn);

@@ -41,16 +41,17 @@ def _define_branch_task(asyncio: Any) -> Any:
     return BranchTask
 
 
-async def _task_main(branch: Branch, coro: Any) -> Any:
-    with branch:
-        return await coro
+_branch_coro = _core._branch_coro  # the coroutine of a branch task: coro run as the branch
 
 
 def _housekeeping(coro: Any) -> bool:
     """The event loop's own coroutines (``BaseEventLoop.shutdown_asyncgens``,
     ``shutdown_default_executor``, ... scheduled by asyncio.run) serve the loop, not a request."""
     try:
-        owner = coro.__qualname__.split(".", 1)[0]
+        q = coro.__qualname__
+        if "EventLoop" not in q:
+            return False
+        owner = q.split(".", 1)[0]
         return owner.endswith("EventLoop") and coro.cr_frame.f_globals.get(
             "__name__", "").startswith("asyncio.")
     except Exception:
@@ -71,12 +72,7 @@ def _make_create_task(orig: Callable[..., Any], asyncio: Any) -> Callable[..., A
             return orig(self, coro, name=name)
         self._check_closed()
         branch = Branch(parent, "task", coro, None, _hmac_var.get())
-        main = _task_main(branch, coro)
-        try:
-            main.__qualname__ = coro.__qualname__
-            main.__name__ = coro.__name__
-        except Exception:
-            pass
+        main = _branch_coro(branch, coro)
         if context is None:
             task = branch_task(main, loop=self, name=name)
         else:
@@ -189,9 +185,12 @@ def install() -> None:
     import asyncio.base_events as be
     import asyncio.tasks as at
 
+    import collections.abc
+
     global _BranchTask
     if _BranchTask is None:
         _BranchTask = _define_branch_task(asyncio)
+        collections.abc.Coroutine.register(_core.BranchCoroutine)  # asyncio.iscoroutine
     _patch(be.BaseEventLoop, "create_task", lambda o: _make_create_task(o, asyncio))
     _patch(be.BaseEventLoop, "run_until_complete", _make_run_until_complete)
     for mod in (asyncio, at):
