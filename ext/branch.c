@@ -1186,9 +1186,17 @@ coro_step(CoroObject *c, PyObject *arg, PyObject *const *targs, Py_ssize_t tn)
     }
     if (!c->started) {
         c->started = 1;
-        if (tn > 0) { /* thrown in before it ran (a task cancelled at once): no branch */
+        if (tn > 0) { /* thrown in before it ran (a task cancelled at once): no branch; the
+                       * application coroutine ends as it would untraced (no "never awaited") */
             c->done = 1;
-            return raise_thrown(targs, tn);
+            PyObject *stack[4] = {c->coro, targs[0], tn > 1 ? targs[1] : NULL,
+                                  tn > 2 ? targs[2] : NULL};
+            PyObject *name = bs ? Py_NewRef(bs->str_throw) : PyUnicode_InternFromString("throw");
+            PyObject *r = name == NULL ? NULL
+                                       : PyObject_VectorcallMethod(
+                                             name, stack, (size_t)(tn > 3 ? 3 : tn) + 1, NULL);
+            Py_XDECREF(name);
+            return r;
         }
         if (bs != NULL && branch_begin(bs, b, NULL) < 0) {
             c->done = 1;
