@@ -6,6 +6,7 @@
  * functions or coroutines; it hands its helpers over once with _branch_setup(). */
 #include "branch.h"
 
+#include "clock.h"
 #include "hooks.h"
 #include "pyrecord.h"
 #include "record.h"
@@ -19,6 +20,7 @@ typedef struct bu_branch_state {
     PyTypeObject *BranchType;
     PyTypeObject *AwaitType;
     PyTypeObject *CoroType;
+    PyTypeObject *TaskBase; /* asyncio.Task, whose own await BranchTask.__await__ wraps */
     PyObject *null_branch; /* what fork() returns untraced (Python's inert branch) */
     PyObject *hmac_var;    /* ContextVar of the osprofiler HMAC key, carried into branches */
     PyObject *warn;        /* callable(key, msg, exc): rate-limited warning */
@@ -1058,37 +1060,76 @@ static PyType_Spec await_spec = {
     .slots = await_slots,
 };
 
-/* _branch_await(inner, task, waiter, branch, t0_ns): the iterator of `await task` that records
- * the join of `branch` under `waiter` once `inner` (the task's own await iterator) ends. */
+/* BranchTask.__await__ (a method of asyncio.Task subclasses, see _branch_task_await): the task's
+ * own await iterator, wrapped to record the join when a sampled span waits for a branch not
+ * joined yet. */
 static PyObject *
-branch_await(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+task_await_meth(PyObject *task, PyObject *Py_UNUSED(arg))
 {
-    bu_state *st = bu_state_of_module(m);
-    bu_branch_state *bs = st->branch;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "_branch_await(inner, task, waiter, branch, t0_ns)");
+    PyObject *branch = PyObject_GetAttrString(task, "_bu_branch");
+    if (branch == NULL) {
         return NULL;
     }
-    if (bs == NULL || !PyIter_Check(args[0]) || !Py_IS_TYPE(args[2], st->SpanType) ||
-        !is_branch(bs, args[3])) {
-        return Py_NewRef(args[0]); /* nothing to record: the plain iterator */
-    }
-    long long t0 = PyLong_AsLongLong(args[4]);
-    if (t0 == -1 && PyErr_Occurred()) {
+    BranchObject *b = _Branch_CAST(branch);
+    bu_state *bst = bu_state_of_type(Py_TYPE(branch)); /* NULL: not one of our types */
+    bu_branch_state *bs = bst == NULL ? NULL : bst->branch;
+    PyErr_Clear();
+    if (bs == NULL || bs->TaskBase == NULL || !is_branch(bs, branch)) {
+        Py_DECREF(branch);
+        PyErr_SetString(PyExc_TypeError, "not a branch task");
         return NULL;
+    }
+    unaryfunc base = bs->TaskBase->tp_as_async ? bs->TaskBase->tp_as_async->am_await : NULL;
+    if (base == NULL) {
+        Py_DECREF(branch);
+        PyErr_SetString(PyExc_TypeError, "asyncio.Task has no __await__");
+        return NULL;
+    }
+    PyObject *inner = base(task);
+    if (inner == NULL || b->joined) {
+        Py_DECREF(branch);
+        return inner;
+    }
+    bu_state *st = b->st;
+    PyObject *waiter = bu_active_get(st);
+    if (!is_sampled_span(st, waiter)) {
+        Py_XDECREF(waiter);
+        Py_DECREF(branch);
+        return inner;
     }
     AwaitObject *a = PyObject_GC_New(AwaitObject, bs->AwaitType);
     if (a == NULL) {
+        Py_DECREF(waiter);
+        Py_DECREF(branch);
+        Py_DECREF(inner);
         return NULL;
     }
     a->st = st;
-    a->inner = Py_NewRef(args[0]);
-    a->task = Py_NewRef(args[1]);
-    a->waiter = Py_NewRef(args[2]);
-    a->branch = Py_NewRef(args[3]);
-    a->t0_ns = t0 < 0 ? -1 : (int64_t)t0;
+    a->inner = inner;
+    a->task = Py_NewRef(task);
+    a->waiter = waiter;
+    a->branch = branch;
+    a->t0_ns = bu_wall_ns();
     PyObject_GC_Track((PyObject *)a);
     return (PyObject *)a;
+}
+
+static PyMethodDef task_await_def = {"__await__", task_await_meth, METH_NOARGS,
+                                     "await the task (records the join of its branch)"};
+
+/* _branch_task_await(asyncio.Task): the __await__ (and __iter__) of BranchTask. */
+static PyObject *
+branch_task_await(PyObject *m, PyObject *task_type)
+{
+    bu_branch_state *bs = bu_state_of_module(m)->branch;
+    if (bs == NULL || !PyType_Check(task_type) ||
+        ((PyTypeObject *)task_type)->tp_as_async == NULL ||
+        ((PyTypeObject *)task_type)->tp_as_async->am_await == NULL) {
+        PyErr_SetString(PyExc_TypeError, "_branch_task_await(asyncio.Task)");
+        return NULL;
+    }
+    Py_XSETREF(bs->TaskBase, (PyTypeObject *)Py_NewRef(task_type));
+    return PyDescr_NewMethod((PyTypeObject *)task_type, &task_await_def);
 }
 
 /* ================================================================ the coroutine of a branch task */
@@ -1477,8 +1518,8 @@ static PyMethodDef branch_functions[] = {
      "join(*branches): record that the active span has waited for branches."},
     {"_branch_record_join", (PyCFunction)(void (*)(void))branch_record_join, METH_FASTCALL,
      "_branch_record_join(waiter, t0_ns, branches, started=False): record a join span."},
-    {"_branch_await", (PyCFunction)(void (*)(void))branch_await, METH_FASTCALL,
-     "_branch_await(inner, task, waiter, branch, t0_ns): `await task` recording the join."},
+    {"_branch_task_await", branch_task_await, METH_O,
+     "_branch_task_await(asyncio.Task): BranchTask.__await__ (records the join)."},
     {"_branch_coro", (PyCFunction)(void (*)(void))branch_coro, METH_FASTCALL,
      "_branch_coro(branch, coro): the coroutine of a branch task (coro run as branch)."},
     {"_branch_setup", (PyCFunction)(void (*)(void))branch_setup, METH_FASTCALL,
@@ -1547,6 +1588,7 @@ bu_branch_traverse(bu_state *st, visitproc visit, void *arg)
     Py_VISIT(bs->BranchType);
     Py_VISIT(bs->AwaitType);
     Py_VISIT(bs->CoroType);
+    Py_VISIT(bs->TaskBase);
     Py_VISIT(bs->null_branch);
     Py_VISIT(bs->hmac_var);
     Py_VISIT(bs->warn);
@@ -1567,6 +1609,7 @@ bu_branch_clear(bu_state *st)
     Py_CLEAR(bs->BranchType);
     Py_CLEAR(bs->AwaitType);
     Py_CLEAR(bs->CoroType);
+    Py_CLEAR(bs->TaskBase);
     Py_CLEAR(bs->null_branch);
     Py_CLEAR(bs->hmac_var);
     Py_CLEAR(bs->warn);

@@ -14,27 +14,17 @@ from bu_osprofiler._log import warn_limited
 # ---------------------------------------------------------------- asyncio
 
 _BranchTask: Any = None
-_branch_await = _core._branch_await
 
 
 def _define_branch_task(asyncio: Any) -> Any:
-    task_await = asyncio.Task.__await__
-
     class BranchTask(asyncio.Task):  # type: ignore[misc]
         """A task forked from a traced span: ``await task`` records the join."""
 
         __slots__ = ("_bu_branch",)
 
-        def __await__(self) -> Any:
-            # the join is recorded by the C iterator when the await ends with the task done
-            branch = self._bu_branch
-            if not branch.joined:
-                waiter = _traced()
-                if waiter is not None:
-                    return _branch_await(task_await(self), self, waiter, branch, _time_ns())
-            return task_await(self)
-
-        __iter__ = __await__
+        # `await task`: the task's own iterator, wrapped (in C) to record the join when a
+        # sampled span waits for the branch (not joined yet) and the task is done at the end
+        __await__ = __iter__ = _core._branch_task_await(asyncio.Task)
 
     BranchTask.__qualname__ = BranchTask.__name__ = "Task"
     BranchTask.__module__ = "bu_osprofiler.concurrency"
