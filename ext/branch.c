@@ -130,6 +130,10 @@ detect_kind(bu_branch_state *bs)
     if (PyErr_Occurred() && bu_clear_exception() < 0) {
         return NULL;
     }
+    modules = PyImport_GetModuleDict(); /* again: the probes above ran Python */
+    if (modules == NULL || !PyDict_CheckExact(modules)) {
+        return Py_NewRef(kind);
+    }
     PyObject *gl = PyDict_GetItemWithError(modules, bs->str_greenlet);
     if (gl != NULL && gl != Py_None) {
         Py_INCREF(gl);
@@ -1216,6 +1220,10 @@ coro_raised(CoroObject *c, bu_branch_state *bs)
 static PyObject *
 coro_step(CoroObject *c, PyObject *arg, PyObject *const *targs, Py_ssize_t tn)
 {
+    if (c->branch == NULL || c->coro == NULL) { /* cleared by the GC */
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return NULL;
+    }
     BranchObject *b = _Branch_CAST(c->branch);
     bu_branch_state *bs = b->st->branch;
     if (c->done) {
@@ -1230,13 +1238,15 @@ coro_step(CoroObject *c, PyObject *arg, PyObject *const *targs, Py_ssize_t tn)
         if (tn > 0) { /* thrown in before it ran (a task cancelled at once): no branch; the
                        * application coroutine ends as it would untraced (no "never awaited") */
             c->done = 1;
-            PyObject *stack[4] = {c->coro, targs[0], tn > 1 ? targs[1] : NULL,
+            PyObject *coro = Py_NewRef(c->coro);
+            PyObject *stack[4] = {coro, targs[0], tn > 1 ? targs[1] : NULL,
                                   tn > 2 ? targs[2] : NULL};
             PyObject *name = bs ? Py_NewRef(bs->str_throw) : PyUnicode_InternFromString("throw");
             PyObject *r = name == NULL ? NULL
                                        : PyObject_VectorcallMethod(
                                              name, stack, (size_t)(tn > 3 ? 3 : tn) + 1, NULL);
             Py_XDECREF(name);
+            Py_DECREF(coro);
             return r;
         }
         if (bs != NULL && branch_begin(bs, b, NULL) < 0) {
@@ -1320,7 +1330,7 @@ static PyObject *
 coro_close(PyObject *op, PyObject *Py_UNUSED(arg))
 {
     CoroObject *c = _Coro_CAST(op);
-    if (c->done) {
+    if (c->done || c->coro == NULL || c->branch == NULL) {
         Py_RETURN_NONE;
     }
     c->done = 1;
@@ -1371,6 +1381,10 @@ static PyObject *
 coro_attr(PyObject *op, void *closure)
 {
     CoroObject *c = _Coro_CAST(op);
+    if (c->coro == NULL) {
+        PyErr_SetString(PyExc_AttributeError, (const char *)closure);
+        return NULL;
+    }
     return PyObject_GetAttrString(c->coro, (const char *)closure);
 }
 
