@@ -193,11 +193,14 @@ class joining:
         return self
 
     def __exit__(self, etype: Any, exc: Any, tb: Any) -> bool:
-        waiter, self._waiter = self._waiter, None
+        waiter = self._waiter
         if waiter is not None:
+            self._waiter = None
             branches = self._branches
-            if not all(type(b) is Branch for b in branches):
-                branches = list(_branches_of(branches))
+            for b in branches:
+                if type(b) is not Branch:  # threads, futures, lists...: unpacked here
+                    branches = list(_branches_of(branches))
+                    break
             _record_join(waiter, self._t0, branches, True)
         return False
 
