@@ -21,6 +21,8 @@ typedef struct bu_branch_state {
     PyTypeObject *AwaitType;
     PyTypeObject *CoroType;
     PyTypeObject *TaskBase; /* asyncio.Task, whose own await BranchTask.__await__ wraps */
+    PyTypeObject *CreateTaskType;
+    PyObject *kw_loop_name, *kw_loop_name_context; /* kwnames of BranchTask(...) */
     PyObject *null_branch; /* what fork() returns untraced (Python's inert branch) */
     PyObject *hmac_var;    /* ContextVar of the osprofiler HMAC key, carried into branches */
     PyObject *warn;        /* callable(key, msg, exc): rate-limited warning */
@@ -30,6 +32,7 @@ typedef struct bu_branch_state {
     PyObject *str_fork, *str_join, *str_qualname, *str_asyncio, *str_running_loop;
     PyObject *str_current_task, *str_greenlet, *str_getcurrent, *str_parent, *str_co_qualname;
     PyObject *str_thread, *str_greenthread, *str_task, *str_done, *str_send, *str_throw, *str_close;
+    PyObject *str_task_factory, *str_check_closed, *str_bu_branch, *str_source_tb, *str_context;
 } bu_branch_state;
 
 typedef struct {
@@ -1491,6 +1494,274 @@ branch_coro(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
     return (PyObject *)c;
 }
 
+/* ================================================================ loop.create_task */
+
+/* BaseEventLoop.create_task patched by the asyncio integration: with a sampled span active and
+ * a coroutine that is request work (the Python predicates say so), the task is a BranchTask
+ * running the coroutine as a branch; otherwise the original create_task. A method descriptor
+ * (Py_TPFLAGS_METHOD_DESCRIPTOR: `loop.create_task(...)` calls it with the loop first, no bound
+ * method); it has a __dict__ for functools.update_wrapper and the patch bookkeeping. */
+typedef struct {
+    PyObject_HEAD
+    bu_state *st;
+    PyObject *orig;         /* the original create_task */
+    PyObject *task_cls;     /* BranchTask */
+    PyObject *iscoroutine;  /* asyncio.iscoroutine */
+    PyObject *housekeeping; /* callable(coro) -> true for the loop's own coroutines */
+    PyObject *dict;
+    vectorcallfunc vectorcall;
+} CreateTaskObject;
+
+#define _CreateTask_CAST(op) ((CreateTaskObject *)(op))
+
+/* A new Branch of `parent` (stolen) with `kind` (borrowed, may be NULL), `target` (borrowed, may
+ * be NULL) and the HMAC key of the current context. */
+static PyObject *
+branch_alloc(bu_state *st, PyObject *parent, PyObject *kind, PyObject *target, PyObject *name)
+{
+    bu_branch_state *bs = st->branch;
+    PyObject *hmac = NULL;
+    if (bs->hmac_var != NULL && PyContextVar_Get(bs->hmac_var, Py_None, &hmac) < 0) {
+        PyErr_Clear();
+        hmac = NULL;
+    }
+    if (hmac == Py_None) {
+        Py_CLEAR(hmac);
+    }
+    BranchObject *b = PyObject_GC_New(BranchObject, bs->BranchType);
+    if (b == NULL) {
+        Py_DECREF(parent);
+        Py_XDECREF(hmac);
+        return NULL;
+    }
+    b->st = st;
+    b->parent = parent;
+    b->kind = Py_XNewRef(kind);
+    b->target = Py_XNewRef(target);
+    b->name = name;
+    b->span = b->token = b->htoken = NULL;
+    b->hmac = hmac;
+    b->extra = 0;
+    b->state = BR_NEW;
+    b->joined = 0;
+    PyObject_GC_Track((PyObject *)b);
+    return (PyObject *)b;
+}
+
+static PyObject *
+ct_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    CreateTaskObject *ct = _CreateTask_CAST(op);
+    bu_state *st = ct->st;
+    bu_branch_state *bs = st->branch;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *name = Py_None, *context = Py_None, *parent = NULL;
+    PyObject *branch = NULL, *main = NULL, *task = NULL;
+    if (bs == NULL || nargs != 2 || ct->orig == NULL) {
+        goto plain;
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(k, "name") == 0) {
+            name = args[nargs + i];
+        }
+        else if (PyUnicode_CompareWithASCIIString(k, "context") == 0) {
+            context = args[nargs + i];
+        }
+        else {
+            goto plain; /* arguments of a future asyncio: the original decides */
+        }
+    }
+    parent = bu_active_get(st);
+    if (!is_sampled_span(st, parent)) {
+        goto plain;
+    }
+    PyObject *loop = args[0], *coro = args[1];
+    /* policy: a custom task factory, not a coroutine, the loop's own housekeeping */
+    PyObject *factory = PyObject_GetAttr(loop, bs->str_task_factory);
+    if (factory == NULL) {
+        goto error;
+    }
+    int custom = factory != Py_None;
+    Py_DECREF(factory);
+    if (custom) {
+        goto plain;
+    }
+    if (!PyCoro_CheckExact(coro)) {
+        PyObject *r = PyObject_CallOneArg(ct->iscoroutine, coro);
+        int is = r == NULL ? -1 : PyObject_IsTrue(r);
+        Py_XDECREF(r);
+        if (is < 0) {
+            goto error;
+        }
+        if (!is) {
+            goto plain;
+        }
+    }
+    PyObject *hk = PyObject_CallOneArg(ct->housekeeping, coro);
+    int housekeeping = hk == NULL ? -1 : PyObject_IsTrue(hk);
+    Py_XDECREF(hk);
+    if (housekeeping < 0) {
+        goto error;
+    }
+    if (housekeeping) {
+        goto plain;
+    }
+    PyObject *r = PyObject_CallMethodNoArgs(loop, bs->str_check_closed);
+    if (r == NULL) {
+        goto error;
+    }
+    Py_DECREF(r);
+    branch = branch_alloc(st, parent, bs->str_task, coro, NULL);
+    parent = NULL; /* stolen */
+    if (branch == NULL) {
+        goto error;
+    }
+    CoroObject *c = PyObject_GC_New(CoroObject, bs->CoroType);
+    if (c == NULL) {
+        goto error;
+    }
+    c->branch = Py_NewRef(branch);
+    c->coro = Py_NewRef(coro);
+    c->started = c->done = 0;
+    PyObject_GC_Track((PyObject *)c);
+    main = (PyObject *)c;
+    PyObject *targs[4] = {main, loop, name, context};
+    task = PyObject_Vectorcall(ct->task_cls, targs, 1,
+                               context == Py_None ? bs->kw_loop_name : bs->kw_loop_name_context);
+    if (task == NULL || PyObject_SetAttr(task, bs->str_bu_branch, branch) < 0) {
+        goto error;
+    }
+    PyObject *tb = PyObject_GetAttr(task, bs->str_source_tb);
+    if (tb == NULL) {
+        PyErr_Clear();
+    }
+    else {
+        int t = PyObject_IsTrue(tb);
+        if (t > 0 && PySequence_DelItem(tb, -1) < 0) {
+            PyErr_Clear();
+        }
+        else if (t < 0) {
+            PyErr_Clear();
+        }
+        Py_DECREF(tb);
+    }
+    Py_DECREF(branch);
+    Py_DECREF(main);
+    return task;
+plain:
+    Py_XDECREF(parent);
+    if (ct->orig == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "create_task: no original");
+        return NULL;
+    }
+    return PyObject_Vectorcall(ct->orig, args, nargsf, kwnames);
+error:
+    Py_XDECREF(parent);
+    Py_XDECREF(branch);
+    Py_XDECREF(main);
+    Py_XDECREF(task);
+    return NULL;
+}
+
+static PyObject *
+ct_descr_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(op);
+    }
+    return PyMethod_New(op, obj);
+}
+
+static int
+ct_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    CreateTaskObject *ct = _CreateTask_CAST(op);
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(ct->orig);
+    Py_VISIT(ct->task_cls);
+    Py_VISIT(ct->iscoroutine);
+    Py_VISIT(ct->housekeeping);
+    Py_VISIT(ct->dict);
+    return 0;
+}
+
+static int
+ct_clear(PyObject *op)
+{
+    CreateTaskObject *ct = _CreateTask_CAST(op);
+    Py_CLEAR(ct->orig);
+    Py_CLEAR(ct->task_cls);
+    Py_CLEAR(ct->iscoroutine);
+    Py_CLEAR(ct->housekeeping);
+    Py_CLEAR(ct->dict);
+    return 0;
+}
+
+static void
+ct_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    ct_clear(op);
+    PyObject_GC_Del(op);
+    Py_DECREF(tp);
+}
+
+static PyMemberDef ct_members[] = {
+    {"__dictoffset__", T_PYSSIZET, offsetof(CreateTaskObject, dict), READONLY, NULL},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(CreateTaskObject, vectorcall), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot ct_slots[] = {
+    {Py_tp_new, await_tp_new},
+    {Py_tp_dealloc, ct_dealloc},
+    {Py_tp_traverse, ct_traverse},
+    {Py_tp_clear, ct_clear},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_descr_get, ct_descr_get},
+    {Py_tp_members, ct_members},
+    {0, NULL},
+};
+
+static PyType_Spec ct_spec = {
+    .name = "bu_osprofiler.concurrency.create_task",
+    .basicsize = sizeof(CreateTaskObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .slots = ct_slots,
+};
+
+/* _branch_create_task(orig, branch_task_cls, iscoroutine, housekeeping): the patched
+ * BaseEventLoop.create_task (see CreateTaskObject). */
+static PyObject *
+branch_create_task(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    bu_state *st = bu_state_of_module(m);
+    bu_branch_state *bs = st->branch;
+    if (bs == NULL || nargs != 4 || !PyCallable_Check(args[0]) || !PyCallable_Check(args[1]) ||
+        !PyCallable_Check(args[2]) || !PyCallable_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_branch_create_task(orig, branch_task_cls, iscoroutine, housekeeping)");
+        return NULL;
+    }
+    CreateTaskObject *ct = PyObject_GC_New(CreateTaskObject, bs->CreateTaskType);
+    if (ct == NULL) {
+        return NULL;
+    }
+    ct->st = st;
+    ct->orig = Py_NewRef(args[0]);
+    ct->task_cls = Py_NewRef(args[1]);
+    ct->iscoroutine = Py_NewRef(args[2]);
+    ct->housekeeping = Py_NewRef(args[3]);
+    ct->dict = NULL;
+    ct->vectorcall = ct_vectorcall;
+    PyObject_GC_Track((PyObject *)ct);
+    return (PyObject *)ct;
+}
+
 /* _branch_setup(null_branch, hmac_var, warn, qualname, ready, branches_of): the Python policy
  * helpers (bu_osprofiler/concurrency/branches.py). */
 static PyObject *
@@ -1532,6 +1803,8 @@ static PyMethodDef branch_functions[] = {
      "join(*branches): record that the active span has waited for branches."},
     {"_branch_record_join", (PyCFunction)(void (*)(void))branch_record_join, METH_FASTCALL,
      "_branch_record_join(waiter, t0_ns, branches, started=False): record a join span."},
+    {"_branch_create_task", (PyCFunction)(void (*)(void))branch_create_task, METH_FASTCALL,
+     "_branch_create_task(orig, branch_task_cls, iscoroutine, housekeeping): create_task."},
     {"_branch_task_await", branch_task_await, METH_O,
      "_branch_task_await(asyncio.Task): BranchTask.__await__ (records the join)."},
     {"_branch_coro", (PyCFunction)(void (*)(void))branch_coro, METH_FASTCALL,
@@ -1573,7 +1846,21 @@ bu_branch_init(PyObject *m, bu_state *st)
     BU_INTERN(str_send, "send")
     BU_INTERN(str_throw, "throw")
     BU_INTERN(str_close, "close")
+    BU_INTERN(str_task_factory, "_task_factory")
+    BU_INTERN(str_check_closed, "_check_closed")
+    BU_INTERN(str_bu_branch, "_bu_branch")
+    BU_INTERN(str_source_tb, "_source_traceback")
+    BU_INTERN(str_context, "context")
 #undef BU_INTERN
+    bs->kw_loop_name = Py_BuildValue("(ss)", "loop", "name");
+    bs->kw_loop_name_context = Py_BuildValue("(sss)", "loop", "name", "context");
+    if (bs->kw_loop_name == NULL || bs->kw_loop_name_context == NULL) {
+        return -1;
+    }
+    bs->CreateTaskType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &ct_spec, NULL);
+    if (bs->CreateTaskType == NULL) {
+        return -1;
+    }
     bs->AwaitType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &await_spec, NULL);
     if (bs->AwaitType == NULL) {
         return -1;
@@ -1603,6 +1890,7 @@ bu_branch_traverse(bu_state *st, visitproc visit, void *arg)
     Py_VISIT(bs->AwaitType);
     Py_VISIT(bs->CoroType);
     Py_VISIT(bs->TaskBase);
+    Py_VISIT(bs->CreateTaskType);
     Py_VISIT(bs->null_branch);
     Py_VISIT(bs->hmac_var);
     Py_VISIT(bs->warn);
@@ -1624,6 +1912,14 @@ bu_branch_clear(bu_state *st)
     Py_CLEAR(bs->AwaitType);
     Py_CLEAR(bs->CoroType);
     Py_CLEAR(bs->TaskBase);
+    Py_CLEAR(bs->CreateTaskType);
+    Py_CLEAR(bs->kw_loop_name);
+    Py_CLEAR(bs->kw_loop_name_context);
+    Py_CLEAR(bs->str_task_factory);
+    Py_CLEAR(bs->str_check_closed);
+    Py_CLEAR(bs->str_bu_branch);
+    Py_CLEAR(bs->str_source_tb);
+    Py_CLEAR(bs->str_context);
     Py_CLEAR(bs->null_branch);
     Py_CLEAR(bs->hmac_var);
     Py_CLEAR(bs->warn);

@@ -238,6 +238,42 @@ def test_asyncio_gather_and_pending_task_destroyed(installed):
     assert sorted(r[1] for r in jrefs[1:]) == sorted(s.span_id for s, _ in spans["task:acoro"])
 
 
+def test_create_task_arguments_and_policy(installed):
+    async def main():
+        loop = asyncio.get_running_loop()
+        root = bu_osprofiler.start_span("request")
+        tok = bu_osprofiler.activate(root)
+        named = loop.create_task(acoro(1), name="mine")
+        assert named.get_name() == "mine" and await named == 1
+        ctx_task = loop.create_task(acoro(2), context=__import__("contextvars").copy_context())
+        assert await ctx_task == 2
+        fut = loop.create_future()
+        fut.set_result(3)
+        assert await asyncio.ensure_future(fut) == 3  # a future: not a branch
+        loop.set_task_factory(lambda lp, coro, **kw: asyncio.Task(coro, loop=lp, **kw))
+        plain = loop.create_task(acoro(4))  # a custom factory: no branch
+        loop.set_task_factory(None)
+        assert await plain == 4
+        assert getattr(type(loop).create_task, "__bu_original__", None) is not None
+        assert loop.create_task.__name__ == "create_task"
+        bu_osprofiler.deactivate(tok)
+        root.finish()
+        return root
+
+    root = asyncio.run(main())
+    assert len(wire()["task:acoro"]) == 2
+    closed = asyncio.new_event_loop()
+    closed.close()
+    root = bu_osprofiler.start_span("request")
+    tok = bu_osprofiler.activate(root)
+    coro = acoro(5)
+    with pytest.raises(RuntimeError, match="closed"):  # as untraced
+        closed.create_task(coro)
+    coro.close()
+    bu_osprofiler.deactivate(tok)
+    root.finish()
+
+
 # ---------------------------------------------------------------- hostile use
 
 

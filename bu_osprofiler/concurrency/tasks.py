@@ -5,8 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from bu_osprofiler.concurrency.branches import (
-    Branch, _active, _hmac_var, _record_join, _time_ns, _traced)
+from bu_osprofiler.concurrency.branches import _record_join, _time_ns, _traced
 from bu_osprofiler.concurrency.patching import _patch
 from bu_osprofiler import _core
 from bu_osprofiler._log import warn_limited
@@ -49,30 +48,10 @@ def _housekeeping(coro: Any) -> bool:
 
 
 def _make_create_task(orig: Callable[..., Any], asyncio: Any) -> Callable[..., Any]:
-    iscoroutine = asyncio.iscoroutine
-    branch_task = _BranchTask
-
-    def create_task(self: Any, coro: Any, *, name: Any = None, context: Any = None,
-                    **kwargs: Any) -> Any:
-        parent = _active()
-        if (parent is None or not parent.sampled or kwargs or self._task_factory is not None
-                or not iscoroutine(coro) or _housekeeping(coro)):
-            if kwargs or context is not None:
-                return orig(self, coro, name=name, context=context, **kwargs)
-            return orig(self, coro, name=name)
-        self._check_closed()
-        branch = Branch(parent, "task", coro, None, _hmac_var.get())
-        main = _branch_coro(branch, coro)
-        if context is None:
-            task = branch_task(main, loop=self, name=name)
-        else:
-            task = branch_task(main, loop=self, name=name, context=context)
-        task._bu_branch = branch
-        if task._source_traceback:
-            del task._source_traceback[-1]
-        return task
-
-    return create_task
+    # C (ext/branch.c): with a sampled span active, a coroutine (asyncio.iscoroutine) that is
+    # not the loop's own housekeeping and no custom task factory, the task is a BranchTask
+    # running the coroutine as the branch "task:<qualname>"; otherwise the original create_task
+    return _core._branch_create_task(orig, _BranchTask, asyncio.iscoroutine, _housekeeping)
 
 
 def _task_branch(f: Any) -> Any:
