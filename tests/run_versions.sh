@@ -33,11 +33,12 @@ if [ "${#pyargs[@]}" -eq 0 ]; then
     # (the reference-leak loops take minutes: they run on the default version and under ASan).
     for pat in test_reentrancy test_span test_context test_decorator test_trace_point test_profiler \
                test_propagation_codecs test_propagation_base test_export_spans test_export_thrift \
-               test_export_udp_routes test_fuzz_regressions test_fork_branch_c; do
+               test_export_udp_routes test_fuzz_regressions; do
         for f in "$ROOT"/tests/${pat}*.py; do
             [ -e "$f" ] && pyargs+=("$f")
         done
     done
+    pyargs+=("$ROOT/tests/test_fork_branch_c.py")  # fork / join in C (ext/branch.c)
 fi
 
 find_python() {
