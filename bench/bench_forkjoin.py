@@ -231,6 +231,42 @@ def asyncio_task_await_traced(n):
     asyncio.run(main())
 
 
+def asyncio_interleaved(n: int, rounds: int) -> tuple[float, float]:
+    """Best µs per task of create_task+await, installed, untraced and traced, measured in
+    alternating rounds (so that load on the machine hits both alike)."""
+    def one(traced_run: bool) -> float:
+        async def main():
+            tok = None
+            if traced_run:
+                tok = bu_osprofiler.activate(bu_osprofiler.start_span("bench"))
+            create = asyncio.create_task
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                await create(_anoop())
+            dt = time.perf_counter_ns() - t0
+            if tok is not None:
+                bu_osprofiler.deactivate(tok)
+            return dt
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(main()) / n / 1000.0
+        finally:
+            loop.close()
+            bu_osprofiler.clear_finished_spans()
+
+    concurrency.install()
+    try:
+        one(False)
+        one(True)  # warm-up
+        untraced, traced_ = [], []
+        for _ in range(rounds):
+            untraced.append(one(False))
+            traced_.append(one(True))
+    finally:
+        concurrency.uninstall()
+    return min(untraced), min(traced_)
+
+
 # ---------------------------------------------------------------- main
 
 def main() -> None:
@@ -288,6 +324,9 @@ def main() -> None:
         finally:
             concurrency.uninstall()
     pool.shutdown()
+    au, at = asyncio_interleaved(max(200, nreal), 25 if not args.quick else 5)
+    real["asyncio create_task+await, interleaved rounds: installed, untraced"] = au
+    real["asyncio create_task+await, interleaved rounds: installed, traced"] = at
 
     if args.json:
         print(json.dumps(results, indent=2))
@@ -310,7 +349,8 @@ def main() -> None:
     if osp is not None:
         print("stock osprofiler manual re-init: %.2f µs (fork+join = %.1fx that, and records "
               "two spans)" % (osp, fj / osp))
-    for label in list(real)[::3]:
+    print("asyncio create_task+await, interleaved: traced - untraced = %.2f µs" % (at - au))
+    for label in list(real)[:-2][::3]:
         what = label.split(":")[0]
         plain = real[what + ": not installed"]
         print("%s: +%.2f µs installed untraced, +%.2f µs traced (fork + join)" % (

@@ -542,6 +542,9 @@ core_exec(PyObject *m)
         PyModule_AddIntConstant(m, "MODE_REPORTER", BU_MODE_REPORTER) < 0) {
         return -1;
     }
+    if (bu_branch_init(m, st) < 0) {
+        return -1;
+    }
     return 0;
 }
 
@@ -560,6 +563,9 @@ core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->trace_slow);
     Py_VISIT(st->err_stack);
     Py_VISIT(st->err_exc);
+    if (bu_branch_traverse(st, visit, arg) < 0) {
+        return -1;
+    }
     return bu_adaptive_traverse(st, visit, arg);
 }
 
@@ -584,6 +590,7 @@ core_clear(PyObject *m)
     Py_CLEAR(st->err_stack);
     Py_CLEAR(st->err_exc);
     bu_adaptive_clear(st);
+    bu_branch_clear(st);
     return 0;
 }
 

@@ -16,6 +16,9 @@ int bu_tracepoint_init(PyObject *m, bu_state *st);  /* tracepoint.c: runtime on/
 int bu_tail_init(PyObject *m, bu_state *st);        /* tail.c: tail keep of error / slow traces */
 int bu_adaptive_traverse(bu_state *st, visitproc visit, void *arg); /* tracepoint.c */
 void bu_adaptive_clear(bu_state *st);               /* tracepoint.c + tail.c: teardown */
+int bu_branch_init(PyObject *m, bu_state *st);      /* branch.c: Branch type, fork / join */
+int bu_branch_traverse(bu_state *st, visitproc visit, void *arg); /* branch.c */
+void bu_branch_clear(bu_state *st);                 /* branch.c: teardown */
 
 /* reporter.c: called when the buffer grew past the wake threshold (may be a no-op). */
 void bu_reporter_poke(bu_state *st);

@@ -1715,3 +1715,21 @@ bu_span_init(PyObject *m, bu_state *st)
     }
     return PyModule_AddFunctions(m, span_functions);
 }
+
+/* ================================================================ references (branch.c) */
+
+int bu_span_put_ref(SpanObject *s, int kind, SpanObject *to); /* declared in branch.h */
+
+int
+bu_span_put_ref(SpanObject *s, int kind, SpanObject *to)
+{
+    if (!(s->state & BU_SPAN_RECORDING) || (s->state & BU_SPAN_FINISHED) || s->nrefs == 0xFFFF) {
+        return 0;
+    }
+    if (bu_ref_put(&s->refs, kind, to->trace_hi, to->trace_lo, to->span_id) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    s->nrefs++;
+    return 0;
+}

@@ -70,6 +70,7 @@ typedef struct {
     PyObject *tp_hook;  /* callable(tracepoint) applying the control rules to a new point */
     PyObject *str_rtype;
     struct bu_tail *tail;
+    struct bu_branch_state *branch; /* fork / join (branch.c) */
 } bu_state;
 
 extern PyModuleDef bu_module_def;

@@ -38,6 +38,7 @@ if [ "${#pyargs[@]}" -eq 0 ]; then
             [ -e "$f" ] && pyargs+=("$f")
         done
     done
+    pyargs+=("$ROOT/tests/test_fork_branch_c.py")  # fork / join in C (ext/branch.c)
 fi
 
 find_python() {

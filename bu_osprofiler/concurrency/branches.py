@@ -20,9 +20,6 @@ _start_span = _core.start_span
 _time_ns = time.time_ns          # CLOCK_REALTIME, the clock span start times use
 _hmac_var = _profiler._hmac_key  # carried into branches so legacy header helpers keep working
 
-_NEW, _RUNNING, _DONE = 0, 1, 2
-
-
 # ---------------------------------------------------------------- process work vs request work
 
 # Packages whose threads, greenthreads and loop tasks serve the process (pool workers, RPC
@@ -101,113 +98,11 @@ def _detect_kind() -> str:
 
 # ---------------------------------------------------------------- branches
 
-class Branch:
-    """A forked unit of concurrent work (returned by :func:`fork`).
-
-    Enter it (``with branch:``) or call :meth:`run` in the concurrent code: the branch span
-    starts, becomes the active span there, and finishes when the block / call ends (an exception
-    marks it ``error=True`` and propagates unchanged).  A branch runs once; re-entering it runs
-    the code without a second span.  ``span`` is the branch span once the branch has started.
-    """
-
-    __slots__ = ("parent", "kind", "target", "name", "span", "_hmac", "_token", "_htoken",
-                 "_claim", "_state", "_extra")
-
-    def __init__(self, parent: Any, kind: Optional[str] = None, target: Any = None,
-                 name: Optional[str] = None, hmac: Optional[str] = None) -> None:
-        self.parent = parent
-        self.kind = kind
-        self.target = target
-        self.name = name
-        self.span: Any = None
-        self._hmac = hmac
-        self._token: Any = None
-        self._htoken: Any = None
-        self._claim = [None]  # popped by the one join that records this branch (atomic)
-        self._state = _NEW
-        self._extra = 0
-
-    @property
-    def joined(self) -> bool:
-        return not self._claim
-
-    @property
-    def finished(self) -> bool:
-        return self._state == _DONE
-
-    def __repr__(self) -> str:
-        state = ("new", "running", "finished")[self._state]
-        return "<Branch %s %s>" % (self.name or self.kind or "?", state)
-
-    def __enter__(self) -> "Branch":
-        return self._begin()
-
-    def _begin(self) -> "Branch":
-        # (frames: _begin, __enter__ / __aenter__, then the code that entered the branch)
-        if self._state != _NEW:
-            self._extra += 1
-            warn_limited("branch-reuse", "a fork() branch was entered more than once; "
-                         "only its first run is recorded")
-            return self
-        self._state = _RUNNING
-        try:
-            name = self.name
-            if name is None:
-                kind = self.kind or _detect_kind()
-                target = self.target
-                what = (_qualname(target) if target is not None
-                        else _frame_qualname(sys._getframe(2)))
-                name = kind + ":" + what
-            self.target = None  # named: no need to keep what ran (or a cycle through it)
-            span = _start_span(name, self.parent)  # (positional + set_tag: the fast paths)
-            span.set_tag("fork", True)
-            self._token = _activate(span)
-            self.span = span
-            if self._hmac is not None:
-                self._htoken = _hmac_var.set(self._hmac)
-        except Exception:
-            self._state = _DONE
-            warn_limited("branch-start", "could not start a branch span", exc_info=True)
-        return self
-
-    def __exit__(self, etype: Any, exc: Any, tb: Any) -> bool:
-        if self._extra:
-            self._extra -= 1
-            return False
-        if self._state != _RUNNING:
-            return False
-        span = self.span
-        try:
-            if exc is not None:
-                span.__exit__(etype, exc, tb)  # error tag + error log, then finish
-            else:
-                span.finish()
-        except Exception:
-            warn_limited("branch-finish", "could not finish a branch span", exc_info=True)
-        self._state = _DONE
-        try:
-            if self._htoken is not None:
-                _hmac_var.reset(self._htoken)
-                self._htoken = None
-            token, self._token = self._token, None
-            _deactivate(token)
-        except Exception:  # e.g. entered and left in different contexts
-            warn_limited("branch-context", "a branch was left in another context than it was "
-                         "entered in; its span was not deactivated")
-        return False
-
-    async def __aenter__(self) -> "Branch":
-        return self._begin()
-
-    async def __aexit__(self, etype: Any, exc: Any, tb: Any) -> bool:
-        return self.__exit__(etype, exc, tb)
-
-    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` as this branch and return (or raise) what it does."""
-        if self.target is None:
-            self.target = fn
-        with self:
-            return fn(*args, **kwargs)
+# The Branch type, fork(), join() and the join recorder are C (ext/branch.c): a branch span
+# started, activated and finished around the concurrent work, each branch claimed by one join.
+# What stays here is policy, handed to C once below: the name of a target that is not a plain
+# function or coroutine, the inert branch of untraced work, the warnings, join()'s unpacking.
+Branch = _core.Branch
 
 
 class _NullBranch:
@@ -241,18 +136,6 @@ class _NullBranch:
 _NULL_BRANCH = _NullBranch()
 
 
-def fork(name: Optional[str] = None) -> Any:
-    """Fork a branch of the active span, to be run (``with branch:`` / ``branch.run``) elsewhere.
-
-    ``name`` defaults to ``<thread|greenthread|task>:<qualname>`` of what the branch runs. Without
-    an active sampled span this returns an inert branch that only runs the code.
-    """
-    parent = _active()
-    if parent is None or not parent.sampled:
-        return _NULL_BRANCH
-    return Branch(parent, None, None, name, _hmac_var.get())
-
-
 def _branches_of(objs: Iterable[Any]) -> Iterator[Branch]:
     """The branches behind join() arguments: Branch handles, or threads, futures, greenthreads
     and tasks forked by the automatic integration; lists / tuples of those are flattened."""
@@ -270,52 +153,26 @@ def _branches_of(objs: Iterable[Any]) -> Iterator[Branch]:
                 yield b
 
 
-def _record_join(waiter: Any, t0_ns: int, branches: Iterable[Any], started: bool = False) -> None:
-    """Record a ``join`` span from ``t0_ns`` to now, CHILD_OF ``waiter``, FOLLOWS_FROM every
-    branch of ``branches`` not joined yet that has finished (or ``started``, for explicit
-    joins). Each branch is joined at most once, and only by a span of its own trace (a future
-    shared between requests is the business of the request that forked it). Never raises."""
-    try:
-        refs = []
-        trace_id = None
-        for b in branches:
-            if b is None:
-                continue
-            st = b._state
-            if st == _DONE or (started and st == _RUNNING):
-                span = b.span
-                if span is None:
-                    continue
-                if b.parent is not waiter:
-                    if trace_id is None:
-                        trace_id = waiter.trace_id
-                    if span.trace_id != trace_id:
-                        continue
-                try:
-                    b._claim.pop()
-                except IndexError:  # another wait recorded it already
-                    continue
-                refs.append(("follows_from", span))
-        if refs:
-            # start_span(operation_name, child_of, references, tags, start_time)
-            span = _start_span("join", waiter, refs, None, t0_ns / 1e9)
-            span.finish(_time_ns() / 1e9)
-    except Exception:
-        warn_limited("join", "could not record a join span", exc_info=True)
+def _c_warn(key: str, msg: str, exc: Optional[BaseException]) -> None:
+    warn_limited(key, msg, exc_info=exc if exc is not None else False)
 
 
-def join(*branches: Any) -> None:
-    """Record that the active span has waited for ``branches`` (a join span of ~0 duration).
+async def _ready(value: T) -> T:
+    """An awaitable of ``value`` (what the C ``__aenter__`` / ``__aexit__`` return)."""
+    return value
 
-    Use :func:`joining` around the wait instead to record how long the wait took.
-    """
-    waiter = _active()
-    if waiter is None or not waiter.sampled:
-        return
-    if len(branches) == 1 and type(branches[0]) is Branch:
-        _record_join(waiter, _time_ns(), branches, started=True)
-    else:
-        _record_join(waiter, _time_ns(), _branches_of(branches), started=True)
+
+_core._branch_setup(_NULL_BRANCH, _hmac_var, _c_warn, _qualname, _ready, _branches_of)
+
+fork = _core.fork  # fork(name=None): a Branch of the active sampled span, else _NULL_BRANCH
+# _record_join(waiter, t0_ns, branches, started=False): record a ``join`` span from ``t0_ns`` to
+# now, CHILD_OF ``waiter``, FOLLOWS_FROM every branch of ``branches`` not joined yet that has
+# finished (or ``started``, for explicit joins). Each branch is joined at most once, and only by
+# a span of its own trace (a future shared between requests is the business of the request that
+# forked it). Never raises.
+_record_join = _core._branch_record_join
+
+join = _core.join  # join(*branches): a join span (~0 long) of the active sampled span
 
 
 class joining:
@@ -336,9 +193,15 @@ class joining:
         return self
 
     def __exit__(self, etype: Any, exc: Any, tb: Any) -> bool:
-        waiter, self._waiter = self._waiter, None
+        waiter = self._waiter
         if waiter is not None:
-            _record_join(waiter, self._t0, _branches_of(self._branches), started=True)
+            self._waiter = None
+            branches = self._branches
+            for b in branches:
+                if type(b) is not Branch:  # threads, futures, lists...: unpacked here
+                    branches = list(_branches_of(branches))
+                    break
+            _record_join(waiter, self._t0, branches, True)
         return False
 
     async def __aenter__(self) -> "joining":
@@ -416,7 +279,7 @@ def _make_joining_wait(orig: Callable[..., Any],
     join once the branch is ``finished`` (the wait may time out first)."""
     def wait(self: Any, timeout: Optional[float] = None) -> Any:
         branch = self.__dict__.get("_bu_branch")
-        if branch is None or not branch._claim:
+        if branch is None or branch.joined:
             return orig(self, timeout)
         waiter = _traced()
         if waiter is None:

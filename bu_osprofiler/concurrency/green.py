@@ -27,7 +27,7 @@ def _pool_register(pool: Any, branch: Branch) -> None:
             lst = pool._bu_branches = []
         lst.append(branch)
         if len(lst) > _POOL_PRUNE:
-            lst[:] = [b for b in lst if b._claim][-_POOL_PRUNE * 8:]
+            lst[:] = [b for b in lst if not b.joined][-_POOL_PRUNE * 8:]
     except Exception:
         pass
 
@@ -83,7 +83,7 @@ def _set_branch(obj: Any, branch: Branch) -> None:
 def _make_gt_wait(orig: Callable[..., Any]) -> Callable[..., Any]:
     def wait(self: Any) -> Any:
         branch = self.__dict__.get("_bu_branch")
-        if branch is None or not branch._claim:
+        if branch is None or branch.joined:
             return orig(self)
         waiter = _traced()
         if waiter is None:
@@ -128,7 +128,7 @@ def _make_pool_waitall(orig: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             # (a pool shared by concurrent requests: each waiter joins its own trace's branches)
             _record_join(waiter, t0, list(branches))
-            branches[:] = [b for b in branches if b._claim]
+            branches[:] = [b for b in branches if not b.joined]
 
     return waitall
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from bu_osprofiler.concurrency.branches import (
-    Branch, _active, _hmac_var, _record_join, _time_ns, _traced)
+from bu_osprofiler.concurrency.branches import _record_join, _time_ns, _traced
 from bu_osprofiler.concurrency.patching import _patch
+from bu_osprofiler import _core
 from bu_osprofiler._log import warn_limited
 
 # ---------------------------------------------------------------- asyncio
@@ -16,43 +16,31 @@ _BranchTask: Any = None
 
 
 def _define_branch_task(asyncio: Any) -> Any:
-    task_await = asyncio.Task.__await__
-
     class BranchTask(asyncio.Task):  # type: ignore[misc]
         """A task forked from a traced span: ``await task`` records the join."""
 
         __slots__ = ("_bu_branch",)
 
-        def __await__(self) -> Any:
-            branch = self._bu_branch
-            if branch._claim:
-                waiter = _traced()
-                if waiter is not None:
-                    t0 = _time_ns()
-                    try:
-                        return (yield from task_await(self))
-                    finally:
-                        if self.done():
-                            _record_join(waiter, t0, (branch,))
-            return (yield from task_await(self))
-
-        __iter__ = __await__
+        # `await task`: the task's own iterator, wrapped (in C) to record the join when a
+        # sampled span waits for the branch (not joined yet) and the task is done at the end
+        __await__ = __iter__ = _core._branch_task_await(asyncio.Task)
 
     BranchTask.__qualname__ = BranchTask.__name__ = "Task"
     BranchTask.__module__ = "bu_osprofiler.concurrency"
     return BranchTask
 
 
-async def _task_main(branch: Branch, coro: Any) -> Any:
-    with branch:
-        return await coro
+_branch_coro = _core._branch_coro  # the coroutine of a branch task: coro run as the branch
 
 
 def _housekeeping(coro: Any) -> bool:
     """The event loop's own coroutines (``BaseEventLoop.shutdown_asyncgens``,
     ``shutdown_default_executor``, ... scheduled by asyncio.run) serve the loop, not a request."""
     try:
-        owner = coro.__qualname__.split(".", 1)[0]
+        q = coro.__qualname__
+        if "EventLoop" not in q:
+            return False
+        owner = q.split(".", 1)[0]
         return owner.endswith("EventLoop") and coro.cr_frame.f_globals.get(
             "__name__", "").startswith("asyncio.")
     except Exception:
@@ -60,35 +48,10 @@ def _housekeeping(coro: Any) -> bool:
 
 
 def _make_create_task(orig: Callable[..., Any], asyncio: Any) -> Callable[..., Any]:
-    iscoroutine = asyncio.iscoroutine
-    branch_task = _BranchTask
-
-    def create_task(self: Any, coro: Any, *, name: Any = None, context: Any = None,
-                    **kwargs: Any) -> Any:
-        parent = _active()
-        if (parent is None or not parent.sampled or kwargs or self._task_factory is not None
-                or not iscoroutine(coro) or _housekeeping(coro)):
-            if kwargs or context is not None:
-                return orig(self, coro, name=name, context=context, **kwargs)
-            return orig(self, coro, name=name)
-        self._check_closed()
-        branch = Branch(parent, "task", coro, None, _hmac_var.get())
-        main = _task_main(branch, coro)
-        try:
-            main.__qualname__ = coro.__qualname__
-            main.__name__ = coro.__name__
-        except Exception:
-            pass
-        if context is None:
-            task = branch_task(main, loop=self, name=name)
-        else:
-            task = branch_task(main, loop=self, name=name, context=context)
-        task._bu_branch = branch
-        if task._source_traceback:
-            del task._source_traceback[-1]
-        return task
-
-    return create_task
+    # C (ext/branch.c): with a sampled span active, a coroutine (asyncio.iscoroutine) that is
+    # not the loop's own housekeeping and no custom task factory, the task is a BranchTask
+    # running the coroutine as the branch "task:<qualname>"; otherwise the original create_task
+    return _core._branch_create_task(orig, _BranchTask, asyncio.iscoroutine, _housekeeping)
 
 
 def _task_branch(f: Any) -> Any:
@@ -171,7 +134,7 @@ async def _traced_tg_exit(aexit: Any, waiter: Any, branches: list) -> Any:
 def _make_run_until_complete(orig: Callable[..., Any]) -> Callable[..., Any]:
     # asyncio.run(main()) from a traced caller: main's task is a branch the caller waits for
     def run_until_complete(self: Any, future: Any) -> Any:
-        if type(future) is not _BranchTask or not future._bu_branch._claim:
+        if type(future) is not _BranchTask or future._bu_branch.joined:
             return orig(self, future)
         waiter = _traced()
         if waiter is None:
@@ -191,9 +154,12 @@ def install() -> None:
     import asyncio.base_events as be
     import asyncio.tasks as at
 
+    import collections.abc
+
     global _BranchTask
     if _BranchTask is None:
         _BranchTask = _define_branch_task(asyncio)
+        collections.abc.Coroutine.register(_core.BranchCoroutine)  # asyncio.iscoroutine
     _patch(be.BaseEventLoop, "create_task", lambda o: _make_create_task(o, asyncio))
     _patch(be.BaseEventLoop, "run_until_complete", _make_run_until_complete)
     for mod in (asyncio, at):
