@@ -53,6 +53,7 @@ _factory: Any = None  # our record factory (a _core.LogIds) while installed
 _stdlib_make_record: Optional[Callable[..., Any]] = None  # Logger.makeRecord we replaced
 _oslo_formats: list = []  # (class, original format) pairs we wrapped
 _styles: list = []  # (style class, original _format) pairs we replaced
+_styles_defaults: list = []  # style classes we gave a _defaults class attribute (Python 3.9)
 _EMPTY = dict.fromkeys(FIELDS, "")
 
 
@@ -135,6 +136,10 @@ def uninstall() -> None:
             if style.__dict__.get("_format") is _style_formats.get(style):
                 style._format = original
         _styles.clear()
+        for style in _styles_defaults:
+            if style.__dict__.get("_defaults", 0) is None:
+                del style._defaults
+        _styles_defaults.clear()
         for name in FIELDS:
             if _logging.LogRecord.__dict__.get(name, None) == "":
                 delattr(_logging.LogRecord, name)
@@ -181,30 +186,64 @@ def _set_class_defaults() -> None:
             setattr(_logging.LogRecord, name, "")
 
 
-def _fields_for(style: Any, record: _logging.LogRecord) -> dict:
-    """What a formatting style formats with: ``record.__dict__`` (with the style's defaults,
-    Python >= 3.10), plus the empty fields when the format names one the record lacks."""
+_fmt_fields: dict = {}  # format string -> the field names it contains (bounded)
+
+
+def _names_in(fmt: str) -> tuple:
+    names = tuple(name for name in FIELDS if name in fmt)
+    if len(_fmt_fields) < 256:
+        _fmt_fields[fmt] = names
+    return names
+
+
+# Logging's three formatting styles as the stdlib has them, plus: a record without the fields
+# (made outside a trace, it has only the class attributes) gets those its format names, empty,
+# in its __dict__ (as a Formatter stores `message` and `asctime` there). A record made in a span
+# has all four: the check costs a few bytecodes. (On Python 3.9, _defaults is a class attribute
+# set to None by _patch_styles.)
+def _percent_format(self: Any, record: _logging.LogRecord) -> str:
     values = record.__dict__
-    defaults = getattr(style, "_defaults", None)
+    defaults = self._defaults
     if defaults:
         values = defaults | values
-    fmt = style._fmt
-    for name in FIELDS:
-        if name not in values and name in fmt:
-            return {**_EMPTY, **values}
-    return values
-
-
-def _percent_format(self: Any, record: _logging.LogRecord) -> str:
-    return self._fmt % _fields_for(self, record)
+    if "trace_id" not in values or "span_id" not in values or \
+            "trace_sampled" not in values or "base_id" not in values:
+        fmt = self._fmt
+        names = _fmt_fields.get(fmt)
+        for name in _names_in(fmt) if names is None else names:
+            if name not in values:
+                values[name] = ""
+    return self._fmt % values
 
 
 def _str_format(self: Any, record: _logging.LogRecord) -> str:
-    return self._fmt.format(**_fields_for(self, record))
+    values = record.__dict__
+    defaults = self._defaults
+    if defaults:
+        values = defaults | values
+    if "trace_id" not in values or "span_id" not in values or \
+            "trace_sampled" not in values or "base_id" not in values:
+        fmt = self._fmt
+        names = _fmt_fields.get(fmt)
+        for name in _names_in(fmt) if names is None else names:
+            if name not in values:
+                values[name] = ""
+    return self._fmt.format(**values)
 
 
 def _template_format(self: Any, record: _logging.LogRecord) -> str:
-    return self._tpl.substitute(**_fields_for(self, record))
+    values = record.__dict__
+    defaults = self._defaults
+    if defaults:
+        values = defaults | values
+    if "trace_id" not in values or "span_id" not in values or \
+            "trace_sampled" not in values or "base_id" not in values:
+        fmt = self._fmt
+        names = _fmt_fields.get(fmt)
+        for name in _names_in(fmt) if names is None else names:
+            if name not in values:
+                values[name] = ""
+    return self._tpl.substitute(**values)
 
 
 _style_formats = {_logging.PercentStyle: _percent_format,
@@ -221,6 +260,9 @@ def _patch_styles() -> None:
             continue  # replaced by someone else, or an unknown logging module: leave it
         _styles.append((style, original))
         style._format = ours  # type: ignore[method-assign]
+        if "_defaults" not in style.__dict__ and not hasattr(style, "_defaults"):
+            style._defaults = None  # Python 3.9 (removed again by uninstall)
+            _styles_defaults.append(style)
 
 
 # ---------------------------------------------------------------- extra= with our field names

@@ -375,8 +375,15 @@ stamp(LogIdsObject *f, SpanObject *s, PyObject *rec)
      * another span) replaces the cache */
     PyObject *v[4] = {Py_NewRef(f->c_tid), Py_NewRef(f->c_sid_str),
                       Py_NewRef(f->c_sampled ? Py_True : Py_False), Py_NewRef(f->c_base)};
+    /* attribute stores, not stores into record.__dict__: materialising the dict here would make
+     * every later attribute read of the record (by logging and Formatters) take CPython's slow
+     * path (3.11); types with the generic setattr skip the dispatch of PyObject_SetAttr */
+    setattrofunc set = Py_TYPE(rec)->tp_setattro;
+    if (set != PyObject_GenericSetAttr) {
+        set = PyObject_SetAttr;
+    }
     for (int i = 0; i < 4; i++) {
-        if (PyObject_SetAttr(rec, f->names[i], v[i]) < 0) {
+        if (set(rec, f->names[i], v[i]) < 0) {
             PyErr_Clear();
             break;
         }
@@ -392,8 +399,7 @@ static void
 maybe_span_log(LogIdsObject *f, SpanObject *s, PyObject *rec, PyObject *level_arg)
 {
     if ((s->state & (BU_SPAN_RECORDING | BU_SPAN_FINISHED | BU_SPAN_PLACEHOLDER)) !=
-            BU_SPAN_RECORDING ||
-        in_span_log) {
+        BU_SPAN_RECORDING) {
         return;
     }
     long level = -1;
@@ -407,8 +413,10 @@ maybe_span_log(LogIdsObject *f, SpanObject *s, PyObject *rec, PyObject *level_ar
         }
         Py_XDECREF(lv);
     }
-    PyErr_Clear();
-    if (level >= f->span_level) {
+    if (level == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    if (level >= f->span_level && !in_span_log) {
         span_log_record(f, s, rec);
     }
 }
