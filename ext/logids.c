@@ -445,21 +445,6 @@ li_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwna
     return rec;
 }
 
-/* stamp(record) -> record: the same for a record made elsewhere (ids of the active span). */
-static PyObject *
-li_stamp(PyObject *op, PyObject *rec)
-{
-    LogIdsObject *f = _LogIds_CAST(op);
-    PyObject *active = bu_active_get(f->st);
-    if (active != NULL) {
-        if (Py_IS_TYPE(active, f->st->SpanType)) {
-            stamp(f, _Span_CAST(active), rec);
-        }
-        Py_DECREF(active);
-    }
-    return Py_NewRef(rec);
-}
-
 static int
 li_traverse(PyObject *op, visitproc visit, void *arg)
 {
@@ -511,9 +496,6 @@ static PyMemberDef li_members[] = {
 };
 
 static PyMethodDef li_methods[] = {
-    {"stamp", li_stamp, METH_O,
-     "stamp(record) -> record, with the active span's ids stored on it (nothing outside a "
-     "trace)."},
     {"stats", li_stats, METH_NOARGS, "Records logged into spans and records dropped (span full)."},
     {NULL, NULL, 0, NULL},
 };
