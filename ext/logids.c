@@ -428,6 +428,10 @@ static PyObject *
 li_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     LogIdsObject *f = _LogIds_CAST(op);
+    if (f->previous == NULL) { /* cleared by the garbage collector (a cycle being freed) */
+        PyErr_SetString(PyExc_RuntimeError, "log record factory no longer usable");
+        return NULL;
+    }
     PyObject *rec = PyObject_Vectorcall(f->previous, args, nargsf, kwnames);
     if (rec == NULL) {
         return NULL; /* the previous factory's own error, as without the integration */
