@@ -273,7 +273,8 @@ def _make_record_code(self: _logging.Logger, name: str, level: int, fn: str, lno
                       ) -> _logging.LogRecord:
     """Logger.makeRecord, with ``extra`` allowed to set the trace fields (the caller's value
     wins) instead of raising KeyError because a record inside a span has them already. Run with
-    logging's globals (see below): exactly the bytecode of the stdlib one when extra is None."""
+    logging's globals (see below), so that it does the stdlib one's work when extra is None
+    (``_logRecordFactory`` is a global lookup, as there)."""
     rv = _logRecordFactory(name, level, fn, lno, msg, args, exc_info, func,  # noqa: F821
                            sinfo)
     if extra is not None:
