@@ -670,3 +670,29 @@ def test_uninstall_removes_class_fields_and_style_fallback():
     rec = logging.makeLogRecord({"msg": "m"})
     with pytest.raises(ValueError):  # stdlib behaviour again: the field is unknown
         logging.Formatter("%(trace_id)s %(message)s").format(rec)
+
+
+def test_install_uninstall_cycles_leave_no_references():
+    """The C factory holds its previous factory strongly and lets go of it when freed."""
+    import gc
+
+    old = logging.getLogRecordFactory()
+
+    def app_factory(*args, **kwargs):
+        return old(*args, **kwargs)
+
+    logging.setLogRecordFactory(app_factory)
+    try:
+        gc.collect()
+        before = sys.getrefcount(app_factory)
+        for level in ("WARNING", "ERROR") * 25:
+            logcorr.install(span_level=level)
+            with traced("cycle"):
+                logging.getLogger("test.cycles").makeRecord(
+                    "n", logging.ERROR, __file__, 1, "m", (), None)
+            logcorr.uninstall()
+        gc.collect()
+        assert sys.getrefcount(app_factory) == before
+        assert logging.getLogRecordFactory() is app_factory
+    finally:
+        logging.setLogRecordFactory(old)
