@@ -469,8 +469,7 @@ static PyMethodDef core_methods[] = {
     {"set_format_exc", set_format_exc, METH_O, "Callable(exc) -> stack text for error logs."},
     {"rand64", rand64, METH_NOARGS, "A random non-zero 64-bit id from the per-thread generator."},
     {"log_ids", (PyCFunction)(void (*)(void))bu_log_ids, METH_FASTCALL,
-     "log_ids(span_level, max_logs, max_bytes, previous_factory) -> LogIds, "
-     "a record factory (bu_osprofiler.logging)."},
+     "log_ids(span_level, max_logs, max_bytes) -> LogIds (bu_osprofiler.logging)."},
     {NULL, NULL, 0, NULL},
 };
 
