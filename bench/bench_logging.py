@@ -19,7 +19,10 @@ processes of a round; the JSON has the medians too.
     python bench/bench_logging.py [--loops N] [--rounds R] [--json FILE]
     python bench/bench_logging.py --callgrind [--n N] [--variants outside,inside,warning,trace]
         # instructions per call under valgrind, off vs on: makeRecord + __dict__ outside a trace,
-        # inside a sampled span, a WARNING inside a span; a sampled @trace call
+        # inside a sampled span, a WARNING inside a span; a sampled @trace call; makeRecord +
+        # __dict__ with a record factory the application set before install() (late-*);
+        # makeRecord + Formatter.format (format-*: on, a format with the trace and span ids;
+        # off, the same format without them)
 """
 from __future__ import annotations
 
@@ -170,15 +173,36 @@ def measure(loops: int, rounds: int) -> dict:
 
 # ---------------------------------------------------------------- callgrind (instructions)
 
-CG_VARIANTS = ("outside", "inside", "warning", "trace")
+CG_VARIANTS = ("outside", "inside", "warning", "trace", "late-outside", "late-inside",
+               "format-outside", "format-inside")
+
+
+def set_app_factory() -> None:
+    """A record factory the application set before install() (both states have it)."""
+    old = logging.getLogRecordFactory()
+
+    def app_factory(*args, **kwargs):
+        rec = old(*args, **kwargs)
+        rec.app_field = "A"
+        return rec
+
+    logging.setLogRecordFactory(app_factory)
+
+
+# what a log line costs with the ids in it (on) vs the same line without them (off)
+FORMATTER = logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(trace_id)s %(span_id)s] "
+                              "%(message)s")
+FORMATTER_OFF = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
 def cg_child(variant: str, state: str, n: int) -> None:
     bu_osprofiler.configure("bench", "memory://", max_queue_spans=10_000_000,
                             max_queue_bytes=4 << 30)
+    if variant.startswith("late-"):
+        set_app_factory()
     set_state(state == "on")
     args = WARN_ARGS if variant == "warning" else ARGS
-    if variant != "outside":
+    if not variant.endswith("outside"):
         InSpan().__enter__()
     # no collection inside the loop: one would be counted in the N-call run and not the 0-call one
     gc.collect()
@@ -187,6 +211,11 @@ def cg_child(variant: str, state: str, n: int) -> None:
         traced = profiler.trace("bench", hide_args=True)(lambda: None)
         for _ in range(n):
             traced()
+        return
+    if variant.startswith("format-"):  # a record made and formatted (format with the ids)
+        fmt = (FORMATTER if state == "on" else FORMATTER_OFF).format
+        for _ in range(n):
+            fmt(LOG.makeRecord(*args))
         return
     for _ in range(n):
         LOG.makeRecord(*args).__dict__

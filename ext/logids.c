@@ -1,17 +1,19 @@
-/* logids.c -- log correlation: the active span's ids for log records, records into span logs.
+/* logids.c -- log correlation: the active span's ids on log records, records into span logs.
  *
- * bu_osprofiler.logging.install() replaces Logger.makeRecord (and wraps the record factory for
- * records made otherwise); both call LogIds.ids(record, level) and store the 4-tuple it returns
- * as the record's trace_id (32 hex), span_id (16 hex), trace_sampled (bool) and base_id
- * (osprofiler's UUID of the trace id), or "" for each outside a trace. The stores are done by
- * specialised bytecode in Python (STORE_ATTR on the record's inline values): four attribute
- * stores through the C API cost several times more. Records at or above `span_level` made inside a recording span also
- * become span logs, bounded per span (count and bytes; overflow counted in the span tag
+ * bu_osprofiler.logging.install() sets a LogIds as logging's record factory. It calls the
+ * previous factory (logging.LogRecord, or one the application set) with the same arguments
+ * (vectorcall: no argument tuple of its own), then, only when a span or osprofiler trace is
+ * active, stores the record's trace_id (32 hex), span_id (16 hex), trace_sampled (bool) and
+ * base_id (osprofiler's UUID of the trace id). Outside a trace it stores nothing: while installed,
+ * logging.LogRecord has the four as empty class attributes, and logging's formatting styles fall
+ * back to them, so a record outside a trace costs one ContextVar read more than without the
+ * integration. Records at or above `span_level` made inside a recording span also become span
+ * logs, bounded per span (count and bytes; overflow counted in the span tag
  * log.dropped_records), never recursively and never for the tracer's own logger.
  *
- * Cost: the span hot path is untouched (nothing here runs unless a record is made). Outside a
- * trace: one ContextVar read and a constant tuple; inside: a tuple from a one-entry cache keyed
- * by the ids (consecutive records of one span share it). */
+ * The span hot path is untouched (nothing here runs unless a record is made). Inside a trace the
+ * id strings come from a one-entry cache keyed by the ids (consecutive records of one span share
+ * them). */
 #include "logids.h"
 #include "clock.h"
 #include "pyrecord.h"
@@ -31,14 +33,16 @@ static _Thread_local int in_span_log;
 
 typedef struct {
     PyObject_HEAD
+    vectorcallfunc vectorcall;
     bu_state *st;
-    PyObject *none4; /* ("", "", "", ""): outside a trace */
+    PyObject *previous; /* the record factory called first (logging.LogRecord, or the app's) */
+    PyObject *names[4]; /* interned trace_id, span_id, trace_sampled, base_id */
     long span_level;
     uint32_t max_logs, max_bytes;
-    /* one-entry cache: the tuple of the last span seen */
+    /* one-entry cache: the strings of the last span seen (consecutive records share them) */
     uint64_t c_hi, c_lo, c_sid;
     uint32_t c_sampled;
-    PyObject *c_ids; /* NULL when the cache is empty */
+    PyObject *c_tid, *c_sid_str, *c_base; /* NULL when the cache is empty */
     unsigned long long n_logged, n_dropped;
 } LogIdsObject;
 
@@ -67,14 +71,14 @@ ascii_str(const char *buf, Py_ssize_t n)
     return s;
 }
 
-/* The ids tuple of (hi, lo, sid, sampled), cached; sid 0 means "no span of ours" (span_id "").
- * Returns a new reference or NULL with an exception. */
-static PyObject *
-ids_tuple(LogIdsObject *f, uint64_t hi, uint64_t lo, uint64_t sid, uint32_t sampled)
+/* Fill the cache with the strings of (hi, lo, sid, sampled); sid 0 means "no span of ours"
+ * (span_id ""). 0 ok, -1 with an exception (the cache is then empty). */
+static int
+ids_cache(LogIdsObject *f, uint64_t hi, uint64_t lo, uint64_t sid, uint32_t sampled)
 {
-    if (f->c_ids != NULL && f->c_hi == hi && f->c_lo == lo && f->c_sid == sid &&
-        f->c_sampled == sampled) {
-        return Py_NewRef(f->c_ids);
+    if (f->c_tid != NULL && f->c_hi == hi && f->c_lo == lo && f->c_sid == sid) {
+        f->c_sampled = sampled; /* a bool of the span, not part of the strings */
+        return 0;
     }
     char t[32], u[36], sp[16];
     put_hex(t, hi, 16);
@@ -90,26 +94,25 @@ ids_tuple(LogIdsObject *f, uint64_t hi, uint64_t lo, uint64_t sid, uint32_t samp
     u[23] = '-';
     memcpy(u + 24, t + 20, 12);
     put_hex(sp, sid, 16);
-    PyObject *tup = PyTuple_New(4);
-    if (tup == NULL) {
-        return NULL;
-    }
     PyObject *ts = ascii_str(t, 32), *us = ascii_str(u, 36);
     PyObject *ss = sid ? ascii_str(sp, 16) : PyUnicode_New(0, 0);
-    PyTuple_SET_ITEM(tup, 0, ts);
-    PyTuple_SET_ITEM(tup, 1, ss);
-    PyTuple_SET_ITEM(tup, 2, Py_NewRef(sampled ? Py_True : Py_False));
-    PyTuple_SET_ITEM(tup, 3, us);
+    Py_CLEAR(f->c_tid);
+    Py_CLEAR(f->c_sid_str);
+    Py_CLEAR(f->c_base);
     if (ts == NULL || us == NULL || ss == NULL) {
-        Py_DECREF(tup);
-        return NULL;
+        Py_XDECREF(ts);
+        Py_XDECREF(us);
+        Py_XDECREF(ss);
+        return -1;
     }
-    Py_XSETREF(f->c_ids, Py_NewRef(tup));
+    f->c_tid = ts;
+    f->c_sid_str = ss;
+    f->c_base = us;
     f->c_hi = hi;
     f->c_lo = lo;
     f->c_sid = sid;
     f->c_sampled = sampled;
-    return tup;
+    return 0;
 }
 
 /* ================================================================ records -> span logs */
@@ -355,51 +358,111 @@ done:
 
 /* ================================================================ LogIds */
 
-/* ids(record, level) -> (trace_id, span_id, trace_sampled, base_id); records `record` into the
- * active span when `level` (an int, else record.levelno is read) reaches span_level. */
-static PyObject *
-li_ids(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+/* Store the active span's ids on `rec` (attribute stores through the type's setattr, so records
+ * of classes with __slots__ or a custom __setattr__ behave as they would in Python). A record
+ * that takes no attributes goes on without them. */
+static void
+stamp(LogIdsObject *f, SpanObject *s, PyObject *rec)
 {
-    LogIdsObject *f = _LogIds_CAST(op);
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "ids(record, level)");
-        return NULL;
-    }
-    PyObject *active = bu_active_get(f->st);
-    if (active == NULL || !Py_IS_TYPE(active, f->st->SpanType)) {
-        Py_XDECREF(active);
-        return Py_NewRef(f->none4);
-    }
-    SpanObject *s = _Span_CAST(active);
     /* A placeholder (profiler.init, a context continued from elsewhere) is a trace, not a span
      * of ours: the trace id is set, the span id is empty. */
     uint64_t sid = (s->state & BU_SPAN_PLACEHOLDER) ? 0 : s->span_id;
-    PyObject *res = ids_tuple(f, s->trace_hi, s->trace_lo, sid, s->flags & BU_FLAG_SAMPLED);
-    if (res == NULL) {
-        PyErr_Clear(); /* out of memory: the record goes on without ids */
-        res = Py_NewRef(f->none4);
+    if (ids_cache(f, s->trace_hi, s->trace_lo, sid, s->flags & BU_FLAG_SAMPLED) < 0) {
+        PyErr_Clear(); /* out of memory: the record goes on with the class defaults ("") */
+        return;
     }
-    if ((s->state & (BU_SPAN_RECORDING | BU_SPAN_FINISHED | BU_SPAN_PLACEHOLDER)) ==
-            BU_SPAN_RECORDING &&
-        !in_span_log) {
-        long level = -1;
-        if (PyLong_CheckExact(args[1])) {
-            level = PyLong_AsLong(args[1]);
+    /* take strong references: a __setattr__ may log, and a record made meanwhile (inside
+     * another span) replaces the cache */
+    PyObject *v[4] = {Py_NewRef(f->c_tid), Py_NewRef(f->c_sid_str),
+                      Py_NewRef(f->c_sampled ? Py_True : Py_False), Py_NewRef(f->c_base)};
+    /* attribute stores, not stores into record.__dict__: materialising the dict here would make
+     * every later attribute read of the record (by logging and Formatters) take CPython's slow
+     * path (3.11); types with the generic setattr skip the dispatch of PyObject_SetAttr */
+    setattrofunc set = Py_TYPE(rec)->tp_setattro;
+    if (set != PyObject_GenericSetAttr) {
+        set = PyObject_SetAttr;
+    }
+    for (int i = 0; i < 4; i++) {
+        if (set(rec, f->names[i], v[i]) < 0) {
+            PyErr_Clear();
+            break;
         }
-        else {
-            PyObject *lv = PyObject_GetAttrString(args[0], "levelno");
-            if (lv != NULL && PyLong_Check(lv)) {
-                level = PyLong_AsLong(lv);
-            }
-            Py_XDECREF(lv);
+    }
+    for (int i = 0; i < 4; i++) {
+        Py_DECREF(v[i]);
+    }
+}
+
+/* A record at or above span_level made inside a recording span becomes a span log. `level` is
+ * the factory's level argument when it is an int, else record.levelno is read. */
+static void
+maybe_span_log(LogIdsObject *f, SpanObject *s, PyObject *rec, PyObject *level_arg)
+{
+    if ((s->state & (BU_SPAN_RECORDING | BU_SPAN_FINISHED | BU_SPAN_PLACEHOLDER)) !=
+        BU_SPAN_RECORDING) {
+        return;
+    }
+    long level = -1;
+    if (level_arg != NULL && PyLong_CheckExact(level_arg)) {
+        level = PyLong_AsLong(level_arg);
+    }
+    else {
+        PyObject *lv = PyObject_GetAttrString(rec, "levelno");
+        if (lv != NULL && PyLong_Check(lv)) {
+            level = PyLong_AsLong(lv);
         }
+        Py_XDECREF(lv);
+    }
+    if (level == -1 && PyErr_Occurred()) {
         PyErr_Clear();
-        if (level >= f->span_level) {
-            span_log_record(f, s, args[0]);
-        }
+    }
+    if (level >= f->span_level && !in_span_log) {
+        span_log_record(f, s, rec);
+    }
+}
+
+/* The record factory: factory(name, level, pathname, lineno, msg, args, exc_info, func, sinfo)
+ * -> previous(...) with the active span's ids stored on the record. Outside a trace nothing is
+ * stored: logging.LogRecord carries empty class-level defaults while installed (logging.py). */
+static PyObject *
+li_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    LogIdsObject *f = _LogIds_CAST(op);
+    if (f->previous == NULL) { /* cleared by the garbage collector (a cycle being freed) */
+        PyErr_SetString(PyExc_RuntimeError, "log record factory no longer usable");
+        return NULL;
+    }
+    PyObject *rec = PyObject_Vectorcall(f->previous, args, nargsf, kwnames);
+    if (rec == NULL) {
+        return NULL; /* the previous factory's own error, as without the integration */
+    }
+    PyObject *active = bu_active_get(f->st);
+    if (active == NULL) {
+        return rec;
+    }
+    if (Py_IS_TYPE(active, f->st->SpanType)) {
+        SpanObject *s = _Span_CAST(active);
+        stamp(f, s, rec);
+        maybe_span_log(f, s, rec, PyVectorcall_NARGS(nargsf) > 1 ? args[1] : NULL);
     }
     Py_DECREF(active);
-    return res;
+    return rec;
+}
+
+static int
+li_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    LogIdsObject *f = _LogIds_CAST(op);
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(f->previous);
+    return 0;
+}
+
+static int
+li_clear(PyObject *op)
+{
+    Py_CLEAR(_LogIds_CAST(op)->previous);
+    return 0;
 }
 
 static void
@@ -407,9 +470,15 @@ li_dealloc(PyObject *op)
 {
     LogIdsObject *f = _LogIds_CAST(op);
     PyTypeObject *tp = Py_TYPE(op);
-    Py_XDECREF(f->none4);
-    Py_XDECREF(f->c_ids);
-    PyObject_Free(op);
+    PyObject_GC_UnTrack(op);
+    Py_XDECREF(f->previous);
+    for (int i = 0; i < 4; i++) {
+        Py_XDECREF(f->names[i]);
+    }
+    Py_XDECREF(f->c_tid);
+    Py_XDECREF(f->c_sid_str);
+    Py_XDECREF(f->c_base);
+    PyObject_GC_Del(op);
     Py_DECREF(tp);
 }
 
@@ -421,6 +490,9 @@ li_stats(PyObject *op, PyObject *Py_UNUSED(arg))
 }
 
 static PyMemberDef li_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(LogIdsObject, vectorcall), READONLY, NULL},
+    {"previous", T_OBJECT, offsetof(LogIdsObject, previous), READONLY,
+     "the record factory this one calls first"},
     {"span_level", T_LONG, offsetof(LogIdsObject, span_level), READONLY, NULL},
     {"max_logs", T_UINT, offsetof(LogIdsObject, max_logs), READONLY, NULL},
     {"max_bytes", T_UINT, offsetof(LogIdsObject, max_bytes), READONLY, NULL},
@@ -428,26 +500,26 @@ static PyMemberDef li_members[] = {
 };
 
 static PyMethodDef li_methods[] = {
-    {"ids", (PyCFunction)(void (*)(void))li_ids, METH_FASTCALL,
-     "ids(record, level) -> (trace_id, span_id, trace_sampled, base_id) of the active span "
-     "(\"\" each outside a trace); a record at or above span_level becomes a span log."},
     {"stats", li_stats, METH_NOARGS, "Records logged into spans and records dropped (span full)."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyType_Slot li_slots[] = {
     {Py_tp_dealloc, li_dealloc},
+    {Py_tp_traverse, li_traverse},
+    {Py_tp_clear, li_clear},
+    {Py_tp_call, PyVectorcall_Call},
     {Py_tp_members, li_members},
     {Py_tp_methods, li_methods},
-    {Py_tp_doc, "Ids of the active span for log records, and log records into span logs."},
+    {Py_tp_doc, "A logging record factory: calls the previous one, then stores the active span's "
+                "ids on the record; records at or above span_level into span logs."},
     {0, NULL},
 };
 
-/* Holds no references to objects that could refer back to it: not GC-tracked. */
 static PyType_Spec li_spec = {
     .name = "bu_osprofiler.LogIds",
     .basicsize = sizeof(LogIdsObject),
-    .flags = Py_TPFLAGS_DEFAULT,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .slots = li_slots,
 };
 
@@ -471,8 +543,10 @@ log_ids_type(PyObject *m)
 PyObject *
 bu_log_ids(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "log_ids(span_level, max_logs, max_bytes)");
+    static const char *const names[4] = {"trace_id", "span_id", "trace_sampled", "base_id"};
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "log_ids(span_level, max_logs, max_bytes, previous_factory)");
         return NULL;
     }
     long level = PyLong_AsLong(args[0]);
@@ -485,27 +559,36 @@ bu_log_ids(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "max_logs must be 0..65535 and max_bytes >= 0");
         return NULL;
     }
+    if (!PyCallable_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "log_ids: previous_factory must be callable");
+        return NULL;
+    }
     PyTypeObject *tp = log_ids_type(m);
     if (tp == NULL) {
         return NULL;
     }
-    LogIdsObject *f = PyObject_New(LogIdsObject, tp);
+    LogIdsObject *f = PyObject_GC_New(LogIdsObject, tp);
     Py_DECREF(tp);
     if (f == NULL) {
         return NULL;
     }
+    f->vectorcall = li_vectorcall;
     f->st = bu_state_of_module(m);
+    f->previous = Py_NewRef(args[3]);
     f->span_level = level;
     f->max_logs = (uint32_t)max_logs;
     f->max_bytes = (uint32_t)max_bytes;
     f->c_hi = f->c_lo = f->c_sid = 0;
     f->c_sampled = 0;
-    f->c_ids = NULL;
+    f->c_tid = f->c_sid_str = f->c_base = NULL;
     f->n_logged = f->n_dropped = 0;
-    PyObject *e = PyUnicode_New(0, 0);
-    f->none4 = e ? PyTuple_Pack(4, e, e, e, e) : NULL;
-    Py_XDECREF(e);
-    if (f->none4 == NULL) {
+    int ok = 1;
+    for (int i = 0; i < 4; i++) {
+        f->names[i] = PyUnicode_InternFromString(names[i]);
+        ok = ok && f->names[i] != NULL;
+    }
+    PyObject_GC_Track((PyObject *)f);
+    if (!ok) {
         Py_DECREF(f);
         return NULL;
     }

@@ -1,11 +1,12 @@
-/* logids.h -- log correlation: the active span's ids for log records, and records at or above a
- * level into span logs (used by bu_osprofiler/logging.py). */
+/* logids.h -- log correlation: a record factory storing the active span's ids on log records,
+ * and records at or above a level into span logs (used by bu_osprofiler/logging.py). */
 #ifndef BU_LOGIDS_H
 #define BU_LOGIDS_H
 
 #include "state.h"
 
-/* _core.log_ids(span_level, max_logs, max_bytes) -> a new LogIds. */
+/* _core.log_ids(span_level, max_logs, max_bytes, previous_factory) -> a new LogIds (a record
+ * factory calling previous_factory first). */
 PyObject *bu_log_ids(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
 
 #endif

@@ -507,3 +507,192 @@ def test_records_made_without_a_logger_get_the_fields_too(capture, spans):
     outside = logging.makeLogRecord({"msg": "x"})
     assert (outside.trace_id, outside.span_id, outside.trace_sampled) == ("", "", "")
     assert logging.Formatter("%(trace_id)s|%(message)s").format(outside) == "|x"
+
+
+# ---------------------------------------------------------------- records outside spans, formats
+
+
+def _formatted(fmt, style="%", defaults=None, **record_kw):
+    kw = {"style": style}
+    if defaults is not None:
+        kw["defaults"] = defaults
+    return logging.Formatter(fmt, **kw)
+
+
+@pytest.mark.parametrize("style,fmt", [
+    ("%", "%(levelname)s [%(trace_id)s|%(span_id)s|%(trace_sampled)s|%(base_id)s] %(message)s"),
+    ("{", "{levelname} [{trace_id}|{span_id}|{trace_sampled}|{base_id}] {message}"),
+    ("$", "$levelname [$trace_id|$span_id|$trace_sampled|${base_id}] $message"),
+])
+def test_format_strings_outside_and_inside_spans(style, fmt, spans):
+    """Every style: a line outside any trace has empty fields (no logging error), a line inside
+    a span the span's ids."""
+    buf, errors = io.StringIO(), []
+    h = logging.StreamHandler(buf)
+    h.setFormatter(logging.Formatter(fmt, style=style))
+    h.handleError = lambda record: errors.append(record)  # a format that fails lands here
+    log = logging.getLogger("test.formats." + style)
+    log.handlers[:] = [h]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    logcorr.install()
+    try:
+        log.info("before")
+        with traced("fmt"):
+            log.info("inside")
+        log.info("after")
+        rec = logging.LogRecord("n", logging.INFO, __file__, 1, "direct", (), None)
+        assert (rec.trace_id, rec.span_id, rec.trace_sampled, rec.base_id) == ("", "", "", "")
+        assert "trace_id" not in rec.__dict__  # nothing stored per record outside a trace
+    finally:
+        logcorr.uninstall()
+    span = by_name(spans(), "fmt")
+    assert errors == []
+    assert buf.getvalue().splitlines() == [
+        "INFO [|||] before",
+        "INFO [%s] inside" % "|".join(ids(span)),
+        "INFO [|||] after",
+    ]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="Formatter(defaults=) is Python 3.10+")
+def test_formatter_defaults_for_the_fields_are_kept():
+    """A Formatter's own defaults for a field win over our empty value outside a trace."""
+    fmt = logging.Formatter("%(trace_id)s/%(span_id)s %(message)s", defaults={"trace_id": "-"})
+    logcorr.install()
+    try:
+        outside = logging.makeLogRecord({"msg": "m"})
+        assert fmt.format(outside) == "-/ m"
+        with traced("d"):
+            inside = logging.makeLogRecord({"msg": "m"})
+        assert fmt.format(inside) == "%s/%s m" % (inside.trace_id, inside.span_id)
+        assert len(inside.trace_id) == 32
+    finally:
+        logcorr.uninstall()
+
+
+def test_records_of_a_factory_set_after_install_that_bypasses_ours(spans):
+    """An application that sets its own record factory after install() without calling ours:
+    its records have no ids, but format strings naming the fields still work."""
+    buf = io.StringIO()
+    h = logging.StreamHandler(buf)
+    h.setFormatter(logging.Formatter("[%(trace_id)s] %(message)s"))
+    log = logging.getLogger("test.bypass")
+    log.handlers[:] = [h]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    logcorr.install()
+    ours = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(logging.LogRecord)
+    try:
+        with traced("b"):
+            log.info("bypassed")
+    finally:
+        logging.setLogRecordFactory(ours)
+        logcorr.uninstall()
+    assert buf.getvalue() == "[] bypassed\n"
+
+
+def test_late_install_after_an_application_factory(spans):
+    """install() after the application set a record factory: the application's factory makes
+    every record (its fields and class kept), ours adds the ids; uninstall gives it back."""
+
+    class AppRecord(logging.LogRecord):
+        pass
+
+    made = []
+
+    def app_factory(*args, **kwargs):
+        rec = AppRecord(*args, **kwargs)
+        rec.app_field = "A%d" % len(made)
+        made.append(rec)
+        return rec
+
+    old = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(app_factory)
+    buf = io.StringIO()
+    h = logging.StreamHandler(buf)
+    h.setFormatter(logging.Formatter("%(app_field)s %(trace_id)s %(span_id)s %(message)s"))
+    log = logging.getLogger("test.late")
+    log.handlers[:] = [h]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    try:
+        logcorr.install()
+        assert logging.getLogRecordFactory().previous is app_factory
+        log.info("outside")
+        with traced("late"):
+            log.warning("inside")
+        logcorr.uninstall()
+        assert logging.getLogRecordFactory() is app_factory
+        after = log.makeRecord("n", logging.INFO, __file__, 1, "uninstalled", (), None)
+    finally:
+        logging.setLogRecordFactory(old)
+        logcorr.uninstall()
+    span = by_name(spans(), "late")
+    assert all(type(r) is AppRecord for r in made) and len(made) == 3
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "A0   outside"
+    assert lines[1] == "A1 %032x %016x inside" % (span.trace_id, span.span_id)
+    assert [f["message"] for _, f in span.logs] == ["inside"]  # WARNING -> span log
+    assert after.app_field == "A2" and not hasattr(after, "trace_id")
+
+
+def test_records_of_classes_with_slots_or_setattr_never_break_logging():
+    """A factory returning a record that refuses attributes: logged as it is, no error."""
+
+    class Refusing(logging.LogRecord):
+        def __setattr__(self, name, value):
+            if name in logcorr.FIELDS:
+                raise AttributeError(name)
+            super().__setattr__(name, value)
+
+    old = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(Refusing)
+    try:
+        logcorr.install()
+        with traced("r"):
+            rec = logging.getLogger("test.refusing").makeRecord(
+                "n", logging.INFO, __file__, 1, "m", (), None)
+        assert type(rec) is Refusing and "trace_id" not in rec.__dict__
+        assert logging.Formatter("[%(trace_id)s] %(message)s").format(rec) == "[] m"
+    finally:
+        logcorr.uninstall()
+        logging.setLogRecordFactory(old)
+
+
+def test_uninstall_removes_class_fields_and_style_fallback():
+    logcorr.install()
+    assert logging.LogRecord.trace_id == ""
+    logcorr.uninstall()
+    for name in logcorr.FIELDS:
+        assert not hasattr(logging.LogRecord, name)
+    rec = logging.makeLogRecord({"msg": "m"})
+    with pytest.raises(ValueError):  # stdlib behaviour again: the field is unknown
+        logging.Formatter("%(trace_id)s %(message)s").format(rec)
+
+
+def test_install_uninstall_cycles_leave_no_references():
+    """The C factory holds its previous factory strongly and lets go of it when freed."""
+    import gc
+
+    old = logging.getLogRecordFactory()
+
+    def app_factory(*args, **kwargs):
+        return old(*args, **kwargs)
+
+    logging.setLogRecordFactory(app_factory)
+    try:
+        gc.collect()
+        before = sys.getrefcount(app_factory)
+        for level in ("WARNING", "ERROR") * 25:
+            logcorr.install(span_level=level)
+            with traced("cycle"):
+                logging.getLogger("test.cycles").makeRecord(
+                    "n", logging.ERROR, __file__, 1, "m", (), None)
+            logcorr.uninstall()
+        gc.collect()
+        assert sys.getrefcount(app_factory) == before
+        assert logging.getLogRecordFactory() is app_factory
+    finally:
+        logging.setLogRecordFactory(old)

@@ -122,3 +122,69 @@ def test_oslo_log_json_formatter_includes_the_ids(tmp_path):
     idle = by_msg["idle"]
     assert (idle["extra"]["trace_id"], idle["extra"]["span_id"]) == ("", "")
     assert "RuntimeError: hypervisor went away" in by_msg["build failed"]["traceback"]
+
+
+LATE_SCRIPT = textwrap.dedent(r"""
+    import json, sys
+    import bu_osprofiler
+    from bu_osprofiler import logging as logcorr, profiler
+
+    log_file, conf_file, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    bu_osprofiler.configure("nova", "memory://")
+    logcorr.install()  # before anything of oslo.log is imported
+    assert not any(m.startswith("oslo_log") for m in sys.modules)
+
+    from oslo_config import cfg
+    from oslo_context import context
+    from oslo_log import log as logging
+
+    CONF = cfg.ConfigOpts()
+    logging.register_options(CONF)
+    CONF(args=["--config-file", conf_file], project="nova")
+    logging.setup(CONF, "nova")
+    LOG = logging.getLogger("nova.api")
+    LOG.info("outside")
+    ctx = context.RequestContext(user_id="u1", project_id="p1")
+    profiler.init("SECRET_KEY")
+    with profiler.Trace("api.call"):
+        LOG.warning("inside with a context", context=ctx)
+        LOG.info("inside, extra", extra={"k": "v"})
+    profiler.clean()
+    logcorr.uninstall()
+    from oslo_log import formatters
+    LOG.info("after uninstall")
+    spans = [dict(trace_id=s.trace_id, span_id=s.span_id, sampled=s.sampled)
+             for s in bu_osprofiler.finished_spans()]
+    json.dump({"spans": spans,
+               "restored": not hasattr(formatters.JSONFormatter.format, "__wrapped__"),
+               "hooked": any(type(f).__name__ == "_OsloHook" for f in sys.meta_path)},
+              open(out, "w"))
+""")
+
+
+def test_oslo_log_json_formatter_when_imported_after_install(tmp_path):
+    """oslo.log imported only after install(): the import hook still adds the ids to the JSON
+    formatter's `extra`; uninstall() restores the formatter."""
+    log_file, conf_file, out = (tmp_path / "nova.log", tmp_path / "nova.conf",
+                                tmp_path / "out.json")
+    conf_file.write_text("[DEFAULT]\nuse_stderr = false\nuse_json = true\nlog_file = %s\n"
+                         % log_file)
+    proc = subprocess.run([sys.executable, "-c", LATE_SCRIPT, str(log_file), str(conf_file),
+                           str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    [span] = result["spans"]
+    by_msg = {r["message"]: r for r in map(json.loads, log_file.read_text().splitlines())
+              if r["name"] == "nova.api"}
+    for msg in ("inside with a context", "inside, extra"):
+        extra = by_msg[msg]["extra"]
+        assert extra["trace_id"] == "%032x" % span["trace_id"]
+        assert extra["span_id"] == "%016x" % span["span_id"]
+        assert extra["trace_sampled"] is True
+        assert extra["base_id"] == str(uuid.UUID(int=span["trace_id"]))
+    assert by_msg["inside, extra"]["extra"]["k"] == "v"
+    outside = by_msg["outside"]["extra"]
+    assert [outside[k] for k in ("trace_id", "span_id", "trace_sampled", "base_id")] == \
+        ["", "", "", ""]
+    assert "trace_id" not in by_msg["after uninstall"]["extra"]
+    assert result["restored"] and not result["hooked"]
