@@ -71,7 +71,7 @@ else
         done
     done
     ARGS+=("$ROOT/tests/test_adaptive.py")  # tracepoint switches and the tail store (C)
-    # fork / join in C (ext/branch.c): tests/test_fork_branch_c.py, matched by test_fork above
+    # fork / join in C (ext/branch.c, ext/branch_task.c): tests/test_fork_branch_c.py, matched by test_fork above
     # log correlation (LogIds, records into span logs); not test_logging_view (chromium)
     [ -e "$ROOT/tests/test_logging.py" ] && ARGS+=("$ROOT/tests/test_logging.py")
 fi

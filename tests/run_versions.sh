@@ -38,7 +38,7 @@ if [ "${#pyargs[@]}" -eq 0 ]; then
             [ -e "$f" ] && pyargs+=("$f")
         done
     done
-    pyargs+=("$ROOT/tests/test_fork_branch_c.py")  # fork / join in C (ext/branch.c)
+    pyargs+=("$ROOT/tests/test_fork_branch_c.py")  # fork / join in C (ext/branch.c, ext/branch_task.c)
 fi
 
 find_python() {
