@@ -224,7 +224,7 @@ def cg_child(variant: str, state: str, n: int) -> None:
 def cg_count(variant: str, state: str, n: int) -> int:
     out = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-         __file__, "--cg-child", variant, state, str(n)],
+         __file__, "--cg-child", variant, state, "%09d" % n],
         capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0"))
     m = re.search(r"Collected : (\d+)", out.stderr)
     if m is None:

@@ -123,7 +123,7 @@ def child(which: str, n: int, nspans: int) -> None:
 def instructions(which: str, n: int, nspans: int) -> int:
     env = dict(os.environ, PYTHONHASHSEED="0")
     out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                          sys.executable, __file__, "--child", which, "--n", str(n),
+                          sys.executable, __file__, "--child", which, "--n", "%09d" % n,
                           "--spans", str(nspans)],
                          env=env, capture_output=True, text=True, check=True).stderr
     m = re.search(r"Collected : (\d+)", out)

@@ -97,7 +97,7 @@ def child(variant: str, n: int) -> None:
 def instructions(variant: str, n: int) -> int:
     env = dict(os.environ, PYTHONHASHSEED="0")
     out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                          sys.executable, __file__, "--child", variant, "--n", str(n)],
+                          sys.executable, __file__, "--child", variant, "--n", "%09d" % n],
                          env=env, capture_output=True, text=True, check=True).stderr
     m = re.search(r"Collected : (\d+)", out)
     if m is None:
