@@ -6,7 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Per-thread generator state: the only mutable statics in the module (DESIGN §8 allows these).
+/* Per-thread generator state: the only mutable statics in the module (per thread: no lock).
  * One struct, so that a call resolves the thread-local address once (in a shared object every
  * separate thread-local variable costs a __tls_get_addr call). */
 typedef struct {

@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Limits on untrusted input (DESIGN §7: headers from outside are bounded). */
+/* Limits on untrusted input (headers from outside are bounded: doc/propagation.md). */
 #define BU_UBER_MAX_LEN 256        /* uber-trace-id value, before URL-decoding */
 #define BU_TRACEPARENT_MAX_LEN 512 /* traceparent of a future version may carry more fields */
 #define BU_TRACESTATE_MAX_IN 32768 /* a longer tracestate header (OWS included) is dropped */

@@ -80,7 +80,8 @@ int bu_span_put_tag(SpanObject *s, PyObject *key, PyObject *value);
 
 /* The active span (new reference) or NULL when none. Never fails. */
 PyObject *bu_active_get(bu_state *st);
-/* ContextVar set guarded per DESIGN §8 (CPython <= 3.11: hold a context snapshot across the set).
+/* ContextVar set guarded (doc/architecture.md, Context): on CPython <= 3.11 a context snapshot
+ * is held across the set.
  * Returns the Token (new reference) or NULL with an exception. */
 PyObject *bu_active_set(bu_state *st, PyObject *value);
 int bu_active_reset(bu_state *st, PyObject *token);

@@ -4,7 +4,7 @@
  *
  * The writers never check capacity: each struct's worst-case size is reserved up front from a
  * bound on its record (see span_bound) and then written with plain pointer stores. That keeps the
- * per-span cost to the loads and stores themselves (DESIGN §6: <= 0.3 µs per span).
+ * per-span cost to the loads and stores themselves (budget: <= 0.3 µs per span, doc/benchmarks.md).
  */
 #include "thrift.h"
 

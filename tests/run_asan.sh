@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ASan/UBSan variant of the test suite (DESIGN §8).
+# ASan/UBSan variant of the test suite (the C core is always also tested under the sanitizers).
 #
 #   bash tests/run_asan.sh [pytest args...]      (default: the C-heavy tests, see below)
 #
