@@ -156,22 +156,33 @@ _scope_reset = _scope_var.reset
 
 
 class _Scope(opentracing.Scope):
-    __slots__ = ("_manager", "_span", "_finish_on_close", "_core", "_token", "_stoken")
+    # _span is None with _core set: a scope of the common path, whose Span wrapper is made on
+    # first use of .span (for _tracer); until then nobody can hold or patch it.
+    __slots__ = ("_manager", "_span", "_finish_on_close", "_core", "_token", "_stoken",
+                 "_tracer")
 
     def __init__(self, manager: "ScopeManager", span: Any, finish_on_close: bool,
                  core: Any, token: Any) -> None:
         self._manager = manager
+        self._tracer = manager._tracer
         self._span = span
         self._finish_on_close = finish_on_close
         self._core = core
         self._token = token
         self._stoken = None
 
+    @property
+    def span(self) -> Any:
+        span = self._span
+        if span is None and self._core is not None:
+            span = self._span = _wrap(self._tracer, self._core)
+        return span
+
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
         # What opentracing.Scope.__exit__ does (the error tag and log on the span, then close),
         # without its call for the common case of no exception.
         if exc_val is not None:
-            _on_error(self._span, exc_type, exc_val, exc_tb)
+            _on_error(self.span, exc_type, exc_val, exc_tb)
         self.close()
 
     def close(self) -> None:
@@ -199,7 +210,13 @@ class _Scope(opentracing.Scope):
             old = self._stoken.old_value
             _scope_var.set(None if old is _MISSING else old)
         if self._finish_on_close:
-            self._span.finish()
+            span = self._span
+            if span is not None:
+                span.finish()
+            elif self._core is not None and Span.finish is _span_finish:
+                self._core.finish()  # what the wrapper's finish() does
+            else:
+                self.span.finish()
 
 
 def _wrap(tracer: Any, core: Any) -> "Span":
@@ -208,6 +225,9 @@ def _wrap(tracer: Any, core: Any) -> "Span":
     span._tracer = tracer
     span._span = core
     return span
+
+
+_span_finish = Span.finish
 
 
 class ScopeManager(opentracing.ScopeManager):
@@ -312,15 +332,14 @@ class Tracer(opentracing.Tracer):
         if (child_of is None and start_time is None and not ignore_active_span
                 and not references and self._fast):
             # The common case: the active span (the core's) is the parent, no debug id to
-            # carry; start_span + ScopeManager.activate, inlined.
+            # carry; start_span + ScopeManager.activate, inlined (the Span wrapper is made
+            # when scope.span is first used).
             core = _start(operation_name) if tags is None else _start(operation_name, None,
                                                                         None, tags)
-            span = _new(Span)
-            span._tracer = self
-            span._span = core
             scope = _new(_Scope)
             scope._manager = self._scope_manager
-            scope._span = span
+            scope._tracer = self
+            scope._span = None  # wrapped on first use
             scope._finish_on_close = finish_on_close
             scope._core = core
             scope._token = _activate(core)
