@@ -137,3 +137,53 @@ def test_scope_objects_through_the_common_path():
     assert sm.active is None and tracer.active_span is None
     names = [r.operation_name for r in bu_osprofiler.finished_spans()]
     assert names == ["inner", "outer"]
+
+
+def test_scope_span_is_one_object_and_patches_on_it_are_honoured():
+    """The common path makes the scope's Span wrapper on first use: still one object per scope,
+    and a finish() patched on it (as OpenTracing's harness does) is the one close() calls."""
+    tracer = Tracer()
+    calls = []
+    with tracer.start_active_span("a") as scope:
+        span = scope.span
+        assert scope.span is span and tracer.active_span is span
+        assert tracer.scope_manager.active.span is span
+        real = span.finish
+        span.finish = lambda *a: (calls.append("a"), real(*a))
+    assert calls == ["a"]
+    assert [r.operation_name for r in bu_osprofiler.finished_spans()] == ["a"]
+
+
+def test_finish_patched_on_the_class_is_called_without_a_wrapper(monkeypatch):
+    """A scope whose span nobody looked at still finishes through Span.finish when that was
+    replaced (a user's instrumentation of the wrapper class)."""
+    from bu_osprofiler.opentracing import Span
+
+    seen = []
+    real = Span.finish
+
+    def finish(self, finish_time=None):
+        seen.append(self.core.operation_name)
+        real(self, finish_time)
+
+    monkeypatch.setattr(Span, "finish", finish)
+    tracer = Tracer()
+    with tracer.start_active_span("outer"):
+        with tracer.start_active_span("inner"):
+            pass
+    assert seen == ["inner", "outer"]
+    assert [r.operation_name for r in bu_osprofiler.finished_spans()] == ["inner", "outer"]
+
+
+def test_start_span_common_path_keeps_parent_and_tags():
+    tracer = Tracer()
+    with tracer.start_active_span("p") as p:
+        child = tracer.start_span("c", tags={"x": 1})
+        lone = tracer.start_span("lone", tags={"y": 2}, ignore_active_span=True)
+        child.finish()
+        lone.finish()
+    recs = {r.operation_name: r for r in bu_osprofiler.finished_spans()}
+    assert recs["c"].parent_id == p.span.context.span_id and recs["c"].tags["x"] == 1
+    assert recs["c"].trace_id == recs["p"].trace_id
+    assert recs["lone"].parent_id == 0 and recs["lone"].tags["y"] == 2
+    assert recs["lone"].trace_id != recs["p"].trace_id
