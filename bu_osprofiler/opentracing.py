@@ -250,6 +250,7 @@ class ScopeManager(opentracing.ScopeManager):
         # not become children of a span we cannot record.
         scope = _new(_Scope)
         scope._manager = self
+        scope._tracer = self._tracer
         scope._span = span
         scope._finish_on_close = finish_on_close
         scope._core = core
