@@ -34,6 +34,15 @@ _CoreSpan = _core.Span
 _CoreContext = _core.SpanContext
 _MISSING = contextvars.Token.MISSING
 
+# Bound once: the common `with tracer.start_active_span(name):` path makes no attribute lookups
+# on modules, and builds its Span and Scope wrappers without running an __init__.
+_start = _core.start_span
+_activate = _core.activate
+_deactivate = _core.deactivate
+_active_span = _core.active_span
+_new = object.__new__
+_on_error = opentracing.Span._on_error
+
 
 class SpanContext(opentracing.SpanContext):
     """An OpenTracing SpanContext over a core ``bu_osprofiler.SpanContext`` (immutable).
@@ -75,6 +84,10 @@ class SpanContext(opentracing.SpanContext):
 
 class Span(opentracing.Span):
     """An OpenTracing Span over a core ``bu_osprofiler.Span``."""
+
+    # (opentracing.Span has no __slots__, so instances keep a __dict__: attributes can still be
+    # set or patched on one span, and finish() is looked up on the instance.)
+    __slots__ = ("_tracer", "_span")
 
     def __init__(self, tracer: Optional[opentracing.Tracer], span: Any) -> None:
         self._tracer = tracer
@@ -137,37 +150,84 @@ class Span(opentracing.Span):
 # The Scope objects of this context. The span itself lives in the core's ContextVar: a Scope
 # here is only "the" active scope while its core span is also the core's active span.
 _scope_var: contextvars.ContextVar = contextvars.ContextVar("bu_osprofiler.ot_scope")
+_scope_get = _scope_var.get
+_scope_set = _scope_var.set
+_scope_reset = _scope_var.reset
 
 
 class _Scope(opentracing.Scope):
-    __slots__ = ("_finish_on_close", "_core", "_token", "_stoken")
+    # _span is None with _core set: a scope of the common path, whose Span wrapper is made on
+    # first use of .span (for _tracer); until then nobody can hold or patch it.
+    __slots__ = ("_manager", "_span", "_finish_on_close", "_core", "_token", "_stoken",
+                 "_tracer")
 
     def __init__(self, manager: "ScopeManager", span: Any, finish_on_close: bool,
                  core: Any, token: Any) -> None:
-        super().__init__(manager, span)
+        self._manager = manager
+        self._tracer = manager._tracer
+        self._span = span
         self._finish_on_close = finish_on_close
         self._core = core
         self._token = token
         self._stoken = None
 
+    @property
+    def span(self) -> Any:
+        span = self._span
+        if span is None and self._core is not None:
+            span = self._span = _wrap(self._tracer, self._core)
+        return span
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        # What opentracing.Scope.__exit__ does (the error tag and log on the span, then close),
+        # without its call for the common case of no exception.
+        if exc_val is not None:
+            _on_error(self.span, exc_type, exc_val, exc_tb)
+        self.close()
+
     def close(self) -> None:
         # Only the active scope can be closed (OpenTracing's rule); an implicit scope (a span the
         # core activated, e.g. a trace point) is not ours to close.
-        if self._token is None or self.manager.active is not self:
+        token = self._token
+        if token is None:
+            return
+        manager = self._manager
+        if type(manager) is ScopeManager:
+            # manager.active is self, without building an implicit scope to find out
+            if _scope_get(None) is not self or _active_span() is not self._core:
+                return
+        elif manager.active is not self:
             return
         try:
-            _core.deactivate(self._token)
+            _deactivate(token)
         except (ValueError, RuntimeError):
             # closed in another context (a callback): put back what we replaced
-            old = self._token.old_value
+            old = token.old_value
             _core.set_active(None if old is _MISSING else old)
         try:
-            _scope_var.reset(self._stoken)
+            _scope_reset(self._stoken)
         except ValueError:
             old = self._stoken.old_value
             _scope_var.set(None if old is _MISSING else old)
         if self._finish_on_close:
-            self.span.finish()
+            span = self._span
+            if span is not None:
+                span.finish()
+            elif self._core is not None and Span.finish is _span_finish:
+                self._core.finish()  # what the wrapper's finish() does
+            else:
+                self.span.finish()
+
+
+def _wrap(tracer: Any, core: Any) -> "Span":
+    """Span(tracer, core) without running __init__."""
+    span = _new(Span)
+    span._tracer = tracer
+    span._span = core
+    return span
+
+
+_span_finish = Span.finish
 
 
 class ScopeManager(opentracing.ScopeManager):
@@ -184,24 +244,29 @@ class ScopeManager(opentracing.ScopeManager):
 
     def activate(self, span: Any, finish_on_close: bool) -> opentracing.Scope:
         if isinstance(span, _CoreSpan):
-            span = Span(self._tracer, span)
+            span = _wrap(self._tracer, span)
         core = span._span if isinstance(span, Span) else None
         # A foreign span (another tracer's) clears the core's active span: our trace points do
         # not become children of a span we cannot record.
-        token = _core.activate(core)
-        scope = _Scope(self, span, finish_on_close, core, token)
-        scope._stoken = _scope_var.set(scope)
+        scope = _new(_Scope)
+        scope._manager = self
+        scope._tracer = self._tracer
+        scope._span = span
+        scope._finish_on_close = finish_on_close
+        scope._core = core
+        scope._token = _activate(core)
+        scope._stoken = _scope_set(scope)
         return scope
 
     @property
     def active(self) -> Optional[opentracing.Scope]:
-        scope = _scope_var.get(None)
-        cur = _core.active_span()
+        scope = _scope_get(None)
+        cur = _active_span()
         if scope is not None and scope._core is cur:
             return scope
         if cur is None:
             return None
-        return _Scope(self, Span(self._tracer, cur), False, cur, None)
+        return _Scope(self, _wrap(self._tracer, cur), False, cur, None)
 
 
 # ---------------------------------------------------------------- tracer
@@ -248,6 +313,10 @@ class Tracer(opentracing.Tracer):
             scope_manager._tracer = self
         super().__init__(scope_manager)
         self._own_scopes = isinstance(scope_manager, ScopeManager)
+        # The common path of start_active_span (below) stands for start_span + activate: only
+        # when neither is overridden.
+        self._fast = (type(scope_manager) is ScopeManager
+                      and type(self).start_span is Tracer.start_span)
         self._hmac_key = hmac_key
         self._hmac_keys = propagation.parse_hmac_keys(hmac_keys or hmac_key)
         self._inject_formats = (None if inject_formats is None
@@ -261,6 +330,22 @@ class Tracer(opentracing.Tracer):
                           references: Any = None, tags: Any = None,
                           start_time: Optional[float] = None, ignore_active_span: bool = False,
                           finish_on_close: bool = True) -> opentracing.Scope:
+        if (child_of is None and start_time is None and not ignore_active_span
+                and not references and self._fast):
+            # The common case: the active span (the core's) is the parent, no debug id to
+            # carry; start_span + ScopeManager.activate, inlined (the Span wrapper is made
+            # when scope.span is first used).
+            core = _start(operation_name) if tags is None else _start(operation_name, None,
+                                                                        None, tags)
+            scope = _new(_Scope)
+            scope._manager = self._scope_manager
+            scope._tracer = self
+            scope._span = None  # wrapped on first use
+            scope._finish_on_close = finish_on_close
+            scope._core = core
+            scope._token = _activate(core)
+            scope._stoken = _scope_set(scope)
+            return scope
         span = self.start_span(operation_name, child_of, references, tags, start_time,
                                ignore_active_span)
         return self._scope_manager.activate(span, finish_on_close)
@@ -268,6 +353,11 @@ class Tracer(opentracing.Tracer):
     def start_span(self, operation_name: Optional[str] = None, child_of: Any = None,
                    references: Any = None, tags: Any = None, start_time: Optional[float] = None,
                    ignore_active_span: bool = False) -> Span:
+        if (child_of is None and start_time is None and not ignore_active_span
+                and not references and self._own_scopes):
+            # the active span (the core's) as parent; a Span wrapper has no debug id to carry
+            return _wrap(self, _start(operation_name) if tags is None
+                         else _start(operation_name, None, None, tags))
         parent = None
         first = None  # the wrapper the new span descends from (for its debug id)
         if child_of is not None:
@@ -309,7 +399,7 @@ class Tracer(opentracing.Tracer):
             tags[propagation.DEBUG_ID_TAG] = debug_id
         span = _core.start_span(operation_name, child_of=parent, references=refs, tags=tags,
                                 start_time=start_time, ignore_active_span=ignore_active_span)
-        return Span(self, span)
+        return _wrap(self, span)
 
     # -------------------------------------------------------- propagation
 
