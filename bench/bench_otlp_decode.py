@@ -30,7 +30,6 @@ import http.client
 import json
 import os
 import platform
-import re
 import statistics
 import struct
 import subprocess
@@ -38,6 +37,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cgcount  # noqa: E402  (bench/cgcount.py: the shared callgrind counter)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NS = 1_700_000_000_000_000_000
@@ -120,23 +122,12 @@ def child(which: str, n: int, nspans: int) -> None:
         fn(body)
 
 
-def instructions(which: str, n: int, nspans: int) -> int:
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                          sys.executable, __file__, "--child", which, "--n", "%09d" % n,
-                          "--spans", str(nspans)],
-                         env=env, capture_output=True, text=True, check=True).stderr
-    m = re.search(r"Collected : (\d+)", out)
-    if m is None:
-        raise RuntimeError("no callgrind total in:\n" + out)
-    return int(m.group(1))
-
-
 def bench_callgrind(nspans: int) -> dict:
     out = {}
     for which, n in (("C", 20), ("Python", 2)):
-        out[which] = (instructions(which, n, nspans) - instructions(which, 0, nspans)) / (
-            n * nspans)
+        out[which] = cgcount.per_iteration(
+            lambda pn: [__file__, "--child", which, "--n", pn, "--spans", str(nspans)],  # noqa: B023
+            n) / nspans
     return out
 
 

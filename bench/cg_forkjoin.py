@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cgcount  # noqa: E402  (bench/cgcount.py: the shared callgrind counter)
 
 VARIANTS = ("bare", "fork_run", "fork_run_join", "joining", "task_plain", "task_untraced",
             "task_traced")
@@ -94,17 +95,6 @@ def child(variant: str, n: int) -> None:
     fn(n)
 
 
-def instructions(variant: str, n: int) -> int:
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                          sys.executable, __file__, "--child", variant, "--n", "%09d" % n],
-                         env=env, capture_output=True, text=True, check=True).stderr
-    m = re.search(r"Collected : (\d+)", out)
-    if m is None:
-        raise RuntimeError("no callgrind total in:\n" + out)
-    return int(m.group(1))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("variants", nargs="*", default=list(VARIANTS))
@@ -115,7 +105,8 @@ def main() -> None:
         child(args.child, args.n)
         return
     for v in args.variants:
-        per_call = (instructions(v, args.n) - instructions(v, 0)) / args.n
+        per_call = cgcount.per_iteration(
+            lambda pn: [__file__, "--child", v, "--n", pn], args.n)  # noqa: B023
         print("%-14s %8.0f instructions/branch" % (v, per_call), flush=True)
 
 

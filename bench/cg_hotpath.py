@@ -28,14 +28,13 @@ between versions) and valgrind; without them the check is skipped with a message
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
-import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cgcount  # noqa: E402  (bench/cgcount.py: the shared callgrind counter)
 
 VARIANTS = ("bare", "untraced", "unsampled", "sampled", "export", "with", "ot_with", "ids",
             "off", "off_notrace", "noswitch", "tail", "types_on", "types_off", "with_off")
@@ -124,31 +123,11 @@ def child(variant: str, n: int) -> None:
     fn(n)
 
 
-def instructions(variant: str, n: int) -> int:
-    """Instructions executed by the main thread of a child running `variant` n times."""
-    # n is passed zero-padded: the N-call and 0-call children must have argv of the same size.
-    # A different size moves the initial stack, and with it the start-up cost by up to ~5M
-    # instructions depending on the environment's size: +-1000 per call at n = 5000.
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    with tempfile.TemporaryDirectory(prefix="cg_hotpath") as tmp:
-        out = os.path.join(tmp, "cg.out")
-        subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes",
-                        "--callgrind-out-file=" + out, sys.executable, os.path.abspath(__file__),
-                        "--child", variant, "--n", "%09d" % n],
-                       env=env, capture_output=True, text=True, check=True)
-        files = sorted(glob.glob(out + "*"))
-        main = [f for f in files if f.endswith("-01")] or files
-        if not main:
-            raise RuntimeError("callgrind wrote no output for " + variant)
-        with open(main[0]) as f:
-            m = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M)
-        if m is None:
-            raise RuntimeError("no callgrind total in " + main[0])
-        return int(m.group(1))
-
-
 def measure(variant: str, n: int) -> float:
-    return (instructions(variant, n) - instructions(variant, 0)) / n
+    """Instructions per call executed by the main thread of a child running `variant`."""
+    return cgcount.per_iteration(
+        lambda pn: [os.path.abspath(__file__), "--child", variant, "--n", pn], n,
+        main_thread_only=True)
 
 
 def compare(baseline: dict, measured: dict, tolerance: float = TOLERANCE) -> list:
