@@ -201,7 +201,9 @@ def _names_in(fmt: str) -> tuple:
 # in its __dict__ (as a Formatter stores `message` and `asctime` there). A record made in a span
 # has all four: the check costs a few bytecodes. (On Python 3.9, _defaults is a class attribute
 # set to None by _patch_styles.)
-def _percent_format(self: Any, record: _logging.LogRecord) -> str:
+def _values(self: Any, record: _logging.LogRecord) -> dict:
+    """The record's fields for a style's format, with the empty ids a format names filled in
+    (records outside a trace carry none of their own: the class defaults are not in __dict__)."""
     values = record.__dict__
     defaults = self._defaults
     if defaults:
@@ -213,37 +215,19 @@ def _percent_format(self: Any, record: _logging.LogRecord) -> str:
         for name in _names_in(fmt) if names is None else names:
             if name not in values:
                 values[name] = ""
-    return self._fmt % values
+    return values
+
+
+def _percent_format(self: Any, record: _logging.LogRecord) -> str:
+    return self._fmt % _values(self, record)
 
 
 def _str_format(self: Any, record: _logging.LogRecord) -> str:
-    values = record.__dict__
-    defaults = self._defaults
-    if defaults:
-        values = defaults | values
-    if "trace_id" not in values or "span_id" not in values or \
-            "trace_sampled" not in values or "base_id" not in values:
-        fmt = self._fmt
-        names = _fmt_fields.get(fmt)
-        for name in _names_in(fmt) if names is None else names:
-            if name not in values:
-                values[name] = ""
-    return self._fmt.format(**values)
+    return self._fmt.format(**_values(self, record))
 
 
 def _template_format(self: Any, record: _logging.LogRecord) -> str:
-    values = record.__dict__
-    defaults = self._defaults
-    if defaults:
-        values = defaults | values
-    if "trace_id" not in values or "span_id" not in values or \
-            "trace_sampled" not in values or "base_id" not in values:
-        fmt = self._fmt
-        names = _fmt_fields.get(fmt)
-        for name in _names_in(fmt) if names is None else names:
-            if name not in values:
-                values[name] = ""
-    return self._tpl.substitute(**values)
+    return self._tpl.substitute(**_values(self, record))
 
 
 _style_formats = {_logging.PercentStyle: _percent_format,
