@@ -12,7 +12,6 @@ calls, divided by N; PYTHONHASHSEED=0), kept separate so the two scripts evolve 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -59,20 +58,5 @@ def child(variant: str, n: int) -> None:
     fn(n)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("variants", nargs="*", default=list(VARIANTS))
-    ap.add_argument("--n", type=int, default=5_000)
-    ap.add_argument("--child")
-    args = ap.parse_args()
-    if args.child:
-        child(args.child, args.n)
-        return
-    for v in args.variants:
-        per_call = cgcount.per_iteration(
-            lambda pn: [__file__, "--child", v, "--n", pn], args.n)  # noqa: B023
-        print("%-14s %8.0f instructions/call" % (v, per_call), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    cgcount.main(__file__, __doc__, child, list(VARIANTS), 5_000, "call")

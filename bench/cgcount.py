@@ -51,3 +51,22 @@ def per_iteration(argv_for: Callable[[str], List[str]], n: int,
     """(instructions with N iterations - with 0) / N; `argv_for(padded_n)` builds the argv."""
     return (instructions(argv_for(padded(n)), main_thread_only)
             - instructions(argv_for(padded(0)), main_thread_only)) / n
+
+
+def main(script: str, doc: str, child: Callable[[str, int], None], variants: List[str],
+         default_n: int, unit: str = "call") -> None:
+    """The command line of a per-variant callgrind bench: `[variant ...] [--n N]` prints
+    instructions per `unit` for each variant; `--child V --n N` is the counted child."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("variants", nargs="*", default=list(variants))
+    ap.add_argument("--n", type=int, default=default_n)
+    ap.add_argument("--child")
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.n)
+        return
+    for v in args.variants:
+        per = per_iteration(lambda pn: [script, "--child", v, "--n", pn], args.n)  # noqa: B023
+        print("%-14s %8.0f instructions/%s" % (v, per, unit), flush=True)
