@@ -159,7 +159,8 @@ def test_uninstall_restores_logging():
     logcorr.install()
     assert logcorr.installed() and logging.getLogRecordFactory() is not before_factory
     logcorr.install(span_level="ERROR")  # re-install: settings change, one factory in the chain
-    assert logging.getLogRecordFactory().previous is before_factory
+    expected = logcorr.LogRecord if before_factory is logging.LogRecord else before_factory
+    assert logging.getLogRecordFactory().previous is expected
     assert logcorr.settings()["span_level"] == logging.ERROR
     logcorr.uninstall()
     assert logging.getLogRecordFactory() is before_factory
@@ -695,4 +696,39 @@ def test_install_uninstall_cycles_leave_no_references():
         assert sys.getrefcount(app_factory) == before
         assert logging.getLogRecordFactory() is app_factory
     finally:
+        logging.setLogRecordFactory(old)
+
+
+def test_default_factory_makes_records_whose_layout_has_room_for_the_fields(spans):
+    """With logging's default factory, records are made by bu_osprofiler.logging.LogRecord (a
+    plain subclass): isinstance holds, pickling round-trips, uninstall gives logging.LogRecord
+    back; records stamped in a span after hundreds of records made outside keep CPython's
+    compact attribute layout (3.11+: no dictionary of their own), as logging.LogRecord's
+    instances no longer can once a process has logged."""
+    import gc
+    import pickle
+
+    old = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(logging.LogRecord)
+    log = logging.getLogger("test.layout")
+    try:
+        for _ in range(200):  # a service logs while it starts
+            log.makeRecord("n", logging.INFO, __file__, 1, "startup", (), None)
+        logcorr.install()
+        assert logging.getLogRecordFactory().previous is logcorr.LogRecord
+        for _ in range(200):
+            log.makeRecord("n", logging.INFO, __file__, 1, "outside", (), None)
+        with traced("layout"):
+            rec = log.makeRecord("n", logging.INFO, __file__, 1, "inside %s", ("x",), None)
+        assert type(rec) is logcorr.LogRecord and isinstance(rec, logging.LogRecord)
+        assert len(rec.trace_id) == 32 and len(rec.span_id) == 16
+        if sys.version_info >= (3, 11):
+            assert not any(type(r) is dict for r in gc.get_referents(rec))
+        back = pickle.loads(pickle.dumps(rec))
+        assert type(back) is logcorr.LogRecord and back.getMessage() == "inside x"
+        assert back.trace_id == rec.trace_id and back.span_id == rec.span_id
+        logcorr.uninstall()
+        assert logging.getLogRecordFactory() is logging.LogRecord
+    finally:
+        logcorr.uninstall()
         logging.setLogRecordFactory(old)
