@@ -60,8 +60,8 @@ _EMPTY = dict.fromkeys(FIELDS, "")
 class LogRecord(_logging.LogRecord):
     """``logging.LogRecord`` with room for the trace fields in its instances' attribute layout.
 
-    The record class our factory makes when the application's factory is ``logging.LogRecord``
-    itself (the default). CPython 3.11+ keeps an instance's attributes in a values array laid
+    The class of records made inside a trace when the application's factory is
+    ``logging.LogRecord`` itself (the default); records outside a trace stay logging.LogRecord. CPython 3.11+ keeps an instance's attributes in a values array laid
     out by keys shared across the class, and after a few instances a class stops taking new keys
     there: a record that later gets one more attribute gets a dictionary of its own (about
     3,000 instructions more per record, three times the four stores themselves). An application
@@ -126,10 +126,10 @@ def install(span_level: Union[int, str, None] = DEFAULT_SPAN_LEVEL,
                          "record factory (%r): settings unchanged", current)
             return
         else:
-            # the default record class: ours, whose layout has room for the fields
-            previous = LogRecord if current is _logging.LogRecord else current
+            previous = current
+        # inside a trace, logging's default record class gives way to ours (room for the fields)
         factory = _core.log_ids(level, int(max_logs_per_span), int(max_log_bytes_per_span),
-                                previous)
+                                previous, LogRecord if previous is _logging.LogRecord else None)
         _set_class_defaults()
         _patch_styles()
         _logging.setLogRecordFactory(factory)
@@ -145,9 +145,7 @@ def uninstall() -> None:
         if _factory is None:
             return
         if _logging.getLogRecordFactory() is _factory:
-            previous = _factory.previous
-            _logging.setLogRecordFactory(_logging.LogRecord if previous is LogRecord
-                                         else previous)
+            _logging.setLogRecordFactory(_factory.previous)
         else:  # wrapped by someone else since: it stays in their chain
             from bu_osprofiler._log import warn_limited
 

@@ -492,8 +492,9 @@ static PyMethodDef core_methods[] = {
     {"set_format_exc", set_format_exc, METH_O, "Callable(exc) -> stack text for error logs."},
     {"rand64", rand64, METH_NOARGS, "A random non-zero 64-bit id from the per-thread generator."},
     {"log_ids", (PyCFunction)(void (*)(void))bu_log_ids, METH_FASTCALL,
-     "log_ids(span_level, max_logs, max_bytes, previous_factory) -> LogIds: the log-record\n"
-     "factory bu_osprofiler.logging installs (trace ids on records made inside a trace)."},
+     "log_ids(span_level, max_logs, max_bytes, previous_factory[, traced_factory]) -> LogIds:\n"
+     "the log-record factory bu_osprofiler.logging installs (trace ids on records made inside\n"
+     "a trace; traced_factory, when given, makes those records instead of previous_factory)."},
     {"otlp_decode", (PyCFunction)(void (*)(void))bu_otlp_decode, METH_FASTCALL,
      "otlp_decode(data[, budget]) -> [(service, process_tags_json, rows, size)]: an OTLP\n"
      "protobuf ExportTraceServiceRequest as the collector's rows (collector/otlp.py)."},

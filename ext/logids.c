@@ -13,7 +13,10 @@
  *
  * The span hot path is untouched (nothing here runs unless a record is made). Inside a trace the
  * id strings come from a one-entry cache keyed by the ids (consecutive records of one span share
- * them). */
+ * them), and the record is made by `traced` when there is one (bu_osprofiler.logging.LogRecord
+ * when the application's factory is logging.LogRecord): CPython 3.11+ fixes the attribute layout
+ * of a class's instances after a few of them, so four more attributes on a logging.LogRecord of
+ * a process that has logged cost it a dictionary of its own; the subclass's layout has them. */
 #include "logids.h"
 #include "clock.h"
 #include "pyrecord.h"
@@ -36,6 +39,7 @@ typedef struct {
     vectorcallfunc vectorcall;
     bu_state *st;
     PyObject *previous; /* the record factory called first (logging.LogRecord, or the app's) */
+    PyObject *traced;   /* the record class used instead inside a trace, or NULL */
     PyObject *names[4]; /* interned trace_id, span_id, trace_sampled, base_id */
     long span_level;
     uint32_t max_logs, max_bytes;
@@ -432,19 +436,18 @@ li_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwna
         PyErr_SetString(PyExc_RuntimeError, "log record factory no longer usable");
         return NULL;
     }
-    PyObject *rec = PyObject_Vectorcall(f->previous, args, nargsf, kwnames);
-    if (rec == NULL) {
-        return NULL; /* the previous factory's own error, as without the integration */
-    }
+    /* strong reference: the factory may run Python that changes the active span */
     PyObject *active = bu_active_get(f->st);
-    if (active == NULL) {
-        return rec;
+    int ours = active != NULL && Py_IS_TYPE(active, f->st->SpanType);
+    PyObject *make = ours && f->traced != NULL ? f->traced : f->previous;
+    PyObject *rec = PyObject_Vectorcall(make, args, nargsf, kwnames);
+    if (rec == NULL || !ours) {
+        Py_XDECREF(active);
+        return rec; /* NULL: the factory's own error, as without the integration */
     }
-    if (Py_IS_TYPE(active, f->st->SpanType)) {
-        SpanObject *s = _Span_CAST(active);
-        stamp(f, s, rec);
-        maybe_span_log(f, s, rec, PyVectorcall_NARGS(nargsf) > 1 ? args[1] : NULL);
-    }
+    SpanObject *s = _Span_CAST(active);
+    stamp(f, s, rec);
+    maybe_span_log(f, s, rec, PyVectorcall_NARGS(nargsf) > 1 ? args[1] : NULL);
     Py_DECREF(active);
     return rec;
 }
@@ -455,6 +458,7 @@ li_traverse(PyObject *op, visitproc visit, void *arg)
     LogIdsObject *f = _LogIds_CAST(op);
     Py_VISIT(Py_TYPE(op));
     Py_VISIT(f->previous);
+    Py_VISIT(f->traced);
     return 0;
 }
 
@@ -462,6 +466,7 @@ static int
 li_clear(PyObject *op)
 {
     Py_CLEAR(_LogIds_CAST(op)->previous);
+    Py_CLEAR(_LogIds_CAST(op)->traced);
     return 0;
 }
 
@@ -472,6 +477,7 @@ li_dealloc(PyObject *op)
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
     Py_XDECREF(f->previous);
+    Py_XDECREF(f->traced);
     for (int i = 0; i < 4; i++) {
         Py_XDECREF(f->names[i]);
     }
@@ -544,9 +550,9 @@ PyObject *
 bu_log_ids(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     static const char *const names[4] = {"trace_id", "span_id", "trace_sampled", "base_id"};
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError,
-                        "log_ids(span_level, max_logs, max_bytes, previous_factory)");
+    if (nargs != 4 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "log_ids(span_level, max_logs, max_bytes, "
+                                         "previous_factory[, traced_factory])");
         return NULL;
     }
     long level = PyLong_AsLong(args[0]);
@@ -563,6 +569,11 @@ bu_log_ids(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "log_ids: previous_factory must be callable");
         return NULL;
     }
+    PyObject *traced = nargs == 5 && args[4] != Py_None ? args[4] : NULL;
+    if (traced != NULL && !PyCallable_Check(traced)) {
+        PyErr_SetString(PyExc_TypeError, "log_ids: traced_factory must be callable or None");
+        return NULL;
+    }
     PyTypeObject *tp = log_ids_type(m);
     if (tp == NULL) {
         return NULL;
@@ -575,6 +586,7 @@ bu_log_ids(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
     f->vectorcall = li_vectorcall;
     f->st = bu_state_of_module(m);
     f->previous = Py_NewRef(args[3]);
+    f->traced = Py_XNewRef(traced);
     f->span_level = level;
     f->max_logs = (uint32_t)max_logs;
     f->max_bytes = (uint32_t)max_bytes;

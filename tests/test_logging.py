@@ -159,8 +159,7 @@ def test_uninstall_restores_logging():
     logcorr.install()
     assert logcorr.installed() and logging.getLogRecordFactory() is not before_factory
     logcorr.install(span_level="ERROR")  # re-install: settings change, one factory in the chain
-    expected = logcorr.LogRecord if before_factory is logging.LogRecord else before_factory
-    assert logging.getLogRecordFactory().previous is expected
+    assert logging.getLogRecordFactory().previous is before_factory
     assert logcorr.settings()["span_level"] == logging.ERROR
     logcorr.uninstall()
     assert logging.getLogRecordFactory() is before_factory
@@ -700,8 +699,8 @@ def test_install_uninstall_cycles_leave_no_references():
 
 
 def test_default_factory_makes_records_whose_layout_has_room_for_the_fields(spans):
-    """With logging's default factory, records are made by bu_osprofiler.logging.LogRecord (a
-    plain subclass): isinstance holds, pickling round-trips, uninstall gives logging.LogRecord
+    """With logging's default factory, records made inside a trace are
+    bu_osprofiler.logging.LogRecord (a plain subclass; outside, logging.LogRecord): isinstance holds, pickling round-trips, uninstall gives logging.LogRecord
     back; records stamped in a span after hundreds of records made outside keep CPython's
     compact attribute layout (3.11+: no dictionary of their own), as logging.LogRecord's
     instances no longer can once a process has logged."""
@@ -715,9 +714,10 @@ def test_default_factory_makes_records_whose_layout_has_room_for_the_fields(span
         for _ in range(200):  # a service logs while it starts
             log.makeRecord("n", logging.INFO, __file__, 1, "startup", (), None)
         logcorr.install()
-        assert logging.getLogRecordFactory().previous is logcorr.LogRecord
+        assert logging.getLogRecordFactory().previous is logging.LogRecord
         for _ in range(200):
-            log.makeRecord("n", logging.INFO, __file__, 1, "outside", (), None)
+            outside = log.makeRecord("n", logging.INFO, __file__, 1, "outside", (), None)
+        assert type(outside) is logging.LogRecord and outside.trace_id == ""
         with traced("layout"):
             rec = log.makeRecord("n", logging.INFO, __file__, 1, "inside %s", ("x",), None)
         assert type(rec) is logcorr.LogRecord and isinstance(rec, logging.LogRecord)
