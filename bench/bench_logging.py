@@ -196,15 +196,15 @@ FORMATTER = logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(trace_id)s 
 FORMATTER_OFF = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
+WARM_RECORDS = 100
+
+
 def warm_up_records() -> None:
     """Records made before the integration is installed, as every service does while it starts:
     CPython 3.11+ fixes the attribute layout of logging.LogRecord's instances after a few of
     them (a bench without this measured records no application makes)."""
     for _ in range(WARM_RECORDS):
         LOG.makeRecord(*ARGS)
-
-
-WARM_RECORDS = 100
 
 
 def cg_child(variant: str, state: str, n: int) -> None:
