@@ -22,7 +22,8 @@ else:
     cflags += ["-O2"]
 if os.environ.get("BU_OSPROFILER_SANITIZE") == "1":
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
-    cflags += san + ["-fno-sanitize-recover=undefined"]
+    # no freelists: reusing a freed block would hide a use after free from ASan
+    cflags += san + ["-fno-sanitize-recover=undefined", "-DBU_NO_FREELIST"]
     ldflags += san
 
 here = os.path.dirname(os.path.abspath(__file__))

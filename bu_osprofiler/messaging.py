@@ -50,11 +50,11 @@ _orig: dict[str, Any] = {}
 _settings: dict[str, Any] = {"legacy_trace_info": False, "hmac_keys": (), "spans": True,
                              "start_traces": False}
 # The server span of the message being handled in this context (set by the installed hooks).
-_server_span: contextvars.ContextVar[Any] = contextvars.ContextVar(
-    "bu_osprofiler.rpc_server_span", default=None)
+_server_span: contextvars.ContextVar[Any] = _core.context_var(
+    "bu_osprofiler.rpc_server_span", None)
 # The RPCServer handling the message in this context (its target gives topic / server tags).
-_rpc_server: contextvars.ContextVar[Any] = contextvars.ContextVar(
-    "bu_osprofiler.rpc_server", default=None)
+_rpc_server: contextvars.ContextVar[Any] = _core.context_var(
+    "bu_osprofiler.rpc_server", None)
 
 
 # ---------------------------------------------------------------- the carrier

@@ -149,7 +149,7 @@ class Span(opentracing.Span):
 
 # The Scope objects of this context. The span itself lives in the core's ContextVar: a Scope
 # here is only "the" active scope while its core span is also the core's active span.
-_scope_var: contextvars.ContextVar = contextvars.ContextVar("bu_osprofiler.ot_scope")
+_scope_var: contextvars.ContextVar = _core.context_var("bu_osprofiler.ot_scope")
 _scope_get = _scope_var.get
 _scope_set = _scope_var.set
 _scope_reset = _scope_var.reset

@@ -26,8 +26,8 @@ __all__ = ["init", "get", "clean", "start", "stop", "trace", "trace_cls", "Trace
 F = TypeVar("F", bound=Callable[..., Any])
 
 _MASK64 = (1 << 64) - 1
-_hmac_key: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
-    "bu_osprofiler.hmac_key", default=None)
+_hmac_key: contextvars.ContextVar[Optional[str]] = _core.context_var(
+    "bu_osprofiler.hmac_key", None)
 _HOST = socket.gethostname()
 
 
@@ -169,8 +169,8 @@ class _Profiler:
 
 
 # The profiler object of this context's trace (get() hands out the same one while the trace is).
-_prof: contextvars.ContextVar[Optional[_Profiler]] = contextvars.ContextVar(
-    "bu_osprofiler.profiler", default=None)
+_prof: contextvars.ContextVar[Optional[_Profiler]] = _core.context_var(
+    "bu_osprofiler.profiler", None)
 _isolation_installed = False
 
 

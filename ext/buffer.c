@@ -19,7 +19,7 @@ bu_buffer_init(bu_buffer *b, bu_stats *stats, size_t max_spans, size_t max_bytes
     b->max_bytes = max_bytes;
     b->stats = stats;
     atomic_init(&b->pool.returned, NULL);
-    atomic_init(&b->pool.nreturned, 0);
+    atomic_init(&b->pool.returned_bytes, 0);
     b->pool.local = NULL;
     b->pool.hits = b->pool.misses = 0;
 }

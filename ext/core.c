@@ -458,17 +458,100 @@ rand128(PyObject *m, PyObject *Py_UNUSED(arg))
     return bu_long_from_u128(hi, lo);
 }
 
-/* The record pool's counters (record.h): reuses, mallocs, records pooled now. */
+/* The record pool's counters (record.h): reuses, mallocs, records and bytes pooled now (in all,
+ * and of those in the consumers' returned list), the returned list's bound. */
 static PyObject *
 record_pool(PyObject *m, PyObject *Py_UNUSED(arg))
 {
     bu_pool *p = &bu_state_of_module(m)->buffer.pool;
-    size_t n = atomic_load(&p->nreturned);
+    size_t n = 0, bytes = 0, rn = 0, rbytes = 0;
+    /* Walked off the list, then put back: a flusher may free the list (bu_pool_trim) meanwhile */
+    bu_record *returned = atomic_exchange(&p->returned, NULL), *last = NULL;
+    for (bu_record *r = returned; r != NULL; r = r->next) {
+        rn++;
+        rbytes += r->cap;
+        last = r;
+    }
+    if (last != NULL) {
+        bu_record *head = atomic_load(&p->returned);
+        do {
+            last->next = head;
+        } while (!atomic_compare_exchange_weak(&p->returned, &head, returned));
+    }
     for (bu_record *r = p->local; r != NULL; r = r->next) {
         n++;
+        bytes += r->cap;
     }
-    return Py_BuildValue("{sKsKsn}", "hits", (unsigned long long)p->hits, "misses",
-                         (unsigned long long)p->misses, "pooled", (Py_ssize_t)n);
+    return Py_BuildValue("{sKsKsnsnsnsnsn}", "hits", (unsigned long long)p->hits, "misses",
+                         (unsigned long long)p->misses, "pooled", (Py_ssize_t)(n + rn),
+                         "pooled_bytes", (Py_ssize_t)(bytes + rbytes), "returned",
+                         (Py_ssize_t)rn, "returned_bytes", (Py_ssize_t)rbytes, "max_bytes",
+                         (Py_ssize_t)BU_POOL_MAX_TOTAL);
+}
+
+/* ================================================================ context variables
+ *
+ * A context's variables live in a HAMT whose top level has 32 slots, chosen by 5 bits of each
+ * variable's hash (CPython folds the 64-bit hash to 32 bits by xoring its halves; a ContextVar's
+ * hash mixes its address in). Two of our variables in one slot put a second level under it, and
+ * every set and reset of the active span then clones two nodes instead of one: ~1000
+ * instructions more per span (a quarter of a sampled span), decided by where the allocator
+ * happened to place the variables. So every variable the tracer sets is made here and kept only
+ * when its top-level slot is free of the others (at most 64 tries; after that, any slot). */
+static int
+var_slot(PyObject *var)
+{
+    Py_hash_t h = PyObject_Hash(var);
+    if (h == -1) {
+        return -1;
+    }
+    uint64_t u = (uint64_t)h;
+    uint32_t folded = (uint32_t)(u & 0xffffffffu) ^ (uint32_t)(u >> 32);
+    if (folded == 0xffffffffu) {
+        folded = 0xfffffffeu; /* CPython's HAMT maps a folded -1 to -2 */
+    }
+    return (int)(folded & 31u);
+}
+
+static PyObject *
+new_context_var(bu_state *st, const char *name, PyObject *def)
+{
+    PyObject *rejected = PyList_New(0); /* kept alive while trying, so addresses differ */
+    PyObject *var = NULL;
+    if (rejected == NULL) {
+        return NULL;
+    }
+    for (int attempt = 0; attempt < 64; attempt++) {
+        var = PyContextVar_New(name, def);
+        int slot = var == NULL ? -1 : var_slot(var);
+        if (slot < 0) {
+            Py_CLEAR(var);
+            break;
+        }
+        if (!(st->var_slots & (1u << slot)) || st->var_slots == 0xffffffffu || attempt == 63) {
+            st->var_slots |= 1u << slot;
+            break;
+        }
+        int rc = PyList_Append(rejected, var);
+        Py_CLEAR(var);
+        if (rc < 0) {
+            break;
+        }
+    }
+    Py_DECREF(rejected);
+    return var;
+}
+
+/* context_var(name[, default]) -> a contextvars.ContextVar placed apart from the tracer's others */
+static PyObject *
+context_var(PyObject *m, PyObject *args)
+{
+    const char *name;
+    PyObject *def = NULL;
+    if (!PyArg_ParseTuple(args, "s|O:context_var", &name, &def)) {
+        return NULL;
+    }
+    return new_context_var(bu_state_of_module(m), name, def);
 }
 
 static PyMethodDef core_methods[] = {
@@ -500,6 +583,8 @@ static PyMethodDef core_methods[] = {
      "protobuf ExportTraceServiceRequest as the collector's rows (collector/otlp.py)."},
     {"rand128", rand128, METH_NOARGS, "A random 128-bit trace id from the per-thread generator."},
     {"_record_pool", record_pool, METH_NOARGS, "Record pool counters: hits, misses, pooled."},
+    {"context_var", context_var, METH_VARARGS,
+     "context_var(name[, default]): a ContextVar in a HAMT slot apart from the tracer's others."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -515,7 +600,7 @@ core_exec(PyObject *m)
     if (bu_sampler_set(&st->sampler, "const", 1.0) < 0) {
         return -1;
     }
-    st->active = PyContextVar_New("bu_osprofiler.active_span", NULL);
+    st->active = new_context_var(st, "bu_osprofiler.active_span", NULL);
     st->str_name = PyUnicode_InternFromString("name");
     st->str_args = PyUnicode_InternFromString("args");
     st->str_kwargs = PyUnicode_InternFromString("kwargs");
@@ -560,6 +645,9 @@ core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->SpanContextType);
     Py_VISIT(st->SpanType);
     Py_VISIT(st->TracedType);
+    Py_VISIT(st->TracePointType);
+    Py_VISIT(st->TraceMethodType);
+    Py_VISIT(st->TraceBoundType);
     Py_VISIT(st->active);
     Py_VISIT(st->format_exc);
     Py_VISIT(st->trace_slow);
@@ -581,6 +669,9 @@ core_clear(PyObject *m)
     Py_CLEAR(st->SpanContextType);
     Py_CLEAR(st->SpanType);
     Py_CLEAR(st->TracedType);
+    Py_CLEAR(st->TracePointType);
+    Py_CLEAR(st->TraceMethodType);
+    Py_CLEAR(st->TraceBoundType);
     Py_CLEAR(st->active);
     Py_CLEAR(st->str_name);
     Py_CLEAR(st->str_args);
@@ -611,6 +702,7 @@ core_free(void *m)
     }
     st->nprocesses = 0;
     core_clear((PyObject *)m);
+    bu_trace_free(st);
 }
 
 static PyModuleDef_Slot core_slots[] = {

@@ -7,6 +7,7 @@
 /* Each *_init adds its functions / constants to the module; 0 ok, -1 with an exception set. */
 int bu_span_init(PyObject *m, bu_state *st);        /* span.c: Span, SpanContext, span functions */
 int bu_trace_init(PyObject *m, bu_state *st);       /* trace.c: the decorator type */
+void bu_trace_free(bu_state *st);                   /* trace.c: its freelists */
 int bu_propagation_init(PyObject *m, bu_state *st); /* propagation.c: header codecs */
 int bu_thrift_init(PyObject *m, bu_state *st);      /* thrift.c: Jaeger Thrift encoders */
 int bu_thriftdec_init(PyObject *m, bu_state *st);   /* thriftdec.c: decoder for the collector */

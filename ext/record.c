@@ -169,11 +169,11 @@ pool_take(bu_pool *p, size_t need)
             return NULL;
         }
         r = atomic_exchange_explicit(&p->returned, NULL, memory_order_acquire);
-        size_t n = 0;
+        size_t bytes = 0;
         for (bu_record *q = r; q != NULL; q = q->next) {
-            n++;
+            bytes += q->cap;
         }
-        atomic_fetch_sub_explicit(&p->nreturned, n, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&p->returned_bytes, bytes, memory_order_relaxed);
         if (r == NULL) {
             p->misses++;
             return NULL;
@@ -200,20 +200,20 @@ bu_pool_put_list(bu_pool *p, bu_record *list)
     if (list == NULL) {
         return;
     }
-    /* Keep what fits under the bound (one load of the count per list), free the rest. */
-    size_t have = atomic_load_explicit(&p->nreturned, memory_order_relaxed);
-    size_t room = have < BU_POOL_MAX ? BU_POOL_MAX - have : 0;
+    /* Keep what fits under the bound (one load of the byte count per list), free the rest. */
+    size_t have = atomic_load_explicit(&p->returned_bytes, memory_order_relaxed);
+    size_t room = have < BU_POOL_MAX_TOTAL ? BU_POOL_MAX_TOTAL - have : 0;
     bu_record *first = NULL, *last = NULL;
-    size_t n = 0;
+    size_t kept = 0;
     while (list != NULL) {
         bu_record *next = list->next;
-        if (n < room && list->cap <= BU_POOL_MAX_BYTES) {
+        if (list->cap <= BU_POOL_MAX_BYTES && kept + list->cap <= room) {
             list->next = first;
             if (first == NULL) {
                 last = list;
             }
             first = list;
-            n++;
+            kept += list->cap;
         }
         else {
             free(list);
@@ -223,7 +223,7 @@ bu_pool_put_list(bu_pool *p, bu_record *list)
     if (first == NULL) {
         return;
     }
-    atomic_fetch_add_explicit(&p->nreturned, n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->returned_bytes, kept, memory_order_relaxed);
     bu_record *head = atomic_load_explicit(&p->returned, memory_order_relaxed);
     do {
         last->next = head;
@@ -232,12 +232,29 @@ bu_pool_put_list(bu_pool *p, bu_record *list)
 }
 
 void
+bu_pool_trim(bu_pool *p)
+{
+    if (atomic_load_explicit(&p->returned, memory_order_relaxed) == NULL) {
+        return;
+    }
+    bu_record *list = atomic_exchange_explicit(&p->returned, NULL, memory_order_acquire);
+    size_t bytes = 0;
+    while (list != NULL) {
+        bu_record *next = list->next;
+        bytes += list->cap;
+        free(list);
+        list = next;
+    }
+    atomic_fetch_sub_explicit(&p->returned_bytes, bytes, memory_order_relaxed);
+}
+
+void
 bu_pool_clear(bu_pool *p)
 {
     bu_record_free_list(p->local);
     p->local = NULL;
     bu_record_free_list(atomic_exchange_explicit(&p->returned, NULL, memory_order_acquire));
-    atomic_store_explicit(&p->nreturned, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->returned_bytes, 0, memory_order_relaxed);
 }
 
 /* ---------------------------------------------------------------- records */

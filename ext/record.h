@@ -100,20 +100,25 @@ int bu_ref_put(bu_buf *b, int kind, uint64_t trace_hi, uint64_t trace_lo, uint64
  * producer). Consumers push whole lists with one compare-and-swap (any thread, no GIL needed);
  * the producer side (bu_record_build with a pool) runs with the GIL held, which serialises it,
  * and takes everything returned at once with one atomic exchange when its own list is empty.
- * Bounded: at most about BU_POOL_MAX records of at most BU_POOL_MAX_BYTES each are kept; the
- * rest are freed. A pooled record is an ordinary malloc block: free() is always right for it. */
-#define BU_POOL_MAX 512
+ * Bounded by bytes: the returned list keeps at most BU_POOL_MAX_TOTAL bytes of records of at
+ * most BU_POOL_MAX_BYTES each (the rest are freed), and the producer's own list at most what it
+ * took from there, so the pool never holds more than twice that. A flusher cycle that finds
+ * nothing queued frees the returned list (bu_pool_trim): an idle tracer holds no pool beyond the
+ * producer's list. A pooled record is an ordinary malloc block: free() is always right for it. */
+#define BU_POOL_MAX_TOTAL (1u << 20)
 #define BU_POOL_MAX_BYTES 1024
 
 typedef struct {
     _Atomic(bu_record *) returned; /* consumers push here */
-    atomic_size_t nreturned;       /* records in `returned` (approximate, for the bound) */
+    atomic_size_t returned_bytes;  /* bytes (record caps) in `returned` (for the bound) */
     bu_record *local;              /* producer's list (GIL) */
     uint64_t hits, misses;         /* producer side, GIL-serialised: plain counters */
 } bu_pool;
 
 /* Hand a list of finished records (linked by ->next) back: kept for reuse or freed. */
 void bu_pool_put_list(bu_pool *p, bu_record *list);
+/* Free the returned list (a consumer with nothing to hand back; producers may run). */
+void bu_pool_trim(bu_pool *p);
 /* Free everything pooled (no producer or consumer may run concurrently). */
 void bu_pool_clear(bu_pool *p);
 

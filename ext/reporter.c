@@ -504,6 +504,7 @@ udp_cycle(bu_reporter *r)
     uint64_t lost = 0;
     if (list == NULL) {
         resolve_collect(r, 0); /* pick up a finished background resolution */
+        bu_pool_trim(&st->buffer.pool); /* idle: the pool gives its memory back */
         goto done;
     }
     udp_route(r);

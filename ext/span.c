@@ -439,9 +439,20 @@ static PyType_Spec ctx_spec = {
 /* ================================================================ Span: creation and finish */
 
 SpanObject *
+bu_span_alloc(bu_state *st)
+{
+    SpanObject *s = bu_freelist_pop(&st->free_spans);
+    if (s != NULL) {
+        PyObject_Init((PyObject *)s, st->SpanType);
+        return s;
+    }
+    return PyObject_New(SpanObject, st->SpanType);
+}
+
+SpanObject *
 bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns)
 {
-    SpanObject *s = PyObject_New(SpanObject, st->SpanType);
+    SpanObject *s = bu_span_alloc(st);
     if (s == NULL) {
         return NULL;
     }
@@ -875,14 +886,20 @@ span_dealloc(PyObject *op)
 {
     SpanObject *s = _Span_CAST(op);
     PyTypeObject *tp = Py_TYPE(op);
+    bu_state *st = s->st;
+    PyObject *name = s->name, *baggage = s->baggage, *tracestate = s->tracestate;
+    PyObject *prev = s->prev;
     bu_buf_free(&s->tags);
     bu_buf_free(&s->logs);
     bu_buf_free(&s->refs);
-    Py_XDECREF(s->name);
-    Py_XDECREF(s->baggage);
-    Py_XDECREF(s->tracestate);
-    Py_XDECREF(s->prev);
-    PyObject_Free(op);
+    /* the block goes back first: the releases below may free more spans (prev) or run code */
+    if (st == NULL || tp != st->SpanType || !bu_freelist_push(&st->free_spans, op)) {
+        PyObject_Free(op);
+    }
+    Py_XDECREF(name);
+    Py_XDECREF(baggage);
+    Py_XDECREF(tracestate);
+    Py_XDECREF(prev);
     Py_DECREF(tp);
 }
 
@@ -1501,7 +1518,7 @@ base_span(PyObject *m, PyObject *args, PyObject *kwargs)
         Py_XDECREF(ts);
         return NULL;
     }
-    SpanObject *s = PyObject_New(SpanObject, st->SpanType);
+    SpanObject *s = bu_span_alloc(st);
     if (s == NULL) {
         Py_XDECREF(bcopy);
         Py_XDECREF(ts);

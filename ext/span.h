@@ -58,6 +58,8 @@ typedef struct {
 /* A new child span of `parent` (a Span, a SpanContext, or NULL for a new root), not activated.
  * `name` is borrowed (incref'd). Returns a new reference or NULL with an exception. */
 SpanObject *bu_span_start(bu_state *st, PyObject *parent, PyObject *name, int64_t start_ns);
+/* A new Span object (fields uninitialised), from the state's freelist when it has one. */
+SpanObject *bu_span_alloc(bu_state *st);
 /* Finish: record it if sampled. `end_ns` < 0 means now. Never raises (drops on out of memory). */
 void bu_span_finish(SpanObject *s, int64_t end_ns);
 /* Add error tag and error log for the exception `exc` (a BaseException instance), whole or not

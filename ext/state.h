@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include "buffer.h"
 #include "clock.h"
+#include "freelist.h"
 #include "record.h"
 
 #define BU_MAX_PROCESSES 256
@@ -41,7 +42,14 @@ typedef struct {
     PyTypeObject *SpanContextType;
     PyTypeObject *SpanType;
     PyTypeObject *TracedType;
+    PyTypeObject *TracePointType;  /* profiler.Trace (trace.c) */
+    PyTypeObject *TraceMethodType; /* its __enter__ / __exit__ descriptors */
+    PyTypeObject *TraceBoundType;  /* what they bind to (a freelisted bound method) */
+    bu_freelist free_tracepoints;  /* freed profiler.Trace blocks (exact type only) */
+    bu_freelist free_bounds;       /* freed bound __enter__ / __exit__ blocks */
+    bu_freelist free_spans;        /* freed Span blocks */
     PyObject *active;        /* ContextVar holding the active Span (or unset) */
+    uint32_t var_slots;      /* HAMT top-level slots taken by our ContextVars (context_var) */
     PyObject *str_name;      /* interned strings used on hot paths */
     PyObject *str_args;
     PyObject *str_kwargs;

@@ -273,7 +273,7 @@ SpanObject *
 bu_tp_passthrough(bu_state *st, PyObject *cur, PyObject *name)
 {
     SpanObject *p = _Span_CAST(cur);
-    SpanObject *s = PyObject_New(SpanObject, st->SpanType);
+    SpanObject *s = bu_span_alloc(st);
     if (s == NULL) {
         return NULL;
     }

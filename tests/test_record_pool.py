@@ -2,6 +2,7 @@
 record carries nothing of the span it held before, the pool stays bounded, and records moving
 between producer threads and a consumer thread arrive whole."""
 import threading
+import time
 
 import pytest
 
@@ -10,7 +11,7 @@ from bu_osprofiler import _core, exporters, profiler, start_span
 
 from jaeger_wire import UdpReceiver, decode_message, reset_core, tags_dict
 
-POOL_MAX = 512  # BU_POOL_MAX in ext/record.h
+RECORD_MAX = 1024  # BU_POOL_MAX_BYTES in ext/record.h: larger records are never pooled
 
 
 @pytest.fixture(autouse=True)
@@ -67,19 +68,53 @@ def test_records_that_outgrow_a_pooled_one_are_still_whole():
             "tag-%d" % k: str(k) * 40 for k in range(8)}
 
 
-def test_the_pool_is_bounded():
-    for _ in range(3 * POOL_MAX):
-        start_span("x").finish()
-    assert len(finished()) == 3 * POOL_MAX
-    assert _core._record_pool()["pooled"] == POOL_MAX
+def _pooled():
+    p = _core._record_pool()
+    return p["pooled"], p["pooled_bytes"], p["max_bytes"]
+
+
+def test_the_pool_is_bounded_by_bytes():
+    _, _, max_bytes = _pooled()
+    n = 3 * max_bytes // 400  # ~3x the bound in records of ~500 bytes
+    for i in range(n):
+        s = start_span("x")
+        s.set_tag("pad", "p" * 400)
+        s.finish()
+    assert len(finished()) == n
+    pooled, pooled_bytes, _ = _pooled()
+    assert max_bytes // 2 <= pooled_bytes <= max_bytes  # filled, and no further
+    assert pooled <= max_bytes // 400
     # a huge span's record is never kept for reuse
     s = start_span("huge")
     s.set_tag("blob", "y" * 5000)
     s.finish()
-    for _ in range(POOL_MAX):
+    for _ in range(100):
         start_span("x").finish()
     assert [len(s.tags["blob"]) for s in finished() if s.operation_name == "huge"] == [5000]
-    assert _core._record_pool()["pooled"] <= POOL_MAX
+    assert _pooled()[1] <= 2 * max_bytes
+    assert all(r <= RECORD_MAX for r in [_pooled()[1] // max(_pooled()[0], 1)])
+
+
+def test_an_idle_reporter_gives_the_pool_back():
+    rx = UdpReceiver()
+    try:
+        exp = exporters.create("jaeger://127.0.0.1:%d" % rx.port, {"flush_interval": 0.05})
+        exp.start()
+        for i in range(2000):
+            start_span("idle-%d" % i).finish()
+        assert exp.flush(10.0) is True
+        assert len([sp for d in rx.wait_for(1) for sp in decode_message(d)[0].spans]) > 0
+        deadline = time.monotonic() + 5.0
+        while _core._record_pool()["returned"] and time.monotonic() < deadline:
+            time.sleep(0.1)  # the next cycles find nothing queued and free the returned list
+        p = _core._record_pool()
+        assert (p["returned"], p["returned_bytes"]) == (0, 0)
+        assert p["pooled_bytes"] <= p["max_bytes"]  # what the producer took before stays
+        for i in range(10):  # and spans after that are whole (built by malloc again)
+            start_span("after-%d" % i).finish()
+        assert exp.flush(10.0) is True
+    finally:
+        rx.close()
 
 
 def test_producer_threads_and_a_consumer_thread_exchange_records():

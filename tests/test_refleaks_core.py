@@ -82,7 +82,23 @@ def _start_stop():
     profiler.stop()
 
 
-@pytest.mark.parametrize("fn", [_sampled_calls, _error_calls, _span_api, _contexts, _start_stop])
+_INFO = {"db": {"statement": "SELECT 1"}}
+
+
+def _trace_points():
+    with profiler.Trace("tp", info=_INFO) as t:
+        t.__exit__  # a binding taken and dropped inside
+    try:
+        with profiler.Trace("tp-err"):
+            raise ValueError("x")
+    except ValueError:
+        pass
+    profiler.Trace.__enter__(t)
+    profiler.Trace.__exit__(t, None, None, None)
+
+
+@pytest.mark.parametrize("fn", [_sampled_calls, _error_calls, _span_api, _contexts, _start_stop,
+                                _trace_points])
 def test_no_leaks_when_tracing(fn):
     profiler.init("k")
     objs, mem = _measure(fn, 100_000 if fn is _sampled_calls else 20_000)
@@ -100,8 +116,19 @@ def test_refcounts_of_shared_objects_are_stable():
     arg = object()
     name = traced.__trace_name__
     func = traced.__wrapped__
-    before = (sys.getrefcount(arg), sys.getrefcount(name), sys.getrefcount(func))
+    with profiler.Trace(name, _INFO):  # the first use registers the name's trace point
+        pass
+    try:  # (and the last error recorded is one of this loop's: the earlier one held a frame)
+        raises()
+    except ValueError:
+        pass
+    _core.take_records()
+    gc.collect()
+    before = (sys.getrefcount(arg), sys.getrefcount(name), sys.getrefcount(func),
+              sys.getrefcount(_INFO), sys.getrefcount(profiler.Trace))
     for _ in range(10_000):
+        with profiler.Trace(name, _INFO):
+            pass
         traced(arg)
         try:
             raises()
@@ -109,7 +136,8 @@ def test_refcounts_of_shared_objects_are_stable():
             pass
     _core.take_records()
     gc.collect()
-    after = (sys.getrefcount(arg), sys.getrefcount(name), sys.getrefcount(func))
+    after = (sys.getrefcount(arg), sys.getrefcount(name), sys.getrefcount(func),
+             sys.getrefcount(_INFO), sys.getrefcount(profiler.Trace))
     assert before == after
 
 

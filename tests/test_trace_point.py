@@ -132,3 +132,92 @@ def test_trace_point_exit_in_another_context():
     assert ctx.run(lambda: profiler.get().span) is base  # (span: the active trace point)
     assert profiler.get().span is inner  # this context still has it (as before)
     assert [s.operation_name for s in bu_osprofiler.finished_spans()] == ["moved"]
+
+
+def test_trace_point_methods_behave_as_methods():
+    """__enter__ / __exit__ are bound per `with` without bound-method objects (trace.c):
+    from the outside they still behave as methods do."""
+    profiler.init("k")
+    t = profiler.Trace("m")
+    enter, exit_ = t.__enter__, t.__exit__
+    assert enter.__self__ is t and exit_.__self__ is t
+    assert enter.__name__ == "__enter__" and "profiler.stop" in exit_.__doc__
+    assert "bound method Trace.__exit__" in repr(exit_)
+    assert "__enter__" in repr(profiler.Trace.__enter__)
+    assert enter() is t
+    assert exit_(None, None, None) is None
+    profiler.Trace.__enter__(t)  # unbound, the instance first
+    profiler.Trace.__exit__(t, None, None, None)
+    assert [s.operation_name for s in bu_osprofiler.finished_spans()] == ["m", "m"]
+    for bad in (lambda: profiler.Trace.__enter__(object()),
+                lambda: profiler.Trace.__enter__(),
+                lambda: profiler.Trace.__dict__["__exit__"].__get__(3, int),
+                lambda: t.__enter__(1),
+                lambda: t.__exit__(None, None, None, extra=1),
+                lambda: type(exit_)(),
+                lambda: type(profiler.Trace.__enter__)()):
+        with pytest.raises(TypeError):
+            bad()
+    assert profiler.get().span.operation_name != "m"
+
+
+def test_trace_point_subclass_overrides_and_super():
+    calls = []
+
+    class Logged(profiler.Trace):
+        def __enter__(self):
+            calls.append("enter")
+            return super().__enter__()
+
+        def __exit__(self, *exc):
+            calls.append("exit")
+            return super().__exit__(*exc)
+
+    profiler.init("k")
+    with Logged("logged") as t:
+        assert isinstance(t, Logged)
+    assert calls == ["enter", "exit"]
+    assert [s.operation_name for s in bu_osprofiler.finished_spans()] == ["logged"]
+
+
+def test_trace_point_blocks_reused_without_state():
+    """Trace objects and their bindings come back from a freelist: a reused one carries nothing
+    of its previous life, even when freeing the previous one ran Python that made new ones."""
+    made = []
+
+    class Reenter:
+        def __del__(self):
+            with profiler.Trace("from-del"):  # a Trace made and freed while one is being freed
+                made.append(profiler.get().span.operation_name)
+
+    profiler.init("k")
+    for i in range(50):
+        with profiler.Trace("p%d" % i, info={"obj": Reenter()} if i % 7 == 0 else None):
+            pass
+    for i in range(5):
+        t = profiler.Trace("fresh")
+        assert t._info is None and t._name == "fresh"
+        with t:
+            assert profiler.get().span.operation_name == "fresh"
+    names = [s.operation_name for s in bu_osprofiler.finished_spans()]
+    assert names.count("fresh") == 5 and len([n for n in names if n.startswith("p")]) == 50
+    assert made and set(made) == {"from-del"}
+
+
+def test_tracer_context_vars_in_distinct_hamt_slots():
+    """The ContextVars the tracer sets live in distinct top-level slots of a context's HAMT
+    (a shared slot adds a level that every set / reset of the active span then pays)."""
+    from bu_osprofiler import _core, messaging, opentracing
+
+    def slot(var):
+        h = hash(var) & ((1 << 64) - 1)
+        folded = (h & 0xFFFFFFFF) ^ (h >> 32)
+        return (0xFFFFFFFE if folded == 0xFFFFFFFF else folded) & 31
+
+    ours = [_core.active_var, profiler._hmac_key, profiler._prof, opentracing._scope_var,
+            messaging._server_span, messaging._rpc_server]
+    slots = [slot(v) for v in ours]
+    assert len(set(slots)) == len(slots), slots
+    extra = [_core.context_var("t%d" % i) for i in range(4)]
+    assert len(set(slots + [slot(v) for v in extra])) == len(ours) + 4
+    assert extra[0].get("d") == "d" and _core.context_var("x", 5).get() == 5

@@ -7,6 +7,7 @@ import importlib.abc
 import sys
 from typing import Any, Callable
 
+from bu_osprofiler import _core
 from bu_osprofiler.concurrency import patching
 from bu_osprofiler.concurrency.branches import (
     Branch, _BranchCall, _Carry, _activate, _active, _deactivate, _explicit, _hmac_var,
@@ -164,15 +165,13 @@ def _make_unforked(orig: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def install() -> None:
-    import contextvars
-
     import eventlet
     import eventlet.greenpool as gp
     import eventlet.greenthread as gth
 
     global _carry_var
     if _carry_var is None:
-        _carry_var = contextvars.ContextVar("bu_osprofiler.eventlet_carry", default=None)
+        _carry_var = _core.context_var("bu_osprofiler.eventlet_carry", None)
     for mod in (eventlet, gth):
         for attr in ("spawn", "spawn_n"):
             if hasattr(mod, attr):
