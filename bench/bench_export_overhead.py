@@ -47,10 +47,16 @@ def main(argv=None):
         _core.take_records()
         return r
 
+    pool = {"hits": 0, "misses": 0}
+
     def exporting():
         bu_osprofiler.configure("bench", udp, flush_interval=1.0, **queue)
         profiler.init("key")
+        p0 = _core._record_pool()
         r = run_loop(traced, args.loops)
+        p1 = _core._record_pool()
+        for k in pool:
+            pool[k] += p1[k] - p0[k]
         profiler.clean()
         bu_osprofiler.flush(30.0)
         return r
@@ -81,9 +87,13 @@ def main(argv=None):
                                               "dropped_send_failed"))
     print("spans exported over UDP: %d, dropped: %d, datagrams: %d" % (
         exported, lost, after["batches_sent"] - before["batches_sent"]))
+    hits, misses = pool["hits"], pool["misses"]
+    print("record pool, UDP rounds: %d records reused, %d malloc'd (%.1f%% reused)"
+          % (hits, misses, 100.0 * hits / max(hits + misses, 1)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"median_ns": med, "exported": exported, "dropped": lost,
+                       "pool_hits": hits, "pool_misses": misses,
                        "python": platform.python_version(), "loops": args.loops,
                        "rounds": args.rounds}, f, indent=2)
 
