@@ -154,6 +154,47 @@ frame_qualname(bu_branch_state *bs)
     return q;
 }
 
+/* "kind:what", from a cache (formatting it was ~1000 instructions per branch). Both are str;
+ * a cache of one kind is dropped when it reaches 4096 names (qualnames are few in practice). */
+#define BU_BRANCH_NAMES_MAX 4096
+static PyObject *
+cached_name(bu_branch_state *bs, PyObject *kind, PyObject *what)
+{
+    PyObject *per_kind = NULL, *name = NULL;
+    if (!PyUnicode_CheckExact(kind) || !PyUnicode_CheckExact(what)) {
+        return PyUnicode_FromFormat("%U:%U", kind, what); /* subclasses: hash / eq may run code */
+    }
+    if (bs->names == NULL && (bs->names = PyDict_New()) == NULL) {
+        return NULL;
+    }
+    per_kind = PyDict_GetItemWithError(bs->names, kind); /* borrowed */
+    if (per_kind == NULL) {
+        if (PyErr_Occurred() || (per_kind = PyDict_New()) == NULL) {
+            return NULL;
+        }
+        int rc = PyDict_SetItem(bs->names, kind, per_kind);
+        Py_DECREF(per_kind);
+        if (rc < 0) {
+            return NULL;
+        }
+    }
+    Py_INCREF(per_kind); /* held across the calls below */
+    name = PyDict_GetItemWithError(per_kind, what);
+    if (name != NULL) {
+        Py_INCREF(name);
+    }
+    else if (!PyErr_Occurred() && (name = PyUnicode_FromFormat("%U:%U", kind, what)) != NULL) {
+        if (PyDict_GET_SIZE(per_kind) >= BU_BRANCH_NAMES_MAX) {
+            PyDict_Clear(per_kind);
+        }
+        if (PyDict_SetItem(per_kind, what, name) < 0) {
+            PyErr_Clear(); /* the name is still right; it is just not cached */
+        }
+    }
+    Py_DECREF(per_kind);
+    return name;
+}
+
 /* kind:qualname of what runs (`fn`, the callable run, may be NULL). New reference or NULL. */
 static PyObject *
 branch_make_name(bu_branch_state *bs, BranchObject *b, PyObject *fn)
@@ -173,7 +214,7 @@ branch_make_name(bu_branch_state *bs, BranchObject *b, PyObject *fn)
         what = frame_qualname(bs);
     }
     if (what != NULL) {
-        name = PyUnicode_FromFormat("%U:%U", kind, what);
+        name = cached_name(bs, kind, what);
     }
     Py_DECREF(kind);
     Py_XDECREF(what);
@@ -874,6 +915,7 @@ bu_branch_init(PyObject *m, bu_state *st)
     BU_INTERN(str_task_factory, "_task_factory")
     BU_INTERN(str_check_closed, "_check_closed")
     BU_INTERN(str_bu_branch, "_bu_branch")
+    BU_INTERN(str_eventloop, "EventLoop")
     BU_INTERN(str_source_tb, "_source_traceback")
     BU_INTERN(str_context, "context")
 #undef BU_INTERN
@@ -922,6 +964,7 @@ bu_branch_traverse(bu_state *st, visitproc visit, void *arg)
     Py_VISIT(bs->qualname);
     Py_VISIT(bs->ready);
     Py_VISIT(bs->branches_of);
+    Py_VISIT(bs->names);
     return 0;
 }
 
@@ -943,6 +986,8 @@ bu_branch_clear(bu_state *st)
     Py_CLEAR(bs->str_task_factory);
     Py_CLEAR(bs->str_check_closed);
     Py_CLEAR(bs->str_bu_branch);
+    Py_CLEAR(bs->str_eventloop);
+    Py_CLEAR(bs->names);
     Py_CLEAR(bs->str_source_tb);
     Py_CLEAR(bs->str_context);
     Py_CLEAR(bs->null_branch);

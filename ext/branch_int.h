@@ -28,10 +28,12 @@ typedef struct bu_branch_state {
     PyObject *qualname;    /* callable(target) -> str: name of a target that is no plain function */
     PyObject *ready;       /* callable(value) -> awaitable of value (__aenter__ / __aexit__) */
     PyObject *branches_of; /* callable(tuple) -> iterable of Branch (join() of threads, futures) */
+    PyObject *names;       /* dict: kind -> dict: qualname -> "kind:qualname" (branch names) */
     PyObject *str_fork, *str_join, *str_qualname, *str_asyncio, *str_running_loop;
     PyObject *str_current_task, *str_greenlet, *str_getcurrent, *str_parent, *str_co_qualname;
     PyObject *str_thread, *str_greenthread, *str_task, *str_done, *str_send, *str_throw, *str_close;
     PyObject *str_task_factory, *str_check_closed, *str_bu_branch, *str_source_tb, *str_context;
+    PyObject *str_eventloop;
 } bu_branch_state;
 
 typedef struct {

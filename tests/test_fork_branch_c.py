@@ -542,3 +542,29 @@ def test_branches_in_cycles_are_collected():
     _, ref = request(body)
     gc.collect()
     assert ref() is None
+
+
+def test_branch_names_stay_right_past_the_name_cache():
+    """Branch names ("kind:qualname") come from a cache of 4096 names per kind that is emptied
+    when full: names past it (and a qualname of a str subclass, not cached) are still right."""
+    class Q(str):
+        pass
+
+    fns = []
+    for i in range(4200):
+        def f():
+            return None
+        f.__qualname__ = "fn%d" % i
+        fns.append(f)
+    odd = lambda: None  # noqa: E731
+    odd.__qualname__ = Q("odd")
+
+    def body():
+        for f in fns + fns[:3] + [odd, odd]:
+            profiler.fork().run(f)
+
+    request(body)
+    names = [s.operation_name for s in bu_osprofiler.finished_spans()
+             if s.operation_name.startswith(("thread:fn", "thread:odd"))]
+    assert names == ["thread:fn%d" % i for i in range(4200)] + [
+        "thread:fn0", "thread:fn1", "thread:fn2", "thread:odd", "thread:odd"]
