@@ -118,4 +118,31 @@ bu_long_from_u128(uint64_t hi, uint64_t lo)
 #endif
 }
 
+/* A vectorcall's arguments as (tuple, dict or NULL) for the tuple-and-keywords parser (the rare
+ * spellings of calls whose common one skips it). 0, or -1 with an exception and nothing to free. */
+static inline int
+bu_vectorcall_to_tuple(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                       PyObject **tuple, PyObject **kwargs)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    *tuple = PyTuple_New(nargs);
+    *kwargs = nkw ? PyDict_New() : NULL;
+    if (*tuple == NULL || (nkw && *kwargs == NULL)) {
+        goto error;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        PyTuple_SET_ITEM(*tuple, i, Py_NewRef(args[i]));
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        if (PyDict_SetItem(*kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+            goto error;
+        }
+    }
+    return 0;
+error:
+    Py_CLEAR(*tuple);
+    Py_CLEAR(*kwargs);
+    return -1;
+}
+
 #endif

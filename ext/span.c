@@ -1438,25 +1438,15 @@ start_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
         return start_span_impl(st, a[0], a[1], a[2], a[3], a[4], ignore);
     }
     /* keywords (or too many arguments): the general parser, for its checks and messages */
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *tuple = PyTuple_New(nargs), *kwargs = nkw ? PyDict_New() : NULL, *res = NULL;
-    if (tuple == NULL || (nkw && kwargs == NULL)) {
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
-    }
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
-            goto done;
-        }
+    PyObject *tuple, *kwargs, *res = NULL;
+    if (bu_vectorcall_to_tuple(args, nargs, kwnames, &tuple, &kwargs) < 0) {
+        return NULL;
     }
     if (PyArg_ParseTupleAndKeywords(tuple, kwargs, "|OOOOOp:start_span", kwlist, &a[0], &a[1],
                                     &a[2], &a[3], &a[4], &ignore)) {
         res = start_span_impl(st, a[0], a[1], a[2], a[3], a[4], ignore);
     }
-done:
-    Py_XDECREF(tuple);
+    Py_DECREF(tuple);
     Py_XDECREF(kwargs);
     return res;
 }

@@ -426,18 +426,8 @@ tracepoint_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyOb
         }
     }
     if (generic || name == NULL) {
-        tuple = PyTuple_New(nargs);
-        kwargs = nkw ? PyDict_New() : NULL;
-        if (tuple == NULL || (nkw && kwargs == NULL)) {
+        if (bu_vectorcall_to_tuple(args, nargs, kwnames, &tuple, &kwargs) < 0) {
             goto done;
-        }
-        for (Py_ssize_t i = 0; i < nargs; i++) {
-            PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
-        }
-        for (Py_ssize_t i = 0; i < nkw; i++) {
-            if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
-                goto done;
-            }
         }
         res = tracepoint_new(tp, tuple, kwargs);
         goto done;
