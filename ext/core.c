@@ -666,6 +666,9 @@ core_clear(PyObject *m)
     if (st == NULL) {
         return 0;
     }
+    /* the freelists first, while their types live: freeing a GC block reads its type on 3.12+
+     * (after this no block is pushed: the type checks in the deallocs fail) */
+    bu_trace_free(st);
     Py_CLEAR(st->SpanContextType);
     Py_CLEAR(st->SpanType);
     Py_CLEAR(st->TracedType);
@@ -702,7 +705,6 @@ core_free(void *m)
     }
     st->nprocesses = 0;
     core_clear((PyObject *)m);
-    bu_trace_free(st);
 }
 
 static PyModuleDef_Slot core_slots[] = {

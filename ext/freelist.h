@@ -4,7 +4,9 @@
  * Each freelist lives in the module state, so an interpreter only ever reuses memory from its
  * own allocator. The GIL serialises push and pop; a free-threaded build and the sanitizer build
  * (where reuse would hide a use after free from ASan) keep none. A block in a list holds no
- * reference and no type: PyObject_Init gives it both again when it is reused. */
+ * reference and no type: PyObject_Init gives it both again when it is reused. The lists are
+ * drained while their types are still alive (core_clear): freeing a GC block reads its type
+ * on CPython 3.12+. */
 #ifndef BU_FREELIST_H
 #define BU_FREELIST_H
 
