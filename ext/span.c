@@ -767,7 +767,8 @@ exc_type_name(PyObject *exc)
  * formatted once, at the innermost one, and the outer ones reuse that text: formatting the
  * whole (ever longer) traceback at every layer cost O(depth^2). The cache holds the exception
  * only while it propagates: trace.c clears it once a traced call returns or the outermost
- * traced call of the thread is left. */
+ * traced call of the thread is left, bu_pop_span once a trace point or stop() ends a span
+ * without an exception. */
 static PyObject *
 error_stack(bu_state *st, PyObject *exc)
 {
@@ -1674,7 +1675,14 @@ bu_pop_span(bu_state *st, PyObject *info, PyObject *exc, PyObject *pushed, PyObj
         PyErr_Restore(et, ev, etb); /* replaces any error of the pop */
         return NULL;
     }
-    return pop_to_prev(st, s, pushed, token);
+    PyObject *res = pop_to_prev(st, s, pushed, token);
+    if (res != NULL && (exc == NULL || exc == Py_None) && st->err_exc != NULL) {
+        /* a span ended without the exception the error cache holds: it did not get past this
+         * span, so its traceback (and the frames' locals) need not stay alive; last, because
+         * releasing it may run finalizers */
+        bu_error_cache_clear(st);
+    }
+    return res;
 }
 
 /* bu_pop_span's second half: re-activate the span before `s` (the active one, which the

@@ -221,3 +221,35 @@ def test_tracer_context_vars_in_distinct_hamt_slots():
     extra = [_core.context_var("t%d" % i) for i in range(4)]
     assert len(set(slots + [slot(v) for v in extra])) == len(ours) + 4
     assert extra[0].get("d") == "d" and _core.context_var("x", 5).get() == 5
+
+
+class Held(Exception):
+    freed = []
+
+    def __del__(self):
+        Held.freed.append(self.args[0])
+
+
+def test_a_recorded_error_is_released_when_the_next_span_ends_normally():
+    """The error-stack cache (one formatted stack per propagating exception) keeps an exception
+    recorded by a trace point only until a span ends without it: the exception's traceback (and
+    the locals of its frames) is not held for the rest of the process."""
+    profiler.init("k")
+    Held.freed.clear()
+    for i in range(3):
+        try:
+            with profiler.Trace("outer"):
+                with profiler.Trace("inner"):
+                    raise Held(i)
+        except Held:
+            pass
+    assert Held.freed == [0, 1]  # each error replaced the previous one; the last is still held
+    with profiler.Trace("next"):
+        pass
+    assert Held.freed == [0, 1, 2]
+    spans = bu_osprofiler.finished_spans()
+    inner = [s for s in spans if s.operation_name == "inner"]
+    outer = [s for s in spans if s.operation_name == "outer"]
+    assert len(inner) == len(outer) == 3
+    for s in inner + outer:  # both layers still carry the stack of their error
+        assert s.tags["error"] is True and "Held" in s.logs[0][1]["stack"]
