@@ -464,24 +464,14 @@ static PyObject *
 record_pool(PyObject *m, PyObject *Py_UNUSED(arg))
 {
     bu_pool *p = &bu_state_of_module(m)->buffer.pool;
-    size_t n = 0, bytes = 0, rn = 0, rbytes = 0;
-    /* Walked off the list, then put back: a flusher may free the list (bu_pool_trim) meanwhile */
-    bu_record *returned = atomic_exchange(&p->returned, NULL), *last = NULL;
-    for (bu_record *r = returned; r != NULL; r = r->next) {
-        rn++;
-        rbytes += r->cap;
-        last = r;
-    }
-    if (last != NULL) {
-        bu_record *head = atomic_load(&p->returned);
-        do {
-            last->next = head;
-        } while (!atomic_compare_exchange_weak(&p->returned, &head, returned));
-    }
-    for (bu_record *r = p->local; r != NULL; r = r->next) {
-        n++;
-        bytes += r->cap;
-    }
+    size_t n, rn;
+    /* Taken off the list, then handed back as a consumer would: a flusher may free the list
+     * (bu_pool_trim) meanwhile */
+    bu_record *returned = atomic_exchange(&p->returned, NULL);
+    size_t rbytes = bu_record_list_caps(returned, &rn);
+    size_t bytes = bu_record_list_caps(p->local, &n);
+    atomic_fetch_sub(&p->returned_bytes, rbytes);
+    bu_pool_put_list(p, returned);
     return Py_BuildValue("{sKsKsnsnsnsnsn}", "hits", (unsigned long long)p->hits, "misses",
                          (unsigned long long)p->misses, "pooled", (Py_ssize_t)(n + rn),
                          "pooled_bytes", (Py_ssize_t)(bytes + rbytes), "returned",

@@ -28,6 +28,18 @@ bu_freelist_pop(bu_freelist *fl)
     return fl->n > 0 ? fl->items[--fl->n] : NULL;
 }
 
+/* A block from the list made an object of type `tp` again (refcount 1, a GC object untracked),
+ * or NULL when the list is empty (the caller allocates). */
+static inline void *
+bu_freelist_reuse(bu_freelist *fl, PyTypeObject *tp)
+{
+    void *p = bu_freelist_pop(fl);
+    if (p != NULL) {
+        PyObject_Init((PyObject *)p, tp);
+    }
+    return p;
+}
+
 /* 1 when the list took the block, 0 when it is full (the caller frees the block). */
 static inline int
 bu_freelist_push(bu_freelist *fl, void *p)

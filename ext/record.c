@@ -158,6 +158,20 @@ bu_ref_put(bu_buf *b, int kind, uint64_t trace_hi, uint64_t trace_lo, uint64_t s
 
 /* ---------------------------------------------------------------- record pool */
 
+size_t
+bu_record_list_caps(const bu_record *list, size_t *count)
+{
+    size_t bytes = 0, n = 0;
+    for (; list != NULL; list = list->next) {
+        bytes += list->cap;
+        n++;
+    }
+    if (count != NULL) {
+        *count = n;
+    }
+    return bytes;
+}
+
 /* A record of `need` bytes from the pool, or NULL (then the caller mallocs). GIL held. */
 static bu_record *
 pool_take(bu_pool *p, size_t need)
@@ -169,11 +183,8 @@ pool_take(bu_pool *p, size_t need)
             return NULL;
         }
         r = atomic_exchange_explicit(&p->returned, NULL, memory_order_acquire);
-        size_t bytes = 0;
-        for (bu_record *q = r; q != NULL; q = q->next) {
-            bytes += q->cap;
-        }
-        atomic_fetch_sub_explicit(&p->returned_bytes, bytes, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&p->returned_bytes, bu_record_list_caps(r, NULL),
+                                  memory_order_relaxed);
         if (r == NULL) {
             p->misses++;
             return NULL;
@@ -238,14 +249,9 @@ bu_pool_trim(bu_pool *p)
         return;
     }
     bu_record *list = atomic_exchange_explicit(&p->returned, NULL, memory_order_acquire);
-    size_t bytes = 0;
-    while (list != NULL) {
-        bu_record *next = list->next;
-        bytes += list->cap;
-        free(list);
-        list = next;
-    }
-    atomic_fetch_sub_explicit(&p->returned_bytes, bytes, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&p->returned_bytes, bu_record_list_caps(list, NULL),
+                              memory_order_relaxed);
+    bu_record_free_list(list);
 }
 
 void

@@ -117,6 +117,8 @@ typedef struct {
 
 /* Hand a list of finished records (linked by ->next) back: kept for reuse or freed. */
 void bu_pool_put_list(bu_pool *p, bu_record *list);
+/* Bytes allocated (caps) of a list of records linked by ->next; their number in *count. */
+size_t bu_record_list_caps(const bu_record *list, size_t *count);
 /* Free the returned list (a consumer with nothing to hand back; producers may run). */
 void bu_pool_trim(bu_pool *p);
 /* Free everything pooled (no producer or consumer may run concurrently). */

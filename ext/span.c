@@ -441,12 +441,8 @@ static PyType_Spec ctx_spec = {
 SpanObject *
 bu_span_alloc(bu_state *st)
 {
-    SpanObject *s = bu_freelist_pop(&st->free_spans);
-    if (s != NULL) {
-        PyObject_Init((PyObject *)s, st->SpanType);
-        return s;
-    }
-    return PyObject_New(SpanObject, st->SpanType);
+    SpanObject *s = bu_freelist_reuse(&st->free_spans, st->SpanType);
+    return s != NULL ? s : PyObject_New(SpanObject, st->SpanType);
 }
 
 SpanObject *

@@ -437,11 +437,8 @@ tracepoint_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyOb
         PyErr_SetString(PyExc_SystemError, "Trace: module state missing");
         goto done;
     }
-    TracePointObject *t = bu_freelist_pop(&st->free_tracepoints);
-    if (t != NULL) {
-        PyObject_Init((PyObject *)t, tp); /* a block from tracepoint_dealloc: untracked */
-    }
-    else if ((t = PyObject_GC_New(TracePointObject, tp)) == NULL) {
+    TracePointObject *t = bu_freelist_reuse(&st->free_tracepoints, tp);
+    if (t == NULL && (t = PyObject_GC_New(TracePointObject, tp)) == NULL) {
         goto done;
     }
     t->st = st;
@@ -593,16 +590,15 @@ tracepoint_repr(PyObject *op)
  * (`Trace.__enter__`) gives the descriptor, callable with the instance first, as a method is. */
 typedef struct {
     PyObject_HEAD
+    vectorcallfunc vectorcall;
     bu_state *st;
     int which; /* 0: __enter__, 1: __exit__ */
 } TraceMethodObject;
 
+/* The binding: a TraceMethodObject's fields, then the instance. */
 typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    bu_state *st;
+    TraceMethodObject m;
     PyObject *self; /* the Trace instance (strong) */
-    int which;
 } TraceBoundObject;
 
 static const char *const trace_method_names[2] = {"__enter__", "__exit__"};
@@ -647,7 +643,7 @@ static PyObject *
 trace_bound_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     TraceBoundObject *b = (TraceBoundObject *)op;
-    return trace_method_run(b->which, b->self, args, PyVectorcall_NARGS(nargsf), kwnames);
+    return trace_method_run(b->m.which, b->self, args, PyVectorcall_NARGS(nargsf), kwnames);
 }
 
 static void
@@ -656,7 +652,7 @@ trace_bound_dealloc(PyObject *op)
     TraceBoundObject *b = (TraceBoundObject *)op;
     PyTypeObject *tp = Py_TYPE(op);
     PyObject *self = b->self;
-    bu_state *st = b->st;
+    bu_state *st = b->m.st;
     b->self = NULL;
     if (st == NULL || tp != st->TraceBoundType || !bu_freelist_push(&st->free_bounds, op)) {
         PyObject_Free(op);
@@ -669,8 +665,8 @@ static PyObject *
 trace_bound_repr(PyObject *op)
 {
     TraceBoundObject *b = (TraceBoundObject *)op;
-    return PyUnicode_FromFormat("<bound method Trace.%s of %R>", trace_method_names[b->which],
-                                b->self);
+    return PyUnicode_FromFormat("<bound method Trace.%s of %R>",
+                                trace_method_names[b->m.which], b->self);
 }
 
 static PyObject *
@@ -679,27 +675,28 @@ trace_bound_get_self(PyObject *op, void *Py_UNUSED(closure))
     return Py_NewRef(((TraceBoundObject *)op)->self);
 }
 
+/* __name__ / __doc__ of a descriptor or a binding (both start with a TraceMethodObject) */
 static PyObject *
-trace_bound_get_name(PyObject *op, void *Py_UNUSED(closure))
+trace_method_get_name(PyObject *op, void *Py_UNUSED(closure))
 {
-    return PyUnicode_FromString(trace_method_names[((TraceBoundObject *)op)->which]);
+    return PyUnicode_FromString(trace_method_names[((TraceMethodObject *)op)->which]);
 }
 
 static PyObject *
-trace_bound_get_doc(PyObject *op, void *Py_UNUSED(closure))
+trace_method_get_doc(PyObject *op, void *Py_UNUSED(closure))
 {
-    return PyUnicode_FromString(trace_method_docs[((TraceBoundObject *)op)->which]);
+    return PyUnicode_FromString(trace_method_docs[((TraceMethodObject *)op)->which]);
 }
 
 static PyGetSetDef trace_bound_getset[] = {
     {"__self__", trace_bound_get_self, NULL, "the Trace instance", NULL},
-    {"__name__", trace_bound_get_name, NULL, NULL, NULL},
-    {"__doc__", trace_bound_get_doc, NULL, NULL, NULL},
+    {"__name__", trace_method_get_name, NULL, NULL, NULL},
+    {"__doc__", trace_method_get_doc, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyMemberDef trace_bound_members[] = {
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(TraceBoundObject, vectorcall), READONLY, NULL},
+static PyMemberDef trace_method_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(TraceMethodObject, vectorcall), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -708,7 +705,7 @@ static PyType_Slot trace_bound_slots[] = {
     {Py_tp_repr, trace_bound_repr},
     {Py_tp_call, PyVectorcall_Call},
     {Py_tp_getset, trace_bound_getset},
-    {Py_tp_members, trace_bound_members},
+    {Py_tp_members, trace_method_members},
     {0, NULL},
 };
 
@@ -733,41 +730,32 @@ trace_method_descr_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
         }
         return NULL;
     }
-    TraceBoundObject *b = bu_freelist_pop(&st->free_bounds);
-    if (b != NULL) {
-        PyObject_Init((PyObject *)b, st->TraceBoundType);
-    }
-    else if ((b = PyObject_New(TraceBoundObject, st->TraceBoundType)) == NULL) {
+    TraceBoundObject *b = bu_freelist_reuse(&st->free_bounds, st->TraceBoundType);
+    if (b == NULL && (b = PyObject_New(TraceBoundObject, st->TraceBoundType)) == NULL) {
         return NULL;
     }
-    b->vectorcall = trace_bound_vectorcall;
-    b->st = st;
+    b->m.vectorcall = trace_bound_vectorcall;
+    b->m.st = st;
+    b->m.which = m->which;
     b->self = Py_NewRef(obj);
-    b->which = m->which;
     return (PyObject *)b;
 }
 
 /* Trace.__enter__(t) / Trace.__exit__(t, etype, value, tb): the descriptor called directly. */
 static PyObject *
-trace_method_call(PyObject *op, PyObject *args, PyObject *kwargs)
+trace_method_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     TraceMethodObject *m = (TraceMethodObject *)op;
-    Py_ssize_t n = PyTuple_GET_SIZE(args);
-    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0) {
-        PyErr_Format(PyExc_TypeError, "%s() takes no keyword arguments",
-                     trace_method_names[m->which]);
-        return NULL;
-    }
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
     if (n < 1) {
         PyErr_Format(PyExc_TypeError, "descriptor '%s' of 'Trace' object needs an argument",
                      trace_method_names[m->which]);
         return NULL;
     }
-    PyObject *self = PyTuple_GET_ITEM(args, 0);
-    if (trace_method_check(m->st, m->which, self) < 0) {
+    if (trace_method_check(m->st, m->which, args[0]) < 0) {
         return NULL;
     }
-    return trace_method_run(m->which, self, &PyTuple_GET_ITEM(args, 1), n - 1, NULL);
+    return trace_method_run(m->which, args[0], args + 1, n - 1, kwnames);
 }
 
 static PyObject *
@@ -775,18 +763,6 @@ trace_method_repr(PyObject *op)
 {
     return PyUnicode_FromFormat("<method '%s' of 'Trace' objects>",
                                 trace_method_names[((TraceMethodObject *)op)->which]);
-}
-
-static PyObject *
-trace_method_get_name(PyObject *op, void *Py_UNUSED(closure))
-{
-    return PyUnicode_FromString(trace_method_names[((TraceMethodObject *)op)->which]);
-}
-
-static PyObject *
-trace_method_get_doc(PyObject *op, void *Py_UNUSED(closure))
-{
-    return PyUnicode_FromString(trace_method_docs[((TraceMethodObject *)op)->which]);
 }
 
 static PyGetSetDef trace_method_getset[] = {
@@ -806,16 +782,17 @@ trace_method_dealloc(PyObject *op)
 static PyType_Slot trace_method_slots[] = {
     {Py_tp_dealloc, trace_method_dealloc},
     {Py_tp_repr, trace_method_repr},
-    {Py_tp_call, trace_method_call},
+    {Py_tp_call, PyVectorcall_Call},
     {Py_tp_descr_get, trace_method_descr_get},
     {Py_tp_getset, trace_method_getset},
+    {Py_tp_members, trace_method_members},
     {0, NULL},
 };
 
 static PyType_Spec trace_method_spec = {
     .name = "bu_osprofiler._core.TraceMethod",
     .basicsize = sizeof(TraceMethodObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = trace_method_slots,
 };
 
@@ -836,6 +813,7 @@ trace_methods_install(PyObject *m, bu_state *st, PyTypeObject *tpt)
         if (d == NULL) {
             return -1;
         }
+        d->vectorcall = trace_method_vectorcall;
         d->st = st;
         d->which = which;
         int rc = PyObject_SetAttrString((PyObject *)tpt, trace_method_names[which],

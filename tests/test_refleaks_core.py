@@ -116,17 +116,9 @@ def test_refcounts_of_shared_objects_are_stable():
     arg = object()
     name = traced.__trace_name__
     func = traced.__wrapped__
-    with profiler.Trace(name, _INFO):  # the first use registers the name's trace point
-        pass
-    try:  # (and the last error recorded is one of this loop's: the earlier one held a frame)
-        raises()
-    except ValueError:
-        pass
-    _core.take_records()
-    gc.collect()
-    before = (sys.getrefcount(arg), sys.getrefcount(name), sys.getrefcount(func),
-              sys.getrefcount(_INFO), sys.getrefcount(profiler.Trace))
-    for _ in range(10_000):
+    shared = (arg, name, func, _INFO, profiler.Trace)
+
+    def one_round():
         with profiler.Trace(name, _INFO):
             pass
         traced(arg)
@@ -134,10 +126,18 @@ def test_refcounts_of_shared_objects_are_stable():
             raises()
         except ValueError:
             pass
+
+    # a first round registers the name's trace point, and leaves as the last recorded error one
+    # of this loop's (an earlier test's held a frame)
+    one_round()
     _core.take_records()
     gc.collect()
-    after = (sys.getrefcount(arg), sys.getrefcount(name), sys.getrefcount(func),
-             sys.getrefcount(_INFO), sys.getrefcount(profiler.Trace))
+    before = tuple(sys.getrefcount(o) for o in shared)
+    for _ in range(10_000):
+        one_round()
+    _core.take_records()
+    gc.collect()
+    after = tuple(sys.getrefcount(o) for o in shared)
     assert before == after
 
 
