@@ -30,7 +30,7 @@ WORKER = os.path.join(HERE, "scenarios", "worker.py")
 
 # virtualenv name -> requirements (ours: the repository root)
 VENV_SPECS = {
-    "ours": [ROOT],
+    "ours": [ROOT, "opentracing>=2.4,<3"],  # the repository, then its OpenTracing extra
     "osprofiler": ["osprofiler", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"],
     "osprofiler-jaeger": ["osprofiler<4.4", "jaeger-client", "six"],
     "otel": ["opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http",
@@ -50,7 +50,7 @@ PEERS = {
 }
 SCENARIOS = [
     "call_bare", "decorated_untraced", "decorated_unsampled", "decorated_sampled",
-    "decorated_sampled_memory", "with_span",
+    "decorated_sampled_memory", "with_span", "ot_with_span",
     "nested_10", "nested_100", "tags_10", "tags_50", "ids_64", "ids_128", "inject_extract",
     "encode", "memory", "threads", "wsgi", "flood",
 ]
@@ -93,6 +93,7 @@ def ensure_venv(venv: str, upgrade: bool) -> None:
         subprocess.run(pip + ["setuptools>=61", "wheel"], check=True)
         subprocess.run(pip + ["--no-build-isolation", "--no-deps", "--force-reinstall", ROOT],
                        check=True, cwd=VENVS)
+        subprocess.run(pip + spec[1:], check=True)
     else:
         subprocess.run(pip + (["--upgrade"] if upgrade else []) + spec, check=True)
     with open(stamp, "w") as f:
@@ -194,6 +195,7 @@ ROWS = {
     "decorated_sampled": ("@trace no-op, sampled, hide_args", "ns", True),
     "decorated_sampled_memory": ("  same, spans kept in memory:// (no exporter)", "ns", True),
     "with_span": ("`with` span", "ns", True),
+    "ot_with_span": ("`with` OpenTracing start_active_span", "ns", True),
     "nested_10": ("nested depth 10 (per span)", "ns", True),
     "nested_100": ("nested depth 100 (per span)", "ns", True),
     "tags_10": ("span with 10 tags", "ns", True),

@@ -13,7 +13,6 @@ OpenTracing spans, osprofiler trace points and ``@profiler.trace`` decorators ne
 """
 from __future__ import annotations
 
-import contextvars
 import traceback
 from typing import Any, Iterable, Optional, Union
 
@@ -32,14 +31,11 @@ __all__ = ["Tracer", "Span", "SpanContext", "ScopeManager"]
 
 _CoreSpan = _core.Span
 _CoreContext = _core.SpanContext
-_MISSING = contextvars.Token.MISSING
 
 # Bound once: the common `with tracer.start_active_span(name):` path makes no attribute lookups
 # on modules, and builds its Span and Scope wrappers without running an __init__.
 _start = _core.start_span
-_activate = _core.activate
-_deactivate = _core.deactivate
-_active_span = _core.active_span
+_ot_activate = _core.ot_activate
 _new = object.__new__
 _on_error = opentracing.Span._on_error
 
@@ -147,19 +143,16 @@ class Span(opentracing.Span):
 
 # ---------------------------------------------------------------- scope manager
 
-# The Scope objects of this context. The span itself lives in the core's ContextVar: a Scope
-# here is only "the" active scope while its core span is also the core's active span.
-_scope_var: contextvars.ContextVar = _core.context_var("bu_osprofiler.ot_scope")
-_scope_get = _scope_var.get
-_scope_set = _scope_var.set
-_scope_reset = _scope_var.reset
+# An activated Scope is the value of the core's active-span ContextVar (the core's readers see
+# its span): one ContextVar set per activation, and `active` is that value. __enter__, __exit__
+# and close() are the core's (bu_osprofiler._core.OTScope): the common `with` runs no Python.
+_active_get = _core.active_var.get
 
 
-class _Scope(opentracing.Scope):
+class _Scope(_core.OTScope, opentracing.Scope):
     # _span is None with _core set: a scope of the common path, whose Span wrapper is made on
     # first use of .span (for _tracer); until then nobody can hold or patch it.
-    __slots__ = ("_manager", "_span", "_finish_on_close", "_core", "_token", "_stoken",
-                 "_tracer")
+    __slots__ = ()
 
     def __init__(self, manager: "ScopeManager", span: Any, finish_on_close: bool,
                  core: Any, token: Any) -> None:
@@ -169,7 +162,6 @@ class _Scope(opentracing.Scope):
         self._finish_on_close = finish_on_close
         self._core = core
         self._token = token
-        self._stoken = None
 
     @property
     def span(self) -> Any:
@@ -178,46 +170,6 @@ class _Scope(opentracing.Scope):
             span = self._span = _wrap(self._tracer, self._core)
         return span
 
-    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
-        # What opentracing.Scope.__exit__ does (the error tag and log on the span, then close),
-        # without its call for the common case of no exception.
-        if exc_val is not None:
-            _on_error(self.span, exc_type, exc_val, exc_tb)
-        self.close()
-
-    def close(self) -> None:
-        # Only the active scope can be closed (OpenTracing's rule); an implicit scope (a span the
-        # core activated, e.g. a trace point) is not ours to close.
-        token = self._token
-        if token is None:
-            return
-        manager = self._manager
-        if type(manager) is ScopeManager:
-            # manager.active is self, without building an implicit scope to find out
-            if _scope_get(None) is not self or _active_span() is not self._core:
-                return
-        elif manager.active is not self:
-            return
-        try:
-            _deactivate(token)
-        except (ValueError, RuntimeError):
-            # closed in another context (a callback): put back what we replaced
-            old = token.old_value
-            _core.set_active(None if old is _MISSING else old)
-        try:
-            _scope_reset(self._stoken)
-        except ValueError:
-            old = self._stoken.old_value
-            _scope_var.set(None if old is _MISSING else old)
-        if self._finish_on_close:
-            span = self._span
-            if span is not None:
-                span.finish()
-            elif self._core is not None and Span.finish is _span_finish:
-                self._core.finish()  # what the wrapper's finish() does
-            else:
-                self.span.finish()
-
 
 def _wrap(tracer: Any, core: Any) -> "Span":
     """Span(tracer, core) without running __init__."""
@@ -225,9 +177,6 @@ def _wrap(tracer: Any, core: Any) -> "Span":
     span._tracer = tracer
     span._span = core
     return span
-
-
-_span_finish = Span.finish
 
 
 class ScopeManager(opentracing.ScopeManager):
@@ -245,27 +194,16 @@ class ScopeManager(opentracing.ScopeManager):
     def activate(self, span: Any, finish_on_close: bool) -> opentracing.Scope:
         if isinstance(span, _CoreSpan):
             span = _wrap(self._tracer, span)
-        core = span._span if isinstance(span, Span) else None
         # A foreign span (another tracer's) clears the core's active span: our trace points do
         # not become children of a span we cannot record.
-        scope = _new(_Scope)
-        scope._manager = self
-        scope._tracer = self._tracer
-        scope._span = span
-        scope._finish_on_close = finish_on_close
-        scope._core = core
-        scope._token = _activate(core)
-        scope._stoken = _scope_set(scope)
-        return scope
+        core = span._span if isinstance(span, Span) else None
+        return _ot_activate(self, self._tracer, span, core, finish_on_close)
 
     @property
     def active(self) -> Optional[opentracing.Scope]:
-        scope = _scope_get(None)
-        cur = _active_span()
-        if scope is not None and scope._core is cur:
-            return scope
-        if cur is None:
-            return None
+        cur = _active_get(None)
+        if cur is None or isinstance(cur, _Scope):
+            return cur
         return _Scope(self, _wrap(self._tracer, cur), False, cur, None)
 
 
@@ -313,10 +251,10 @@ class Tracer(opentracing.Tracer):
             scope_manager._tracer = self
         super().__init__(scope_manager)
         self._own_scopes = isinstance(scope_manager, ScopeManager)
-        # The common path of start_active_span (below) stands for start_span + activate: only
-        # when neither is overridden.
-        self._fast = (type(scope_manager) is ScopeManager
-                      and type(self).start_span is Tracer.start_span)
+        # The core's start_active_span stands for start_span + activate only when neither is
+        # overridden: it uses this manager, or the Python path when None.
+        self._fast_manager = (scope_manager if type(scope_manager) is ScopeManager
+                              and type(self).start_span is Tracer.start_span else None)
         self._hmac_key = hmac_key
         self._hmac_keys = propagation.parse_hmac_keys(hmac_keys or hmac_key)
         self._inject_formats = (None if inject_formats is None
@@ -326,28 +264,16 @@ class Tracer(opentracing.Tracer):
 
     # -------------------------------------------------------- spans
 
-    def start_active_span(self, operation_name: str, child_of: Any = None,
-                          references: Any = None, tags: Any = None,
-                          start_time: Optional[float] = None, ignore_active_span: bool = False,
-                          finish_on_close: bool = True) -> opentracing.Scope:
-        if (child_of is None and start_time is None and not ignore_active_span
-                and not references and self._fast):
-            # The common case: the active span (the core's) is the parent, no debug id to
-            # carry; start_span + ScopeManager.activate, inlined (the Span wrapper is made
-            # when scope.span is first used).
-            core = _start(operation_name) if tags is None else _start(operation_name, None,
-                                                                        None, tags)
-            scope = _new(_Scope)
-            scope._manager = self._scope_manager
-            scope._tracer = self
-            scope._span = None  # wrapped on first use
-            scope._finish_on_close = finish_on_close
-            scope._core = core
-            scope._token = _activate(core)
-            scope._stoken = _scope_set(scope)
-            return scope
-        span = self.start_span(operation_name, child_of, references, tags, start_time,
-                               ignore_active_span)
+    # start_active_span is the core's (installed below): the common case (the active span as
+    # parent, no references or start time, this class's start_span and ScopeManager) runs in C;
+    # any other call comes here.
+    def _start_active_span(self, operation_name: str, child_of: Any = None,
+                           references: Any = None, tags: Any = None,
+                           start_time: Optional[float] = None, ignore_active_span: bool = False,
+                           finish_on_close: bool = True) -> opentracing.Scope:
+        span = self.start_span(operation_name=operation_name, child_of=child_of,
+                               references=references, tags=tags, start_time=start_time,
+                               ignore_active_span=ignore_active_span)
         return self._scope_manager.activate(span, finish_on_close)
 
     def start_span(self, operation_name: Optional[str] = None, child_of: Any = None,
@@ -389,10 +315,6 @@ class Tracer(opentracing.Tracer):
                 parent = _core_of(active.span)
                 first = active.span
             ignore_active_span = True
-        elif parent is None and not refs and not ignore_active_span:
-            scope = _scope_var.get(None)
-            if scope is not None and isinstance(scope.span, Span):
-                first = scope.span
         debug_id = _debug_id_of(first)
         if debug_id:
             tags = dict(tags or {})
@@ -456,3 +378,6 @@ class Tracer(opentracing.Tracer):
             raise opentracing.SpanContextCorruptedException("invalid uber-trace-id")
         if found[propagation._S_TRACEPARENT] is not None and propagation.W3C in self._extract_formats:
             raise opentracing.SpanContextCorruptedException("invalid traceparent")
+
+
+_core.ot_setup(_Scope, ScopeManager, Span, _on_error, Tracer)

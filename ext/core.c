@@ -1,9 +1,11 @@
 /* core.c -- module bu_osprofiler._core: init (multi-phase), state, configuration functions.
  *
  * C holds mechanisms; the Python layer (bu_osprofiler/) holds policy and calls these. */
+#include "cmethod.h"
 #include "hooks.h"
 #include "ids.h"
 #include "logids.h"
+#include "otscope.h"
 #include "pyrecord.h"
 #include "sampler.h"
 #include "state.h"
@@ -609,9 +611,10 @@ core_exec(PyObject *m)
         return -1;
     }
     Py_DECREF(r);
-    if (bu_span_init(m, st) < 0 || bu_trace_init(m, st) < 0 || bu_propagation_init(m, st) < 0 ||
+    if (bu_cmethod_init(m, st) < 0 || bu_span_init(m, st) < 0 || bu_trace_init(m, st) < 0 || bu_propagation_init(m, st) < 0 ||
         bu_thrift_init(m, st) < 0 || bu_thriftdec_init(m, st) < 0 ||
-        bu_otlp_init(m, st) < 0 || bu_reporter_init(m, st) < 0 || bu_tracepoint_init(m, st) < 0) {
+        bu_otlp_init(m, st) < 0 || bu_reporter_init(m, st) < 0 || bu_tracepoint_init(m, st) < 0 ||
+        bu_otscope_init(m, st) < 0) {
         return -1;
     }
     if (PyModule_AddIntConstant(m, "MODE_DISCARD", BU_MODE_DISCARD) < 0 ||
@@ -636,14 +639,14 @@ core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->SpanType);
     Py_VISIT(st->TracedType);
     Py_VISIT(st->TracePointType);
-    Py_VISIT(st->TraceMethodType);
-    Py_VISIT(st->TraceBoundType);
+    Py_VISIT(st->CMethodType);
+    Py_VISIT(st->CBoundType);
     Py_VISIT(st->active);
     Py_VISIT(st->format_exc);
     Py_VISIT(st->trace_slow);
     Py_VISIT(st->err_stack);
     Py_VISIT(st->err_exc);
-    if (bu_branch_traverse(st, visit, arg) < 0) {
+    if (bu_branch_traverse(st, visit, arg) < 0 || bu_otscope_traverse(st, visit, arg) < 0) {
         return -1;
     }
     return bu_adaptive_traverse(st, visit, arg);
@@ -663,8 +666,8 @@ core_clear(PyObject *m)
     Py_CLEAR(st->SpanType);
     Py_CLEAR(st->TracedType);
     Py_CLEAR(st->TracePointType);
-    Py_CLEAR(st->TraceMethodType);
-    Py_CLEAR(st->TraceBoundType);
+    Py_CLEAR(st->CMethodType);
+    Py_CLEAR(st->CBoundType);
     Py_CLEAR(st->active);
     Py_CLEAR(st->str_name);
     Py_CLEAR(st->str_args);
@@ -677,6 +680,7 @@ core_clear(PyObject *m)
     Py_CLEAR(st->err_exc);
     bu_adaptive_clear(st);
     bu_branch_clear(st);
+    bu_otscope_clear(st);
     return 0;
 }
 

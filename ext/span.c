@@ -6,6 +6,7 @@
 #include "clock.h"
 #include "propagation.h"
 #include "hooks.h"
+#include "otscope.h"
 #include "ids.h"
 #include "pyrecord.h"
 #include "sampler.h"
@@ -16,7 +17,7 @@
 /* ================================================================ active span storage */
 
 PyObject *
-bu_active_get(bu_state *st)
+bu_active_get_raw(bu_state *st)
 {
     PyObject *v = NULL;
     if (PyContextVar_Get(st->active, NULL, &v) < 0) {
@@ -28,6 +29,13 @@ bu_active_get(bu_state *st)
         return NULL;
     }
     return v;
+}
+
+PyObject *
+bu_active_get(bu_state *st)
+{
+    PyObject *v = bu_active_get_raw(st);
+    return (v == NULL || Py_IS_TYPE(v, st->SpanType)) ? v : bu_ot_unwrap(st, v);
 }
 
 PyObject *
@@ -1288,10 +1296,9 @@ ids_of(bu_state *st, PyObject *o, uint64_t *hi, uint64_t *lo, uint64_t *sid)
     return -1;
 }
 
-/* start_span with its arguments parsed (borrowed; NULL name: ""). */
-static PyObject *
-start_span_impl(bu_state *st, PyObject *name, PyObject *child_of, PyObject *refs, PyObject *tags,
-                PyObject *start_time, int ignore)
+PyObject *
+bu_start_span_args(bu_state *st, PyObject *name, PyObject *child_of, PyObject *refs,
+                   PyObject *tags, PyObject *start_time, int ignore)
 {
     PyObject *refseq = NULL, *active = NULL;
     int64_t start_ns;
@@ -1432,7 +1439,7 @@ start_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
         if (nargs == 6 && (ignore = PyObject_IsTrue(args[5])) < 0) {
             return NULL;
         }
-        return start_span_impl(st, a[0], a[1], a[2], a[3], a[4], ignore);
+        return bu_start_span_args(st, a[0], a[1], a[2], a[3], a[4], ignore);
     }
     /* keywords (or too many arguments): the general parser, for its checks and messages */
     PyObject *tuple, *kwargs, *res = NULL;
@@ -1441,7 +1448,7 @@ start_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
     }
     if (PyArg_ParseTupleAndKeywords(tuple, kwargs, "|OOOOOp:start_span", kwlist, &a[0], &a[1],
                                     &a[2], &a[3], &a[4], &ignore)) {
-        res = start_span_impl(st, a[0], a[1], a[2], a[3], a[4], ignore);
+        res = bu_start_span_args(st, a[0], a[1], a[2], a[3], a[4], ignore);
     }
     Py_DECREF(tuple);
     Py_XDECREF(kwargs);
@@ -1480,8 +1487,8 @@ static PyObject *
 set_active(PyObject *m, PyObject *span)
 {
     bu_state *st = bu_state_of_module(m);
-    if (span != Py_None && !Py_IS_TYPE(span, st->SpanType)) {
-        PyErr_SetString(PyExc_TypeError, "set_active() takes a Span or None");
+    if (span != Py_None && !Py_IS_TYPE(span, st->SpanType) && !bu_is_otscope(st, span)) {
+        PyErr_SetString(PyExc_TypeError, "set_active() takes a Span, an OpenTracing scope or None");
         return NULL;
     }
     PyObject *tok = bu_active_set(st, span);
@@ -1601,10 +1608,14 @@ static PyObject *pop_to_prev(bu_state *st, SpanObject *s, PyObject *pushed, PyOb
 PyObject *
 bu_push_span(bu_state *st, PyObject *name, PyObject *info, PyObject **token)
 {
-    PyObject *cur = bu_active_get(st);
+    /* the value the pop restores is the variable's own (an OpenTracing scope stays one) */
+    PyObject *raw = bu_active_get_raw(st);
+    PyObject *cur = raw == NULL || Py_IS_TYPE(raw, st->SpanType) ? Py_XNewRef(raw)
+                                                                 : bu_ot_unwrap(st, Py_NewRef(raw));
     if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
         !(_Span_CAST(cur)->flags & (BU_FLAG_SAMPLED | BU_FLAG_TAIL))) {
         Py_XDECREF(cur);
+        Py_XDECREF(raw);
         Py_RETURN_NONE;
     }
     TracepointObject *tp = bu_tp_named(st, name); /* a point that is off passes through */
@@ -1612,15 +1623,17 @@ bu_push_span(bu_state *st, PyObject *name, PyObject *info, PyObject **token)
     Py_XDECREF(tp);
     if (!on && bu_tp_skip(_Span_CAST(cur))) {
         Py_DECREF(cur);
+        Py_DECREF(raw);
         Py_RETURN_NONE; /* nothing pushed, nothing set: the matching stop() consumes the skip */
     }
     SpanObject *s = on ? bu_span_start(st, cur, name, -1) : bu_tp_passthrough(st, cur, name);
+    Py_DECREF(cur);
     if (s == NULL) {
-        Py_DECREF(cur);
+        Py_DECREF(raw);
         return NULL;
     }
     s->state |= BU_SPAN_STACKED;
-    s->prev = cur; /* steals the reference */
+    s->prev = raw; /* steals the reference */
     if (info != NULL && info != Py_None && span_put_info(s, info) < 0) {
         Py_DECREF(s);
         return NULL;

@@ -80,8 +80,14 @@ int bu_span_append(SpanObject *s, int logs, const bu_buf *src, Py_ssize_t n);
 /* set_tag(): one typed tag (str() of other values). 0 ok, -1 with an exception. */
 int bu_span_put_tag(SpanObject *s, PyObject *key, PyObject *value);
 
-/* The active span (new reference) or NULL when none. Never fails. */
+/* The active span (new reference) or NULL when none; an OpenTracing scope as the variable's
+ * value stands for its span. Never fails. */
 PyObject *bu_active_get(bu_state *st);
+/* The variable's value as it is (a Span, an OpenTracing scope) or NULL when none. */
+PyObject *bu_active_get_raw(bu_state *st);
+/* start_span with its arguments parsed (borrowed; Py_None for an absent one; NULL name: ""). */
+PyObject *bu_start_span_args(bu_state *st, PyObject *name, PyObject *child_of, PyObject *refs,
+                             PyObject *tags, PyObject *start_time, int ignore);
 /* ContextVar set guarded (doc/architecture.md, Context): on CPython <= 3.11 a context snapshot
  * is held across the set.
  * Returns the Token (new reference) or NULL with an exception. */

@@ -43,10 +43,10 @@ typedef struct {
     PyTypeObject *SpanType;
     PyTypeObject *TracedType;
     PyTypeObject *TracePointType;  /* profiler.Trace (trace.c) */
-    PyTypeObject *TraceMethodType; /* its __enter__ / __exit__ descriptors */
-    PyTypeObject *TraceBoundType;  /* what they bind to (a freelisted bound method) */
+    PyTypeObject *CMethodType;     /* method descriptors binding without GC (cmethod.c) */
+    PyTypeObject *CBoundType;      /* what they bind to (a freelisted bound method) */
     bu_freelist free_tracepoints;  /* freed profiler.Trace blocks (exact type only) */
-    bu_freelist free_bounds;       /* freed bound __enter__ / __exit__ blocks */
+    bu_freelist free_bounds;       /* freed CBoundType blocks */
     bu_freelist free_spans;        /* freed Span blocks */
     PyObject *active;        /* ContextVar holding the active Span (or unset) */
     uint32_t var_slots;      /* HAMT top-level slots taken by our ContextVars (context_var) */
@@ -79,6 +79,8 @@ typedef struct {
     PyObject *str_rtype;
     struct bu_tail *tail;
     struct bu_branch_state *branch; /* fork / join (branch.c) */
+    PyTypeObject *OTScopeType;      /* OpenTracing scope base (otscope.c) */
+    struct bu_ot *ot;               /* its Python classes and strings (otscope.c) */
 } bu_state;
 
 extern PyModuleDef bu_module_def;

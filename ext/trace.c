@@ -1,7 +1,9 @@
 /* trace.c -- the decorator fast path: a vectorcall wrapper that calls straight through when no
  * sampled trace is active, and otherwise runs the call inside a child span with osprofiler's
  * info semantics (function name / args / kwargs / result; etype / message on error). */
+#include "cmethod.h"
 #include "hooks.h"
+#include "otscope.h"
 #include "pyrecord.h"
 #include "span.h"
 #include "structmember.h"
@@ -113,6 +115,9 @@ traced_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
     if (PyContextVar_Get(st->active, NULL, &cur) < 0) {
         PyErr_Clear();
         cur = NULL;
+    }
+    if (cur != NULL && !Py_IS_TYPE(cur, st->SpanType)) { /* an OpenTracing scope: its span */
+        cur = bu_ot_unwrap(st, cur);
     }
     /* Fast path: no trace, or an unsampled one (its context still propagates untouched). */
     if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
@@ -581,249 +586,45 @@ tracepoint_repr(PyObject *op)
     return PyUnicode_FromFormat("<Trace %R info=%R>", t->name, t->info);
 }
 
-/* ---------------------------------------------------------- __enter__ / __exit__ binding
- *
- * CPython 3.9-3.13 look `__enter__` and `__exit__` up on the type for every `with` and bind
- * each to the instance: with ordinary C methods that is two bound-method objects (GC tracked,
- * ~550 instructions of a ~5400-instruction `with`). Trace's two methods are instead descriptors
- * of their own whose binding is a small untracked object taken from a freelist. Class access
- * (`Trace.__enter__`) gives the descriptor, callable with the instance first, as a method is. */
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    bu_state *st;
-    int which; /* 0: __enter__, 1: __exit__ */
-} TraceMethodObject;
+/* ---------------------------------------------------------- __enter__ / __exit__
+ * Descriptors of cmethod.c: a `with` binds them without a GC allocation. */
 
-/* The binding: a TraceMethodObject's fields, then the instance. */
-typedef struct {
-    TraceMethodObject m;
-    PyObject *self; /* the Trace instance (strong) */
-} TraceBoundObject;
+static PyObject *trace_enter_run(bu_state *st, PyObject *self, PyObject *const *args,
+                                 Py_ssize_t nargs, PyObject *kwnames);
+static PyObject *trace_exit_run(bu_state *st, PyObject *self, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames);
 
-static const char *const trace_method_names[2] = {"__enter__", "__exit__"};
-static const char *const trace_method_docs[2] = {
-    "Start the trace point (profiler.start).",
-    "Stop the trace point (profiler.stop); an exception adds etype / message, error=True and "
-    "an error log, and propagates.",
-};
+static const bu_cmethod_def trace_enter_def = {
+    "Trace", "__enter__", "__enter__($self, /)\n--\n\nStart the trace point (profiler.start).",
+    trace_enter_run};
+static const bu_cmethod_def trace_exit_def = {
+    "Trace", "__exit__",
+    "__exit__($self, etype, value, tb, /)\n--\n\nStop the trace point (profiler.stop); an "
+    "exception adds etype / message, error=True and an error log, and propagates.",
+    trace_exit_run};
 
-/* Run method `which` on `self` (already checked to be a Trace) with the call's arguments. */
 static PyObject *
-trace_method_run(int which, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
-                 PyObject *kwnames)
+trace_enter_run(bu_state *Py_UNUSED(st), PyObject *self, PyObject *const *Py_UNUSED(args),
+                Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
-        PyErr_Format(PyExc_TypeError, "%s() takes no keyword arguments",
-                     trace_method_names[which]);
+    if (bu_cmethod_no_kwargs(&trace_enter_def, kwnames) < 0) {
         return NULL;
     }
-    if (which == 0) {
-        if (nargs != 0) {
-            PyErr_Format(PyExc_TypeError, "__enter__() takes no arguments (%zd given)", nargs);
-            return NULL;
-        }
-        return tracepoint_enter(self, NULL);
+    if (nargs != 0) {
+        PyErr_Format(PyExc_TypeError, "__enter__() takes no arguments (%zd given)", nargs);
+        return NULL;
+    }
+    return tracepoint_enter(self, NULL);
+}
+
+static PyObject *
+trace_exit_run(bu_state *Py_UNUSED(st), PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    if (bu_cmethod_no_kwargs(&trace_exit_def, kwnames) < 0) {
+        return NULL;
     }
     return tracepoint_exit(self, args, nargs);
-}
-
-static int
-trace_method_check(bu_state *st, int which, PyObject *obj)
-{
-    if (st->TracePointType != NULL && PyObject_TypeCheck(obj, st->TracePointType)) {
-        return 0;
-    }
-    PyErr_Format(PyExc_TypeError, "descriptor '%s' for 'Trace' objects doesn't apply to a '%s' "
-                 "object", trace_method_names[which], Py_TYPE(obj)->tp_name);
-    return -1;
-}
-
-static PyObject *
-trace_bound_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
-{
-    TraceBoundObject *b = (TraceBoundObject *)op;
-    return trace_method_run(b->m.which, b->self, args, PyVectorcall_NARGS(nargsf), kwnames);
-}
-
-static void
-trace_bound_dealloc(PyObject *op)
-{
-    TraceBoundObject *b = (TraceBoundObject *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject *self = b->self;
-    bu_state *st = b->m.st;
-    b->self = NULL;
-    if (st == NULL || tp != st->TraceBoundType || !bu_freelist_push(&st->free_bounds, op)) {
-        PyObject_Free(op);
-    }
-    Py_DECREF(tp);
-    Py_XDECREF(self); /* may run Python: the block is already back in the list */
-}
-
-static PyObject *
-trace_bound_repr(PyObject *op)
-{
-    TraceBoundObject *b = (TraceBoundObject *)op;
-    return PyUnicode_FromFormat("<bound method Trace.%s of %R>",
-                                trace_method_names[b->m.which], b->self);
-}
-
-static PyObject *
-trace_bound_get_self(PyObject *op, void *Py_UNUSED(closure))
-{
-    return Py_NewRef(((TraceBoundObject *)op)->self);
-}
-
-/* __name__ / __doc__ of a descriptor or a binding (both start with a TraceMethodObject) */
-static PyObject *
-trace_method_get_name(PyObject *op, void *Py_UNUSED(closure))
-{
-    return PyUnicode_FromString(trace_method_names[((TraceMethodObject *)op)->which]);
-}
-
-static PyObject *
-trace_method_get_doc(PyObject *op, void *Py_UNUSED(closure))
-{
-    return PyUnicode_FromString(trace_method_docs[((TraceMethodObject *)op)->which]);
-}
-
-static PyGetSetDef trace_bound_getset[] = {
-    {"__self__", trace_bound_get_self, NULL, "the Trace instance", NULL},
-    {"__name__", trace_method_get_name, NULL, NULL, NULL},
-    {"__doc__", trace_method_get_doc, NULL, NULL, NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyMemberDef trace_method_members[] = {
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(TraceMethodObject, vectorcall), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyType_Slot trace_bound_slots[] = {
-    {Py_tp_dealloc, trace_bound_dealloc},
-    {Py_tp_repr, trace_bound_repr},
-    {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_getset, trace_bound_getset},
-    {Py_tp_members, trace_method_members},
-    {0, NULL},
-};
-
-static PyType_Spec trace_bound_spec = {
-    .name = "bu_osprofiler._core.TraceBoundMethod",
-    .basicsize = sizeof(TraceBoundObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_IMMUTABLETYPE,
-    .slots = trace_bound_slots,
-};
-
-static PyObject *
-trace_method_descr_get(PyObject *op, PyObject *obj, PyObject *Py_UNUSED(type))
-{
-    TraceMethodObject *m = (TraceMethodObject *)op;
-    bu_state *st = m->st;
-    if (obj == NULL || obj == Py_None) {
-        return Py_NewRef(op);
-    }
-    if (trace_method_check(st, m->which, obj) < 0 || st->TraceBoundType == NULL) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_SystemError, "Trace: module state cleared");
-        }
-        return NULL;
-    }
-    TraceBoundObject *b = bu_freelist_reuse(&st->free_bounds, st->TraceBoundType);
-    if (b == NULL && (b = PyObject_New(TraceBoundObject, st->TraceBoundType)) == NULL) {
-        return NULL;
-    }
-    b->m.vectorcall = trace_bound_vectorcall;
-    b->m.st = st;
-    b->m.which = m->which;
-    b->self = Py_NewRef(obj);
-    return (PyObject *)b;
-}
-
-/* Trace.__enter__(t) / Trace.__exit__(t, etype, value, tb): the descriptor called directly. */
-static PyObject *
-trace_method_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
-{
-    TraceMethodObject *m = (TraceMethodObject *)op;
-    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
-    if (n < 1) {
-        PyErr_Format(PyExc_TypeError, "descriptor '%s' of 'Trace' object needs an argument",
-                     trace_method_names[m->which]);
-        return NULL;
-    }
-    if (trace_method_check(m->st, m->which, args[0]) < 0) {
-        return NULL;
-    }
-    return trace_method_run(m->which, args[0], args + 1, n - 1, kwnames);
-}
-
-static PyObject *
-trace_method_repr(PyObject *op)
-{
-    return PyUnicode_FromFormat("<method '%s' of 'Trace' objects>",
-                                trace_method_names[((TraceMethodObject *)op)->which]);
-}
-
-static PyGetSetDef trace_method_getset[] = {
-    {"__name__", trace_method_get_name, NULL, NULL, NULL},
-    {"__doc__", trace_method_get_doc, NULL, NULL, NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static void
-trace_method_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_Free(op);
-    Py_DECREF(tp);
-}
-
-static PyType_Slot trace_method_slots[] = {
-    {Py_tp_dealloc, trace_method_dealloc},
-    {Py_tp_repr, trace_method_repr},
-    {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, trace_method_descr_get},
-    {Py_tp_getset, trace_method_getset},
-    {Py_tp_members, trace_method_members},
-    {0, NULL},
-};
-
-static PyType_Spec trace_method_spec = {
-    .name = "bu_osprofiler._core.TraceMethod",
-    .basicsize = sizeof(TraceMethodObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_IMMUTABLETYPE,
-    .slots = trace_method_slots,
-};
-
-/* Put the two descriptors into Trace's dict. */
-static int
-trace_methods_install(PyObject *m, bu_state *st, PyTypeObject *tpt)
-{
-    st->TraceBoundType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &trace_bound_spec, NULL);
-    st->TraceMethodType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &trace_method_spec, NULL);
-    if (st->TraceBoundType == NULL || st->TraceMethodType == NULL) {
-        return -1;
-    }
-    /* made only here (what Py_TPFLAGS_DISALLOW_INSTANTIATION does from 3.10; 3.9 lacks it) */
-    st->TraceBoundType->tp_new = NULL;
-    st->TraceMethodType->tp_new = NULL;
-    for (int which = 0; which < 2; which++) {
-        TraceMethodObject *d = PyObject_New(TraceMethodObject, st->TraceMethodType);
-        if (d == NULL) {
-            return -1;
-        }
-        d->vectorcall = trace_method_vectorcall;
-        d->st = st;
-        d->which = which;
-        int rc = PyObject_SetAttrString((PyObject *)tpt, trace_method_names[which],
-                                        (PyObject *)d);
-        Py_DECREF(d);
-        if (rc < 0) {
-            return -1;
-        }
-    }
-    return 0;
 }
 
 static void
@@ -927,7 +728,8 @@ bu_trace_init(PyObject *m, bu_state *st)
     if (tpt != NULL) {
         tpt->tp_vectorcall = tracepoint_vectorcall; /* no type slot for it before 3.14 */
     }
-    if (tpt == NULL || trace_methods_install(m, st, tpt) < 0 ||
+    if (tpt == NULL || bu_cmethod_install(st, tpt, &trace_enter_def) < 0 ||
+        bu_cmethod_install(st, tpt, &trace_exit_def) < 0 ||
         PyModule_AddObjectRef(m, "TracePoint", (PyObject *)tpt) < 0 ||
         PyModule_AddFunctions(m, trace_functions) < 0) {
         goto done;

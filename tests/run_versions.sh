@@ -32,7 +32,7 @@ if [ "${#pyargs[@]}" -eq 0 ]; then
     # The tests that drive _core directly, encode/decode on the wire, or stress re-entrancy
     # (the reference-leak loops take minutes: they run on the default version and under ASan).
     for pat in test_reentrancy test_span test_context test_decorator test_trace_point test_profiler \
-               test_propagation_codecs test_propagation_base test_export_spans test_export_thrift \
+               test_propagation_codecs test_propagation_base test_export_spans test_export_thrift test_opentracing \
                test_export_udp_routes test_fuzz_regressions test_collector_otlp_decode; do
         for f in "$ROOT"/tests/${pat}*.py; do
             [ -e "$f" ] && pyargs+=("$f")

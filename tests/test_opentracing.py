@@ -21,9 +21,9 @@ from bu_osprofiler.opentracing import ScopeManager, Span, SpanContext, Tracer  #
 @pytest.fixture(autouse=True)
 def _no_leftover_scope():
     """The harness leaves a scope open on purpose (test_close_wrong_order): start clean."""
-    bu_osprofiler.opentracing._scope_var.set(None)
+    bu_osprofiler._core.set_active(None)
     yield
-    bu_osprofiler.opentracing._scope_var.set(None)
+    bu_osprofiler._core.set_active(None)
 
 
 class TestAPICompatibility(APICompatibilityCheckMixin):

@@ -207,15 +207,15 @@ def test_trace_point_blocks_reused_without_state():
 def test_tracer_context_vars_in_distinct_hamt_slots():
     """The ContextVars the tracer sets live in distinct top-level slots of a context's HAMT
     (a shared slot adds a level that every set / reset of the active span then pays)."""
-    from bu_osprofiler import _core, messaging, opentracing
+    from bu_osprofiler import _core, messaging
 
     def slot(var):
         h = hash(var) & ((1 << 64) - 1)
         folded = (h & 0xFFFFFFFF) ^ (h >> 32)
         return (0xFFFFFFFE if folded == 0xFFFFFFFF else folded) & 31
 
-    ours = [_core.active_var, profiler._hmac_key, profiler._prof, opentracing._scope_var,
-            messaging._server_span, messaging._rpc_server]
+    ours = [_core.active_var, profiler._hmac_key, profiler._prof, messaging._server_span,
+            messaging._rpc_server]
     slots = [slot(v) for v in ours]
     assert len(set(slots)) == len(slots), slots
     extra = [_core.context_var("t%d" % i) for i in range(4)]

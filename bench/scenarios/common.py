@@ -108,6 +108,11 @@ def run_scenario(peer: PeerBase, name: str, settings: Settings) -> dict:
         return measure(fn, settings, between=peer.between)
     if name == "with_span":
         return measure(peer.with_span(), settings, between=peer.between)
+    if name == "ot_with_span":
+        make = getattr(peer, "ot_with_span", None)
+        if make is None:
+            raise Unavailable("not an OpenTracing tracer")
+        return measure(make(), settings, between=peer.between)
     if name.startswith("nested_"):
         depth = int(name.split("_")[1])
         return measure(peer.nested(depth), settings, ops=depth, between=peer.between)

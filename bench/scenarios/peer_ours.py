@@ -115,6 +115,16 @@ class Peer(PeerBase):
                 pass
         return f
 
+    def ot_with_span(self):
+        from bu_osprofiler.opentracing import Tracer
+        self._configure()
+        tracer = Tracer()
+
+        def f():
+            with tracer.start_active_span("x"):
+                pass
+        return f
+
     def nested(self, depth):
         profiler = _profiler()
         self._configure()

@@ -1,0 +1,576 @@
+/* otscope.c -- the OpenTracing Scope and the common path of Tracer.start_active_span in C.
+ *
+ * bu_osprofiler/opentracing.py defines the classes (`class _Scope(_core.OTScope,
+ * opentracing.Scope)`, ScopeManager, Span, Tracer) and hands them over with ot_setup(); this
+ * file then runs `with tracer.start_active_span(name):` without a Python frame: start the core
+ * span, make the Scope, make it the active-span ContextVar's value (one set), and on exit reset
+ * that variable and finish the span. Anything off the common path (a parent or references, a
+ * start time, a custom scope manager or start_span, a patched Span.finish, an exception) goes
+ * through the Python code as before. */
+#include "otscope.h"
+
+#include "cmethod.h"
+#include "span.h"
+#include "structmember.h"
+
+struct bu_ot {
+    PyTypeObject *scope_cls;   /* opentracing._Scope (a subclass of OTScope) */
+    PyTypeObject *manager_cls; /* opentracing.ScopeManager (exact type: the fast checks) */
+    PyObject *span_cls;        /* opentracing.Span */
+    PyObject *span_finish;     /* Span.finish as defined (a patched one is called instead) */
+    PyObject *on_error;        /* opentracing.Span._on_error(span, etype, value, tb) */
+    PyObject *str_fast_manager, *str_finish, *str_span, *str_close, *str_old_value, *str_slow;
+    PyObject *kw[7];           /* start_active_span's parameter names (interned) */
+};
+
+#define _OTScope_CAST(op) ((OTScopeObject *)(op))
+
+static inline int
+absent(PyObject *o)
+{
+    return o == NULL || o == Py_None;
+}
+
+PyObject *
+bu_ot_unwrap(bu_state *st, PyObject *v)
+{
+    if (v == NULL || !bu_is_otscope(st, v)) {
+        return v;
+    }
+    PyObject *core = _OTScope_CAST(v)->core;
+    PyObject *res = (core != NULL && Py_IS_TYPE(core, st->SpanType)) ? Py_NewRef(core) : NULL;
+    Py_DECREF(v);
+    return res;
+}
+
+/* ---------------------------------------------------------------- the Scope type */
+
+static int
+scope_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    OTScopeObject *sc = _OTScope_CAST(op);
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(sc->manager);
+    Py_VISIT(sc->tracer);
+    Py_VISIT(sc->span);
+    Py_VISIT(sc->core);
+    Py_VISIT(sc->token);
+    return 0;
+}
+
+static int
+scope_clear(PyObject *op)
+{
+    OTScopeObject *sc = _OTScope_CAST(op);
+    Py_CLEAR(sc->manager);
+    Py_CLEAR(sc->tracer);
+    Py_CLEAR(sc->span);
+    Py_CLEAR(sc->core);
+    Py_CLEAR(sc->token);
+    return 0;
+}
+
+static void
+scope_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    scope_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* A new scope of `cls` (borrowed arguments; span / core may be NULL), not yet active. */
+static OTScopeObject *
+scope_make(PyTypeObject *cls, PyObject *manager, PyObject *tracer, PyObject *span, PyObject *core,
+           int finish_on_close)
+{
+    OTScopeObject *sc = (OTScopeObject *)cls->tp_alloc(cls, 0);
+    if (sc == NULL) {
+        return NULL;
+    }
+    sc->manager = Py_XNewRef(manager);
+    sc->tracer = Py_XNewRef(tracer);
+    sc->span = absent(span) ? NULL : Py_NewRef(span);
+    sc->core = absent(core) ? NULL : Py_NewRef(core);
+    sc->token = NULL;
+    sc->finish_on_close = (char)(finish_on_close != 0);
+    return sc;
+}
+
+/* Make `sc` the active scope: the core's active-span ContextVar holds it. */
+static PyObject *
+scope_activate(bu_state *st, OTScopeObject *sc)
+{
+    PyObject *tok = bu_active_set(st, (PyObject *)sc);
+    if (tok == NULL) {
+        Py_DECREF(sc);
+        return NULL;
+    }
+    Py_XSETREF(sc->token, tok);
+    return (PyObject *)sc;
+}
+
+static int
+ready(bu_state *st)
+{
+    if (st->ot == NULL || st->ot->scope_cls == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bu_osprofiler._core: ot_setup() was not called");
+        return -1;
+    }
+    return 0;
+}
+
+/* finish_on_close: the wrapper's finish() when there is a wrapper (it may be patched), the core
+ * span's own when there is none and Span.finish is still ours. */
+static PyObject *
+scope_finish(bu_state *st, OTScopeObject *sc)
+{
+    struct bu_ot *ot = st->ot;
+    if (absent(sc->span) && sc->core != NULL && Py_IS_TYPE(sc->core, st->SpanType)) {
+        PyObject *f = PyObject_GetAttr(ot->span_cls, ot->str_finish);
+        if (f == NULL) {
+            return NULL;
+        }
+        int ours = f == ot->span_finish;
+        Py_DECREF(f);
+        if (ours) {
+            bu_span_finish((SpanObject *)sc->core, -1);
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *span = PyObject_GetAttr((PyObject *)sc, ot->str_span); /* makes the wrapper */
+    if (span == NULL) {
+        return NULL;
+    }
+    PyObject *res = PyObject_CallMethodNoArgs(span, ot->str_finish);
+    Py_DECREF(span);
+    return res;
+}
+
+/* close(): only the active scope closes (OpenTracing's rule); an implicit scope (a span the core
+ * activated, which has no token) is not ours to close. */
+static PyObject *
+scope_close_impl(bu_state *st, OTScopeObject *sc)
+{
+    struct bu_ot *ot = st->ot;
+    if (absent(sc->token)) {
+        Py_RETURN_NONE;
+    }
+    int active;
+    if (sc->manager != NULL && Py_IS_TYPE(sc->manager, ot->manager_cls)) {
+        PyObject *raw = NULL;
+        if (PyContextVar_Get(st->active, NULL, &raw) < 0) {
+            return NULL;
+        }
+        active = raw == (PyObject *)sc;
+        Py_XDECREF(raw);
+    }
+    else { /* a subclass of ScopeManager: its own idea of the active scope */
+        PyObject *cur = sc->manager == NULL ? NULL
+                                            : PyObject_GetAttrString(sc->manager, "active");
+        if (cur == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_AttributeError, "scope has no manager");
+            }
+            return NULL;
+        }
+        active = cur == (PyObject *)sc;
+        Py_DECREF(cur);
+    }
+    if (!active) {
+        Py_RETURN_NONE;
+    }
+    PyObject *token = Py_NewRef(sc->token);
+    if (bu_active_reset(st, token) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError) &&
+            !PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            Py_DECREF(token);
+            return NULL;
+        }
+        /* closed in another context (a callback): put back what the activation replaced */
+        PyErr_Clear();
+        PyObject *old = PyObject_GetAttr(token, ot->str_old_value);
+        if (old == NULL) {
+            Py_DECREF(token);
+            return NULL;
+        }
+        PyObject *val = (Py_IS_TYPE(old, st->SpanType) || bu_is_otscope(st, old)) ? old : Py_None;
+        PyObject *tok = bu_active_set(st, val);
+        Py_DECREF(old);
+        if (tok == NULL) {
+            Py_DECREF(token);
+            return NULL;
+        }
+        Py_DECREF(tok);
+    }
+    Py_DECREF(token);
+    if (sc->finish_on_close) {
+        return scope_finish(st, sc);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+scope_enter_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames);
+static PyObject *
+scope_exit_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames);
+static PyObject *
+scope_close_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames);
+
+static const bu_cmethod_def scope_enter_def = {
+    "Scope", "__enter__", "__enter__($self, /)\n--\n\nThe scope itself.", scope_enter_run};
+static const bu_cmethod_def scope_exit_def = {
+    "Scope", "__exit__",
+    "__exit__($self, exc_type, exc_val, exc_tb, /)\n--\n\nAn exception tags the span error=True "
+    "with an error log; then close().",
+    scope_exit_run};
+static const bu_cmethod_def scope_close_def = {
+    "Scope", "close",
+    "close($self, /)\n--\n\nEnd the activation: the span active before it is active again, and "
+    "the span is finished when finish_on_close was set. Only the active scope closes.",
+    scope_close_run};
+
+static PyObject *
+scope_enter_run(bu_state *Py_UNUSED(st), PyObject *self, PyObject *const *Py_UNUSED(args),
+                Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (bu_cmethod_no_kwargs(&scope_enter_def, kwnames) < 0) {
+        return NULL;
+    }
+    if (nargs != 0) {
+        PyErr_Format(PyExc_TypeError, "__enter__() takes no arguments (%zd given)", nargs);
+        return NULL;
+    }
+    return Py_NewRef(self);
+}
+
+static PyObject *
+scope_close_run(bu_state *st, PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs,
+                PyObject *kwnames)
+{
+    if (bu_cmethod_no_kwargs(&scope_close_def, kwnames) < 0) {
+        return NULL;
+    }
+    if (nargs != 0) {
+        PyErr_Format(PyExc_TypeError, "close() takes no arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (ready(st) < 0) {
+        return NULL;
+    }
+    return scope_close_impl(st, _OTScope_CAST(self));
+}
+
+static PyObject *
+scope_exit_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    if (bu_cmethod_no_kwargs(&scope_exit_def, kwnames) < 0) {
+        return NULL;
+    }
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "__exit__() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (ready(st) < 0) {
+        return NULL;
+    }
+    struct bu_ot *ot = st->ot;
+    if (args[1] != Py_None) { /* the error tag and log, as opentracing.Scope.__exit__ adds */
+        PyObject *span = PyObject_GetAttr(self, ot->str_span);
+        if (span == NULL) {
+            return NULL;
+        }
+        PyObject *r = PyObject_CallFunctionObjArgs(ot->on_error, span, args[0], args[1], args[2],
+                                                   NULL);
+        Py_DECREF(span);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    PyObject *r = Py_IS_TYPE(self, ot->scope_cls)
+                      ? scope_close_impl(st, _OTScope_CAST(self))
+                      : PyObject_CallMethodNoArgs(self, ot->str_close); /* a subclass's close */
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_NONE; /* the exception, if any, propagates */
+}
+
+static PyMemberDef scope_members[] = {
+    {"_manager", T_OBJECT, offsetof(OTScopeObject, manager), 0, "the ScopeManager"},
+    {"_tracer", T_OBJECT, offsetof(OTScopeObject, tracer), 0, "the Tracer"},
+    {"_span", T_OBJECT, offsetof(OTScopeObject, span), 0, "the Span wrapper (None until used)"},
+    {"_core", T_OBJECT, offsetof(OTScopeObject, core), 0, "the core Span"},
+    {"_token", T_OBJECT, offsetof(OTScopeObject, token), 0,
+     "the active-span ContextVar token (None: an implicit scope)"},
+    {"_finish_on_close", T_BOOL, offsetof(OTScopeObject, finish_on_close), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot scope_slots[] = {
+    {Py_tp_dealloc, scope_dealloc},
+    {Py_tp_traverse, scope_traverse},
+    {Py_tp_clear, scope_clear},
+    {Py_tp_members, scope_members},
+    {Py_tp_doc, "Base of bu_osprofiler.opentracing's Scope: its fields and the common path."},
+    {0, NULL},
+};
+
+static PyType_Spec scope_spec = {
+    .name = "bu_osprofiler._core.OTScope",
+    .basicsize = sizeof(OTScopeObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = scope_slots,
+};
+
+/* ---------------------------------------------------------------- Tracer.start_active_span */
+
+enum { A_NAME, A_CHILD_OF, A_REFERENCES, A_TAGS, A_START_TIME, A_IGNORE, A_FINISH, A_N };
+
+static PyObject *
+start_active_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames);
+
+static const bu_cmethod_def start_active_def = {
+    "Tracer", "start_active_span",
+    "start_active_span($self, operation_name, child_of=None, references=None, tags=None, "
+    "start_time=None, ignore_active_span=False, finish_on_close=True)\n--\n\n"
+    "Start a span and activate it: returns its Scope (a context manager).",
+    start_active_run};
+
+/* The arguments of the common case in a[]; 0 when the call is anything else (then the Python
+ * implementation runs, with its checks and messages). */
+static int
+common_case(struct bu_ot *ot, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+            PyObject **a)
+{
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs > A_N) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        a[i] = args[i];
+    }
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        int i = 0;
+        while (i < A_N && ot->kw[i] != key) { /* keyword names from code are interned */
+            i++;
+        }
+        if (i == A_N || a[i] != NULL) {
+            return 0;
+        }
+        a[i] = args[nargs + k];
+    }
+    return a[A_NAME] != NULL && PyUnicode_CheckExact(a[A_NAME]) && absent(a[A_CHILD_OF]) &&
+           absent(a[A_REFERENCES]) && absent(a[A_START_TIME]) &&
+           (a[A_IGNORE] == NULL || a[A_IGNORE] == Py_False) &&
+           (a[A_FINISH] == NULL || PyBool_Check(a[A_FINISH]));
+}
+
+static PyObject *
+start_active_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames)
+{
+    if (ready(st) < 0) {
+        return NULL;
+    }
+    struct bu_ot *ot = st->ot;
+    PyObject *a[A_N] = {NULL};
+    PyObject *manager = NULL;
+    if (common_case(ot, args, nargs, kwnames, a)) {
+        /* self._fast_manager: the ScopeManager when Tracer's start_span and an exact
+         * ScopeManager are in use (Tracer.__init__), else None */
+        manager = PyObject_GetAttr(self, ot->str_fast_manager);
+        if (manager == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                return NULL;
+            }
+            PyErr_Clear();
+        }
+        else if (!Py_IS_TYPE(manager, ot->manager_cls)) {
+            Py_CLEAR(manager);
+        }
+    }
+    if (manager == NULL) { /* self._start_active_span(*args, **kwargs) */
+        Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+        PyObject *small[16], **all = small;
+        if (nargs + nkw + 1 > 16 &&
+            (all = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1))) == NULL) {
+            return PyErr_NoMemory();
+        }
+        all[0] = self;
+        for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
+            all[i + 1] = args[i];
+        }
+        PyObject *res = PyObject_VectorcallMethod(ot->str_slow, all, (size_t)(nargs + 1), kwnames);
+        if (all != small) {
+            PyMem_Free(all);
+        }
+        return res;
+    }
+    PyObject *core = bu_start_span_args(st, a[A_NAME], Py_None, Py_None,
+                                        a[A_TAGS] == NULL ? Py_None : a[A_TAGS], Py_None, 0);
+    if (core == NULL) {
+        Py_DECREF(manager);
+        return NULL;
+    }
+    OTScopeObject *sc = scope_make(ot->scope_cls, manager, self, NULL, core,
+                                   a[A_FINISH] == NULL || a[A_FINISH] == Py_True);
+    Py_DECREF(manager);
+    Py_DECREF(core);
+    return sc == NULL ? NULL : scope_activate(st, sc);
+}
+
+/* ---------------------------------------------------------------- module functions */
+
+/* ot_setup(scope_cls, manager_cls, span_cls, on_error, tracer_cls): the Python classes; installs
+ * Tracer.start_active_span (which falls back to tracer._start_active_span) and the Scope's
+ * __enter__ / __exit__ / close. */
+static PyObject *
+ot_setup(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    bu_state *st = bu_state_of_module(m);
+    if (nargs != 5 || !PyType_Check(args[0]) || !PyType_Check(args[1]) ||
+        !PyType_Check(args[2]) || !PyCallable_Check(args[3]) || !PyType_Check(args[4]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[0], st->OTScopeType)) {
+        PyErr_SetString(PyExc_TypeError, "ot_setup(scope_cls: OTScope subclass, manager_cls, "
+                                         "span_cls, on_error, tracer_cls)");
+        return NULL;
+    }
+    struct bu_ot *ot = st->ot;
+    PyObject *finish = PyObject_GetAttr(args[2], ot->str_finish);
+    if (finish == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(ot->scope_cls, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(ot->manager_cls, (PyTypeObject *)Py_NewRef(args[1]));
+    Py_XSETREF(ot->span_cls, Py_NewRef(args[2]));
+    Py_XSETREF(ot->span_finish, finish);
+    Py_XSETREF(ot->on_error, Py_NewRef(args[3]));
+    if (bu_cmethod_install(st, (PyTypeObject *)args[4], &start_active_def) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ot_activate(manager, tracer, span, core, finish_on_close) -> scope: ScopeManager.activate. */
+static PyObject *
+ot_activate(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    bu_state *st = bu_state_of_module(m);
+    if (ready(st) < 0) {
+        return NULL;
+    }
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "ot_activate(manager, tracer, span, core, "
+                                         "finish_on_close)");
+        return NULL;
+    }
+    if (!absent(args[3]) && !Py_IS_TYPE(args[3], st->SpanType)) {
+        PyErr_Format(PyExc_TypeError, "ot_activate: core must be a Span or None, not %.100s",
+                     Py_TYPE(args[3])->tp_name);
+        return NULL;
+    }
+    int foc = PyObject_IsTrue(args[4]);
+    if (foc < 0) {
+        return NULL;
+    }
+    OTScopeObject *sc = scope_make(st->ot->scope_cls, args[0], args[1], args[2], args[3], foc);
+    return sc == NULL ? NULL : scope_activate(st, sc);
+}
+
+static PyMethodDef ot_functions[] = {
+    {"ot_setup", (PyCFunction)(void (*)(void))ot_setup, METH_FASTCALL,
+     "ot_setup(scope_cls, manager_cls, span_cls, on_error, tracer_cls): the OpenTracing "
+     "classes (bu_osprofiler.opentracing)."},
+    {"ot_activate", (PyCFunction)(void (*)(void))ot_activate, METH_FASTCALL,
+     "ot_activate(manager, tracer, span, core, finish_on_close) -> an active scope."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+bu_otscope_init(PyObject *m, bu_state *st)
+{
+    static const char *const kw[A_N] = {"operation_name", "child_of", "references", "tags",
+                                        "start_time", "ignore_active_span", "finish_on_close"};
+    struct bu_ot *ot = PyMem_Calloc(1, sizeof(*ot));
+    if (ot == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    st->ot = ot;
+    for (int i = 0; i < A_N; i++) {
+        if ((ot->kw[i] = PyUnicode_InternFromString(kw[i])) == NULL) {
+            return -1;
+        }
+    }
+    ot->str_fast_manager = PyUnicode_InternFromString("_fast_manager");
+    ot->str_finish = PyUnicode_InternFromString("finish");
+    ot->str_span = PyUnicode_InternFromString("span");
+    ot->str_close = PyUnicode_InternFromString("close");
+    ot->str_old_value = PyUnicode_InternFromString("old_value");
+    ot->str_slow = PyUnicode_InternFromString("_start_active_span");
+    if (ot->str_fast_manager == NULL || ot->str_finish == NULL || ot->str_span == NULL ||
+        ot->str_close == NULL || ot->str_old_value == NULL || ot->str_slow == NULL) {
+        return -1;
+    }
+    st->OTScopeType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &scope_spec, NULL);
+    if (st->OTScopeType == NULL ||
+        bu_cmethod_install(st, st->OTScopeType, &scope_enter_def) < 0 ||
+        bu_cmethod_install(st, st->OTScopeType, &scope_exit_def) < 0 ||
+        bu_cmethod_install(st, st->OTScopeType, &scope_close_def) < 0 ||
+        PyModule_AddObjectRef(m, "OTScope", (PyObject *)st->OTScopeType) < 0 ||
+        PyModule_AddFunctions(m, ot_functions) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+int
+bu_otscope_traverse(bu_state *st, visitproc visit, void *arg)
+{
+    Py_VISIT(st->OTScopeType);
+    struct bu_ot *ot = st->ot;
+    if (ot != NULL) {
+        Py_VISIT(ot->scope_cls);
+        Py_VISIT(ot->manager_cls);
+        Py_VISIT(ot->span_cls);
+        Py_VISIT(ot->span_finish);
+        Py_VISIT(ot->on_error);
+    }
+    return 0;
+}
+
+void
+bu_otscope_clear(bu_state *st)
+{
+    Py_CLEAR(st->OTScopeType);
+    struct bu_ot *ot = st->ot;
+    if (ot == NULL) {
+        return;
+    }
+    st->ot = NULL;
+    Py_CLEAR(ot->scope_cls);
+    Py_CLEAR(ot->manager_cls);
+    Py_CLEAR(ot->span_cls);
+    Py_CLEAR(ot->span_finish);
+    Py_CLEAR(ot->on_error);
+    Py_CLEAR(ot->str_fast_manager);
+    Py_CLEAR(ot->str_finish);
+    Py_CLEAR(ot->str_span);
+    Py_CLEAR(ot->str_close);
+    Py_CLEAR(ot->str_old_value);
+    Py_CLEAR(ot->str_slow);
+    for (int i = 0; i < A_N; i++) {
+        Py_CLEAR(ot->kw[i]);
+    }
+    PyMem_Free(ot);
+}
