@@ -2,6 +2,7 @@
  * as patched by the asyncio integration, the coroutine a branch task runs, and the iterator of
  * `await task` that records the join. */
 #include "branch_int.h"
+#include "cmethod.h"
 
 /* ================================================================ await of a branch task */
 
@@ -229,21 +230,26 @@ PyType_Spec bu_branch_await_spec = {
  * own await iterator, wrapped to record the join when a sampled span waits for a branch not
  * joined yet. */
 static PyObject *
-task_await_meth(PyObject *task, PyObject *Py_UNUSED(arg))
+task_await_run(bu_state *st, PyObject *task, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs,
+               PyObject *kwnames)
 {
-    /* an interned name: the type's attribute cache takes only those (a fresh string walked the
-     * whole MRO of the task class, ~2000 instructions per await) */
-    PyObject *key = PyUnicode_InternFromString("_bu_branch");
-    PyObject *branch = key == NULL ? NULL : PyObject_GetAttr(task, key);
-    Py_XDECREF(key);
+    bu_branch_state *bs = st->branch;
+    if (nargs != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+        PyErr_SetString(PyExc_TypeError, "__await__() takes no arguments");
+        return NULL;
+    }
+    if (bs == NULL || bs->TaskBase == NULL) {
+        PyErr_SetString(PyExc_TypeError, "not a branch task");
+        return NULL;
+    }
+    /* the interned name: the type's attribute cache takes only those (a fresh string walked
+     * the whole MRO of the task class, ~2000 instructions per await) */
+    PyObject *branch = PyObject_GetAttr(task, bs->str_bu_branch);
     if (branch == NULL) {
         return NULL;
     }
     BranchObject *b = _Branch_CAST(branch);
-    bu_state *bst = bu_state_of_type(Py_TYPE(branch)); /* NULL: not one of our types */
-    bu_branch_state *bs = bst == NULL ? NULL : bst->branch;
-    PyErr_Clear();
-    if (bs == NULL || bs->TaskBase == NULL || !is_branch(bs, branch)) {
+    if (!is_branch(bs, branch)) {
         Py_DECREF(branch);
         PyErr_SetString(PyExc_TypeError, "not a branch task");
         return NULL;
@@ -259,7 +265,7 @@ task_await_meth(PyObject *task, PyObject *Py_UNUSED(arg))
         Py_DECREF(branch);
         return inner;
     }
-    bu_state *st = b->st;
+    st = b->st; /* the branch's (the same module's) */
     PyObject *waiter = bu_active_get(st);
     if (!is_sampled_span(st, waiter)) {
         Py_XDECREF(waiter);
@@ -283,14 +289,17 @@ task_await_meth(PyObject *task, PyObject *Py_UNUSED(arg))
     return (PyObject *)a;
 }
 
-static PyMethodDef task_await_def = {"__await__", task_await_meth, METH_NOARGS,
-                                     "await the task (records the join of its branch)"};
+static const bu_cmethod_def task_await_def = {
+    "Task", "__await__",
+    "__await__($self, /)\n--\n\nAwait the task (records the join of its branch).",
+    task_await_run};
 
 /* _branch_task_await(asyncio.Task): the __await__ (and __iter__) of BranchTask. */
 PyObject *
 bu_branch_task_await(PyObject *m, PyObject *task_type)
 {
-    bu_branch_state *bs = bu_state_of_module(m)->branch;
+    bu_state *st = bu_state_of_module(m);
+    bu_branch_state *bs = st->branch;
     if (bs == NULL || !PyType_Check(task_type) ||
         ((PyTypeObject *)task_type)->tp_as_async == NULL ||
         ((PyTypeObject *)task_type)->tp_as_async->am_await == NULL) {
@@ -298,7 +307,7 @@ bu_branch_task_await(PyObject *m, PyObject *task_type)
         return NULL;
     }
     Py_XSETREF(bs->TaskBase, (PyTypeObject *)Py_NewRef(task_type));
-    return PyDescr_NewMethod((PyTypeObject *)task_type, &task_await_def);
+    return bu_cmethod_new(st, (PyTypeObject *)task_type, &task_await_def);
 }
 
 /* ================================================================ the coroutine of a branch task */

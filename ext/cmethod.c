@@ -270,19 +270,29 @@ bu_cmethod_init(PyObject *m, bu_state *st)
     return 0;
 }
 
-int
-bu_cmethod_install(bu_state *st, PyTypeObject *owner, const bu_cmethod_def *def)
+PyObject *
+bu_cmethod_new(bu_state *st, PyTypeObject *owner, const bu_cmethod_def *def)
 {
     CMethodObject *d = PyObject_GC_New(CMethodObject, st->CMethodType);
     if (d == NULL) {
-        return -1;
+        return NULL;
     }
     d->vectorcall = method_vectorcall;
     d->st = st;
     d->def = def;
     d->owner = (PyTypeObject *)Py_NewRef(owner);
     PyObject_GC_Track(d);
-    int rc = PyObject_SetAttrString((PyObject *)owner, def->name, (PyObject *)d);
+    return (PyObject *)d;
+}
+
+int
+bu_cmethod_install(bu_state *st, PyTypeObject *owner, const bu_cmethod_def *def)
+{
+    PyObject *d = bu_cmethod_new(st, owner, def);
+    if (d == NULL) {
+        return -1;
+    }
+    int rc = PyObject_SetAttrString((PyObject *)owner, def->name, d);
     Py_DECREF(d);
     return rc;
 }

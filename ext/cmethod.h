@@ -27,6 +27,9 @@ typedef struct {
 /* Make the descriptor types (once per module). */
 int bu_cmethod_init(PyObject *m, bu_state *st);
 
+/* A descriptor for `def` (static storage) whose receivers are instances of `owner`. */
+PyObject *bu_cmethod_new(bu_state *st, PyTypeObject *owner, const bu_cmethod_def *def);
+
 /* Put a descriptor for `def` (static storage) into `owner`'s dict. */
 int bu_cmethod_install(bu_state *st, PyTypeObject *owner, const bu_cmethod_def *def);
 
