@@ -266,6 +266,9 @@ def budgets(med: dict, detail: dict) -> list:
     w = g("with_span")
     out.append(("`with` span (profiler.Trace)", "<= 400 ns",
                 f"{_fmt(w, 'ns')} ns" if w else "n/a", None if w is None else w <= 400))
+    o = g("ot_with_span")
+    out.append(("`with` span (OpenTracing start_active_span)", "<= 400 ns",
+                f"{_fmt(o, 'ns')} ns" if o else "n/a", None if o is None else o <= 400))
     for m in ("untraced", "unsampled"):
         o = g(f"overhead_{m}")
         out.append((f"@trace, {m}: overhead over bare call", "<= 15 ns",
@@ -416,7 +419,15 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--upgrade", action="store_true", help="re-resolve peers' latest versions")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite doc/benchmarks.md")
+    ap.add_argument("--render", metavar="RESULTS_JSON",
+                    help="only rewrite doc/benchmarks.md from a saved run (budgets re-derived)")
     args = ap.parse_args()
+    if args.render:
+        with open(args.render) as f:
+            doc = json.load(f)
+        doc["budgets"] = budgets(doc["medians"], doc["detail"])
+        write_doc(render(doc, doc["command"]), args.no_doc)
+        return 0
     peers = [p for p in args.peers.split(",") if p]
     scenarios = [s for s in args.scenarios.split(",") if s]
     for p in peers:
@@ -468,14 +479,18 @@ def main() -> int:
     path = os.path.join(HERE, "results", f"{stamp}.json")
     with open(path, "w") as f:
         json.dump(doc, f, indent=1, sort_keys=True)
-    text = render(doc, command)
-    if not args.no_doc:
+    write_doc(render(doc, command), args.no_doc)
+    print(f"results: {os.path.relpath(path, ROOT)}", file=sys.stderr)
+    return 0
+
+
+def write_doc(text: str, no_doc: bool) -> None:
+    """Print the rendered tables and (unless no_doc) make them the top of doc/benchmarks.md."""
+    if not no_doc:
         text += kept_sections(os.path.join(ROOT, "doc", "benchmarks.md"))
         with open(os.path.join(ROOT, "doc", "benchmarks.md"), "w") as f:
             f.write(text)
     print(text)
-    print(f"results: {os.path.relpath(path, ROOT)}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":
