@@ -19,7 +19,7 @@ struct bu_ot {
     PyObject *span_cls;        /* opentracing.Span */
     PyObject *span_finish;     /* Span.finish as defined (a patched one is called instead) */
     PyObject *on_error;        /* opentracing.Span._on_error(span, etype, value, tb) */
-    PyObject *str_fast_manager, *str_finish, *str_span, *str_close, *str_old_value, *str_slow;
+    PyObject *str_fast_manager, *str_finish, *str_span, *str_close, *str_slow;
     PyObject *kw[7];           /* start_active_span's parameter names (interned) */
 };
 
@@ -111,14 +111,16 @@ scope_activate(bu_state *st, OTScopeObject *sc)
     return (PyObject *)sc;
 }
 
-static int
+/* The OpenTracing classes, or NULL with an exception (ot_setup() not called, or the module
+ * cleared). Fetched again after any call that can run Python. */
+static struct bu_ot *
 ready(bu_state *st)
 {
     if (st->ot == NULL || st->ot->scope_cls == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "bu_osprofiler._core: ot_setup() was not called");
-        return -1;
+        return NULL;
     }
-    return 0;
+    return st->ot;
 }
 
 /* finish_on_close: the wrapper's finish() when there is a wrapper (it may be patched), the core
@@ -126,21 +128,30 @@ ready(bu_state *st)
 static PyObject *
 scope_finish(bu_state *st, OTScopeObject *sc)
 {
-    struct bu_ot *ot = st->ot;
+    struct bu_ot *ot = ready(st);
+    if (ot == NULL) {
+        return NULL;
+    }
     if (absent(sc->span) && sc->core != NULL && Py_IS_TYPE(sc->core, st->SpanType)) {
-        PyObject *f = PyObject_GetAttr(ot->span_cls, ot->str_finish);
-        if (f == NULL) {
-            return NULL;
-        }
-        int ours = f == ot->span_finish;
-        Py_DECREF(f);
+        /* strong references across the lookup, which can run Python (a descriptor) */
+        PyObject *core = Py_NewRef(sc->core), *cls = Py_NewRef(ot->span_cls);
+        PyObject *f = PyObject_GetAttr(cls, ot->str_finish);
+        Py_DECREF(cls);
+        ot = ready(st);
+        int ours = f != NULL && ot != NULL && f == ot->span_finish;
+        Py_XDECREF(f);
         if (ours) {
-            bu_span_finish((SpanObject *)sc->core, -1);
-            Py_RETURN_NONE;
+            bu_span_finish((SpanObject *)core, -1);
+        }
+        Py_DECREF(core);
+        if (ours || ot == NULL || PyErr_Occurred()) {
+            return ours ? Py_NewRef(Py_None) : NULL;
         }
     }
     PyObject *span = PyObject_GetAttr((PyObject *)sc, ot->str_span); /* makes the wrapper */
-    if (span == NULL) {
+    ot = span == NULL ? NULL : ready(st);
+    if (ot == NULL) {
+        Py_XDECREF(span);
         return NULL;
     }
     PyObject *res = PyObject_CallMethodNoArgs(span, ot->str_finish);
@@ -153,7 +164,10 @@ scope_finish(bu_state *st, OTScopeObject *sc)
 static PyObject *
 scope_close_impl(bu_state *st, OTScopeObject *sc)
 {
-    struct bu_ot *ot = st->ot;
+    struct bu_ot *ot = ready(st);
+    if (ot == NULL) {
+        return NULL;
+    }
     if (absent(sc->token)) {
         Py_RETURN_NONE;
     }
@@ -167,8 +181,9 @@ scope_close_impl(bu_state *st, OTScopeObject *sc)
         Py_XDECREF(raw);
     }
     else { /* a subclass of ScopeManager: its own idea of the active scope */
-        PyObject *cur = sc->manager == NULL ? NULL
-                                            : PyObject_GetAttrString(sc->manager, "active");
+        PyObject *manager = Py_XNewRef(sc->manager);
+        PyObject *cur = manager == NULL ? NULL : PyObject_GetAttrString(manager, "active");
+        Py_XDECREF(manager);
         if (cur == NULL) {
             if (!PyErr_Occurred()) {
                 PyErr_SetString(PyExc_AttributeError, "scope has no manager");
@@ -178,7 +193,7 @@ scope_close_impl(bu_state *st, OTScopeObject *sc)
         active = cur == (PyObject *)sc;
         Py_DECREF(cur);
     }
-    if (!active) {
+    if (!active || absent(sc->token)) { /* (the manager's code may have closed it) */
         Py_RETURN_NONE;
     }
     PyObject *token = Py_NewRef(sc->token);
@@ -190,7 +205,7 @@ scope_close_impl(bu_state *st, OTScopeObject *sc)
         }
         /* closed in another context (a callback): put back what the activation replaced */
         PyErr_Clear();
-        PyObject *old = PyObject_GetAttr(token, ot->str_old_value);
+        PyObject *old = PyObject_GetAttrString(token, "old_value");
         if (old == NULL) {
             Py_DECREF(token);
             return NULL;
@@ -259,9 +274,6 @@ scope_close_run(bu_state *st, PyObject *self, PyObject *const *Py_UNUSED(args), 
         PyErr_Format(PyExc_TypeError, "close() takes no arguments (%zd given)", nargs);
         return NULL;
     }
-    if (ready(st) < 0) {
-        return NULL;
-    }
     return scope_close_impl(st, _OTScope_CAST(self));
 }
 
@@ -276,19 +288,20 @@ scope_exit_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t n
         PyErr_Format(PyExc_TypeError, "__exit__() takes 3 arguments (%zd given)", nargs);
         return NULL;
     }
-    if (ready(st) < 0) {
+    struct bu_ot *ot = ready(st);
+    if (ot == NULL) {
         return NULL;
     }
-    struct bu_ot *ot = st->ot;
     if (args[1] != Py_None) { /* the error tag and log, as opentracing.Scope.__exit__ adds */
+        PyObject *on_error = Py_NewRef(ot->on_error);
         PyObject *span = PyObject_GetAttr(self, ot->str_span);
-        if (span == NULL) {
-            return NULL;
-        }
-        PyObject *r = PyObject_CallFunctionObjArgs(ot->on_error, span, args[0], args[1], args[2],
-                                                   NULL);
-        Py_DECREF(span);
-        if (r == NULL) {
+        PyObject *r = span == NULL ? NULL
+                                   : PyObject_CallFunctionObjArgs(on_error, span, args[0],
+                                                                  args[1], args[2], NULL);
+        Py_DECREF(on_error);
+        Py_XDECREF(span);
+        if (r == NULL || (ot = ready(st)) == NULL) {
+            Py_XDECREF(r);
             return NULL;
         }
         Py_DECREF(r);
@@ -379,10 +392,10 @@ static PyObject *
 start_active_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                  PyObject *kwnames)
 {
-    if (ready(st) < 0) {
+    struct bu_ot *ot = ready(st);
+    if (ot == NULL) {
         return NULL;
     }
-    struct bu_ot *ot = st->ot;
     PyObject *a[A_N] = {NULL};
     PyObject *manager = NULL;
     if (common_case(ot, args, nargs, kwnames, a)) {
@@ -410,7 +423,9 @@ start_active_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t
         for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
             all[i + 1] = args[i];
         }
-        PyObject *res = PyObject_VectorcallMethod(ot->str_slow, all, (size_t)(nargs + 1), kwnames);
+        PyObject *name = Py_NewRef(ot->str_slow);
+        PyObject *res = PyObject_VectorcallMethod(name, all, (size_t)(nargs + 1), kwnames);
+        Py_DECREF(name);
         if (all != small) {
             PyMem_Free(all);
         }
@@ -418,7 +433,8 @@ start_active_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t
     }
     PyObject *core = bu_start_span_args(st, a[A_NAME], Py_None, Py_None,
                                         a[A_TAGS] == NULL ? Py_None : a[A_TAGS], Py_None, 0);
-    if (core == NULL) {
+    if (core == NULL || (ot = ready(st)) == NULL) { /* (tags can run Python) */
+        Py_XDECREF(core);
         Py_DECREF(manager);
         return NULL;
     }
@@ -466,9 +482,6 @@ static PyObject *
 ot_activate(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     bu_state *st = bu_state_of_module(m);
-    if (ready(st) < 0) {
-        return NULL;
-    }
     if (nargs != 5) {
         PyErr_SetString(PyExc_TypeError, "ot_activate(manager, tracer, span, core, "
                                          "finish_on_close)");
@@ -480,10 +493,11 @@ ot_activate(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     int foc = PyObject_IsTrue(args[4]);
-    if (foc < 0) {
+    struct bu_ot *ot = foc < 0 ? NULL : ready(st);
+    if (ot == NULL) {
         return NULL;
     }
-    OTScopeObject *sc = scope_make(st->ot->scope_cls, args[0], args[1], args[2], args[3], foc);
+    OTScopeObject *sc = scope_make(ot->scope_cls, args[0], args[1], args[2], args[3], foc);
     return sc == NULL ? NULL : scope_activate(st, sc);
 }
 
@@ -516,10 +530,9 @@ bu_otscope_init(PyObject *m, bu_state *st)
     ot->str_finish = PyUnicode_InternFromString("finish");
     ot->str_span = PyUnicode_InternFromString("span");
     ot->str_close = PyUnicode_InternFromString("close");
-    ot->str_old_value = PyUnicode_InternFromString("old_value");
     ot->str_slow = PyUnicode_InternFromString("_start_active_span");
     if (ot->str_fast_manager == NULL || ot->str_finish == NULL || ot->str_span == NULL ||
-        ot->str_close == NULL || ot->str_old_value == NULL || ot->str_slow == NULL) {
+        ot->str_close == NULL || ot->str_slow == NULL) {
         return -1;
     }
     st->OTScopeType = (PyTypeObject *)PyType_FromModuleAndSpec(m, &scope_spec, NULL);
@@ -567,7 +580,6 @@ bu_otscope_clear(bu_state *st)
     Py_CLEAR(ot->str_finish);
     Py_CLEAR(ot->str_span);
     Py_CLEAR(ot->str_close);
-    Py_CLEAR(ot->str_old_value);
     Py_CLEAR(ot->str_slow);
     for (int i = 0; i < A_N; i++) {
         Py_CLEAR(ot->kw[i]);

@@ -262,3 +262,38 @@ def test_no_growth_over_many_scopes(tracer):
     tracemalloc.stop()
     assert grew < 50 and current < 256 * 1024
     assert (sys.getrefcount(tracer), sys.getrefcount(tracer.scope_manager)) == refs
+
+
+def test_hostile_manager_and_finish_do_not_crash(tracer, spans, monkeypatch):
+    class Sneaky(ScopeManager):
+        @property
+        def active(self):
+            scope = _core.active_var.get(None)
+            if scope is not None and not isinstance(scope, _core.Span):
+                scope._manager = None  # drops the manager while close() asks it
+                scope._core = None
+            return scope
+
+    t = Tracer(scope_manager=Sneaky())
+    scope = t.start_active_span("sneaky")
+    scope.close()
+    assert _core.active_var.get(None) is None
+
+    class Finish:  # a descriptor that swaps the scope's span while finish is looked up
+        def __get__(self, obj, cls=None):
+            holder["scope"]._core = None
+            holder["scope"]._span = None
+            return Span.__dict__["_orig_finish"]
+
+    holder = {}
+    monkeypatch.setattr(Span, "_orig_finish", Span.finish, raising=False)
+    monkeypatch.setattr(Span, "finish", Finish())
+    holder["scope"] = tracer.start_active_span("swapped")
+    holder["scope"].close()  # the span held across the lookup is the one finished
+    assert tracer.scope_manager.active is None
+    assert "swapped" in [s.operation_name for s in spans()]
+    scope = tracer.start_active_span("bad-token")
+    scope._token = "not a token"
+    with pytest.raises(TypeError):
+        scope.close()
+    _core.set_active(None)
