@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         child(args.child, args.n or 0)
-        return 0
+        cgcount.child_exit()
     variants = args.variants or list(VARIANTS)
     if args.record or args.check:
         why = unavailable()
