@@ -75,6 +75,11 @@ typedef struct {
     /* adaptive instrumentation (tracepoint.c, tail.c) */
     PyTypeObject *TracepointType;
     PyObject *tp_named; /* dict: name -> Tracepoint of the named Trace / start() points */
+    /* The last points found by name, by the name object's address (strong references: an
+     * address is not reused while cached); a hit skips the dict lookup of every `with`. */
+    struct {
+        PyObject *name, *tp;
+    } tp_cache[64];
     PyObject *tp_hook;  /* callable(tracepoint) applying the control rules to a new point */
     PyObject *str_rtype;
     struct bu_tail *tail;

@@ -318,6 +318,7 @@ bu_tail_init(PyObject *m, bu_state *st)
 void
 bu_adaptive_clear(bu_state *st)
 {
+    bu_tp_cache_clear(st);
     Py_CLEAR(st->TracepointType);
     Py_CLEAR(st->tp_named);
     Py_CLEAR(st->tp_hook);

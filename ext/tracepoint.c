@@ -233,14 +233,42 @@ static PyType_Spec tp_spec = {
 
 /* ================================================================ named points */
 
+#define TP_CACHE_N ((size_t)(sizeof(((bu_state *)0)->tp_cache) / sizeof(((bu_state *)0)->tp_cache[0])))
+
+/* Remember `tp` as the point of `name` (both borrowed: the dict holds them). */
+static void
+tp_cache_put(bu_state *st, PyObject *name, PyObject *tp)
+{
+    size_t i = ((uintptr_t)name >> 4) & (TP_CACHE_N - 1);
+    PyObject *old_name = st->tp_cache[i].name, *old_tp = st->tp_cache[i].tp;
+    st->tp_cache[i].name = Py_NewRef(name);
+    st->tp_cache[i].tp = Py_NewRef(tp);
+    Py_XDECREF(old_name); /* (both still in the dict: no deallocation runs here) */
+    Py_XDECREF(old_tp);
+}
+
+void
+bu_tp_cache_clear(bu_state *st)
+{
+    for (size_t i = 0; i < TP_CACHE_N; i++) {
+        Py_CLEAR(st->tp_cache[i].name);
+        Py_CLEAR(st->tp_cache[i].tp);
+    }
+}
+
 TracepointObject *
 bu_tp_named(bu_state *st, PyObject *name)
 {
+    size_t i = ((uintptr_t)name >> 4) & (TP_CACHE_N - 1);
+    if (st->tp_cache[i].name == name) {
+        return (TracepointObject *)Py_NewRef(st->tp_cache[i].tp);
+    }
     if (st->tp_named == NULL || !PyUnicode_CheckExact(name)) {
         return NULL;
     }
     PyObject *tp = PyDict_GetItemWithError(st->tp_named, name);
     if (tp != NULL) {
+        tp_cache_put(st, name, tp);
         return (TracepointObject *)Py_NewRef(tp);
     }
     if (PyErr_Occurred()) {
@@ -256,6 +284,7 @@ bu_tp_named(bu_state *st, PyObject *name)
         Py_XDECREF(tp);
         return NULL;
     }
+    tp_cache_put(st, name, tp);
     if (st->tp_hook != NULL) {
         /* the rules decide the new point's mode (Python; we hold `tp` and the hook strongly) */
         PyObject *hook = Py_NewRef(st->tp_hook);
@@ -407,5 +436,8 @@ bu_adaptive_traverse(bu_state *st, visitproc visit, void *arg)
     Py_VISIT(st->TracepointType);
     Py_VISIT(st->tp_named);
     Py_VISIT(st->tp_hook);
+    for (size_t i = 0; i < TP_CACHE_N; i++) {
+        Py_VISIT(st->tp_cache[i].tp);
+    }
     return 0;
 }

@@ -16,6 +16,9 @@
  * grow the registry without bound); later names behave as on. */
 #define BU_TP_MAX_NAMED 4096
 
+/* Drop the by-name cache of bu_tp_named (module teardown). */
+void bu_tp_cache_clear(bu_state *st);
+
 /* Baggage key carrying a trace's request type (decided at its root). */
 #define BU_RTYPE_KEY "bu-request-type"
 

@@ -626,3 +626,23 @@ def test_http_source_applies_a_changed_state_with_a_version_seen_before():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_named_points_found_by_fresh_name_objects_and_switched_one_by_one():
+    # bu_tp_named keeps the last points found by the name object's address: names built per call
+    # (new objects, equal text; more names than the cache has slots) still reach their own point
+    _off_named("nc.5")
+    profiler.init("k")
+    try:
+        for _ in range(3):
+            for i in range(100):
+                with profiler.Trace("nc.%d" % i):
+                    pass
+    finally:
+        profiler.clean()
+    s = [sp.operation_name for sp in bu_osprofiler.finished_spans()]
+    bu_osprofiler.clear_finished_spans()
+    assert "nc.5" not in s and s.count("nc.4") == 3 and s.count("nc.99") == 3
+    pts = {p["id"]: p for p in bu_osprofiler.tracepoints()}
+    assert all(pts["nc.%d@trace" % i]["hits"] == 3 for i in range(100))
+    assert pts["nc.5@trace"]["sampled_hits"] == 0 and pts["nc.6@trace"]["sampled_hits"] == 3
