@@ -235,6 +235,10 @@ class Tracer(opentracing.Tracer):
     in), ``hmac_key`` signs legacy osprofiler headers, ``hmac_keys`` verify them.
     """
 
+    # a slot: the core's start_active_span reads it where it lives (instances keep the base's
+    # __dict__ for everything else)
+    __slots__ = ("_fast_manager",)
+
     def __init__(self, service_name: Optional[str] = None,
                  scope_manager: Optional[opentracing.ScopeManager] = None,
                  inject_formats: Union[str, Iterable[str], None] = None,

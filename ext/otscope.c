@@ -19,6 +19,7 @@ struct bu_ot {
     PyObject *span_cls;        /* opentracing.Span */
     PyObject *span_finish;     /* Span.finish as defined (a patched one is called instead) */
     PyObject *on_error;        /* opentracing.Span._on_error(span, etype, value, tb) */
+    Py_ssize_t fast_offset;    /* where Tracer's `_fast_manager` slot lives in an instance */
     PyObject *str_fast_manager, *str_finish, *str_span, *str_close, *str_slow;
     PyObject *kw[7];           /* start_active_span's parameter names (interned) */
 };
@@ -133,19 +134,16 @@ scope_finish(bu_state *st, OTScopeObject *sc)
         return NULL;
     }
     if (absent(sc->span) && sc->core != NULL && Py_IS_TYPE(sc->core, st->SpanType)) {
-        /* strong references across the lookup, which can run Python (a descriptor) */
-        PyObject *core = Py_NewRef(sc->core), *cls = Py_NewRef(ot->span_cls);
-        PyObject *f = PyObject_GetAttr(cls, ot->str_finish);
-        Py_DECREF(cls);
-        ot = ready(st);
-        int ours = f != NULL && ot != NULL && f == ot->span_finish;
-        Py_XDECREF(f);
-        if (ours) {
-            bu_span_finish((SpanObject *)core, -1);
+        /* Span.finish still the one defined: the class's own dict (a str key: no Python runs;
+         * the wrapper class is exactly Span, so nothing above it can shadow the entry) */
+        PyObject *f = PyDict_GetItemWithError(((PyTypeObject *)ot->span_cls)->tp_dict,
+                                              ot->str_finish);
+        if (f != NULL && f == ot->span_finish) {
+            bu_span_finish((SpanObject *)sc->core, -1);
+            Py_RETURN_NONE;
         }
-        Py_DECREF(core);
-        if (ours || ot == NULL || PyErr_Occurred()) {
-            return ours ? Py_NewRef(Py_None) : NULL;
+        if (PyErr_Occurred()) {
+            return NULL;
         }
     }
     PyObject *span = PyObject_GetAttr((PyObject *)sc, ot->str_span); /* makes the wrapper */
@@ -400,16 +398,15 @@ start_active_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t
     PyObject *manager = NULL;
     if (common_case(ot, args, nargs, kwnames, a)) {
         /* self._fast_manager: the ScopeManager when Tracer's start_span and an exact
-         * ScopeManager are in use (Tracer.__init__), else None */
-        manager = PyObject_GetAttr(self, ot->str_fast_manager);
-        if (manager == NULL) {
-            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
-                return NULL;
-            }
-            PyErr_Clear();
+         * ScopeManager are in use (Tracer.__init__), else None. A slot of Tracer, read where
+         * it lives (`self` is a Tracer: the descriptor checked); unset (a subclass that did not
+         * run Tracer.__init__) or None: the Python path. */
+        manager = *(PyObject **)((char *)self + ot->fast_offset);
+        if (manager != NULL && Py_IS_TYPE(manager, ot->manager_cls)) {
+            Py_INCREF(manager);
         }
-        else if (!Py_IS_TYPE(manager, ot->manager_cls)) {
-            Py_CLEAR(manager);
+        else {
+            manager = NULL;
         }
     }
     if (manager == NULL) { /* self._start_active_span(*args, **kwargs) */
@@ -462,10 +459,28 @@ ot_setup(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     struct bu_ot *ot = st->ot;
-    PyObject *finish = PyObject_GetAttr(args[2], ot->str_finish);
-    if (finish == NULL) {
+    /* Tracer's `_fast_manager` slot: its member descriptor gives the offset */
+    PyObject *slot = PyDict_GetItemWithError(((PyTypeObject *)args[4])->tp_dict,
+                                             ot->str_fast_manager);
+    if (slot == NULL || !Py_IS_TYPE(slot, &PyMemberDescr_Type) ||
+        ((PyMemberDescrObject *)slot)->d_member->type != T_OBJECT_EX ||
+        ((PyMemberDescrObject *)slot)->d_member->offset < (Py_ssize_t)sizeof(PyObject)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "ot_setup: tracer_cls needs __slots__ = "
+                                             "('_fast_manager', ...)");
+        }
         return NULL;
     }
+    PyObject *finish = PyDict_GetItemWithError(((PyTypeObject *)args[2])->tp_dict,
+                                               ot->str_finish);
+    if (finish == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "ot_setup: span_cls defines no finish()");
+        }
+        return NULL;
+    }
+    Py_INCREF(finish);
+    ot->fast_offset = ((PyMemberDescrObject *)slot)->d_member->offset;
     Py_XSETREF(ot->scope_cls, (PyTypeObject *)Py_NewRef(args[0]));
     Py_XSETREF(ot->manager_cls, (PyTypeObject *)Py_NewRef(args[1]));
     Py_XSETREF(ot->span_cls, Py_NewRef(args[2]));

@@ -283,13 +283,13 @@ def test_hostile_manager_and_finish_do_not_crash(tracer, spans, monkeypatch):
         def __get__(self, obj, cls=None):
             holder["scope"]._core = None
             holder["scope"]._span = None
-            return Span.__dict__["_orig_finish"]
+            return Span.__dict__["_orig_finish"].__get__(obj, cls)
 
     holder = {}
     monkeypatch.setattr(Span, "_orig_finish", Span.finish, raising=False)
     monkeypatch.setattr(Span, "finish", Finish())
     holder["scope"] = tracer.start_active_span("swapped")
-    holder["scope"].close()  # the span held across the lookup is the one finished
+    holder["scope"].close()  # the wrapper made before the lookup is the one finished
     assert tracer.scope_manager.active is None
     assert "swapped" in [s.operation_name for s in spans()]
     scope = tracer.start_active_span("bad-token")
@@ -297,3 +297,17 @@ def test_hostile_manager_and_finish_do_not_crash(tracer, spans, monkeypatch):
     with pytest.raises(TypeError):
         scope.close()
     _core.set_active(None)
+
+
+def test_tracer_keeps_a_dict_and_an_uninitialised_subclass_is_an_error_not_a_crash():
+    t = Tracer()
+    t.anything = 1  # the slot sits beside the base class's __dict__
+    assert t.anything == 1 and t._fast_manager is t.scope_manager
+
+    class Lazy(Tracer):
+        def __init__(self):  # never runs Tracer.__init__: the slot is unset
+            pass
+
+    with pytest.raises(AttributeError):
+        Lazy().start_active_span("x")
+    assert _core.active_var.get(None) is None
