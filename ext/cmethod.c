@@ -39,9 +39,11 @@ receiver_error(CMethodObject *m, PyObject *obj)
 static inline int
 check_receiver(CMethodObject *m, PyObject *obj)
 {
-    return m->owner != NULL && (Py_IS_TYPE(obj, m->owner) || PyType_IsSubtype(Py_TYPE(obj), m->owner))
-               ? 0
-               : receiver_error(m, obj);
+    PyTypeObject *owner = m->owner;
+    if (owner != NULL && (Py_IS_TYPE(obj, owner) || PyType_IsSubtype(Py_TYPE(obj), owner))) {
+        return 0;
+    }
+    return receiver_error(m, obj);
 }
 
 static PyObject *

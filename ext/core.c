@@ -611,10 +611,10 @@ core_exec(PyObject *m)
         return -1;
     }
     Py_DECREF(r);
-    if (bu_cmethod_init(m, st) < 0 || bu_span_init(m, st) < 0 || bu_trace_init(m, st) < 0 || bu_propagation_init(m, st) < 0 ||
-        bu_thrift_init(m, st) < 0 || bu_thriftdec_init(m, st) < 0 ||
-        bu_otlp_init(m, st) < 0 || bu_reporter_init(m, st) < 0 || bu_tracepoint_init(m, st) < 0 ||
-        bu_otscope_init(m, st) < 0) {
+    if (bu_cmethod_init(m, st) < 0 || bu_span_init(m, st) < 0 || bu_trace_init(m, st) < 0 ||
+        bu_propagation_init(m, st) < 0 || bu_thrift_init(m, st) < 0 ||
+        bu_thriftdec_init(m, st) < 0 || bu_otlp_init(m, st) < 0 || bu_reporter_init(m, st) < 0 ||
+        bu_tracepoint_init(m, st) < 0 || bu_otscope_init(m, st) < 0) {
         return -1;
     }
     if (PyModule_AddIntConstant(m, "MODE_DISCARD", BU_MODE_DISCARD) < 0 ||
