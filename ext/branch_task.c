@@ -230,14 +230,10 @@ PyType_Spec bu_branch_await_spec = {
  * own await iterator, wrapped to record the join when a sampled span waits for a branch not
  * joined yet. */
 static PyObject *
-task_await_run(bu_state *st, PyObject *task, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs,
-               PyObject *kwnames)
+task_await_run(bu_state *st, PyObject *task, PyObject *const *Py_UNUSED(args),
+               Py_ssize_t Py_UNUSED(nargs), PyObject *Py_UNUSED(kwnames))
 {
     bu_branch_state *bs = st->branch;
-    if (nargs != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
-        PyErr_SetString(PyExc_TypeError, "__await__() takes no arguments");
-        return NULL;
-    }
     if (bs == NULL || bs->TaskBase == NULL) {
         PyErr_SetString(PyExc_TypeError, "not a branch task");
         return NULL;
@@ -292,7 +288,7 @@ task_await_run(bu_state *st, PyObject *task, PyObject *const *Py_UNUSED(args), P
 static const bu_cmethod_def task_await_def = {
     "Task", "__await__",
     "__await__($self, /)\n--\n\nAwait the task (records the join of its branch).",
-    task_await_run};
+    0, task_await_run};
 
 /* _branch_task_await(asyncio.Task): the __await__ (and __iter__) of BranchTask. */
 PyObject *

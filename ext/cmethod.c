@@ -21,11 +21,32 @@ typedef struct {
     PyObject *self; /* strong */
 } CBoundObject;
 
-int
-bu_cmethod_kwargs_error(const bu_cmethod_def *def)
+static PyObject *
+arity_error(const bu_cmethod_def *def, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyErr_Format(PyExc_TypeError, "%s() takes no keyword arguments", def->name);
-    return -1;
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
+        PyErr_Format(PyExc_TypeError, "%s() takes no keyword arguments", def->name);
+    }
+    else if (def->nargs == 0) {
+        PyErr_Format(PyExc_TypeError, "%s() takes no arguments (%zd given)", def->name, nargs);
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "%s() takes %d arguments (%zd given)", def->name,
+                     def->nargs, nargs);
+    }
+    return NULL;
+}
+
+/* The body, after the arity check of a def that has one. */
+static inline PyObject *
+run(const bu_cmethod_def *def, bu_state *st, PyObject *self, PyObject *const *args,
+    Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (def->nargs >= 0 &&
+        (nargs != def->nargs || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0))) {
+        return arity_error(def, nargs, kwnames);
+    }
+    return def->run(st, self, args, nargs, kwnames);
 }
 
 static int
@@ -50,7 +71,7 @@ static PyObject *
 bound_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     CBoundObject *b = (CBoundObject *)op;
-    return b->m.def->run(b->m.st, b->self, args, PyVectorcall_NARGS(nargsf), kwnames);
+    return run(b->m.def, b->m.st, b->self, args, PyVectorcall_NARGS(nargsf), kwnames);
 }
 
 static void
@@ -187,7 +208,7 @@ method_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
     if (check_receiver(m, args[0]) < 0) {
         return NULL;
     }
-    return m->def->run(m->st, args[0], args + 1, n - 1, kwnames);
+    return run(m->def, m->st, args[0], args + 1, n - 1, kwnames);
 }
 
 static PyObject *

@@ -13,7 +13,8 @@
 
 #include "state.h"
 
-/* The method's body: `self` is an instance of the owner type (checked), `args` the rest. */
+/* The method's body: `self` is an instance of the owner type, `args` the rest (both checked:
+ * with `nargs` >= 0 exactly that many positional arguments and no keywords). */
 typedef PyObject *(*bu_cmethod_fn)(bu_state *st, PyObject *self, PyObject *const *args,
                                    Py_ssize_t nargs, PyObject *kwnames);
 
@@ -21,6 +22,7 @@ typedef struct {
     const char *owner; /* the owner class's name, for messages and repr */
     const char *name;
     const char *doc;   /* with a "name($self, ...)\n--\n\n" signature line, as C methods have */
+    int nargs;         /* positional arguments taken (no keywords), or -1: the body checks */
     bu_cmethod_fn run;
 } bu_cmethod_def;
 
@@ -32,14 +34,5 @@ PyObject *bu_cmethod_new(bu_state *st, PyTypeObject *owner, const bu_cmethod_def
 
 /* Put a descriptor for `def` (static storage) into `owner`'s dict. */
 int bu_cmethod_install(bu_state *st, PyTypeObject *owner, const bu_cmethod_def *def);
-
-int bu_cmethod_kwargs_error(const bu_cmethod_def *def);
-
-/* TypeError unless the call has no keyword arguments (for bodies that take none). */
-static inline int
-bu_cmethod_no_kwargs(const bu_cmethod_def *def, PyObject *kwnames)
-{
-    return kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0 ? 0 : bu_cmethod_kwargs_error(def);
-}
 
 #endif

@@ -33,9 +33,9 @@ absent(PyObject *o)
 }
 
 PyObject *
-bu_ot_unwrap(bu_state *st, PyObject *v)
+bu_ot_unwrap_scope(bu_state *st, PyObject *v)
 {
-    if (v == NULL || !bu_is_otscope(st, v)) {
+    if (!bu_is_otscope(st, v)) {
         return v;
     }
     PyObject *core = _OTScope_CAST(v)->core;
@@ -235,57 +235,36 @@ scope_close_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t 
                 PyObject *kwnames);
 
 static const bu_cmethod_def scope_enter_def = {
-    "Scope", "__enter__", "__enter__($self, /)\n--\n\nThe scope itself.", scope_enter_run};
+    "Scope", "__enter__", "__enter__($self, /)\n--\n\nThe scope itself.", 0, scope_enter_run};
 static const bu_cmethod_def scope_exit_def = {
     "Scope", "__exit__",
     "__exit__($self, exc_type, exc_val, exc_tb, /)\n--\n\nAn exception tags the span error=True "
     "with an error log; then close().",
-    scope_exit_run};
+    3, scope_exit_run};
 static const bu_cmethod_def scope_close_def = {
     "Scope", "close",
     "close($self, /)\n--\n\nEnd the activation: the span active before it is active again, and "
     "the span is finished when finish_on_close was set. Only the active scope closes.",
-    scope_close_run};
+    0, scope_close_run};
 
 static PyObject *
 scope_enter_run(bu_state *Py_UNUSED(st), PyObject *self, PyObject *const *Py_UNUSED(args),
-                Py_ssize_t nargs, PyObject *kwnames)
+                Py_ssize_t Py_UNUSED(nargs), PyObject *Py_UNUSED(kwnames))
 {
-    if (bu_cmethod_no_kwargs(&scope_enter_def, kwnames) < 0) {
-        return NULL;
-    }
-    if (nargs != 0) {
-        PyErr_Format(PyExc_TypeError, "__enter__() takes no arguments (%zd given)", nargs);
-        return NULL;
-    }
     return Py_NewRef(self);
 }
 
 static PyObject *
-scope_close_run(bu_state *st, PyObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t nargs,
-                PyObject *kwnames)
+scope_close_run(bu_state *st, PyObject *self, PyObject *const *Py_UNUSED(args),
+                Py_ssize_t Py_UNUSED(nargs), PyObject *Py_UNUSED(kwnames))
 {
-    if (bu_cmethod_no_kwargs(&scope_close_def, kwnames) < 0) {
-        return NULL;
-    }
-    if (nargs != 0) {
-        PyErr_Format(PyExc_TypeError, "close() takes no arguments (%zd given)", nargs);
-        return NULL;
-    }
     return scope_close_impl(st, _OTScope_CAST(self));
 }
 
 static PyObject *
-scope_exit_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
-               PyObject *kwnames)
+scope_exit_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t Py_UNUSED(nargs),
+               PyObject *Py_UNUSED(kwnames))
 {
-    if (bu_cmethod_no_kwargs(&scope_exit_def, kwnames) < 0) {
-        return NULL;
-    }
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "__exit__() takes 3 arguments (%zd given)", nargs);
-        return NULL;
-    }
     struct bu_ot *ot = ready(st);
     if (ot == NULL) {
         return NULL;
@@ -354,7 +333,7 @@ static const bu_cmethod_def start_active_def = {
     "start_active_span($self, operation_name, child_of=None, references=None, tags=None, "
     "start_time=None, ignore_active_span=False, finish_on_close=True)\n--\n\n"
     "Start a span and activate it: returns its Scope (a context manager).",
-    start_active_run};
+    -1, start_active_run};
 
 /* The arguments of the common case in a[]; 0 when the call is anything else (then the Python
  * implementation runs, with its checks and messages). */
@@ -410,22 +389,10 @@ start_active_run(bu_state *st, PyObject *self, PyObject *const *args, Py_ssize_t
         }
     }
     if (manager == NULL) { /* self._start_active_span(*args, **kwargs) */
-        Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-        PyObject *small[16], **all = small;
-        if (nargs + nkw + 1 > 16 &&
-            (all = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1))) == NULL) {
-            return PyErr_NoMemory();
-        }
-        all[0] = self;
-        for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
-            all[i + 1] = args[i];
-        }
-        PyObject *name = Py_NewRef(ot->str_slow);
-        PyObject *res = PyObject_VectorcallMethod(name, all, (size_t)(nargs + 1), kwnames);
-        Py_DECREF(name);
-        if (all != small) {
-            PyMem_Free(all);
-        }
+        PyObject *slow = PyObject_GetAttr(self, ot->str_slow);
+        PyObject *res = slow == NULL ? NULL : PyObject_Vectorcall(slow, args, (size_t)nargs,
+                                                                  kwnames);
+        Py_XDECREF(slow);
         return res;
     }
     PyObject *core = bu_start_span_args(st, a[A_NAME], Py_None, Py_None,

@@ -23,14 +23,21 @@ int bu_otscope_init(PyObject *m, bu_state *st);
 int bu_otscope_traverse(bu_state *st, visitproc visit, void *arg);
 void bu_otscope_clear(bu_state *st);
 
-/* `v` (a reference the caller gives up) seen through: an OTScope becomes its core Span (new
- * reference) or NULL when it has none; any other value is returned as it is. */
-PyObject *bu_ot_unwrap(bu_state *st, PyObject *v);
-
 static inline int
 bu_is_otscope(bu_state *st, PyObject *v)
 {
     return st->OTScopeType != NULL && PyObject_TypeCheck(v, st->OTScopeType);
+}
+
+PyObject *bu_ot_unwrap_scope(bu_state *st, PyObject *v);
+
+/* `v` (a reference the caller gives up; may be NULL) seen through: an OTScope becomes its core
+ * Span (new reference) or NULL when it has none; any other value is returned as it is. A Span,
+ * the common value, costs one compare. */
+static inline PyObject *
+bu_ot_unwrap(bu_state *st, PyObject *v)
+{
+    return (v == NULL || Py_IS_TYPE(v, st->SpanType)) ? v : bu_ot_unwrap_scope(st, v);
 }
 
 #endif

@@ -34,8 +34,7 @@ bu_active_get_raw(bu_state *st)
 PyObject *
 bu_active_get(bu_state *st)
 {
-    PyObject *v = bu_active_get_raw(st);
-    return (v == NULL || Py_IS_TYPE(v, st->SpanType)) ? v : bu_ot_unwrap(st, v);
+    return bu_ot_unwrap(st, bu_active_get_raw(st));
 }
 
 PyObject *
@@ -1610,8 +1609,7 @@ bu_push_span(bu_state *st, PyObject *name, PyObject *info, PyObject **token)
 {
     /* the value the pop restores is the variable's own (an OpenTracing scope stays one) */
     PyObject *raw = bu_active_get_raw(st);
-    PyObject *cur = raw == NULL || Py_IS_TYPE(raw, st->SpanType) ? Py_XNewRef(raw)
-                                                                 : bu_ot_unwrap(st, Py_NewRef(raw));
+    PyObject *cur = bu_ot_unwrap(st, Py_XNewRef(raw));
     if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
         !(_Span_CAST(cur)->flags & (BU_FLAG_SAMPLED | BU_FLAG_TAIL))) {
         Py_XDECREF(cur);

@@ -32,6 +32,8 @@ typedef struct {
     const char *type_name; /* "const" | "probabilistic" | "ratelimiting" (or set from Python) */
 } bu_sampler;
 
+#define BU_TP_CACHE 64 /* slots of the by-name trace point cache (a power of two) */
+
 #define BU_MODE_DISCARD 0  /* count and free finished spans (no exporter configured) */
 #define BU_MODE_MEMORY 1   /* keep them for finished_spans() */
 #define BU_MODE_REPORTER 2 /* hand them to the reporter (flusher thread) */
@@ -79,7 +81,7 @@ typedef struct {
      * address is not reused while cached); a hit skips the dict lookup of every `with`. */
     struct {
         PyObject *name, *tp;
-    } tp_cache[64];
+    } tp_cache[BU_TP_CACHE];
     PyObject *tp_hook;  /* callable(tracepoint) applying the control rules to a new point */
     PyObject *str_rtype;
     struct bu_tail *tail;

@@ -116,9 +116,7 @@ traced_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
         PyErr_Clear();
         cur = NULL;
     }
-    if (cur != NULL && !Py_IS_TYPE(cur, st->SpanType)) { /* an OpenTracing scope: its span */
-        cur = bu_ot_unwrap(st, cur);
-    }
+    cur = bu_ot_unwrap(st, cur); /* an OpenTracing scope: its span */
     /* Fast path: no trace, or an unsampled one (its context still propagates untouched). */
     if (cur == NULL || !Py_IS_TYPE(cur, st->SpanType) ||
         !(_Span_CAST(cur)->flags & (BU_FLAG_SAMPLED | BU_FLAG_TAIL)) ||
@@ -517,7 +515,8 @@ call_slow(bu_state *st, Py_ssize_t i, PyObject *a, PyObject *b)
 }
 
 static PyObject *
-tracepoint_enter(PyObject *op, PyObject *Py_UNUSED(arg))
+tracepoint_enter(bu_state *Py_UNUSED(mst), PyObject *op, PyObject *const *Py_UNUSED(args),
+                 Py_ssize_t Py_UNUSED(nargs), PyObject *Py_UNUSED(kwnames))
 {
     TracePointObject *t = _TracePoint_CAST(op);
     bu_state *st = t->st;
@@ -548,15 +547,12 @@ tracepoint_enter(PyObject *op, PyObject *Py_UNUSED(arg))
 }
 
 static PyObject *
-tracepoint_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+tracepoint_exit(bu_state *Py_UNUSED(mst), PyObject *op, PyObject *const *args,
+                Py_ssize_t Py_UNUSED(nargs), PyObject *Py_UNUSED(kwnames))
 {
     TracePointObject *t = _TracePoint_CAST(op);
     bu_state *st = t->st;
     PyObject *res;
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "__exit__ takes 3 arguments (%zd given)", nargs);
-        return NULL;
-    }
     int slow = args[0] != Py_None;
     if (!slow) {
         slow = legacy_notifier_set(st);
@@ -589,43 +585,14 @@ tracepoint_repr(PyObject *op)
 /* ---------------------------------------------------------- __enter__ / __exit__
  * Descriptors of cmethod.c: a `with` binds them without a GC allocation. */
 
-static PyObject *trace_enter_run(bu_state *st, PyObject *self, PyObject *const *args,
-                                 Py_ssize_t nargs, PyObject *kwnames);
-static PyObject *trace_exit_run(bu_state *st, PyObject *self, PyObject *const *args,
-                                Py_ssize_t nargs, PyObject *kwnames);
-
 static const bu_cmethod_def trace_enter_def = {
-    "Trace", "__enter__", "__enter__($self, /)\n--\n\nStart the trace point (profiler.start).",
-    trace_enter_run};
+    "Trace", "__enter__", "__enter__($self, /)\n--\n\nStart the trace point (profiler.start).", 0,
+    tracepoint_enter};
 static const bu_cmethod_def trace_exit_def = {
     "Trace", "__exit__",
     "__exit__($self, etype, value, tb, /)\n--\n\nStop the trace point (profiler.stop); an "
     "exception adds etype / message, error=True and an error log, and propagates.",
-    trace_exit_run};
-
-static PyObject *
-trace_enter_run(bu_state *Py_UNUSED(st), PyObject *self, PyObject *const *Py_UNUSED(args),
-                Py_ssize_t nargs, PyObject *kwnames)
-{
-    if (bu_cmethod_no_kwargs(&trace_enter_def, kwnames) < 0) {
-        return NULL;
-    }
-    if (nargs != 0) {
-        PyErr_Format(PyExc_TypeError, "__enter__() takes no arguments (%zd given)", nargs);
-        return NULL;
-    }
-    return tracepoint_enter(self, NULL);
-}
-
-static PyObject *
-trace_exit_run(bu_state *Py_UNUSED(st), PyObject *self, PyObject *const *args, Py_ssize_t nargs,
-               PyObject *kwnames)
-{
-    if (bu_cmethod_no_kwargs(&trace_exit_def, kwnames) < 0) {
-        return NULL;
-    }
-    return tracepoint_exit(self, args, nargs);
-}
+    3, tracepoint_exit};
 
 static void
 release_gc_block(void *p)

@@ -233,8 +233,7 @@ static PyType_Spec tp_spec = {
 
 /* ================================================================ named points */
 
-#define TP_CACHE_N                                                                                 \
-    ((size_t)(sizeof(((bu_state *)0)->tp_cache) / sizeof(((bu_state *)0)->tp_cache[0])))
+#define TP_CACHE_N ((size_t)BU_TP_CACHE)
 
 /* Remember `tp` as the point of `name` (both borrowed: the dict holds them). */
 static void
